@@ -1,0 +1,297 @@
+//! The coordinator: the Raft leader's decisions.
+//!
+//! It keeps the latest report of every member (with the local monotonic time it arrived), decides
+//! whether the primary's lease is renewed, and turns `(cluster state, reports, now)` into commands:
+//! record members, bootstrap, fail over.
+//!
+//! Safety rule: the primary of epoch E may write until `sent + lease_timeout`, where `sent` is when
+//! it sent a report that this coordinator acked with a grant (after a quorum confirmed its
+//! leadership). The coordinator promotes another member only once `lease_timeout + lease_margin`
+//! has passed since the last grant it made for E, since it became leader, and since it first saw
+//! epoch E, whichever is latest. A grant recorded later than it was made only makes the wait longer.
+
+use crate::candidate::{self, Seen};
+use crate::report::{DataDir, HealthReport, MemberKind};
+use crate::state::{ClusterState, Command, Member};
+use crate::timing::Timings;
+use std::collections::{BTreeMap, BTreeSet};
+use std::time::Instant;
+
+#[derive(Clone, Debug)]
+pub struct Received {
+    pub report: HealthReport,
+    pub at: Instant,
+}
+
+/// The answer to one report: whether the coordinator wants to grant the primary lease for `epoch`.
+/// The shell grants only after `confirm_leadership` succeeds, then calls [`Coordinator::granted`].
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub struct LeaseAnswer {
+    pub grant: bool,
+    pub epoch: u64,
+}
+
+#[derive(Clone, Debug)]
+struct Grant {
+    member: String,
+    epoch: u64,
+    at: Instant,
+}
+
+#[derive(Debug)]
+pub struct Coordinator {
+    timings: Timings,
+    /// The configured member names; reports from anyone else are ignored.
+    expected: BTreeSet<String>,
+    leader_since: Option<Instant>,
+    /// The epoch this coordinator last saw and when it first saw it.
+    epoch_seen: Option<(u64, Instant)>,
+    reports: BTreeMap<String, Received>,
+    last_grant: Option<Grant>,
+}
+
+impl Coordinator {
+    pub fn new(expected: impl IntoIterator<Item = String>, timings: Timings) -> Self {
+        Coordinator {
+            timings,
+            expected: expected.into_iter().collect(),
+            leader_since: None,
+            epoch_seen: None,
+            reports: BTreeMap::new(),
+            last_grant: None,
+        }
+    }
+
+    pub fn is_leader(&self) -> bool {
+        self.leader_since.is_some()
+    }
+
+    /// Tell the coordinator whether this member is the Raft leader now. Becoming leader starts the
+    /// full promotion wait; losing it forgets everything, since another coordinator may act meanwhile.
+    pub fn set_leader(&mut self, now: Instant, is_leader: bool) {
+        match (self.leader_since.is_some(), is_leader) {
+            (false, true) => {
+                self.leader_since = Some(now);
+                self.epoch_seen = None;
+                self.last_grant = None;
+                self.reports.clear();
+            }
+            (true, false) => {
+                self.leader_since = None;
+                self.epoch_seen = None;
+                self.last_grant = None;
+                self.reports.clear();
+            }
+            _ => {}
+        }
+    }
+
+    pub fn reports(&self) -> &BTreeMap<String, Received> {
+        &self.reports
+    }
+
+    /// Record a report and say whether its sender would get the primary lease.
+    pub fn on_report(
+        &mut self,
+        now: Instant,
+        report: HealthReport,
+        state: &ClusterState,
+    ) -> LeaseAnswer {
+        let epoch = state.epoch;
+        if !self.is_leader() || !self.expected.contains(&report.member) {
+            return LeaseAnswer {
+                grant: false,
+                epoch,
+            };
+        }
+        let grant = state.is_primary(&report.member)
+            && report.kind == MemberKind::Postgres
+            && !report.pg.needs_rejoin
+            && report.pg.down_for < self.timings.pg_restart_timeout;
+        self.reports
+            .insert(report.member.clone(), Received { report, at: now });
+        LeaseAnswer { grant, epoch }
+    }
+
+    /// Record a grant that was sent, after the quorum confirmed this coordinator's leadership.
+    pub fn granted(&mut self, now: Instant, member: &str, epoch: u64) {
+        if self.is_leader() {
+            self.last_grant = Some(Grant {
+                member: member.to_string(),
+                epoch,
+                at: now,
+            });
+        }
+    }
+
+    /// The time from which the promotion wait for the current primary runs.
+    fn wait_start(&self, state: &ClusterState) -> Option<Instant> {
+        let mut start = self.leader_since?;
+        if let Some((_, seen)) = self.epoch_seen.filter(|(e, _)| *e == state.epoch) {
+            start = start.max(seen);
+        }
+        if let Some(g) = &self.last_grant {
+            if g.epoch == state.epoch && state.is_primary(&g.member) {
+                start = start.max(g.at);
+            }
+        }
+        Some(start)
+    }
+
+    /// How long until the current primary's lease has certainly expired (zero when it has).
+    pub fn lease_expires_in(
+        &self,
+        now: Instant,
+        state: &ClusterState,
+    ) -> Option<std::time::Duration> {
+        let start = self.wait_start(state)?;
+        Some((start + self.timings.promotion_wait()).saturating_duration_since(now))
+    }
+
+    fn is_current(&self, now: Instant, r: &Received) -> bool {
+        now.saturating_duration_since(r.at) <= self.timings.report_timeout
+    }
+
+    /// The commands to propose now, in order. `wall_ms` only stamps event records.
+    pub fn decide(&mut self, now: Instant, state: &ClusterState, wall_ms: u64) -> Vec<Command> {
+        let Some(leader_since) = self.leader_since else {
+            return Vec::new();
+        };
+        // The epoch known at the first look was committed before this term: any lease for it was
+        // granted before the election, so the wait from `leader_since` covers it.
+        match self.epoch_seen {
+            None => self.epoch_seen = Some((state.epoch, leader_since)),
+            Some((e, _)) if e != state.epoch => self.epoch_seen = Some((state.epoch, now)),
+            Some(_) => {}
+        }
+        let mut out = self.member_updates(state, wall_ms);
+        match &state.primary {
+            None => {
+                if let Some(member) = self.bootstrap_choice(now, leader_since, state) {
+                    out.push(Command::Bootstrap {
+                        member,
+                        at_unix_ms: wall_ms,
+                    });
+                }
+            }
+            Some(primary) => {
+                if let Some(cmd) = self.failover_choice(now, state, primary, wall_ms) {
+                    out.push(cmd);
+                }
+            }
+        }
+        out
+    }
+
+    fn member_updates(&self, state: &ClusterState, wall_ms: u64) -> Vec<Command> {
+        self.reports
+            .values()
+            .filter_map(|r| {
+                let r = &r.report;
+                let member = Member {
+                    kind: r.kind,
+                    pg_host: r.pg_host.clone(),
+                    pg_port: r.pg_port,
+                    nofailover: r.nofailover,
+                    priority: r.priority,
+                };
+                (state.members.get(&r.member) != Some(&member)).then(|| Command::UpsertMember {
+                    name: r.member.clone(),
+                    member,
+                    at_unix_ms: wall_ms,
+                })
+            })
+            .collect()
+    }
+
+    /// Who creates the cluster: a member with an existing primary data directory (adopted as it
+    /// is) before one with an empty one; then priority, then name. Waits for every configured
+    /// member's first report, or `bootstrap_wait`, so an existing data directory is not missed.
+    fn bootstrap_choice(
+        &self,
+        now: Instant,
+        leader_since: Instant,
+        state: &ClusterState,
+    ) -> Option<String> {
+        let all_reported = self.expected.iter().all(|n| self.reports.contains_key(n));
+        if !all_reported
+            && now.saturating_duration_since(leader_since) < self.timings.bootstrap_wait
+        {
+            return None;
+        }
+        let mut ok: Vec<&HealthReport> = self
+            .reports
+            .values()
+            .filter(|r| self.is_current(now, r))
+            .map(|r| &r.report)
+            .filter(|r| r.kind == MemberKind::Postgres && !r.nofailover)
+            .filter(|r| matches!(r.pg.data_dir, DataDir::Primary | DataDir::Empty))
+            .collect();
+        ok.sort_by(|a, b| {
+            let has_data = |r: &HealthReport| r.pg.data_dir == DataDir::Primary;
+            has_data(b)
+                .cmp(&has_data(a))
+                .then(b.priority.cmp(&a.priority))
+                .then(a.member.cmp(&b.member))
+        });
+        // Bootstrap is proposed after the member's own UpsertMember, in the same batch.
+        ok.first()
+            .map(|r| r.member.clone())
+            .filter(|_| state.primary.is_none())
+    }
+
+    fn failover_choice(
+        &self,
+        now: Instant,
+        state: &ClusterState,
+        primary: &str,
+        wall_ms: u64,
+    ) -> Option<Command> {
+        if !self.lease_expires_in(now, state)?.is_zero() {
+            return None;
+        }
+        let seen: Vec<Seen> = self
+            .reports
+            .values()
+            .map(|r| Seen {
+                report: &r.report,
+                current: self.is_current(now, r),
+            })
+            .collect();
+        let last = self.reports.get(primary);
+        let primary_lsn = last.map(|r| r.report.wal_position()).filter(|l| *l > 0);
+        let chosen = candidate::choose(
+            state,
+            &seen,
+            primary_lsn,
+            self.timings.maximum_lag_on_failover,
+        )?;
+        let why = match last {
+            None => "no report from it since this coordinator took over".to_string(),
+            Some(r) if !self.is_current(now, r) => {
+                format!(
+                    "no report for {} ms",
+                    now.saturating_duration_since(r.at).as_millis()
+                )
+            }
+            Some(r) => format!(
+                "its PostgreSQL has been down for {} ms",
+                r.report.pg.down_for.as_millis()
+            ),
+        };
+        Some(Command::Failover {
+            from_epoch: state.epoch,
+            to: chosen.member.clone(),
+            reason: format!(
+                "primary {primary} lost its lease ({why}); promoting {} at WAL {}",
+                chosen.member,
+                chosen.wal_position()
+            ),
+            at_unix_ms: wall_ms,
+        })
+    }
+}
+
+#[cfg(test)]
+#[path = "coordinator_tests.rs"]
+mod tests;

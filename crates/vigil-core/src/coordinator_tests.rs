@@ -1,0 +1,363 @@
+use super::*;
+use crate::report::PgStatus;
+use std::time::Duration;
+
+fn ms(n: u64) -> Duration {
+    Duration::from_millis(n)
+}
+
+fn report(
+    name: &str,
+    data_dir: DataDir,
+    running: bool,
+    in_recovery: bool,
+    lsn: u64,
+) -> HealthReport {
+    HealthReport {
+        member: name.into(),
+        kind: MemberKind::Postgres,
+        pg_host: "127.0.0.1".into(),
+        pg_port: 5000,
+        nofailover: false,
+        priority: 0,
+        pg: PgStatus {
+            running,
+            in_recovery,
+            timeline: 1,
+            current_lsn: if in_recovery { 0 } else { lsn },
+            received_lsn: lsn,
+            replay_lsn: lsn,
+            data_dir,
+            streaming: in_recovery,
+            ..Default::default()
+        },
+        epoch_seen: 1,
+    }
+}
+
+fn primary_r(name: &str, lsn: u64) -> HealthReport {
+    report(name, DataDir::Primary, true, false, lsn)
+}
+
+fn standby_r(name: &str, lsn: u64) -> HealthReport {
+    report(name, DataDir::Standby, true, true, lsn)
+}
+
+/// A coordinator (leader since t0) over a bootstrapped cluster a (primary), b, c.
+fn running_cluster() -> (Coordinator, ClusterState, Instant) {
+    let t0 = Instant::now();
+    let mut c = Coordinator::new(["a", "b", "c"].map(String::from), Timings::default());
+    c.set_leader(t0, true);
+    let mut s = ClusterState::default();
+    for r in [
+        primary_r("a", 100),
+        standby_r("b", 100),
+        standby_r("c", 100),
+    ] {
+        c.on_report(t0, r, &s);
+    }
+    for cmd in c.decide(t0, &s, 0) {
+        s.apply(&cmd).expect("apply");
+    }
+    assert_eq!(
+        s.primary.as_deref(),
+        Some("a"),
+        "a has data, so it bootstraps"
+    );
+    // The next loop sees the new epoch, as the shell's loop would right after the commit.
+    assert!(c.decide(t0, &s, 0).is_empty());
+    (c, s, t0)
+}
+
+/// Everyone reports at `t`; the primary's grant is recorded as the shell would.
+fn round(c: &mut Coordinator, s: &ClusterState, t: Instant, reports: &[HealthReport]) {
+    for r in reports {
+        let answer = c.on_report(t, r.clone(), s);
+        if answer.grant {
+            c.granted(t, &r.member, answer.epoch);
+        }
+    }
+}
+
+fn failover_target(cmds: &[Command]) -> Option<String> {
+    cmds.iter().find_map(|c| match c {
+        Command::Failover { to, .. } => Some(to.clone()),
+        _ => None,
+    })
+}
+
+#[test]
+fn only_the_leader_answers_and_decides() {
+    let t0 = Instant::now();
+    let mut c = Coordinator::new(["a".to_string()], Timings::default());
+    let s = ClusterState::default();
+    assert!(!c.on_report(t0, primary_r("a", 1), &s).grant);
+    assert!(c.decide(t0 + ms(60_000), &s, 0).is_empty());
+}
+
+#[test]
+fn grants_go_to_the_healthy_primary_only() {
+    let (mut c, s, t0) = running_cluster();
+    let t = t0 + ms(100);
+    assert_eq!(
+        c.on_report(t, primary_r("a", 1), &s),
+        LeaseAnswer {
+            grant: true,
+            epoch: 1
+        }
+    );
+    assert!(!c.on_report(t, standby_r("b", 1), &s).grant);
+    let mut down = primary_r("a", 1);
+    down.pg.running = false;
+    down.pg.down_for = ms(19_999);
+    assert!(
+        c.on_report(t, down.clone(), &s).grant,
+        "a restart within pg_restart_timeout keeps the lease"
+    );
+    down.pg.down_for = ms(20_000);
+    assert!(!c.on_report(t, down, &s).grant);
+    let mut rejoin = primary_r("a", 1);
+    rejoin.pg.needs_rejoin = true;
+    assert!(!c.on_report(t, rejoin, &s).grant);
+    assert!(!c.on_report(t, primary_r("stranger", 1), &s).grant);
+    assert!(
+        !c.reports().contains_key("stranger"),
+        "reports from unconfigured members are ignored"
+    );
+}
+
+#[test]
+fn dead_primary_is_replaced_exactly_after_lease_plus_margin() {
+    let (mut c, s, t0) = running_cluster();
+    // Healthy rounds; the last grant to a happens at t_last.
+    let mut t = t0;
+    for _ in 0..12 {
+        t += ms(250);
+        round(
+            &mut c,
+            &s,
+            t,
+            &[
+                primary_r("a", 500),
+                standby_r("b", 500),
+                standby_r("c", 400),
+            ],
+        );
+        assert!(failover_target(&c.decide(t, &s, 0)).is_none());
+    }
+    let t_last = t;
+    // a dies; b and c keep reporting.
+    while t < t_last + ms(2400) {
+        t += ms(100);
+        round(&mut c, &s, t, &[standby_r("b", 500), standby_r("c", 400)]);
+        assert!(
+            failover_target(&c.decide(t, &s, 0)).is_none(),
+            "too early at {:?}",
+            t - t_last
+        );
+    }
+    round(
+        &mut c,
+        &s,
+        t_last + ms(2499),
+        &[standby_r("b", 500), standby_r("c", 400)],
+    );
+    assert!(failover_target(&c.decide(t_last + ms(2499), &s, 0)).is_none());
+    let cmds = c.decide(t_last + ms(2500), &s, 0);
+    assert_eq!(
+        failover_target(&cmds).as_deref(),
+        Some("b"),
+        "b has the most WAL"
+    );
+}
+
+#[test]
+fn a_new_coordinator_waits_a_full_lease_from_its_election() {
+    let (_, s, t0) = running_cluster();
+    let mut c = Coordinator::new(["a", "b", "c"].map(String::from), Timings::default());
+    let elected = t0 + ms(5000);
+    c.set_leader(elected, true);
+    round(
+        &mut c,
+        &s,
+        elected + ms(2000),
+        &[standby_r("b", 500), standby_r("c", 400)],
+    );
+    assert!(failover_target(&c.decide(elected + ms(2499), &s, 0)).is_none());
+    assert_eq!(
+        failover_target(&c.decide(elected + ms(2500), &s, 0)).as_deref(),
+        Some("b")
+    );
+}
+
+#[test]
+fn primary_with_postgres_down_too_long_loses_its_lease_then_its_role() {
+    let (mut c, s, t0) = running_cluster();
+    let mut t = t0 + ms(3000);
+    round(
+        &mut c,
+        &s,
+        t,
+        &[
+            primary_r("a", 500),
+            standby_r("b", 500),
+            standby_r("c", 500),
+        ],
+    );
+    let mut down = primary_r("a", 0);
+    down.pg.running = false;
+    down.pg.down_for = ms(20_000);
+    let stopped_granting = t;
+    while t < stopped_granting + ms(2500) {
+        t += ms(250);
+        round(
+            &mut c,
+            &s,
+            t,
+            &[down.clone(), standby_r("b", 500), standby_r("c", 500)],
+        );
+        if t < stopped_granting + ms(2500) {
+            assert!(failover_target(&c.decide(t, &s, 0)).is_none());
+        }
+    }
+    let cmds = c.decide(t, &s, 0);
+    assert_eq!(
+        failover_target(&cmds).as_deref(),
+        Some("b"),
+        "equal WAL and priority: by name"
+    );
+    let reason = cmds.iter().find_map(|c| match c {
+        Command::Failover { reason, .. } => Some(reason.clone()),
+        _ => None,
+    });
+    assert!(reason.unwrap_or_default().contains("down for 20000 ms"));
+}
+
+#[test]
+fn the_new_primary_gets_a_full_lease_before_anyone_may_replace_it() {
+    let (mut c, mut s, t0) = running_cluster();
+    let t = t0 + ms(10_000);
+    round(&mut c, &s, t, &[standby_r("b", 500), standby_r("c", 500)]);
+    let cmds = c.decide(t, &s, 0);
+    for cmd in &cmds {
+        s.apply(cmd).expect("apply");
+    }
+    assert_eq!((s.primary.as_deref(), s.epoch), (Some("b"), 2));
+    // b has not reported as primary yet; c is a fine candidate, but b's epoch just began.
+    round(&mut c, &s, t + ms(300), &[standby_r("c", 500)]);
+    assert!(failover_target(&c.decide(t + ms(300), &s, 0)).is_none());
+    assert!(failover_target(&c.decide(t + ms(2499), &s, 0)).is_none());
+}
+
+#[test]
+fn no_candidate_no_failover() {
+    let (mut c, s, t0) = running_cluster();
+    let mut nofo = standby_r("b", 500);
+    nofo.nofailover = true;
+    let mut down = standby_r("c", 500);
+    down.pg.running = false;
+    let t = t0 + ms(10_000);
+    round(&mut c, &s, t, &[nofo, down]);
+    assert!(failover_target(&c.decide(t, &s, 0)).is_none());
+}
+
+#[test]
+fn lagging_standby_is_not_promoted() {
+    let (mut c, s, t0) = running_cluster();
+    let t = t0 + ms(1000);
+    round(
+        &mut c,
+        &s,
+        t,
+        &[
+            primary_r("a", 10 << 20),
+            standby_r("b", 1 << 20),
+            standby_r("c", 1 << 20),
+        ],
+    );
+    assert!(failover_target(&c.decide(t + ms(5000), &s, 0)).is_none());
+}
+
+#[test]
+fn losing_leadership_stops_everything() {
+    let (mut c, s, t0) = running_cluster();
+    c.set_leader(t0 + ms(1), false);
+    assert!(c.decide(t0 + ms(60_000), &s, 0).is_empty());
+    assert!(c.reports().is_empty());
+}
+
+#[test]
+fn bootstrap_waits_for_everyone_or_the_bootstrap_wait() {
+    let t0 = Instant::now();
+    let mut c = Coordinator::new(["a", "b", "c"].map(String::from), Timings::default());
+    c.set_leader(t0, true);
+    let s = ClusterState::default();
+    c.on_report(t0, report("b", DataDir::Empty, false, false, 0), &s);
+    c.on_report(t0, report("a", DataDir::Empty, false, false, 0), &s);
+    let only_members = c.decide(t0 + ms(1000), &s, 0);
+    assert!(only_members
+        .iter()
+        .all(|c| matches!(c, Command::UpsertMember { .. })));
+    assert_eq!(only_members.len(), 2);
+    // c never reports; after bootstrap_wait the lowest name among empty members wins.
+    for r in [
+        report("b", DataDir::Empty, false, false, 0),
+        report("a", DataDir::Empty, false, false, 0),
+    ] {
+        c.on_report(t0 + ms(9_900), r, &s);
+    }
+    let cmds = c.decide(t0 + ms(10_000), &s, 0);
+    assert_eq!(
+        cmds.last(),
+        Some(&Command::Bootstrap {
+            member: "a".into(),
+            at_unix_ms: 0
+        })
+    );
+    let mut applied = s.clone();
+    for cmd in &cmds {
+        applied.apply(cmd).expect("members first, then bootstrap");
+    }
+    assert_eq!(applied.primary.as_deref(), Some("a"));
+}
+
+#[test]
+fn bootstrap_prefers_existing_data_and_skips_witnesses() {
+    let t0 = Instant::now();
+    let mut c = Coordinator::new(["a", "c", "w"].map(String::from), Timings::default());
+    c.set_leader(t0, true);
+    let s = ClusterState::default();
+    let mut w = report("w", DataDir::Unknown, false, false, 0);
+    w.kind = MemberKind::Witness;
+    c.on_report(t0, w, &s);
+    c.on_report(t0, report("a", DataDir::Empty, false, false, 0), &s);
+    c.on_report(t0, report("c", DataDir::Primary, false, false, 0), &s);
+    let cmds = c.decide(t0, &s, 0);
+    assert_eq!(
+        cmds.last(),
+        Some(&Command::Bootstrap {
+            member: "c".into(),
+            at_unix_ms: 0
+        })
+    );
+}
+
+#[test]
+fn member_records_are_proposed_only_when_they_change() {
+    let (mut c, mut s, t0) = running_cluster();
+    let t = t0 + ms(100);
+    round(
+        &mut c,
+        &s,
+        t,
+        &[primary_r("a", 1), standby_r("b", 1), standby_r("c", 1)],
+    );
+    assert!(c.decide(t, &s, 0).is_empty());
+    let mut moved = standby_r("c", 1);
+    moved.pg_port = 6000;
+    round(&mut c, &s, t, &[moved]);
+    let cmds = c.decide(t, &s, 0);
+    assert_eq!(cmds.len(), 1);
+    s.apply(&cmds[0]).expect("apply");
+    assert_eq!(s.members.get("c").map(|m| m.pg_port), Some(6000));
+}

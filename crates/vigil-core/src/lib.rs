@@ -1,0 +1,79 @@
+//! The pure core of pgvigil: everything that decides, nothing that does IO.
+//!
+//! # Layout
+//! - [`state`]: the replicated cluster state and the commands that change it (the Raft state machine).
+//! - [`report`]: what an agent tells the coordinator about its PostgreSQL.
+//! - [`timing`]: the timing settings and their consistency checks.
+//! - [`candidate`]: which standby is the best one to promote.
+//! - [`coordinator`]: the Raft leader's decisions: lease grants, failure detection, bootstrap, failover.
+//! - [`lease`]: the primary agent's view of its lease.
+//! - [`agent`]: the reconciler that turns the committed state and the local PostgreSQL into actions.
+//!
+//! Rules that hold everywhere here: no IO, no tokio, no clock reads. Time is passed in as
+//! `std::time::Instant` (monotonic) or as Unix milliseconds (for event records only).
+
+pub mod agent;
+pub mod candidate;
+pub mod coordinator;
+pub mod lease;
+pub mod report;
+pub mod state;
+pub mod timing;
+
+pub use agent::{AgentAction, AgentInput, LocalMemory, Upstream};
+pub use coordinator::Coordinator;
+pub use lease::Lease;
+pub use report::{DataDir, HealthReport, MemberKind, PgStatus};
+pub use state::{ClusterState, Command, Event, EventKind, Member, Rejected};
+pub use timing::{TimingError, Timings};
+
+/// The name of the physical replication slot that the primary keeps for `member`.
+/// PostgreSQL allows `[a-z0-9_]`, at most 63 bytes.
+pub fn slot_name(member: &str) -> String {
+    let mut s = String::from("pgvigil_");
+    for c in member.chars() {
+        let c = c.to_ascii_lowercase();
+        s.push(
+            if c.is_ascii_lowercase() || c.is_ascii_digit() || c == '_' {
+                c
+            } else {
+                '_'
+            },
+        );
+    }
+    s.truncate(63);
+    s
+}
+
+/// A stable, non-zero Raft node id for a member name (FNV-1a, 64 bit), so every member derives the
+/// same ids from the same member list without a separate id setting.
+pub fn node_id(member: &str) -> u64 {
+    let mut h: u64 = 0xcbf2_9ce4_8422_2325;
+    for b in member.as_bytes() {
+        h ^= u64::from(*b);
+        h = h.wrapping_mul(0x0000_0100_0000_01b3);
+    }
+    if h == 0 {
+        1
+    } else {
+        h
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn slot_names_are_valid_postgres_identifiers() {
+        assert_eq!(slot_name("node-B.1"), "pgvigil_node_b_1");
+        assert_eq!(slot_name(&"x".repeat(100)).len(), 63);
+    }
+
+    #[test]
+    fn node_ids_are_stable_and_distinct() {
+        assert_eq!(node_id("a"), node_id("a"));
+        assert_ne!(node_id("a"), node_id("b"));
+        assert_ne!(node_id(""), 0);
+    }
+}

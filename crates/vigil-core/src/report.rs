@@ -1,0 +1,79 @@
+//! What an agent reports to the coordinator every loop.
+
+use serde::{Deserialize, Serialize};
+use std::time::Duration;
+
+#[derive(Clone, Copy, Debug, PartialEq, Eq, Serialize, Deserialize, Default)]
+#[serde(rename_all = "lowercase")]
+pub enum MemberKind {
+    #[default]
+    Postgres,
+    /// Votes in Raft, runs no PostgreSQL.
+    Witness,
+}
+
+/// What the data directory holds, read from the files (so it is known while PostgreSQL is down).
+#[derive(Clone, Copy, Debug, PartialEq, Eq, Serialize, Deserialize, Default)]
+#[serde(rename_all = "lowercase")]
+pub enum DataDir {
+    #[default]
+    Unknown,
+    Empty,
+    /// A data directory without `standby.signal`: it was (or is) a primary.
+    Primary,
+    Standby,
+}
+
+#[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize, Default)]
+pub struct PgStatus {
+    /// PostgreSQL accepts connections.
+    pub running: bool,
+    pub in_recovery: bool,
+    pub timeline: u32,
+    pub current_lsn: u64,
+    pub received_lsn: u64,
+    pub replay_lsn: u64,
+    pub data_dir: DataDir,
+    /// The data directory may hold writes the committed primary never had: it must not run
+    /// until it has been rewound or re-cloned.
+    pub needs_rejoin: bool,
+    pub streaming: bool,
+    /// How long PostgreSQL has been continuously not running, as the agent measured it.
+    #[serde(with = "duration_ms")]
+    pub down_for: Duration,
+}
+
+#[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
+pub struct HealthReport {
+    pub member: String,
+    pub kind: MemberKind,
+    pub pg_host: String,
+    pub pg_port: u16,
+    pub nofailover: bool,
+    pub priority: i32,
+    pub pg: PgStatus,
+    /// The epoch of the committed state the agent acts on.
+    pub epoch_seen: u64,
+}
+
+impl HealthReport {
+    /// The most WAL this member is known to have: what a standby received, or what a primary wrote.
+    pub fn wal_position(&self) -> u64 {
+        self.pg
+            .received_lsn
+            .max(self.pg.replay_lsn)
+            .max(self.pg.current_lsn)
+    }
+}
+
+pub(crate) mod duration_ms {
+    use serde::{Deserialize, Deserializer, Serializer};
+    use std::time::Duration;
+
+    pub fn serialize<S: Serializer>(d: &Duration, s: S) -> Result<S::Ok, S::Error> {
+        s.serialize_u64(u64::try_from(d.as_millis()).unwrap_or(u64::MAX))
+    }
+    pub fn deserialize<'de, D: Deserializer<'de>>(d: D) -> Result<Duration, D::Error> {
+        Ok(Duration::from_millis(u64::deserialize(d)?))
+    }
+}

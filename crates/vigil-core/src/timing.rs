@@ -1,0 +1,166 @@
+//! Timing settings and the rules that keep them consistent.
+
+use std::time::Duration;
+
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct Timings {
+    /// How often an agent observes PostgreSQL and reports, and the coordinator decides.
+    pub loop_interval: Duration,
+    /// How long a primary may keep writing after the coordinator last acked it (from the send time).
+    pub lease_timeout: Duration,
+    /// Extra wait on top of the lease before promoting, for clock-rate drift and fencing time.
+    pub lease_margin: Duration,
+    /// How long the primary's PostgreSQL may stay down (its daemon alive) before a failover.
+    pub pg_restart_timeout: Duration,
+    /// How long a report counts as current for candidate choice.
+    pub report_timeout: Duration,
+    /// How long a new coordinator waits for every member's first report before bootstrapping anyway.
+    pub bootstrap_wait: Duration,
+    pub raft_tick: Duration,
+    pub election_ticks: u32,
+    pub heartbeat_ticks: u32,
+    /// A standby further behind the primary's last known position than this is not promoted.
+    pub maximum_lag_on_failover: u64,
+}
+
+impl Default for Timings {
+    fn default() -> Self {
+        Timings {
+            loop_interval: Duration::from_millis(250),
+            lease_timeout: Duration::from_secs(2),
+            lease_margin: Duration::from_millis(500),
+            pg_restart_timeout: Duration::from_secs(20),
+            report_timeout: Duration::from_secs(2),
+            bootstrap_wait: Duration::from_secs(10),
+            raft_tick: Duration::from_millis(100),
+            election_ticks: 10,
+            heartbeat_ticks: 2,
+            maximum_lag_on_failover: 1 << 20,
+        }
+    }
+}
+
+/// A timing setting that is inconsistent, named by its config key.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct TimingError {
+    pub key: &'static str,
+    pub message: String,
+}
+
+impl std::fmt::Display for TimingError {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        write!(f, "timing.{}: {}", self.key, self.message)
+    }
+}
+
+impl Timings {
+    /// The time after which a new coordinator or one that stopped renewing may promote.
+    pub fn promotion_wait(&self) -> Duration {
+        self.lease_timeout + self.lease_margin
+    }
+
+    pub fn election_timeout(&self) -> Duration {
+        self.raft_tick * self.election_ticks
+    }
+
+    pub fn validate(&self) -> Result<(), TimingError> {
+        let err = |key, message: String| Err(TimingError { key, message });
+        if self.loop_interval < Duration::from_millis(10) {
+            return err("loop_interval", "must be at least 10ms".into());
+        }
+        if self.lease_timeout < self.loop_interval * 3 {
+            return err(
+                "lease_timeout",
+                format!(
+                    "{:?} must be at least 3 x loop_interval ({:?}) so one lost report does not fence the primary",
+                    self.lease_timeout, self.loop_interval
+                ),
+            );
+        }
+        if self.lease_margin < Duration::from_millis(100) {
+            return err(
+                "lease_margin",
+                "must be at least 100ms (time to fence plus clock drift)".into(),
+            );
+        }
+        if self.raft_tick < Duration::from_millis(10) {
+            return err("raft_tick", "must be at least 10ms".into());
+        }
+        if self.heartbeat_ticks == 0 || self.heartbeat_ticks >= self.election_ticks {
+            return err(
+                "heartbeat_ticks",
+                "must be at least 1 and less than election_ticks".into(),
+            );
+        }
+        if self.election_timeout() >= self.lease_timeout {
+            return err(
+                "election_ticks",
+                format!(
+                    "raft_tick x election_ticks ({:?}) must be shorter than lease_timeout ({:?}), or a coordinator change fences a healthy primary",
+                    self.election_timeout(),
+                    self.lease_timeout
+                ),
+            );
+        }
+        if self.report_timeout < self.loop_interval * 2 {
+            return err(
+                "report_timeout",
+                "must be at least 2 x loop_interval".into(),
+            );
+        }
+        if self.pg_restart_timeout < self.loop_interval * 2 {
+            return err(
+                "pg_restart_timeout",
+                "must be at least 2 x loop_interval".into(),
+            );
+        }
+        Ok(())
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn defaults_are_consistent() {
+        assert_eq!(Timings::default().validate(), Ok(()));
+        assert_eq!(
+            Timings::default().promotion_wait(),
+            Duration::from_millis(2500)
+        );
+    }
+
+    #[test]
+    fn inconsistent_timings_name_their_key() {
+        let cases: Vec<(&str, Box<dyn Fn(&mut Timings)>)> = vec![
+            (
+                "lease_timeout",
+                Box::new(|t| t.lease_timeout = Duration::from_millis(500)),
+            ),
+            (
+                "lease_margin",
+                Box::new(|t| t.lease_margin = Duration::from_millis(10)),
+            ),
+            ("election_ticks", Box::new(|t| t.election_ticks = 30)),
+            ("heartbeat_ticks", Box::new(|t| t.heartbeat_ticks = 10)),
+            (
+                "loop_interval",
+                Box::new(|t| t.loop_interval = Duration::from_millis(1)),
+            ),
+            (
+                "report_timeout",
+                Box::new(|t| t.report_timeout = Duration::from_millis(100)),
+            ),
+            (
+                "pg_restart_timeout",
+                Box::new(|t| t.pg_restart_timeout = Duration::ZERO),
+            ),
+        ];
+        for (key, change) in cases {
+            let mut t = Timings::default();
+            change(&mut t);
+            assert_eq!(t.validate().map_err(|e| e.key), Err(key), "case {key}");
+        }
+    }
+}
