@@ -78,14 +78,7 @@ pub enum AgentAction {
 
 pub fn reconcile(input: &AgentInput<'_>) -> Vec<AgentAction> {
     use AgentAction::*;
-    let AgentInput {
-        me,
-        kind,
-        state,
-        pg,
-        lease_valid,
-        local,
-    } = *input;
+    let AgentInput { me, kind, state, pg, lease_valid, local } = *input;
     if kind == MemberKind::Witness {
         return Vec::new();
     }
@@ -97,23 +90,15 @@ pub fn reconcile(input: &AgentInput<'_>) -> Vec<AgentAction> {
     if primary != me {
         let why = format!("{primary} is the primary at epoch {epoch}");
         if pg.running && !pg.in_recovery {
-            return vec![
-                Fence(format!("running as a primary but {why}")),
-                NeedsRejoin(why),
-            ];
+            return vec![Fence(format!("running as a primary but {why}")), NeedsRejoin(why)];
         }
         if pg.data_dir == DataDir::Primary {
-            return vec![NeedsRejoin(format!(
-                "the data directory was a primary's and {why}"
-            ))];
+            return vec![NeedsRejoin(format!("the data directory was a primary's and {why}"))];
         }
         let Some(m) = state.members.get(primary) else {
             return vec![Wait(format!("no address known for {primary}"))];
         };
-        let from = Upstream {
-            host: m.pg_host.clone(),
-            port: m.pg_port,
-        };
+        let from = Upstream { host: m.pg_host.clone(), port: m.pg_port };
         let slot = slot_name(me);
         return match (pg.data_dir, pg.running) {
             (DataDir::Empty, _) => vec![Clone { from, slot }],
@@ -140,28 +125,18 @@ pub fn reconcile(input: &AgentInput<'_>) -> Vec<AgentAction> {
     let mut out: Vec<AgentAction> = Vec::new();
     match (pg.data_dir, pg.running, pg.in_recovery) {
         (DataDir::Empty, _, _) => {
-            let first = state.bootstrapped_by.as_deref() == Some(me)
-                && epoch == 1
-                && local.primary_epoch.is_none();
+            let first = state.bootstrapped_by.as_deref() == Some(me) && epoch == 1 && local.primary_epoch.is_none();
             if !first {
-                return vec![NeedsRejoin(format!(
-                    "primary of epoch {epoch} but the data directory is empty"
-                ))];
+                return vec![NeedsRejoin(format!("primary of epoch {epoch} but the data directory is empty"))];
             }
             out.extend(mark);
             out.push(InitDb);
         }
         (DataDir::Unknown, _, _) => return vec![Wait("data directory state unknown".into())],
         // A primary's data directory from an older epoch: another primary may have written since.
-        (DataDir::Primary, _, _)
-            if was_other_epochs_primary || (local.primary_epoch.is_none() && epoch > 1) =>
-        {
+        (DataDir::Primary, _, _) if was_other_epochs_primary || (local.primary_epoch.is_none() && epoch > 1) => {
             let why = format!("the data directory was primary at an older epoch than {epoch}");
-            return if pg.running {
-                vec![Fence(why.clone()), NeedsRejoin(why)]
-            } else {
-                vec![NeedsRejoin(why)]
-            };
+            return if pg.running { vec![Fence(why.clone()), NeedsRejoin(why)] } else { vec![NeedsRejoin(why)] };
         }
         (_, false, _) => {
             out.extend(mark);

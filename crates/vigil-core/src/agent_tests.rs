@@ -5,134 +5,46 @@ use AgentAction::*;
 fn cluster(primary: &str, epoch: u64) -> ClusterState {
     let mut s = ClusterState::default();
     for (i, n) in ["a", "b", "c"].iter().enumerate() {
-        let m = Member {
-            kind: MemberKind::Postgres,
-            pg_host: "h".into(),
-            pg_port: 5000 + i as u16,
-            ..Default::default()
-        };
-        s.apply(&Command::UpsertMember {
-            name: n.to_string(),
-            member: m,
-            at_unix_ms: 0,
-        })
-        .ok();
+        let m =
+            Member { kind: MemberKind::Postgres, pg_host: "h".into(), pg_port: 5000 + i as u16, ..Default::default() };
+        s.apply(&Command::UpsertMember { name: n.to_string(), member: m, at_unix_ms: 0 }).ok();
     }
-    let w = Member {
-        kind: MemberKind::Witness,
-        ..Default::default()
-    };
-    s.apply(&Command::UpsertMember {
-        name: "w".into(),
-        member: w,
-        at_unix_ms: 0,
-    })
-    .ok();
-    s.apply(&Command::Bootstrap {
-        member: "a".into(),
-        at_unix_ms: 0,
-    })
-    .ok();
+    let w = Member { kind: MemberKind::Witness, ..Default::default() };
+    s.apply(&Command::UpsertMember { name: "w".into(), member: w, at_unix_ms: 0 }).ok();
+    s.apply(&Command::Bootstrap { member: "a".into(), at_unix_ms: 0 }).ok();
     while s.epoch < epoch {
-        let to = if s.primary.as_deref() == Some(primary) {
-            "c"
-        } else {
-            primary
-        };
-        s.apply(&Command::Failover {
-            from_epoch: s.epoch,
-            to: to.into(),
-            reason: String::new(),
-            at_unix_ms: 0,
-        })
-        .ok();
+        let to = if s.primary.as_deref() == Some(primary) { "c" } else { primary };
+        s.apply(&Command::Failover { from_epoch: s.epoch, to: to.into(), reason: String::new(), at_unix_ms: 0 }).ok();
     }
     assert_eq!((s.primary.as_deref(), s.epoch), (Some(primary), epoch));
     s
 }
 
 fn pg(data_dir: DataDir, running: bool, in_recovery: bool) -> PgStatus {
-    PgStatus {
-        data_dir,
-        running,
-        in_recovery,
-        ..Default::default()
-    }
+    PgStatus { data_dir, running, in_recovery, ..Default::default() }
 }
 
-fn run(
-    me: &str,
-    s: &ClusterState,
-    pg: PgStatus,
-    lease: bool,
-    local: LocalMemory,
-) -> Vec<AgentAction> {
-    reconcile(&AgentInput {
-        me,
-        kind: MemberKind::Postgres,
-        state: s,
-        pg: &pg,
-        lease_valid: lease,
-        local: &local,
-    })
+fn run(me: &str, s: &ClusterState, pg: PgStatus, lease: bool, local: LocalMemory) -> Vec<AgentAction> {
+    reconcile(&AgentInput { me, kind: MemberKind::Postgres, state: s, pg: &pg, lease_valid: lease, local: &local })
 }
 
 fn up(port: u16) -> Upstream {
-    Upstream {
-        host: "h".into(),
-        port,
-    }
+    Upstream { host: "h".into(), port }
 }
 
 fn mem(primary_epoch: Option<u64>, upstream: Option<Upstream>) -> LocalMemory {
-    LocalMemory {
-        primary_epoch,
-        upstream,
-    }
+    LocalMemory { primary_epoch, upstream }
 }
 
 #[test]
 fn bootstrap_primary_inits_only_with_the_lease() {
     let s = cluster("a", 1);
-    assert!(matches!(
-        run(
-            "a",
-            &s,
-            pg(DataDir::Empty, false, false),
-            false,
-            mem(None, None)
-        )[..],
-        [Wait(_)]
-    ));
-    assert_eq!(
-        run(
-            "a",
-            &s,
-            pg(DataDir::Empty, false, false),
-            true,
-            mem(None, None)
-        ),
-        vec![MarkPrimary(1), InitDb]
-    );
-    assert_eq!(
-        run(
-            "a",
-            &s,
-            pg(DataDir::Primary, false, false),
-            true,
-            mem(Some(1), None)
-        ),
-        vec![Start]
-    );
+    assert!(matches!(run("a", &s, pg(DataDir::Empty, false, false), false, mem(None, None))[..], [Wait(_)]));
+    assert_eq!(run("a", &s, pg(DataDir::Empty, false, false), true, mem(None, None)), vec![MarkPrimary(1), InitDb]);
+    assert_eq!(run("a", &s, pg(DataDir::Primary, false, false), true, mem(Some(1), None)), vec![Start]);
     let slots = vec!["pgvigil_b".to_string(), "pgvigil_c".to_string()];
     assert_eq!(
-        run(
-            "a",
-            &s,
-            pg(DataDir::Primary, true, false),
-            true,
-            mem(Some(1), None)
-        ),
+        run("a", &s, pg(DataDir::Primary, true, false), true, mem(Some(1), None)),
         vec![PrimaryHousekeeping { slots }]
     );
 }
@@ -140,61 +52,22 @@ fn bootstrap_primary_inits_only_with_the_lease() {
 #[test]
 fn an_adopted_data_directory_becomes_primary_at_bootstrap() {
     let s = cluster("a", 1);
-    assert_eq!(
-        run(
-            "a",
-            &s,
-            pg(DataDir::Primary, false, false),
-            true,
-            mem(None, None)
-        ),
-        vec![MarkPrimary(1), Start]
-    );
+    assert_eq!(run("a", &s, pg(DataDir::Primary, false, false), true, mem(None, None)), vec![MarkPrimary(1), Start]);
 }
 
 #[test]
 fn primary_without_lease_is_fenced() {
     let s = cluster("a", 1);
-    assert!(matches!(
-        run(
-            "a",
-            &s,
-            pg(DataDir::Primary, true, false),
-            false,
-            mem(Some(1), None)
-        )[..],
-        [Fence(_)]
-    ));
+    assert!(matches!(run("a", &s, pg(DataDir::Primary, true, false), false, mem(Some(1), None))[..], [Fence(_)]));
 }
 
 #[test]
 fn promoted_standby_marks_then_promotes() {
     let s = cluster("b", 2);
     let local = mem(None, Some(up(5000)));
-    assert_eq!(
-        run(
-            "b",
-            &s,
-            pg(DataDir::Standby, true, true),
-            true,
-            local.clone()
-        ),
-        vec![MarkPrimary(2), Promote]
-    );
-    assert_eq!(
-        run("b", &s, pg(DataDir::Standby, false, false), true, local),
-        vec![MarkPrimary(2), Start]
-    );
-    assert!(matches!(
-        run(
-            "b",
-            &s,
-            pg(DataDir::Standby, true, true),
-            false,
-            mem(None, None)
-        )[..],
-        [Wait(_)]
-    ));
+    assert_eq!(run("b", &s, pg(DataDir::Standby, true, true), true, local.clone()), vec![MarkPrimary(2), Promote]);
+    assert_eq!(run("b", &s, pg(DataDir::Standby, false, false), true, local), vec![MarkPrimary(2), Start]);
+    assert!(matches!(run("b", &s, pg(DataDir::Standby, true, true), false, mem(None, None))[..], [Wait(_)]));
 }
 
 #[test]
@@ -202,56 +75,19 @@ fn standbys_clone_start_and_follow() {
     let s = cluster("a", 1);
     let slot = "pgvigil_b".to_string();
     assert_eq!(
-        run(
-            "b",
-            &s,
-            pg(DataDir::Empty, false, false),
-            false,
-            mem(None, None)
-        ),
-        vec![Clone {
-            from: up(5000),
-            slot: slot.clone()
-        }]
+        run("b", &s, pg(DataDir::Empty, false, false), false, mem(None, None)),
+        vec![Clone { from: up(5000), slot: slot.clone() }]
     );
     assert_eq!(
-        run(
-            "b",
-            &s,
-            pg(DataDir::Standby, false, true),
-            false,
-            mem(None, None)
-        ),
-        vec![
-            ConfigureStandby {
-                from: up(5000),
-                slot: slot.clone()
-            },
-            Start
-        ]
+        run("b", &s, pg(DataDir::Standby, false, true), false, mem(None, None)),
+        vec![ConfigureStandby { from: up(5000), slot: slot.clone() }, Start]
     );
-    assert!(run(
-        "b",
-        &s,
-        pg(DataDir::Standby, true, true),
-        false,
-        mem(None, Some(up(5000)))
-    )
-    .is_empty());
+    assert!(run("b", &s, pg(DataDir::Standby, true, true), false, mem(None, Some(up(5000)))).is_empty());
     // The primary moved to c: b re-points without a restart.
     let s2 = cluster("c", 2);
     assert_eq!(
-        run(
-            "b",
-            &s2,
-            pg(DataDir::Standby, true, true),
-            false,
-            mem(None, Some(up(5000)))
-        ),
-        vec![Follow {
-            from: up(5002),
-            slot
-        }]
+        run("b", &s2, pg(DataDir::Standby, true, true), false, mem(None, Some(up(5000)))),
+        vec![Follow { from: up(5002), slot }]
     );
 }
 
@@ -259,81 +95,32 @@ fn standbys_clone_start_and_follow() {
 fn old_primary_never_runs_as_primary_again() {
     let s = cluster("b", 2);
     // Its PostgreSQL still runs writable: fence and report.
-    let acts = run(
-        "a",
-        &s,
-        pg(DataDir::Primary, true, false),
-        true,
-        mem(Some(1), None),
-    );
+    let acts = run("a", &s, pg(DataDir::Primary, true, false), true, mem(Some(1), None));
     assert!(matches!(acts[..], [Fence(_), NeedsRejoin(_)]), "{acts:?}");
     // Down, primary data directory: stays down.
-    let acts = run(
-        "a",
-        &s,
-        pg(DataDir::Primary, false, false),
-        false,
-        mem(Some(1), None),
-    );
+    let acts = run("a", &s, pg(DataDir::Primary, false, false), false, mem(Some(1), None));
     assert!(matches!(acts[..], [NeedsRejoin(_)]), "{acts:?}");
     // Even without local memory (state dir lost), a primary data dir is not started as a standby.
-    let acts = run(
-        "a",
-        &s,
-        pg(DataDir::Primary, false, false),
-        false,
-        mem(None, None),
-    );
+    let acts = run("a", &s, pg(DataDir::Primary, false, false), false, mem(None, None));
     assert!(matches!(acts[..], [NeedsRejoin(_)]), "{acts:?}");
 }
 
 #[test]
 fn primary_again_at_a_later_epoch_with_a_stale_primary_data_dir_needs_rejoin() {
     let s = cluster("a", 3);
-    let acts = run(
-        "a",
-        &s,
-        pg(DataDir::Primary, false, false),
-        true,
-        mem(Some(1), None),
-    );
+    let acts = run("a", &s, pg(DataDir::Primary, false, false), true, mem(Some(1), None));
     assert!(matches!(acts[..], [NeedsRejoin(_)]), "{acts:?}");
-    let acts = run(
-        "a",
-        &s,
-        pg(DataDir::Empty, false, false),
-        true,
-        mem(Some(1), None),
-    );
-    assert!(
-        matches!(acts[..], [NeedsRejoin(_)]),
-        "an empty data dir is never re-initialised: {acts:?}"
-    );
+    let acts = run("a", &s, pg(DataDir::Empty, false, false), true, mem(Some(1), None));
+    assert!(matches!(acts[..], [NeedsRejoin(_)]), "an empty data dir is never re-initialised: {acts:?}");
 }
 
 #[test]
 fn nothing_before_bootstrap_and_nothing_for_witnesses() {
     let s = ClusterState::default();
-    assert!(matches!(
-        run(
-            "a",
-            &s,
-            pg(DataDir::Empty, false, false),
-            false,
-            mem(None, None)
-        )[..],
-        [Wait(_)]
-    ));
+    assert!(matches!(run("a", &s, pg(DataDir::Empty, false, false), false, mem(None, None))[..], [Wait(_)]));
     let s = cluster("a", 1);
     let p = pg(DataDir::Unknown, false, false);
     let local = LocalMemory::default();
-    let input = AgentInput {
-        me: "w",
-        kind: MemberKind::Witness,
-        state: &s,
-        pg: &p,
-        lease_valid: false,
-        local: &local,
-    };
+    let input = AgentInput { me: "w", kind: MemberKind::Witness, state: &s, pg: &p, lease_valid: false, local: &local };
     assert!(reconcile(&input).is_empty());
 }

@@ -22,12 +22,7 @@ pub struct Seen<'a> {
 }
 
 /// Why each member was or was not chosen.
-pub fn exclusion(
-    state: &ClusterState,
-    seen: &Seen<'_>,
-    primary_lsn: Option<u64>,
-    max_lag: u64,
-) -> Option<Excluded> {
+pub fn exclusion(state: &ClusterState, seen: &Seen<'_>, primary_lsn: Option<u64>, max_lag: u64) -> Option<Excluded> {
     let r = seen.report;
     let member = state.members.get(&r.member);
     if state.is_primary(&r.member) {
@@ -67,16 +62,10 @@ pub fn choose<'a>(
     primary_lsn: Option<u64>,
     max_lag: u64,
 ) -> Option<&'a HealthReport> {
-    let mut ok: Vec<&HealthReport> = seen
-        .iter()
-        .filter(|s| exclusion(state, s, primary_lsn, max_lag).is_none())
-        .map(|s| s.report)
-        .collect();
+    let mut ok: Vec<&HealthReport> =
+        seen.iter().filter(|s| exclusion(state, s, primary_lsn, max_lag).is_none()).map(|s| s.report).collect();
     ok.sort_by(|a, b| {
-        b.wal_position()
-            .cmp(&a.wal_position())
-            .then(b.priority.cmp(&a.priority))
-            .then(a.member.cmp(&b.member))
+        b.wal_position().cmp(&a.wal_position()).then(b.priority.cmp(&a.priority)).then(a.member.cmp(&b.member))
     });
     ok.first().copied()
 }
@@ -112,34 +101,16 @@ mod tests {
     fn state(names: &[&str]) -> ClusterState {
         let mut s = ClusterState::default();
         for n in names {
-            let m = Member {
-                kind: MemberKind::Postgres,
-                ..Default::default()
-            };
-            s.apply(&Command::UpsertMember {
-                name: n.to_string(),
-                member: m,
-                at_unix_ms: 0,
-            })
-            .ok();
+            let m = Member { kind: MemberKind::Postgres, ..Default::default() };
+            s.apply(&Command::UpsertMember { name: n.to_string(), member: m, at_unix_ms: 0 }).ok();
         }
-        s.apply(&Command::Bootstrap {
-            member: "p".into(),
-            at_unix_ms: 0,
-        })
-        .ok();
+        s.apply(&Command::Bootstrap { member: "p".into(), at_unix_ms: 0 }).ok();
         s
     }
 
     fn pick(reports: &[(HealthReport, bool)], primary_lsn: Option<u64>) -> Option<String> {
         let s = state(&["p", "a", "b", "c"]);
-        let seen: Vec<Seen> = reports
-            .iter()
-            .map(|(r, c)| Seen {
-                report: r,
-                current: *c,
-            })
-            .collect();
+        let seen: Vec<Seen> = reports.iter().map(|(r, c)| Seen { report: r, current: *c }).collect();
         choose(&s, &seen, primary_lsn, 1000).map(|r| r.member.clone())
     }
 
@@ -155,70 +126,26 @@ mod tests {
         primaryish.pg.in_recovery = false;
         let primary = standby("p", 5000, 0);
 
-        let cases: Vec<(&str, Vec<(HealthReport, bool)>, Option<u64>, Option<&str>)> = vec![
-            (
-                "highest lsn wins",
-                vec![(standby("a", 10, 0), true), (standby("b", 20, 0), true)],
-                None,
-                Some("b"),
-            ),
+        type Case<'a> = (&'a str, Vec<(HealthReport, bool)>, Option<u64>, Option<&'a str>);
+        let cases: Vec<Case> = vec![
+            ("highest lsn wins", vec![(standby("a", 10, 0), true), (standby("b", 20, 0), true)], None, Some("b")),
             (
                 "priority breaks lsn ties",
                 vec![(standby("a", 20, 1), true), (standby("b", 20, 5), true)],
                 None,
                 Some("b"),
             ),
-            (
-                "name breaks full ties",
-                vec![(standby("b", 20, 1), true), (standby("a", 20, 1), true)],
-                None,
-                Some("a"),
-            ),
-            (
-                "lsn beats priority",
-                vec![(standby("a", 21, 0), true), (standby("b", 20, 9), true)],
-                None,
-                Some("a"),
-            ),
-            (
-                "nofailover never",
-                vec![(nofo, true), (standby("b", 1, 0), true)],
-                None,
-                Some("b"),
-            ),
-            (
-                "stale report never",
-                vec![(standby("a", 50, 0), false), (standby("b", 1, 0), true)],
-                None,
-                Some("b"),
-            ),
+            ("name breaks full ties", vec![(standby("b", 20, 1), true), (standby("a", 20, 1), true)], None, Some("a")),
+            ("lsn beats priority", vec![(standby("a", 21, 0), true), (standby("b", 20, 9), true)], None, Some("a")),
+            ("nofailover never", vec![(nofo, true), (standby("b", 1, 0), true)], None, Some("b")),
+            ("stale report never", vec![(standby("a", 50, 0), false), (standby("b", 1, 0), true)], None, Some("b")),
             ("down standby never", vec![(down, true)], None, None),
             ("needs rejoin never", vec![(rejoin, true)], None, None),
-            (
-                "not in recovery never",
-                vec![(primaryish, true)],
-                None,
-                None,
-            ),
+            ("not in recovery never", vec![(primaryish, true)], None, None),
             ("the primary never", vec![(primary, true)], None, None),
-            (
-                "lag within bound",
-                vec![(standby("a", 9000, 0), true)],
-                Some(10_000),
-                Some("a"),
-            ),
-            (
-                "lag over bound",
-                vec![(standby("a", 8000, 0), true)],
-                Some(10_000),
-                None,
-            ),
-            (
-                "unknown member never",
-                vec![(standby("zz", 50, 0), true)],
-                None,
-                None,
-            ),
+            ("lag within bound", vec![(standby("a", 9000, 0), true)], Some(10_000), Some("a")),
+            ("lag over bound", vec![(standby("a", 8000, 0), true)], Some(10_000), None),
+            ("unknown member never", vec![(standby("zz", 50, 0), true)], None, None),
             ("nobody", vec![], None, None),
         ];
         for (name, reports, plsn, want) in cases {
@@ -230,13 +157,7 @@ mod tests {
     fn exclusion_says_why() {
         let s = state(&["p", "a"]);
         let r = standby("a", 1, 0);
-        let seen = Seen {
-            report: &r,
-            current: true,
-        };
-        assert_eq!(
-            exclusion(&s, &seen, Some(5000), 1000),
-            Some(Excluded::Lagging { behind: 4999 })
-        );
+        let seen = Seen { report: &r, current: true };
+        assert_eq!(exclusion(&s, &seen, Some(5000), 1000), Some(Excluded::Lagging { behind: 4999 }));
     }
 }

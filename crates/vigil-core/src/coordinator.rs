@@ -44,6 +44,8 @@ pub struct Coordinator {
     /// The configured member names; reports from anyone else are ignored.
     expected: BTreeSet<String>,
     leader_since: Option<Instant>,
+    /// The Raft term of this leadership.
+    term: u64,
     /// The epoch this coordinator last saw and when it first saw it.
     epoch_seen: Option<(u64, Instant)>,
     reports: BTreeMap<String, Received>,
@@ -56,6 +58,7 @@ impl Coordinator {
             timings,
             expected: expected.into_iter().collect(),
             leader_since: None,
+            term: 0,
             epoch_seen: None,
             reports: BTreeMap::new(),
             last_grant: None,
@@ -66,24 +69,26 @@ impl Coordinator {
         self.leader_since.is_some()
     }
 
-    /// Tell the coordinator whether this member is the Raft leader now. Becoming leader starts the
+    /// Tell the coordinator whether this member is the Raft leader now (`Some(term)`) or not. A
+    /// new leadership (or a new term, even if the change between two calls was missed) starts the
     /// full promotion wait; losing it forgets everything, since another coordinator may act meanwhile.
-    pub fn set_leader(&mut self, now: Instant, is_leader: bool) {
-        match (self.leader_since.is_some(), is_leader) {
-            (false, true) => {
+    pub fn set_leader(&mut self, now: Instant, leader_term: Option<u64>) {
+        match leader_term {
+            Some(term) if self.leader_since.is_some() && self.term == term => {}
+            Some(term) => {
+                self.forget();
                 self.leader_since = Some(now);
-                self.epoch_seen = None;
-                self.last_grant = None;
-                self.reports.clear();
+                self.term = term;
             }
-            (true, false) => {
-                self.leader_since = None;
-                self.epoch_seen = None;
-                self.last_grant = None;
-                self.reports.clear();
-            }
-            _ => {}
+            None => self.forget(),
         }
+    }
+
+    fn forget(&mut self) {
+        self.leader_since = None;
+        self.epoch_seen = None;
+        self.last_grant = None;
+        self.reports.clear();
     }
 
     pub fn reports(&self) -> &BTreeMap<String, Received> {
@@ -91,36 +96,23 @@ impl Coordinator {
     }
 
     /// Record a report and say whether its sender would get the primary lease.
-    pub fn on_report(
-        &mut self,
-        now: Instant,
-        report: HealthReport,
-        state: &ClusterState,
-    ) -> LeaseAnswer {
+    pub fn on_report(&mut self, now: Instant, report: HealthReport, state: &ClusterState) -> LeaseAnswer {
         let epoch = state.epoch;
         if !self.is_leader() || !self.expected.contains(&report.member) {
-            return LeaseAnswer {
-                grant: false,
-                epoch,
-            };
+            return LeaseAnswer { grant: false, epoch };
         }
         let grant = state.is_primary(&report.member)
             && report.kind == MemberKind::Postgres
             && !report.pg.needs_rejoin
             && report.pg.down_for < self.timings.pg_restart_timeout;
-        self.reports
-            .insert(report.member.clone(), Received { report, at: now });
+        self.reports.insert(report.member.clone(), Received { report, at: now });
         LeaseAnswer { grant, epoch }
     }
 
     /// Record a grant that was sent, after the quorum confirmed this coordinator's leadership.
     pub fn granted(&mut self, now: Instant, member: &str, epoch: u64) {
         if self.is_leader() {
-            self.last_grant = Some(Grant {
-                member: member.to_string(),
-                epoch,
-                at: now,
-            });
+            self.last_grant = Some(Grant { member: member.to_string(), epoch, at: now });
         }
     }
 
@@ -139,11 +131,7 @@ impl Coordinator {
     }
 
     /// How long until the current primary's lease has certainly expired (zero when it has).
-    pub fn lease_expires_in(
-        &self,
-        now: Instant,
-        state: &ClusterState,
-    ) -> Option<std::time::Duration> {
+    pub fn lease_expires_in(&self, now: Instant, state: &ClusterState) -> Option<std::time::Duration> {
         let start = self.wait_start(state)?;
         Some((start + self.timings.promotion_wait()).saturating_duration_since(now))
     }
@@ -168,10 +156,7 @@ impl Coordinator {
         match &state.primary {
             None => {
                 if let Some(member) = self.bootstrap_choice(now, leader_since, state) {
-                    out.push(Command::Bootstrap {
-                        member,
-                        at_unix_ms: wall_ms,
-                    });
+                    out.push(Command::Bootstrap { member, at_unix_ms: wall_ms });
                 }
             }
             Some(primary) => {
@@ -181,6 +166,24 @@ impl Coordinator {
             }
         }
         out
+    }
+
+    /// Where to hand Raft leadership when this coordinator (`me`) sits on the primary's host: a
+    /// member with a current report, a witness first, then a running standby. So the death of the
+    /// primary's host costs one lease wait, not an election plus a lease wait.
+    pub fn leadership_target(&self, now: Instant, state: &ClusterState, me: &str) -> Option<String> {
+        if !self.is_leader() || !state.is_primary(me) {
+            return None;
+        }
+        let mut ok: Vec<&HealthReport> = self
+            .reports
+            .values()
+            .filter(|r| r.report.member != me && self.is_current(now, r))
+            .map(|r| &r.report)
+            .filter(|r| r.kind == MemberKind::Witness || (r.pg.running && r.pg.in_recovery))
+            .collect();
+        ok.sort_by_key(|r| (r.kind != MemberKind::Witness, r.member.clone()));
+        ok.first().map(|r| r.member.clone())
     }
 
     fn member_updates(&self, state: &ClusterState, wall_ms: u64) -> Vec<Command> {
@@ -207,16 +210,9 @@ impl Coordinator {
     /// Who creates the cluster: a member with an existing primary data directory (adopted as it
     /// is) before one with an empty one; then priority, then name. Waits for every configured
     /// member's first report, or `bootstrap_wait`, so an existing data directory is not missed.
-    fn bootstrap_choice(
-        &self,
-        now: Instant,
-        leader_since: Instant,
-        state: &ClusterState,
-    ) -> Option<String> {
+    fn bootstrap_choice(&self, now: Instant, leader_since: Instant, state: &ClusterState) -> Option<String> {
         let all_reported = self.expected.iter().all(|n| self.reports.contains_key(n));
-        if !all_reported
-            && now.saturating_duration_since(leader_since) < self.timings.bootstrap_wait
-        {
+        if !all_reported && now.saturating_duration_since(leader_since) < self.timings.bootstrap_wait {
             return None;
         }
         let mut ok: Vec<&HealthReport> = self
@@ -229,55 +225,27 @@ impl Coordinator {
             .collect();
         ok.sort_by(|a, b| {
             let has_data = |r: &HealthReport| r.pg.data_dir == DataDir::Primary;
-            has_data(b)
-                .cmp(&has_data(a))
-                .then(b.priority.cmp(&a.priority))
-                .then(a.member.cmp(&b.member))
+            has_data(b).cmp(&has_data(a)).then(b.priority.cmp(&a.priority)).then(a.member.cmp(&b.member))
         });
         // Bootstrap is proposed after the member's own UpsertMember, in the same batch.
-        ok.first()
-            .map(|r| r.member.clone())
-            .filter(|_| state.primary.is_none())
+        ok.first().map(|r| r.member.clone()).filter(|_| state.primary.is_none())
     }
 
-    fn failover_choice(
-        &self,
-        now: Instant,
-        state: &ClusterState,
-        primary: &str,
-        wall_ms: u64,
-    ) -> Option<Command> {
+    fn failover_choice(&self, now: Instant, state: &ClusterState, primary: &str, wall_ms: u64) -> Option<Command> {
         if !self.lease_expires_in(now, state)?.is_zero() {
             return None;
         }
-        let seen: Vec<Seen> = self
-            .reports
-            .values()
-            .map(|r| Seen {
-                report: &r.report,
-                current: self.is_current(now, r),
-            })
-            .collect();
+        let seen: Vec<Seen> =
+            self.reports.values().map(|r| Seen { report: &r.report, current: self.is_current(now, r) }).collect();
         let last = self.reports.get(primary);
         let primary_lsn = last.map(|r| r.report.wal_position()).filter(|l| *l > 0);
-        let chosen = candidate::choose(
-            state,
-            &seen,
-            primary_lsn,
-            self.timings.maximum_lag_on_failover,
-        )?;
+        let chosen = candidate::choose(state, &seen, primary_lsn, self.timings.maximum_lag_on_failover)?;
         let why = match last {
             None => "no report from it since this coordinator took over".to_string(),
             Some(r) if !self.is_current(now, r) => {
-                format!(
-                    "no report for {} ms",
-                    now.saturating_duration_since(r.at).as_millis()
-                )
+                format!("no report for {} ms", now.saturating_duration_since(r.at).as_millis())
             }
-            Some(r) => format!(
-                "its PostgreSQL has been down for {} ms",
-                r.report.pg.down_for.as_millis()
-            ),
+            Some(r) => format!("its PostgreSQL has been down for {} ms", r.report.pg.down_for.as_millis()),
         };
         Some(Command::Failover {
             from_epoch: state.epoch,

@@ -6,13 +6,7 @@ fn ms(n: u64) -> Duration {
     Duration::from_millis(n)
 }
 
-fn report(
-    name: &str,
-    data_dir: DataDir,
-    running: bool,
-    in_recovery: bool,
-    lsn: u64,
-) -> HealthReport {
+fn report(name: &str, data_dir: DataDir, running: bool, in_recovery: bool, lsn: u64) -> HealthReport {
     HealthReport {
         member: name.into(),
         kind: MemberKind::Postgres,
@@ -47,23 +41,15 @@ fn standby_r(name: &str, lsn: u64) -> HealthReport {
 fn running_cluster() -> (Coordinator, ClusterState, Instant) {
     let t0 = Instant::now();
     let mut c = Coordinator::new(["a", "b", "c"].map(String::from), Timings::default());
-    c.set_leader(t0, true);
+    c.set_leader(t0, Some(1));
     let mut s = ClusterState::default();
-    for r in [
-        primary_r("a", 100),
-        standby_r("b", 100),
-        standby_r("c", 100),
-    ] {
+    for r in [primary_r("a", 100), standby_r("b", 100), standby_r("c", 100)] {
         c.on_report(t0, r, &s);
     }
     for cmd in c.decide(t0, &s, 0) {
         s.apply(&cmd).expect("apply");
     }
-    assert_eq!(
-        s.primary.as_deref(),
-        Some("a"),
-        "a has data, so it bootstraps"
-    );
+    assert_eq!(s.primary.as_deref(), Some("a"), "a has data, so it bootstraps");
     // The next loop sees the new epoch, as the shell's loop would right after the commit.
     assert!(c.decide(t0, &s, 0).is_empty());
     (c, s, t0)
@@ -99,31 +85,19 @@ fn only_the_leader_answers_and_decides() {
 fn grants_go_to_the_healthy_primary_only() {
     let (mut c, s, t0) = running_cluster();
     let t = t0 + ms(100);
-    assert_eq!(
-        c.on_report(t, primary_r("a", 1), &s),
-        LeaseAnswer {
-            grant: true,
-            epoch: 1
-        }
-    );
+    assert_eq!(c.on_report(t, primary_r("a", 1), &s), LeaseAnswer { grant: true, epoch: 1 });
     assert!(!c.on_report(t, standby_r("b", 1), &s).grant);
     let mut down = primary_r("a", 1);
     down.pg.running = false;
     down.pg.down_for = ms(19_999);
-    assert!(
-        c.on_report(t, down.clone(), &s).grant,
-        "a restart within pg_restart_timeout keeps the lease"
-    );
+    assert!(c.on_report(t, down.clone(), &s).grant, "a restart within pg_restart_timeout keeps the lease");
     down.pg.down_for = ms(20_000);
     assert!(!c.on_report(t, down, &s).grant);
     let mut rejoin = primary_r("a", 1);
     rejoin.pg.needs_rejoin = true;
     assert!(!c.on_report(t, rejoin, &s).grant);
     assert!(!c.on_report(t, primary_r("stranger", 1), &s).grant);
-    assert!(
-        !c.reports().contains_key("stranger"),
-        "reports from unconfigured members are ignored"
-    );
+    assert!(!c.reports().contains_key("stranger"), "reports from unconfigured members are ignored");
 }
 
 #[test]
@@ -133,16 +107,7 @@ fn dead_primary_is_replaced_exactly_after_lease_plus_margin() {
     let mut t = t0;
     for _ in 0..12 {
         t += ms(250);
-        round(
-            &mut c,
-            &s,
-            t,
-            &[
-                primary_r("a", 500),
-                standby_r("b", 500),
-                standby_r("c", 400),
-            ],
-        );
+        round(&mut c, &s, t, &[primary_r("a", 500), standby_r("b", 500), standby_r("c", 400)]);
         assert!(failover_target(&c.decide(t, &s, 0)).is_none());
     }
     let t_last = t;
@@ -150,25 +115,12 @@ fn dead_primary_is_replaced_exactly_after_lease_plus_margin() {
     while t < t_last + ms(2400) {
         t += ms(100);
         round(&mut c, &s, t, &[standby_r("b", 500), standby_r("c", 400)]);
-        assert!(
-            failover_target(&c.decide(t, &s, 0)).is_none(),
-            "too early at {:?}",
-            t - t_last
-        );
+        assert!(failover_target(&c.decide(t, &s, 0)).is_none(), "too early at {:?}", t - t_last);
     }
-    round(
-        &mut c,
-        &s,
-        t_last + ms(2499),
-        &[standby_r("b", 500), standby_r("c", 400)],
-    );
+    round(&mut c, &s, t_last + ms(2499), &[standby_r("b", 500), standby_r("c", 400)]);
     assert!(failover_target(&c.decide(t_last + ms(2499), &s, 0)).is_none());
     let cmds = c.decide(t_last + ms(2500), &s, 0);
-    assert_eq!(
-        failover_target(&cmds).as_deref(),
-        Some("b"),
-        "b has the most WAL"
-    );
+    assert_eq!(failover_target(&cmds).as_deref(), Some("b"), "b has the most WAL");
 }
 
 #[test]
@@ -176,56 +128,30 @@ fn a_new_coordinator_waits_a_full_lease_from_its_election() {
     let (_, s, t0) = running_cluster();
     let mut c = Coordinator::new(["a", "b", "c"].map(String::from), Timings::default());
     let elected = t0 + ms(5000);
-    c.set_leader(elected, true);
-    round(
-        &mut c,
-        &s,
-        elected + ms(2000),
-        &[standby_r("b", 500), standby_r("c", 400)],
-    );
+    c.set_leader(elected, Some(2));
+    round(&mut c, &s, elected + ms(2000), &[standby_r("b", 500), standby_r("c", 400)]);
     assert!(failover_target(&c.decide(elected + ms(2499), &s, 0)).is_none());
-    assert_eq!(
-        failover_target(&c.decide(elected + ms(2500), &s, 0)).as_deref(),
-        Some("b")
-    );
+    assert_eq!(failover_target(&c.decide(elected + ms(2500), &s, 0)).as_deref(), Some("b"));
 }
 
 #[test]
 fn primary_with_postgres_down_too_long_loses_its_lease_then_its_role() {
     let (mut c, s, t0) = running_cluster();
     let mut t = t0 + ms(3000);
-    round(
-        &mut c,
-        &s,
-        t,
-        &[
-            primary_r("a", 500),
-            standby_r("b", 500),
-            standby_r("c", 500),
-        ],
-    );
+    round(&mut c, &s, t, &[primary_r("a", 500), standby_r("b", 500), standby_r("c", 500)]);
     let mut down = primary_r("a", 0);
     down.pg.running = false;
     down.pg.down_for = ms(20_000);
     let stopped_granting = t;
     while t < stopped_granting + ms(2500) {
         t += ms(250);
-        round(
-            &mut c,
-            &s,
-            t,
-            &[down.clone(), standby_r("b", 500), standby_r("c", 500)],
-        );
+        round(&mut c, &s, t, &[down.clone(), standby_r("b", 500), standby_r("c", 500)]);
         if t < stopped_granting + ms(2500) {
             assert!(failover_target(&c.decide(t, &s, 0)).is_none());
         }
     }
     let cmds = c.decide(t, &s, 0);
-    assert_eq!(
-        failover_target(&cmds).as_deref(),
-        Some("b"),
-        "equal WAL and priority: by name"
-    );
+    assert_eq!(failover_target(&cmds).as_deref(), Some("b"), "equal WAL and priority: by name");
     let reason = cmds.iter().find_map(|c| match c {
         Command::Failover { reason, .. } => Some(reason.clone()),
         _ => None,
@@ -250,6 +176,17 @@ fn the_new_primary_gets_a_full_lease_before_anyone_may_replace_it() {
 }
 
 #[test]
+fn a_new_term_restarts_the_wait_even_if_the_loss_was_missed() {
+    let (mut c, s, t0) = running_cluster();
+    round(&mut c, &s, t0 + ms(100), &[primary_r("a", 1)]);
+    c.set_leader(t0 + ms(200), Some(1));
+    assert_eq!(c.lease_expires_in(t0 + ms(200), &s), Some(ms(2400)), "same term: the grant at 100ms counts");
+    c.set_leader(t0 + ms(3000), Some(5));
+    assert_eq!(c.lease_expires_in(t0 + ms(3000), &s), Some(ms(2500)), "new term: a full wait from now");
+    assert!(c.reports().is_empty());
+}
+
+#[test]
 fn no_candidate_no_failover() {
     let (mut c, s, t0) = running_cluster();
     let mut nofo = standby_r("b", 500);
@@ -265,23 +202,14 @@ fn no_candidate_no_failover() {
 fn lagging_standby_is_not_promoted() {
     let (mut c, s, t0) = running_cluster();
     let t = t0 + ms(1000);
-    round(
-        &mut c,
-        &s,
-        t,
-        &[
-            primary_r("a", 10 << 20),
-            standby_r("b", 1 << 20),
-            standby_r("c", 1 << 20),
-        ],
-    );
+    round(&mut c, &s, t, &[primary_r("a", 10 << 20), standby_r("b", 1 << 20), standby_r("c", 1 << 20)]);
     assert!(failover_target(&c.decide(t + ms(5000), &s, 0)).is_none());
 }
 
 #[test]
 fn losing_leadership_stops_everything() {
     let (mut c, s, t0) = running_cluster();
-    c.set_leader(t0 + ms(1), false);
+    c.set_leader(t0 + ms(1), None);
     assert!(c.decide(t0 + ms(60_000), &s, 0).is_empty());
     assert!(c.reports().is_empty());
 }
@@ -290,30 +218,19 @@ fn losing_leadership_stops_everything() {
 fn bootstrap_waits_for_everyone_or_the_bootstrap_wait() {
     let t0 = Instant::now();
     let mut c = Coordinator::new(["a", "b", "c"].map(String::from), Timings::default());
-    c.set_leader(t0, true);
+    c.set_leader(t0, Some(1));
     let s = ClusterState::default();
     c.on_report(t0, report("b", DataDir::Empty, false, false, 0), &s);
     c.on_report(t0, report("a", DataDir::Empty, false, false, 0), &s);
     let only_members = c.decide(t0 + ms(1000), &s, 0);
-    assert!(only_members
-        .iter()
-        .all(|c| matches!(c, Command::UpsertMember { .. })));
+    assert!(only_members.iter().all(|c| matches!(c, Command::UpsertMember { .. })));
     assert_eq!(only_members.len(), 2);
     // c never reports; after bootstrap_wait the lowest name among empty members wins.
-    for r in [
-        report("b", DataDir::Empty, false, false, 0),
-        report("a", DataDir::Empty, false, false, 0),
-    ] {
+    for r in [report("b", DataDir::Empty, false, false, 0), report("a", DataDir::Empty, false, false, 0)] {
         c.on_report(t0 + ms(9_900), r, &s);
     }
     let cmds = c.decide(t0 + ms(10_000), &s, 0);
-    assert_eq!(
-        cmds.last(),
-        Some(&Command::Bootstrap {
-            member: "a".into(),
-            at_unix_ms: 0
-        })
-    );
+    assert_eq!(cmds.last(), Some(&Command::Bootstrap { member: "a".into(), at_unix_ms: 0 }));
     let mut applied = s.clone();
     for cmd in &cmds {
         applied.apply(cmd).expect("members first, then bootstrap");
@@ -325,7 +242,7 @@ fn bootstrap_waits_for_everyone_or_the_bootstrap_wait() {
 fn bootstrap_prefers_existing_data_and_skips_witnesses() {
     let t0 = Instant::now();
     let mut c = Coordinator::new(["a", "c", "w"].map(String::from), Timings::default());
-    c.set_leader(t0, true);
+    c.set_leader(t0, Some(1));
     let s = ClusterState::default();
     let mut w = report("w", DataDir::Unknown, false, false, 0);
     w.kind = MemberKind::Witness;
@@ -333,25 +250,14 @@ fn bootstrap_prefers_existing_data_and_skips_witnesses() {
     c.on_report(t0, report("a", DataDir::Empty, false, false, 0), &s);
     c.on_report(t0, report("c", DataDir::Primary, false, false, 0), &s);
     let cmds = c.decide(t0, &s, 0);
-    assert_eq!(
-        cmds.last(),
-        Some(&Command::Bootstrap {
-            member: "c".into(),
-            at_unix_ms: 0
-        })
-    );
+    assert_eq!(cmds.last(), Some(&Command::Bootstrap { member: "c".into(), at_unix_ms: 0 }));
 }
 
 #[test]
 fn member_records_are_proposed_only_when_they_change() {
     let (mut c, mut s, t0) = running_cluster();
     let t = t0 + ms(100);
-    round(
-        &mut c,
-        &s,
-        t,
-        &[primary_r("a", 1), standby_r("b", 1), standby_r("c", 1)],
-    );
+    round(&mut c, &s, t, &[primary_r("a", 1), standby_r("b", 1), standby_r("c", 1)]);
     assert!(c.decide(t, &s, 0).is_empty());
     let mut moved = standby_r("c", 1);
     moved.pg_port = 6000;
@@ -360,4 +266,18 @@ fn member_records_are_proposed_only_when_they_change() {
     assert_eq!(cmds.len(), 1);
     s.apply(&cmds[0]).expect("apply");
     assert_eq!(s.members.get("c").map(|m| m.pg_port), Some(6000));
+}
+
+#[test]
+fn leadership_moves_off_the_primary_to_a_current_standby() {
+    let (mut c, s, t0) = running_cluster();
+    let t = t0 + ms(100);
+    round(&mut c, &s, t, &[primary_r("a", 1), standby_r("b", 1), standby_r("c", 1)]);
+    assert_eq!(c.leadership_target(t, &s, "b"), None, "not on the primary: stay");
+    assert_eq!(c.leadership_target(t, &s, "a").as_deref(), Some("b"));
+    let mut down = standby_r("b", 1);
+    down.pg.running = false;
+    round(&mut c, &s, t, &[down]);
+    assert_eq!(c.leadership_target(t, &s, "a").as_deref(), Some("c"), "only to a running standby");
+    assert_eq!(c.leadership_target(t + ms(5000), &s, "a"), None, "not to members with stale reports");
 }

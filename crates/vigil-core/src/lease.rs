@@ -38,8 +38,7 @@ impl Lease {
     }
 
     pub fn remaining(&self, epoch: u64, now: Instant) -> Duration {
-        self.expires_at(epoch)
-            .map_or(Duration::ZERO, |e| e.saturating_duration_since(now))
+        self.expires_at(epoch).map_or(Duration::ZERO, |e| e.saturating_duration_since(now))
     }
 }
 
@@ -56,10 +55,7 @@ mod tests {
         l.on_ack(t0, true, 1, L);
         assert!(l.valid(1, t0 + Duration::from_millis(1999)));
         assert!(!l.valid(1, t0 + L));
-        assert_eq!(
-            l.remaining(1, t0 + Duration::from_millis(500)),
-            Duration::from_millis(1500)
-        );
+        assert_eq!(l.remaining(1, t0 + Duration::from_millis(500)), Duration::from_millis(1500));
     }
 
     #[test]

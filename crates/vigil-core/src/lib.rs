@@ -33,13 +33,7 @@ pub fn slot_name(member: &str) -> String {
     let mut s = String::from("pgvigil_");
     for c in member.chars() {
         let c = c.to_ascii_lowercase();
-        s.push(
-            if c.is_ascii_lowercase() || c.is_ascii_digit() || c == '_' {
-                c
-            } else {
-                '_'
-            },
-        );
+        s.push(if c.is_ascii_lowercase() || c.is_ascii_digit() || c == '_' { c } else { '_' });
     }
     s.truncate(63);
     s

@@ -59,10 +59,7 @@ pub struct HealthReport {
 impl HealthReport {
     /// The most WAL this member is known to have: what a standby received, or what a primary wrote.
     pub fn wal_position(&self) -> u64 {
-        self.pg
-            .received_lsn
-            .max(self.pg.replay_lsn)
-            .max(self.pg.current_lsn)
+        self.pg.received_lsn.max(self.pg.replay_lsn).max(self.pg.current_lsn)
     }
 }
 

@@ -55,20 +55,11 @@ pub struct ClusterState {
 #[serde(tag = "op", rename_all = "snake_case")]
 pub enum Command {
     /// Record a member's address, kind and tags (from its reports).
-    UpsertMember {
-        name: String,
-        member: Member,
-        at_unix_ms: u64,
-    },
+    UpsertMember { name: String, member: Member, at_unix_ms: u64 },
     /// Make `member` the first primary of a cluster that has none.
     Bootstrap { member: String, at_unix_ms: u64 },
     /// Replace the primary of `from_epoch` by `to`.
-    Failover {
-        from_epoch: u64,
-        to: String,
-        reason: String,
-        at_unix_ms: u64,
-    },
+    Failover { from_epoch: u64, to: String, reason: String, at_unix_ms: u64 },
 }
 
 #[derive(Clone, Debug, PartialEq, Eq)]
@@ -85,10 +76,7 @@ impl std::fmt::Display for Rejected {
         match self {
             Rejected::AlreadyBootstrapped => write!(f, "cluster is already bootstrapped"),
             Rejected::StaleEpoch { expected, current } => {
-                write!(
-                    f,
-                    "decided for epoch {expected}, but the epoch is {current}"
-                )
+                write!(f, "decided for epoch {expected}, but the epoch is {current}")
             }
             Rejected::NotAPostgresMember(m) => write!(f, "{m} is not a known PostgreSQL member"),
             Rejected::AlreadyPrimary(m) => write!(f, "{m} is already the primary"),
@@ -111,11 +99,7 @@ impl Command {
 impl ClusterState {
     pub fn apply(&mut self, cmd: &Command) -> Result<(), Rejected> {
         match cmd {
-            Command::UpsertMember {
-                name,
-                member,
-                at_unix_ms,
-            } => {
+            Command::UpsertMember { name, member, at_unix_ms } => {
                 let kind = match self.members.insert(name.clone(), member.clone()) {
                     None => EventKind::MemberJoined,
                     Some(old) if old == *member => return Ok(()),
@@ -136,25 +120,12 @@ impl ClusterState {
                 self.epoch += 1;
                 self.primary = Some(member.clone());
                 self.bootstrapped_by = Some(member.clone());
-                self.record(
-                    *at_unix_ms,
-                    EventKind::Bootstrap,
-                    member,
-                    "first primary".into(),
-                );
+                self.record(*at_unix_ms, EventKind::Bootstrap, member, "first primary".into());
                 Ok(())
             }
-            Command::Failover {
-                from_epoch,
-                to,
-                reason,
-                at_unix_ms,
-            } => {
+            Command::Failover { from_epoch, to, reason, at_unix_ms } => {
                 if *from_epoch != self.epoch {
-                    return Err(Rejected::StaleEpoch {
-                        expected: *from_epoch,
-                        current: self.epoch,
-                    });
+                    return Err(Rejected::StaleEpoch { expected: *from_epoch, current: self.epoch });
                 }
                 self.require_postgres(to)?;
                 if self.primary.as_deref() == Some(to.as_str()) {
@@ -186,13 +157,7 @@ impl ClusterState {
     }
 
     fn record(&mut self, at_unix_ms: u64, kind: EventKind, member: &str, detail: String) {
-        self.history.push(Event {
-            epoch: self.epoch,
-            at_unix_ms,
-            kind,
-            member: member.to_string(),
-            detail,
-        });
+        self.history.push(Event { epoch: self.epoch, at_unix_ms, kind, member: member.to_string(), detail });
         if self.history.len() > HISTORY_LIMIT {
             let excess = self.history.len() - HISTORY_LIMIT;
             self.history.drain(..excess);
@@ -205,34 +170,16 @@ mod tests {
     use super::*;
 
     fn pg(port: u16) -> Member {
-        Member {
-            kind: MemberKind::Postgres,
-            pg_host: "127.0.0.1".into(),
-            pg_port: port,
-            ..Default::default()
-        }
+        Member { kind: MemberKind::Postgres, pg_host: "127.0.0.1".into(), pg_port: port, ..Default::default() }
     }
 
     fn with_members() -> ClusterState {
         let mut s = ClusterState::default();
         for (n, p) in [("a", 1), ("b", 2)] {
-            s.apply(&Command::UpsertMember {
-                name: n.into(),
-                member: pg(p),
-                at_unix_ms: 0,
-            })
-            .ok();
+            s.apply(&Command::UpsertMember { name: n.into(), member: pg(p), at_unix_ms: 0 }).ok();
         }
-        let w = Member {
-            kind: MemberKind::Witness,
-            ..Default::default()
-        };
-        s.apply(&Command::UpsertMember {
-            name: "w".into(),
-            member: w,
-            at_unix_ms: 0,
-        })
-        .ok();
+        let w = Member { kind: MemberKind::Witness, ..Default::default() };
+        s.apply(&Command::UpsertMember { name: "w".into(), member: w, at_unix_ms: 0 }).ok();
         s
     }
 
@@ -240,23 +187,13 @@ mod tests {
     fn bootstrap_once_and_only_a_postgres_member() {
         let mut s = with_members();
         assert_eq!(
-            s.apply(&Command::Bootstrap {
-                member: "w".into(),
-                at_unix_ms: 1
-            }),
+            s.apply(&Command::Bootstrap { member: "w".into(), at_unix_ms: 1 }),
             Err(Rejected::NotAPostgresMember("w".into()))
         );
-        s.apply(&Command::Bootstrap {
-            member: "a".into(),
-            at_unix_ms: 1,
-        })
-        .expect("bootstrap");
+        s.apply(&Command::Bootstrap { member: "a".into(), at_unix_ms: 1 }).expect("bootstrap");
         assert_eq!((s.epoch, s.primary.as_deref()), (1, Some("a")));
         assert_eq!(
-            s.apply(&Command::Bootstrap {
-                member: "b".into(),
-                at_unix_ms: 2
-            }),
+            s.apply(&Command::Bootstrap { member: "b".into(), at_unix_ms: 2 }),
             Err(Rejected::AlreadyBootstrapped)
         );
     }
@@ -264,27 +201,12 @@ mod tests {
     #[test]
     fn failover_is_conditional_on_the_epoch() {
         let mut s = with_members();
-        s.apply(&Command::Bootstrap {
-            member: "a".into(),
-            at_unix_ms: 1,
-        })
-        .expect("bootstrap");
-        let fo = Command::Failover {
-            from_epoch: 1,
-            to: "b".into(),
-            reason: "x".into(),
-            at_unix_ms: 2,
-        };
+        s.apply(&Command::Bootstrap { member: "a".into(), at_unix_ms: 1 }).expect("bootstrap");
+        let fo = Command::Failover { from_epoch: 1, to: "b".into(), reason: "x".into(), at_unix_ms: 2 };
         s.apply(&fo).expect("failover");
         assert_eq!((s.epoch, s.primary.as_deref()), (2, Some("b")));
         // The same decision replayed (a duplicate proposal) is stale now.
-        assert_eq!(
-            s.apply(&fo),
-            Err(Rejected::StaleEpoch {
-                expected: 1,
-                current: 2
-            })
-        );
+        assert_eq!(s.apply(&fo), Err(Rejected::StaleEpoch { expected: 1, current: 2 }));
         assert_eq!(s.history.last().map(|e| e.kind), Some(EventKind::Failover));
     }
 
@@ -292,44 +214,20 @@ mod tests {
     fn upsert_records_only_real_changes_and_roundtrips() {
         let mut s = with_members();
         let n = s.history.len();
-        s.apply(&Command::UpsertMember {
-            name: "a".into(),
-            member: pg(1),
-            at_unix_ms: 5,
-        })
-        .ok();
+        s.apply(&Command::UpsertMember { name: "a".into(), member: pg(1), at_unix_ms: 5 }).ok();
         assert_eq!(s.history.len(), n);
-        s.apply(&Command::UpsertMember {
-            name: "a".into(),
-            member: pg(9),
-            at_unix_ms: 5,
-        })
-        .ok();
-        assert_eq!(
-            s.history.last().map(|e| e.kind),
-            Some(EventKind::MemberChanged)
-        );
-        let cmd = Command::Bootstrap {
-            member: "a".into(),
-            at_unix_ms: 1,
-        };
+        s.apply(&Command::UpsertMember { name: "a".into(), member: pg(9), at_unix_ms: 5 }).ok();
+        assert_eq!(s.history.last().map(|e| e.kind), Some(EventKind::MemberChanged));
+        let cmd = Command::Bootstrap { member: "a".into(), at_unix_ms: 1 };
         assert_eq!(Command::decode(&cmd.encode()), Ok(cmd));
-        assert!(matches!(
-            s.apply_bytes(b"nonsense"),
-            Err(Rejected::Undecodable(_))
-        ));
+        assert!(matches!(s.apply_bytes(b"nonsense"), Err(Rejected::Undecodable(_))));
     }
 
     #[test]
     fn history_is_bounded() {
         let mut s = with_members();
         for i in 0..(HISTORY_LIMIT as u16 + 50) {
-            s.apply(&Command::UpsertMember {
-                name: "a".into(),
-                member: pg(100 + i),
-                at_unix_ms: 0,
-            })
-            .ok();
+            s.apply(&Command::UpsertMember { name: "a".into(), member: pg(100 + i), at_unix_ms: 0 }).ok();
         }
         assert_eq!(s.history.len(), HISTORY_LIMIT);
     }

@@ -32,7 +32,7 @@ impl Default for Timings {
             pg_restart_timeout: Duration::from_secs(20),
             report_timeout: Duration::from_secs(2),
             bootstrap_wait: Duration::from_secs(10),
-            raft_tick: Duration::from_millis(100),
+            raft_tick: Duration::from_millis(50),
             election_ticks: 10,
             heartbeat_ticks: 2,
             maximum_lag_on_failover: 1 << 20,
@@ -78,41 +78,31 @@ impl Timings {
             );
         }
         if self.lease_margin < Duration::from_millis(100) {
-            return err(
-                "lease_margin",
-                "must be at least 100ms (time to fence plus clock drift)".into(),
-            );
+            return err("lease_margin", "must be at least 100ms (time to fence plus clock drift)".into());
         }
         if self.raft_tick < Duration::from_millis(10) {
             return err("raft_tick", "must be at least 10ms".into());
         }
         if self.heartbeat_ticks == 0 || self.heartbeat_ticks >= self.election_ticks {
-            return err(
-                "heartbeat_ticks",
-                "must be at least 1 and less than election_ticks".into(),
-            );
+            return err("heartbeat_ticks", "must be at least 1 and less than election_ticks".into());
         }
-        if self.election_timeout() >= self.lease_timeout {
+        // raft-rs randomises the election timeout in [1x, 2x): the slowest election must still
+        // end before the primary's lease, or a coordinator change fences a healthy primary.
+        if self.election_timeout() * 2 >= self.lease_timeout {
             return err(
                 "election_ticks",
                 format!(
-                    "raft_tick x election_ticks ({:?}) must be shorter than lease_timeout ({:?}), or a coordinator change fences a healthy primary",
-                    self.election_timeout(),
+                    "2 x raft_tick x election_ticks ({:?}) must be shorter than lease_timeout ({:?}), or a coordinator change fences a healthy primary",
+                    self.election_timeout() * 2,
                     self.lease_timeout
                 ),
             );
         }
         if self.report_timeout < self.loop_interval * 2 {
-            return err(
-                "report_timeout",
-                "must be at least 2 x loop_interval".into(),
-            );
+            return err("report_timeout", "must be at least 2 x loop_interval".into());
         }
         if self.pg_restart_timeout < self.loop_interval * 2 {
-            return err(
-                "pg_restart_timeout",
-                "must be at least 2 x loop_interval".into(),
-            );
+            return err("pg_restart_timeout", "must be at least 2 x loop_interval".into());
         }
         Ok(())
     }
@@ -125,37 +115,20 @@ mod tests {
     #[test]
     fn defaults_are_consistent() {
         assert_eq!(Timings::default().validate(), Ok(()));
-        assert_eq!(
-            Timings::default().promotion_wait(),
-            Duration::from_millis(2500)
-        );
+        assert_eq!(Timings::default().promotion_wait(), Duration::from_millis(2500));
     }
 
     #[test]
     fn inconsistent_timings_name_their_key() {
-        let cases: Vec<(&str, Box<dyn Fn(&mut Timings)>)> = vec![
-            (
-                "lease_timeout",
-                Box::new(|t| t.lease_timeout = Duration::from_millis(500)),
-            ),
-            (
-                "lease_margin",
-                Box::new(|t| t.lease_margin = Duration::from_millis(10)),
-            ),
-            ("election_ticks", Box::new(|t| t.election_ticks = 30)),
+        type Change = Box<dyn Fn(&mut Timings)>;
+        let cases: Vec<(&str, Change)> = vec![
+            ("lease_timeout", Box::new(|t| t.lease_timeout = Duration::from_millis(500))),
+            ("lease_margin", Box::new(|t| t.lease_margin = Duration::from_millis(10))),
+            ("election_ticks", Box::new(|t| t.election_ticks = 20)),
             ("heartbeat_ticks", Box::new(|t| t.heartbeat_ticks = 10)),
-            (
-                "loop_interval",
-                Box::new(|t| t.loop_interval = Duration::from_millis(1)),
-            ),
-            (
-                "report_timeout",
-                Box::new(|t| t.report_timeout = Duration::from_millis(100)),
-            ),
-            (
-                "pg_restart_timeout",
-                Box::new(|t| t.pg_restart_timeout = Duration::ZERO),
-            ),
+            ("loop_interval", Box::new(|t| t.loop_interval = Duration::from_millis(1))),
+            ("report_timeout", Box::new(|t| t.report_timeout = Duration::from_millis(100))),
+            ("pg_restart_timeout", Box::new(|t| t.pg_restart_timeout = Duration::ZERO)),
         ];
         for (key, change) in cases {
             let mut t = Timings::default();

@@ -1,0 +1,19 @@
+# Sourced by test.sh and demo.sh: make sure PostgreSQL 15 and cargo are there.
+if ! command -v cargo >/dev/null 2>&1; then
+  echo "cargo is missing: install Rust (https://rustup.rs), then run this again" >&2
+  exit 69
+fi
+if [ ! -x /usr/lib/postgresql/15/bin/postgres ]; then
+  if [ "$(id -u)" -ne 0 ]; then
+    echo "PostgreSQL 15 is missing: run as root, or apt-get install -y postgresql" >&2
+    exit 69
+  fi
+  echo "Installing PostgreSQL 15 (apt-get install postgresql) ..." >&2
+  export DEBIAN_FRONTEND=noninteractive
+  apt-get update -qq
+  apt-get install -y -qq postgresql >/dev/null
+fi
+if ! id postgres >/dev/null 2>&1; then
+  echo "the postgres system user is missing (it comes with the postgresql package)" >&2
+  exit 69
+fi
