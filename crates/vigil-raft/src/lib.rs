@@ -1,1 +1,91 @@
-//! placeholder
+//! pgvigil's Raft group: a raft-rs node with durable storage, talking to its peers over tonic.
+//!
+//! # Layout
+//!
+//! - `lib.rs`: the public types: [`StateMachine`], [`RaftConfig`], [`RaftStatus`],
+//!   [`RaftError`], and the generated gRPC code in [`proto`].
+//! - `node.rs`: [`start`] and the one task that owns the `RawNode` and runs the ready loop
+//!   (tick, step, propose, read index, apply, persist, snapshot).
+//! - `handle.rs`: [`RaftHandle`], the cheap cloneable front of that task (mpsc requests with
+//!   oneshot replies, `watch` channels for status and the applied state machine).
+//! - `storage.rs` (+ `record.rs` for the on-disk framing): the durable `raft::Storage`.
+//! - `transport.rs`: [`PeerClients`] (cached lazy channels) and one outbound task per peer.
+//! - `slog_bridge.rs`: forwards raft-rs' slog records to `tracing`.
+//!
+//! The gRPC server is not here: the daemon implements the whole `Peer` service and its `raft`
+//! RPC calls [`RaftHandle::step`].
+
+mod handle;
+mod node;
+mod record;
+mod slog_bridge;
+mod storage;
+mod transport;
+
+use std::collections::BTreeMap;
+use std::path::PathBuf;
+use std::time::Duration;
+
+pub use handle::RaftHandle;
+pub use node::start;
+pub use transport::PeerClients;
+
+/// Generated from `proto/vigil.proto`: `peer_client::PeerClient`,
+/// `peer_server::{Peer, PeerServer}` and the messages. A server carrying raft messages should
+/// raise `max_decoding_message_size` (tonic's default is 4 MiB): a snapshot travels in one.
+#[allow(clippy::all, clippy::unwrap_used)]
+pub mod proto {
+    tonic::include_proto!("vigil");
+}
+
+/// The replicated state machine. Commands and snapshots are opaque bytes to this crate.
+pub trait StateMachine: Clone + Send + Sync + 'static {
+    /// Apply one committed command. Must be deterministic. A command it cannot decode is
+    /// ignored (it logs).
+    fn apply(&mut self, index: u64, command: &[u8]);
+    /// The whole state, for log compaction and for followers that fell behind it.
+    fn snapshot(&self) -> Vec<u8>;
+    /// The inverse of `snapshot`. An error stops the node (its durable state is unusable).
+    fn restore(data: &[u8]) -> anyhow::Result<Self>;
+}
+
+pub struct RaftConfig {
+    /// This node, non-zero.
+    pub id: u64,
+    /// Every voter including self: id -> gRPC endpoint, e.g. `http://127.0.0.1:7001`.
+    pub peers: BTreeMap<u64, String>,
+    /// Durable state directory, created if missing.
+    pub dir: PathBuf,
+    /// e.g. 100ms.
+    pub tick: Duration,
+    /// e.g. 10.
+    pub election_ticks: usize,
+    /// e.g. 2.
+    pub heartbeat_ticks: usize,
+    /// Take a snapshot and compact the log after this many applied entries since the last one
+    /// (e.g. 1000). 0 disables compaction.
+    pub snapshot_threshold: u64,
+}
+
+#[derive(Clone, Debug, PartialEq, Eq, Default)]
+pub struct RaftStatus {
+    pub id: u64,
+    /// 0 = unknown.
+    pub leader_id: u64,
+    pub term: u64,
+    pub is_leader: bool,
+    pub commit: u64,
+    pub applied: u64,
+}
+
+#[derive(Debug, thiserror::Error)]
+pub enum RaftError {
+    #[error("not the leader (leader is {leader_id}, 0 = unknown)")]
+    NotLeader { leader_id: u64 },
+    #[error("timed out")]
+    Timeout,
+    #[error("raft node stopped")]
+    Stopped,
+    #[error("proposal dropped")]
+    Dropped,
+}

@@ -1,0 +1,195 @@
+//! Outbound raft messages: one task per peer draining a bounded queue into the `raft` RPC, and
+//! [`PeerClients`], the cache of lazily connected channels it (and the daemon) uses.
+//!
+//! The node task only ever `try_send`s into a peer's queue: a slow or dead peer costs dropped
+//! messages (raft retransmits), never a stalled node.
+
+use std::collections::{BTreeMap, HashMap};
+use std::sync::{Arc, Mutex};
+use std::time::Duration;
+
+use anyhow::Context;
+use protobuf::Message as _;
+use raft::eraftpb::{Message, MessageType};
+use raft::SnapshotStatus;
+use tokio::sync::mpsc;
+use tokio::task::JoinSet;
+use tokio_util::sync::CancellationToken;
+use tonic::transport::{Channel, Endpoint};
+use tracing::Instrument;
+
+use crate::handle::Request;
+use crate::proto::peer_client::PeerClient;
+use crate::proto::RaftMessage;
+
+const CONNECT_TIMEOUT: Duration = Duration::from_millis(500);
+const REQUEST_TIMEOUT: Duration = Duration::from_secs(1);
+/// Snapshots travel in one message; allow them to be large.
+const MAX_MESSAGE_BYTES: usize = 64 << 20;
+/// Per-peer queue. Raft sends little; a full queue means the peer is not keeping up.
+const PEER_QUEUE: usize = 256;
+
+/// Lazily connected, cached tonic channels to peers by address. Channels reconnect on their
+/// own after failures; clones share the cache. `client` must be called inside a tokio runtime.
+#[derive(Clone, Default)]
+pub struct PeerClients {
+    channels: Arc<Mutex<HashMap<String, Channel>>>,
+}
+
+impl PeerClients {
+    pub fn new() -> Self {
+        Self::default()
+    }
+
+    /// A client for the peer at `addr` (e.g. `http://127.0.0.1:7001`). Connect timeout 500 ms,
+    /// request timeout 1 s. Fails only if `addr` is not a valid URI.
+    pub fn client(&self, addr: &str) -> anyhow::Result<PeerClient<Channel>> {
+        // A poisoned lock only means another thread panicked while inserting: the map is fine.
+        let mut channels = self.channels.lock().unwrap_or_else(|poisoned| poisoned.into_inner());
+        let channel = match channels.get(addr) {
+            Some(ch) => ch.clone(),
+            None => {
+                // Accept a bare "host:port" (how members are configured) as well as a URL.
+                let url = if addr.contains("://") { addr.to_string() } else { format!("http://{addr}") };
+                let ch = Endpoint::from_shared(url)
+                    .with_context(|| format!("invalid peer address {addr:?}"))?
+                    .connect_timeout(CONNECT_TIMEOUT)
+                    .timeout(REQUEST_TIMEOUT)
+                    .tcp_nodelay(true)
+                    .connect_lazy();
+                channels.insert(addr.to_string(), ch.clone());
+                ch
+            }
+        };
+        Ok(PeerClient::new(channel)
+            .max_decoding_message_size(MAX_MESSAGE_BYTES)
+            .max_encoding_message_size(MAX_MESSAGE_BYTES))
+    }
+}
+
+/// The node task's side of the outbound transport.
+pub(crate) struct Transport {
+    queues: HashMap<u64, mpsc::Sender<Message>>,
+    tasks: JoinSet<()>,
+    stop: CancellationToken,
+}
+
+impl Transport {
+    /// Spawns one sender task per peer other than `self_id`, in the current span. Failures are
+    /// reported back into the node's request queue.
+    pub(crate) fn start(
+        self_id: u64,
+        peers: &BTreeMap<u64, String>,
+        clients: PeerClients,
+        feedback: mpsc::Sender<Request>,
+        stop: CancellationToken,
+    ) -> Self {
+        let mut queues = HashMap::new();
+        let mut tasks = JoinSet::new();
+        for (&id, addr) in peers.iter().filter(|(&id, _)| id != self_id) {
+            let (tx, rx) = mpsc::channel(PEER_QUEUE);
+            queues.insert(id, tx);
+            let peer = PeerSender {
+                id,
+                addr: addr.clone(),
+                clients: clients.clone(),
+                feedback: feedback.clone(),
+                reachable: true,
+            };
+            tasks.spawn(peer.run(rx, stop.clone()).in_current_span());
+        }
+        Transport { queues, tasks, stop }
+    }
+
+    /// Queues messages for their peers. Returns the peers whose snapshot message could not be
+    /// queued: raft-rs must hear that, or it waits for that snapshot forever.
+    pub(crate) fn send(&self, msgs: Vec<Message>) -> Vec<u64> {
+        let mut failed_snapshots = Vec::new();
+        for msg in msgs {
+            let (to, is_snapshot) = (msg.to, msg.get_msg_type() == MessageType::MsgSnapshot);
+            let Some(queue) = self.queues.get(&to) else {
+                tracing::warn!(to, "raft message for an unknown peer dropped");
+                continue;
+            };
+            if queue.try_send(msg).is_err() {
+                tracing::debug!(to, "peer queue full, raft message dropped");
+                if is_snapshot {
+                    failed_snapshots.push(to);
+                }
+            }
+        }
+        failed_snapshots
+    }
+
+    /// Stops the sender tasks and waits for them.
+    pub(crate) async fn shutdown(mut self) {
+        self.stop.cancel();
+        while self.tasks.join_next().await.is_some() {}
+    }
+}
+
+struct PeerSender {
+    id: u64,
+    addr: String,
+    clients: PeerClients,
+    feedback: mpsc::Sender<Request>,
+    /// Whether the last send worked; we log only when this flips.
+    reachable: bool,
+}
+
+impl PeerSender {
+    async fn run(mut self, mut rx: mpsc::Receiver<Message>, stop: CancellationToken) {
+        loop {
+            let msg = tokio::select! {
+                _ = stop.cancelled() => return,
+                msg = rx.recv() => match msg {
+                    Some(msg) => msg,
+                    None => return,
+                },
+            };
+            let is_snapshot = msg.get_msg_type() == MessageType::MsgSnapshot;
+            let result = tokio::select! {
+                _ = stop.cancelled() => return,
+                result = self.deliver(&msg) => result,
+            };
+            self.report(result, is_snapshot);
+        }
+    }
+
+    async fn deliver(&self, msg: &Message) -> anyhow::Result<()> {
+        let message = msg.write_to_bytes().context("encode raft message")?;
+        let mut client = self.clients.client(&self.addr)?;
+        client.raft(RaftMessage { message }).await.context("raft rpc")?;
+        Ok(())
+    }
+
+    fn report(&mut self, result: anyhow::Result<()>, is_snapshot: bool) {
+        let to = self.id;
+        // try_send: the node may be busy, and raft-rs recovers from a missed report.
+        match result {
+            Ok(()) => {
+                if !self.reachable {
+                    tracing::info!(peer = to, addr = %self.addr, "raft peer reachable again");
+                    self.reachable = true;
+                }
+                if is_snapshot {
+                    let status = SnapshotStatus::Finish;
+                    let _ = self.feedback.try_send(Request::SnapshotSent { to, status });
+                }
+            }
+            Err(e) => {
+                if self.reachable {
+                    tracing::warn!(peer = to, addr = %self.addr, error = %format!("{e:#}"), "raft peer unreachable");
+                    self.reachable = false;
+                } else {
+                    tracing::debug!(peer = to, error = %format!("{e:#}"), "raft send failed");
+                }
+                let _ = self.feedback.try_send(Request::Unreachable(to));
+                if is_snapshot {
+                    let status = SnapshotStatus::Failure;
+                    let _ = self.feedback.try_send(Request::SnapshotSent { to, status });
+                }
+            }
+        }
+    }
+}
