@@ -1,0 +1,210 @@
+//! The data directory on disk: what it holds, creating directories and files with the server's owner,
+//! and moving a data directory aside (we never delete one).
+
+use std::io::Write as _;
+use std::os::unix::fs::{DirBuilderExt as _, OpenOptionsExt as _, PermissionsExt as _};
+use std::path::{Path, PathBuf};
+use std::time::{SystemTime, UNIX_EPOCH};
+
+use anyhow::Context as _;
+
+use crate::error::PgError;
+use crate::postgres::Postgres;
+use crate::settings::RunAs;
+
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum DataDirState {
+    /// Missing or an empty directory.
+    Empty,
+    /// Something is there and it is not a standby (normally `PG_VERSION` and no `standby.signal`).
+    Primary,
+    /// `standby.signal` is present.
+    Standby,
+}
+
+/// What `dir` holds. Something that is neither empty nor a cluster (no `PG_VERSION`) counts as
+/// `Primary`: it is not ours to overwrite, and starting it fails loudly.
+pub fn data_dir_state(dir: &Path) -> DataDirState {
+    match std::fs::read_dir(dir) {
+        Err(e) if e.kind() == std::io::ErrorKind::NotFound => return DataDirState::Empty,
+        Ok(mut entries) => {
+            if entries.next().is_none() {
+                return DataDirState::Empty;
+            }
+        }
+        // Unreadable or not a directory: something is there.
+        Err(_) => {}
+    }
+    if dir.join("standby.signal").exists() {
+        DataDirState::Standby
+    } else {
+        DataDirState::Primary
+    }
+}
+
+/// Ok if `dir` is missing or empty, else [`PgError::DataDirNotEmpty`].
+pub fn ensure_empty(dir: &Path) -> anyhow::Result<()> {
+    match data_dir_state(dir) {
+        DataDirState::Empty => Ok(()),
+        _ => Err(PgError::DataDirNotEmpty(dir.to_path_buf()).into()),
+    }
+}
+
+/// chown `path` to `run_as` (no-op when we are not root).
+pub fn chown(path: &Path, run_as: Option<RunAs>) -> anyhow::Result<()> {
+    if let Some(r) = run_as {
+        nix::unistd::chown(path, Some(nix::unistd::Uid::from_raw(r.uid)), Some(nix::unistd::Gid::from_raw(r.gid)))
+            .with_context(|| format!("chown {} to {}:{}", path.display(), r.uid, r.gid))?;
+    }
+    Ok(())
+}
+
+/// Create `dir` (and missing parents, left root-owned and world-traversable) with `mode`, owned by
+/// `run_as`. An existing directory gets the mode and owner too.
+pub fn create_dir_owned(dir: &Path, mode: u32, run_as: Option<RunAs>) -> anyhow::Result<()> {
+    if let Some(parent) = dir.parent().filter(|p| !p.as_os_str().is_empty()) {
+        std::fs::create_dir_all(parent).with_context(|| format!("create directory {}", parent.display()))?;
+    }
+    match std::fs::DirBuilder::new().mode(mode).create(dir) {
+        Ok(()) => {}
+        Err(e) if e.kind() == std::io::ErrorKind::AlreadyExists && dir.is_dir() => {}
+        Err(e) => return Err(e).with_context(|| format!("create directory {}", dir.display())),
+    }
+    // The umask may have narrowed the mode; PostgreSQL insists on exactly 0700 (or 0750) for data.
+    std::fs::set_permissions(dir, std::fs::Permissions::from_mode(mode))
+        .with_context(|| format!("chmod {} {mode:o}", dir.display()))?;
+    chown(dir, run_as)
+}
+
+/// Replace `path` atomically with `contents` (temp file, fsync, rename, fsync of the directory).
+pub fn write_file_atomic(path: &Path, contents: &[u8], mode: u32, run_as: Option<RunAs>) -> anyhow::Result<()> {
+    let tmp = sibling(path, ".pgvigil-tmp");
+    let result = (|| {
+        let mut f = std::fs::OpenOptions::new()
+            .write(true)
+            .create(true)
+            .truncate(true)
+            .mode(mode)
+            .open(&tmp)
+            .with_context(|| format!("create {}", tmp.display()))?;
+        f.write_all(contents).with_context(|| format!("write {}", tmp.display()))?;
+        f.sync_all().with_context(|| format!("fsync {}", tmp.display()))?;
+        chown(&tmp, run_as)?;
+        std::fs::rename(&tmp, path).with_context(|| format!("rename {} to {}", tmp.display(), path.display()))?;
+        fsync_parent(path)
+    })();
+    if result.is_err() {
+        let _ = std::fs::remove_file(&tmp);
+    }
+    result
+}
+
+/// Append `contents` to an existing file.
+pub fn append_file(path: &Path, contents: &[u8]) -> anyhow::Result<()> {
+    let mut f =
+        std::fs::OpenOptions::new().append(true).open(path).with_context(|| format!("open {}", path.display()))?;
+    f.write_all(contents).with_context(|| format!("append to {}", path.display()))?;
+    f.sync_all().with_context(|| format!("fsync {}", path.display()))
+}
+
+/// fsync the directory holding `path`, so a rename in it survives a crash.
+pub fn fsync_parent(path: &Path) -> anyhow::Result<()> {
+    let parent = match path.parent() {
+        Some(p) if !p.as_os_str().is_empty() => p,
+        _ => Path::new("."),
+    };
+    std::fs::File::open(parent)
+        .and_then(|d| d.sync_all())
+        .with_context(|| format!("fsync directory {}", parent.display()))
+}
+
+/// `path` with `suffix` appended to its last component (`/a/data` → `/a/data.suffix`).
+pub fn sibling(path: &Path, suffix: &str) -> PathBuf {
+    let mut s = path.as_os_str().to_owned();
+    s.push(suffix);
+    PathBuf::from(s)
+}
+
+/// `YYYYmmddTHHMMSS` in UTC (no time-zone database needed, and names sort in time order).
+pub fn utc_timestamp(t: SystemTime) -> String {
+    let secs = t.duration_since(UNIX_EPOCH).map(|d| d.as_secs()).unwrap_or(0);
+    let days = (secs / 86_400) as i64;
+    let rem = secs % 86_400;
+    let (y, m, d) = civil_from_days(days);
+    format!("{y:04}{m:02}{d:02}T{:02}{:02}{:02}", rem / 3600, (rem % 3600) / 60, rem % 60)
+}
+
+/// Days since 1970-01-01 to (year, month, day) in the proleptic Gregorian calendar
+/// (Howard Hinnant's `civil_from_days`).
+fn civil_from_days(z: i64) -> (i64, u32, u32) {
+    let z = z + 719_468;
+    let era = z.div_euclid(146_097);
+    let doe = z.rem_euclid(146_097);
+    let yoe = (doe - doe / 1460 + doe / 36_524 - doe / 146_096) / 365;
+    let doy = doe - (365 * yoe + yoe / 4 - yoe / 100);
+    let mp = (5 * doy + 2) / 153;
+    let d = (doy - (153 * mp + 2) / 5 + 1) as u32;
+    let m = if mp < 10 { mp + 3 } else { mp - 9 } as u32;
+    let y = yoe + era * 400 + i64::from(m <= 2);
+    (y, m, d)
+}
+
+impl Postgres {
+    pub fn data_dir_state(&self) -> DataDirState {
+        data_dir_state(&self.settings().data_dir)
+    }
+
+    /// Rename the data directory to `<data_dir>.old-<YYYYmmddTHHMMSS>` (UTC; `-1`, `-2`, ... appended if
+    /// that name is taken) and return the new path. Never deletes anything. Refuses while a postmaster
+    /// runs on it.
+    pub fn move_aside(&self) -> anyhow::Result<PathBuf> {
+        let data_dir = &self.settings().data_dir;
+        if self.fencer().pid().is_some() || crate::process::live_postmaster(data_dir).is_some() {
+            return Err(PgError::Running(data_dir.clone()).into());
+        }
+        anyhow::ensure!(data_dir.exists(), "data directory {} does not exist", data_dir.display());
+        let base = sibling(data_dir, &format!(".old-{}", utc_timestamp(SystemTime::now())));
+        let mut target = base.clone();
+        let mut n = 0;
+        while target.exists() {
+            n += 1;
+            target = sibling(&base, &format!("-{n}"));
+        }
+        std::fs::rename(data_dir, &target)
+            .with_context(|| format!("rename {} to {}", data_dir.display(), target.display()))?;
+        fsync_parent(&target)?;
+        tracing::info!(from = %data_dir.display(), to = %target.display(), "moved data directory aside");
+        Ok(target)
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use std::time::Duration;
+
+    #[test]
+    fn timestamps() {
+        assert_eq!(utc_timestamp(UNIX_EPOCH), "19700101T000000");
+        // 2024-02-29 12:34:56 UTC
+        let t = UNIX_EPOCH + Duration::from_secs(1_709_210_096);
+        assert_eq!(utc_timestamp(t), "20240229T123456");
+        // 2000-03-01 00:00:00 UTC
+        let t = UNIX_EPOCH + Duration::from_secs(951_868_800);
+        assert_eq!(utc_timestamp(t), "20000301T000000");
+    }
+
+    #[test]
+    fn states() {
+        let dir = tempfile::tempdir().expect("tempdir");
+        let data = dir.path().join("data");
+        assert_eq!(data_dir_state(&data), DataDirState::Empty);
+        std::fs::create_dir(&data).expect("mkdir");
+        assert_eq!(data_dir_state(&data), DataDirState::Empty);
+        std::fs::write(data.join("PG_VERSION"), "15\n").expect("write");
+        assert_eq!(data_dir_state(&data), DataDirState::Primary);
+        std::fs::write(data.join("standby.signal"), "").expect("write");
+        assert_eq!(data_dir_state(&data), DataDirState::Standby);
+        assert!(ensure_empty(&data).is_err());
+    }
+}

@@ -1,0 +1,175 @@
+//! Reading the local server's state, and the superuser connection everything else uses.
+
+use std::time::Duration;
+
+use anyhow::Context as _;
+use tokio_postgres::{Client, NoTls};
+
+use crate::lsn::parse_lsn;
+use crate::postgres::Postgres;
+use crate::process::ChildState;
+
+/// Connecting over the local socket takes milliseconds; longer means the server is not answering.
+const CONNECT_TIMEOUT: Duration = Duration::from_secs(1);
+/// `observe` gives up (running = false) after this long, connection included.
+const OBSERVE_TIMEOUT: Duration = Duration::from_secs(1);
+
+#[derive(Clone, Debug, Default, PartialEq, Eq)]
+pub struct Observation {
+    /// Accepts connections right now.
+    pub running: bool,
+    pub in_recovery: bool,
+    /// The timeline the server is on now; for a standby the one it receives (or, with no WAL
+    /// receiver, the newest it has WAL or a checkpoint for).
+    pub timeline: u32,
+    /// `pg_current_wal_lsn()` on a primary, else 0.
+    pub current_lsn: u64,
+    /// `pg_last_wal_receive_lsn()` on a standby (0 if none), else = `current_lsn`.
+    pub received_lsn: u64,
+    /// `pg_last_wal_replay_lsn()` on a standby, else = `current_lsn`.
+    pub replay_lsn: u64,
+    /// Standby: `pg_stat_wal_receiver.status = 'streaming'`.
+    pub streaming: bool,
+    /// Standby: host/port it streams from (`pg_stat_wal_receiver.sender_host/sender_port`).
+    pub upstream: Option<(String, u16)>,
+}
+
+const PRIMARY_QUERY: &str = "SELECT pg_current_wal_lsn()::text, pg_walfile_name(pg_current_wal_lsn())";
+
+/// One row whether or not a WAL receiver runs (the view has 0 or 1 rows). The timeline falls back to
+/// the newest WAL segment in pg_wal (names start with the timeline in hex, so max() is the newest)
+/// and the last restartpoint, for a standby whose receiver is not running.
+const STANDBY_QUERY: &str = "\
+SELECT pg_last_wal_receive_lsn()::text,
+       pg_last_wal_replay_lsn()::text,
+       r.status,
+       r.received_tli,
+       r.sender_host,
+       r.sender_port,
+       (SELECT timeline_id FROM pg_control_checkpoint()),
+       (SELECT max(name) FROM pg_ls_waldir() WHERE name ~ '^[0-9A-F]{24}$')
+FROM (SELECT 1) AS one LEFT JOIN pg_stat_wal_receiver AS r ON true";
+
+impl Postgres {
+    /// Connect as the superuser over the unix socket, to the `postgres` database.
+    pub async fn connect(&self) -> anyhow::Result<Client> {
+        let s = self.settings();
+        let mut config = tokio_postgres::Config::new();
+        config
+            .host_path(&s.socket_dir)
+            .port(s.port)
+            .user(&s.superuser)
+            .dbname("postgres")
+            .application_name("pgvigil")
+            .connect_timeout(CONNECT_TIMEOUT);
+        let (client, connection) = tokio::time::timeout(CONNECT_TIMEOUT, config.connect(NoTls))
+            .await
+            .map_err(|_| anyhow::anyhow!("timed out after {CONNECT_TIMEOUT:?}"))
+            .and_then(|r| r.map_err(anyhow::Error::from))
+            .with_context(|| format!("connect to PostgreSQL at {}/.s.PGSQL.{}", s.socket_dir.display(), s.port))?;
+        tokio::spawn(async move {
+            if let Err(e) = connection.await {
+                tracing::debug!(error = %e, "PostgreSQL connection ended");
+            }
+        });
+        Ok(client)
+    }
+
+    /// What the server is doing now. Never errors: down, or no answer within ~1s, is `running: false`.
+    pub async fn observe(&mut self) -> Observation {
+        if let ChildState::Exited(status) = self.child_state() {
+            tracing::warn!(member = %self.settings().member, %status, "postmaster exited");
+            return Observation::default();
+        }
+        match tokio::time::timeout(OBSERVE_TIMEOUT, self.query_observation()).await {
+            Ok(Ok(obs)) => obs,
+            Ok(Err(e)) => {
+                tracing::debug!(error = format!("{e:#}"), "observe: server not answering");
+                Observation::default()
+            }
+            Err(_) => {
+                tracing::debug!("observe: timed out");
+                Observation::default()
+            }
+        }
+    }
+
+    async fn query_observation(&self) -> anyhow::Result<Observation> {
+        let client = self.connect().await?;
+        let in_recovery: bool = client.query_one("SELECT pg_is_in_recovery()", &[]).await?.try_get(0)?;
+        if !in_recovery {
+            let row = client.query_one(PRIMARY_QUERY, &[]).await?;
+            let lsn = lsn_column(row.try_get(0)?)?;
+            let walfile: String = row.try_get(1)?;
+            return Ok(Observation {
+                running: true,
+                in_recovery: false,
+                timeline: timeline_of_walfile(&walfile)
+                    .with_context(|| format!("timeline of WAL file name {walfile:?}"))?,
+                current_lsn: lsn,
+                received_lsn: lsn,
+                replay_lsn: lsn,
+                streaming: false,
+                upstream: None,
+            });
+        }
+        let row = client.query_one(STANDBY_QUERY, &[]).await?;
+        let received_lsn = lsn_column(row.try_get(0)?)?;
+        let replay_lsn = lsn_column(row.try_get(1)?)?;
+        let status: Option<String> = row.try_get(2)?;
+        let received_tli: Option<i32> = row.try_get(3)?;
+        let sender_host: Option<String> = row.try_get(4)?;
+        let sender_port: Option<i32> = row.try_get(5)?;
+        let checkpoint_tli: Option<i32> = row.try_get(6)?;
+        let newest_walfile: Option<String> = row.try_get(7)?;
+        let timeline = match received_tli.and_then(|t| u32::try_from(t).ok()) {
+            Some(t) if t > 0 => t,
+            _ => {
+                let from_wal = newest_walfile.as_deref().and_then(timeline_of_walfile);
+                let from_checkpoint = checkpoint_tli.and_then(|t| u32::try_from(t).ok());
+                from_wal.max(from_checkpoint).unwrap_or(0)
+            }
+        };
+        let upstream = match (sender_host, sender_port.and_then(|p| u16::try_from(p).ok())) {
+            (Some(host), Some(port)) => Some((host, port)),
+            _ => None,
+        };
+        Ok(Observation {
+            running: true,
+            in_recovery: true,
+            timeline,
+            current_lsn: 0,
+            received_lsn,
+            replay_lsn,
+            streaming: status.as_deref() == Some("streaming"),
+            upstream,
+        })
+    }
+}
+
+/// An LSN column read as text; NULL is 0.
+fn lsn_column(value: Option<String>) -> anyhow::Result<u64> {
+    match value {
+        None => Ok(0),
+        Some(s) => parse_lsn(&s).with_context(|| format!("bad LSN {s:?}")),
+    }
+}
+
+/// WAL segment names are `TTTTTTTTXXXXXXXXYYYYYYYY`, the first 8 hex digits the timeline.
+fn timeline_of_walfile(name: &str) -> Option<u32> {
+    let tli = u32::from_str_radix(name.get(..8)?, 16).ok()?;
+    (tli > 0).then_some(tli)
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn walfile_timeline() {
+        assert_eq!(timeline_of_walfile("000000020000000000000003"), Some(2));
+        assert_eq!(timeline_of_walfile("0000001A0000000000000003"), Some(26));
+        assert_eq!(timeline_of_walfile("0000"), None);
+        assert_eq!(timeline_of_walfile("00000000000000000000000A"), None);
+    }
+}

@@ -1,0 +1,217 @@
+//! Replication: slots, cloning a standby with `pg_basebackup`, pointing a standby at a primary,
+//! and promotion.
+
+use std::time::{Duration, Instant};
+
+use anyhow::Context as _;
+
+use crate::conf::{quote_literal, set_auto_conf, standby_settings};
+use crate::datadir::{create_dir_owned, ensure_empty, fsync_parent, sibling, write_file_atomic};
+use crate::error::PgError;
+use crate::initdb::quiet_session;
+use crate::postgres::Postgres;
+use crate::process::live_postmaster;
+use crate::settings::Upstream;
+use crate::tool;
+
+/// The physical slot for `member` on whichever primary it streams from: `pgvigil_` + the name
+/// lowercased, every character outside `[a-z0-9_]` replaced by `_`, cut to PostgreSQL's 63 bytes.
+pub fn slot_name(member: &str) -> String {
+    let mut name = String::from("pgvigil_");
+    name.extend(member.chars().map(|c| {
+        let c = c.to_ascii_lowercase();
+        if c.is_ascii_lowercase() || c.is_ascii_digit() || c == '_' {
+            c
+        } else {
+            '_'
+        }
+    }));
+    // All ASCII by now, so any byte index is a char boundary.
+    name.truncate(63);
+    name
+}
+
+impl Postgres {
+    /// On a running primary: create each missing physical slot, reserving WAL at once (so nothing the
+    /// standby needs is recycled before it first connects). Drops nothing.
+    pub async fn ensure_slots(&self, names: &[String]) -> anyhow::Result<()> {
+        let client = self.connect().await?;
+        let existing: Vec<String> = client
+            .query("SELECT slot_name::text FROM pg_replication_slots", &[])
+            .await
+            .context("list replication slots")?
+            .iter()
+            .map(|row| row.try_get(0))
+            .collect::<Result<_, _>>()?;
+        for name in names.iter().filter(|n| !existing.contains(n)) {
+            let created = client.execute("SELECT pg_create_physical_replication_slot($1, true)", &[name]).await;
+            match created {
+                Ok(_) => tracing::info!(slot = %name, "created replication slot"),
+                // Created concurrently since we listed: that is what we wanted.
+                Err(e) if e.code() == Some(&tokio_postgres::error::SqlState::DUPLICATE_OBJECT) => {}
+                Err(e) => return Err(e).with_context(|| format!("create replication slot {name:?}")),
+            }
+        }
+        Ok(())
+    }
+
+    /// Drop a slot if it exists. Errors if a walsender is using it right now.
+    pub async fn drop_slot(&self, name: &str) -> anyhow::Result<()> {
+        let client = self.connect().await?;
+        let dropped = client
+            .execute(
+                "SELECT pg_drop_replication_slot(slot_name) FROM pg_replication_slots WHERE slot_name = $1",
+                &[&name],
+            )
+            .await
+            .with_context(|| format!("drop replication slot {name:?}"))?;
+        if dropped > 0 {
+            tracing::info!(slot = %name, "dropped replication slot");
+        }
+        Ok(())
+    }
+
+    /// Promote a standby (`pg_promote(true, wait)`), then check it accepts writes. Already a primary:
+    /// only the write check. [`PgError::PromoteTimeout`] if promotion does not finish within `wait`.
+    pub async fn promote(&self, wait: Duration) -> anyhow::Result<()> {
+        let started = Instant::now();
+        let client = self.connect().await?;
+        let in_recovery: bool =
+            client.query_one("SELECT pg_is_in_recovery()", &[]).await.context("check recovery state")?.try_get(0)?;
+        let wait_secs = i32::try_from(wait.as_secs().max(1)).unwrap_or(i32::MAX);
+        if in_recovery {
+            let promoted: bool = client
+                .query_one("SELECT pg_promote(true, $1)", &[&wait_secs])
+                .await
+                .context("pg_promote")?
+                .try_get(0)?;
+            if !promoted {
+                return Err(PgError::PromoteTimeout(wait_secs as u64).into());
+            }
+        }
+        let promoted_at = started.elapsed();
+        // pg_promote returning true means recovery ended; a transaction id proves writes work.
+        client.query_one("SELECT txid_current()", &[]).await.context("promoted server does not accept writes")?;
+        tracing::info!(
+            member = %self.settings().member,
+            was_standby = in_recovery,
+            promote_ms = promoted_at.as_millis() as u64,
+            total_ms = started.elapsed().as_millis() as u64,
+            "promoted"
+        );
+        Ok(())
+    }
+
+    /// Clone `primary` into the (empty) data directory with `pg_basebackup` streaming through `slot`,
+    /// then configure it as a standby of `primary`. Copies into `<data_dir>.pgvigil-clone` and renames,
+    /// so a crash never leaves a half-copied data directory that looks real. Does not start the server.
+    pub async fn clone_from(&self, primary: &Upstream, slot: &str) -> anyhow::Result<()> {
+        let s = self.settings();
+        let started = Instant::now();
+        ensure_empty(&s.data_dir)?;
+        let tmp = sibling(&s.data_dir, ".pgvigil-clone");
+        if tmp.exists() {
+            tracing::warn!(path = %tmp.display(), "removing an unfinished clone from an earlier run");
+            std::fs::remove_dir_all(&tmp).with_context(|| format!("remove unfinished clone {}", tmp.display()))?;
+        }
+        create_dir_owned(&tmp, 0o700, s.run_as)?;
+
+        let mut cmd = tool::command(s, "pg_basebackup");
+        cmd.arg("-D")
+            .arg(&tmp)
+            .arg("-h")
+            .arg(&primary.host)
+            .arg("-p")
+            .arg(primary.port.to_string())
+            .arg("-U")
+            .arg(&s.replication_user)
+            .arg("-S")
+            .arg(slot)
+            .args(["-X", "stream", "-c", "fast", "--no-password"])
+            .env("PGPASSWORD", &s.replication_password)
+            .env("PGAPPNAME", format!("pgvigil_clone_{}", s.member))
+            .env("PGCONNECT_TIMEOUT", "5");
+        if let Err(e) = tool::run(cmd, "pg_basebackup").await {
+            let _ = std::fs::remove_dir_all(&tmp);
+            return Err(e);
+        }
+        let copied = started.elapsed();
+
+        if s.data_dir.exists() {
+            // Checked empty above; rename cannot replace a directory.
+            std::fs::remove_dir(&s.data_dir).with_context(|| format!("remove empty {}", s.data_dir.display()))?;
+        }
+        std::fs::rename(&tmp, &s.data_dir)
+            .with_context(|| format!("rename {} to {}", tmp.display(), s.data_dir.display()))?;
+        fsync_parent(&s.data_dir)?;
+        self.configure_standby(primary, slot)?;
+        tracing::info!(
+            member = %s.member,
+            primary = %format!("{}:{}", primary.host, primary.port),
+            basebackup_ms = copied.as_millis() as u64,
+            total_ms = started.elapsed().as_millis() as u64,
+            "cloned"
+        );
+        Ok(())
+    }
+
+    /// While stopped: make the data directory a standby of `primary` (`standby.signal`, and
+    /// `primary_conninfo` / `primary_slot_name` in `postgresql.auto.conf`).
+    pub fn configure_standby(&self, primary: &Upstream, slot: &str) -> anyhow::Result<()> {
+        let s = self.settings();
+        if live_postmaster(&s.data_dir).is_some() {
+            return Err(PgError::Running(s.data_dir.clone()).into());
+        }
+        anyhow::ensure!(
+            s.data_dir.join("PG_VERSION").exists(),
+            "no cluster in {} (PG_VERSION missing)",
+            s.data_dir.display()
+        );
+        set_auto_conf(&s.data_dir, &standby_settings(s, primary, slot), s.run_as)?;
+        write_file_atomic(&s.data_dir.join("standby.signal"), b"", 0o600, s.run_as)?;
+        Ok(())
+    }
+
+    /// On a running standby: stream from `primary` through `slot` from now on. `ALTER SYSTEM` works on
+    /// a hot standby (it only writes `postgresql.auto.conf`), and since PostgreSQL 13 both settings
+    /// take effect on reload: the WAL receiver restarts with them. No restart.
+    pub async fn follow(&self, primary: &Upstream, slot: &str) -> anyhow::Result<()> {
+        let s = self.settings();
+        let client = self.connect().await?;
+        let in_recovery: bool =
+            client.query_one("SELECT pg_is_in_recovery()", &[]).await.context("check recovery state")?.try_get(0)?;
+        if !in_recovery {
+            return Err(PgError::NotStandby.into());
+        }
+        quiet_session(&client).await?;
+        // One statement per call: ALTER SYSTEM refuses to run inside a (multi-statement) transaction.
+        for (name, value) in standby_settings(s, primary, slot) {
+            client
+                .batch_execute(&format!("ALTER SYSTEM SET {name} = {}", quote_literal(&value)))
+                .await
+                .with_context(|| format!("ALTER SYSTEM SET {name}"))?;
+        }
+        client.batch_execute("SELECT pg_reload_conf()").await.context("reload configuration")?;
+        tracing::info!(member = %s.member, primary = %format!("{}:{}", primary.host, primary.port), slot, "following");
+        Ok(())
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn slot_names() {
+        assert_eq!(slot_name("pg1"), "pgvigil_pg1");
+        assert_eq!(slot_name("DB-East.2"), "pgvigil_db_east_2");
+        assert_eq!(slot_name("naïve"), "pgvigil_na_ve");
+        assert_eq!(slot_name(""), "pgvigil_");
+        let long = slot_name(&"x".repeat(100));
+        assert_eq!(long.len(), 63);
+        assert!(long.starts_with("pgvigil_xxx"));
+        let long_unicode = slot_name(&"é".repeat(100));
+        assert_eq!(long_unicode.len(), 63);
+        assert!(long_unicode.bytes().all(|b| b.is_ascii_lowercase() || b.is_ascii_digit() || b == b'_'));
+    }
+}

@@ -1,0 +1,57 @@
+//! What the adapter needs to know about one member's PostgreSQL.
+
+use std::path::PathBuf;
+
+use anyhow::Context as _;
+
+/// The system user PostgreSQL runs as. PostgreSQL refuses to run as root, so when the daemon is root
+/// every PostgreSQL program is started with these ids and the directories they write are chowned to them.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub struct RunAs {
+    pub uid: u32,
+    pub gid: u32,
+}
+
+impl RunAs {
+    /// Look up a system user by name (its primary group is used as gid).
+    pub fn user(name: &str) -> anyhow::Result<RunAs> {
+        let user = nix::unistd::User::from_name(name)
+            .with_context(|| format!("look up system user {name:?}"))?
+            .with_context(|| format!("no system user named {name:?}"))?;
+        Ok(RunAs { uid: user.uid.as_raw(), gid: user.gid.as_raw() })
+    }
+}
+
+#[derive(Clone, Debug)]
+pub struct PgSettings {
+    /// This member's name: `application_name` in `primary_conninfo` and `cluster_name`.
+    pub member: String,
+    pub bin_dir: PathBuf,
+    pub data_dir: PathBuf,
+    /// `listen_addresses`; also the host other members use to reach this one.
+    pub listen_address: String,
+    pub port: u16,
+    /// `unix_socket_directories`; the daemon's own connections go here.
+    pub socket_dir: PathBuf,
+    /// `Some` when the daemon runs as root.
+    pub run_as: Option<RunAs>,
+    /// Local superuser (e.g. "postgres"): trust over the unix socket only.
+    pub superuser: String,
+    /// Set by `setup_roles` when `Some`, so TCP clients can log in with scram.
+    pub superuser_password: Option<String>,
+    pub replication_user: String,
+    pub replication_password: String,
+    /// The postmaster's stdout/stderr are appended here.
+    pub log_file: PathBuf,
+    /// Extra `pg_hba.conf` lines, appended after ours at initdb.
+    pub hba_extra: Vec<String>,
+    /// Extra GUCs written into `postgresql.conf` at initdb (so clones inherit them).
+    pub parameters: Vec<(String, String)>,
+}
+
+/// A primary to stream from.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct Upstream {
+    pub host: String,
+    pub port: u16,
+}
