@@ -1,0 +1,354 @@
+//! The agent's IO shell: observe PostgreSQL, report to the coordinator, hold the lease, and carry
+//! out what the pure reconciler ([`vigil_core::agent::reconcile`]) decides.
+//!
+//! Two tasks: the *reporter* sends a report every loop (at once when the committed state changes),
+//! keeps the lease, and fences PostgreSQL the moment the lease runs out, however busy the other task
+//! is; the *reconciler* observes PostgreSQL and acts, one action at a time (a clone can take long).
+
+use crate::daemon::Shared;
+use crate::local::LocalFile;
+use crate::{convert, coordination};
+use anyhow::Context;
+use std::sync::atomic::{AtomicU64, Ordering};
+use std::sync::{Arc, Mutex};
+use std::time::{Duration, Instant};
+use tokio::sync::watch;
+use tokio_util::sync::CancellationToken;
+use vigil_core::agent::{reconcile, AgentAction, AgentInput};
+use vigil_core::{DataDir, HealthReport, Lease, LocalMemory, MemberKind, PgStatus, Upstream};
+use vigil_pg::{DataDirState, Fencer, PgSettings, Postgres, RunAs, StopMode};
+
+/// What the reporter needs from the reconciler, and the lease they share.
+struct Link {
+    status: watch::Receiver<PgStatus>,
+    lease: Arc<Mutex<Lease>>,
+    /// The epoch for which this member has acted as primary (0: none); the reporter fences when
+    /// the lease for it is gone.
+    acting_epoch: Arc<AtomicU64>,
+    fencer: Option<Fencer>,
+}
+
+pub async fn run_witness(shared: Arc<Shared>, shutdown: CancellationToken) -> anyhow::Result<()> {
+    let (_tx, status) = watch::channel(PgStatus::default());
+    let link = Link { status, lease: Default::default(), acting_epoch: Default::default(), fencer: None };
+    reporter(shared, link, shutdown).await;
+    Ok(())
+}
+
+fn pg_settings(shared: &Shared) -> anyhow::Result<PgSettings> {
+    let s = &shared.settings;
+    let pg = s.raw.postgres.as_ref().context("config key `postgres`: missing")?;
+    let run_as = if nix::unistd::geteuid().is_root() {
+        let user = pg.run_as.as_deref().unwrap_or("postgres");
+        Some(RunAs::user(user).with_context(|| format!("config key `postgres.run_as`: user {user:?}"))?)
+    } else {
+        None
+    };
+    Ok(PgSettings {
+        member: s.raw.name.clone(),
+        bin_dir: pg.bin_dir.clone(),
+        data_dir: pg.data_dir.clone(),
+        listen_address: pg.listen_address.clone(),
+        port: pg.port,
+        socket_dir: s.socket_dir(),
+        run_as,
+        superuser: pg.superuser.clone(),
+        superuser_password: s.superuser_password.clone(),
+        replication_user: pg.replication_user.clone(),
+        replication_password: s.replication_password.clone(),
+        log_file: s.pg_log_file(),
+        hba_extra: pg.hba_extra.clone(),
+        parameters: pg.parameters.iter().map(|(k, v)| (k.clone(), v.clone())).collect(),
+    })
+}
+
+pub async fn run(shared: Arc<Shared>, shutdown: CancellationToken) -> anyhow::Result<()> {
+    let settings = pg_settings(&shared)?;
+    prepare_dirs(&settings)?;
+    let local = LocalFile::new(&shared.settings.raw.state_dir);
+    let memory = local.load()?;
+    let pg = Postgres::new(settings);
+    let (status_tx, status_rx) =
+        watch::channel(PgStatus { data_dir: data_dir(pg.data_dir_state()), ..Default::default() });
+    let link = Link {
+        status: status_rx,
+        lease: Default::default(),
+        acting_epoch: Arc::new(AtomicU64::new(memory.primary_epoch.unwrap_or(0))),
+        fencer: Some(pg.fencer()),
+    };
+    let mut agent = Agent {
+        shared: shared.clone(),
+        pg,
+        local,
+        memory,
+        lease: link.lease.clone(),
+        acting_epoch: link.acting_epoch.clone(),
+        status_tx,
+        needs_rejoin: false,
+        unhealthy_since: Some(Instant::now()),
+        roles_ready: false,
+        slots_made: Vec::new(),
+        last_note: String::new(),
+    };
+    let reporter = tokio::spawn(reporter(shared.clone(), link, shutdown.clone()));
+    agent.reconcile_loop(&shutdown).await;
+    if let Err(e) = agent.pg.stop(StopMode::Fast).await {
+        tracing::error!("stopping PostgreSQL on shutdown: {e:#}");
+    }
+    let _ = reporter.await;
+    Ok(())
+}
+
+/// The socket dir and the data dir's parent must exist; PostgreSQL's user must own the socket dir.
+fn prepare_dirs(s: &PgSettings) -> anyhow::Result<()> {
+    std::fs::create_dir_all(&s.socket_dir).with_context(|| format!("create {}", s.socket_dir.display()))?;
+    if let Some(parent) = s.data_dir.parent() {
+        std::fs::create_dir_all(parent).with_context(|| format!("create {}", parent.display()))?;
+    }
+    if let Some(r) = &s.run_as {
+        let (uid, gid) = (nix::unistd::Uid::from_raw(r.uid), nix::unistd::Gid::from_raw(r.gid));
+        nix::unistd::chown(&s.socket_dir, Some(uid), Some(gid))
+            .with_context(|| format!("chown {}", s.socket_dir.display()))?;
+    }
+    Ok(())
+}
+
+fn data_dir(d: DataDirState) -> DataDir {
+    match d {
+        DataDirState::Empty => DataDir::Empty,
+        DataDirState::Primary => DataDir::Primary,
+        DataDirState::Standby => DataDir::Standby,
+    }
+}
+
+struct Agent {
+    shared: Arc<Shared>,
+    pg: Postgres,
+    local: LocalFile,
+    memory: LocalMemory,
+    lease: Arc<Mutex<Lease>>,
+    acting_epoch: Arc<AtomicU64>,
+    status_tx: watch::Sender<PgStatus>,
+    needs_rejoin: bool,
+    /// Since when PostgreSQL has not been running in the role the committed state gives it.
+    unhealthy_since: Option<Instant>,
+    roles_ready: bool,
+    slots_made: Vec<String>,
+    last_note: String,
+}
+
+impl Agent {
+    async fn reconcile_loop(&mut self, shutdown: &CancellationToken) {
+        let interval = self.shared.settings.timings.loop_interval;
+        let mut state_rx = self.shared.raft.state();
+        let mut failures: u32 = 0;
+        loop {
+            let pause = interval * 2u32.saturating_pow(failures.min(4));
+            tokio::select! {
+                _ = shutdown.cancelled() => return,
+                _ = tokio::time::sleep(pause) => {}
+                r = state_rx.changed(), if failures == 0 => if r.is_err() { return },
+            }
+            match self.step().await {
+                Ok(()) => failures = 0,
+                Err(e) => {
+                    failures += 1;
+                    tracing::warn!(member = %self.shared.name(), "{e:#}");
+                }
+            }
+        }
+    }
+
+    /// Observe, publish the status, decide, act.
+    async fn step(&mut self) -> anyhow::Result<()> {
+        let me = self.shared.name().to_string();
+        let obs = self.pg.observe().await;
+        let state = self.shared.committed();
+        let now = Instant::now();
+        let am_primary = state.is_primary(&me);
+        let healthy = obs.running && (obs.in_recovery != am_primary);
+        self.unhealthy_since = if healthy { None } else { Some(self.unhealthy_since.unwrap_or(now)) };
+        if !(am_primary && obs.running && !obs.in_recovery) {
+            self.roles_ready = false;
+            self.slots_made.clear();
+        }
+        if !am_primary && (!obs.running || obs.in_recovery) {
+            // Not the primary and not writable: nothing left for the lease watchdog to fence.
+            self.acting_epoch.store(0, Ordering::SeqCst);
+        }
+        let mut pg = PgStatus {
+            running: obs.running,
+            in_recovery: obs.in_recovery,
+            timeline: obs.timeline,
+            current_lsn: obs.current_lsn,
+            received_lsn: obs.received_lsn,
+            replay_lsn: obs.replay_lsn,
+            data_dir: data_dir(self.pg.data_dir_state()),
+            needs_rejoin: self.needs_rejoin,
+            streaming: obs.streaming,
+            down_for: self.unhealthy_since.map_or(Duration::ZERO, |t| now - t),
+        };
+        let lease_valid = self.lease.lock().unwrap_or_else(|p| p.into_inner()).valid(state.epoch, now);
+        let actions = reconcile(&AgentInput {
+            me: &me,
+            kind: MemberKind::Postgres,
+            state: &state,
+            pg: &pg,
+            lease_valid,
+            local: &self.memory,
+        });
+        self.needs_rejoin = actions.iter().any(|a| matches!(a, AgentAction::NeedsRejoin(_)));
+        pg.needs_rejoin = self.needs_rejoin;
+        self.status_tx.send_replace(pg);
+        for action in actions {
+            self.act(action, state.epoch).await?;
+        }
+        Ok(())
+    }
+
+    fn note(&mut self, level: tracing::Level, text: String) {
+        if text != self.last_note {
+            match level {
+                tracing::Level::WARN => tracing::warn!(member = %self.shared.name(), "{text}"),
+                _ => tracing::info!(member = %self.shared.name(), "{text}"),
+            }
+            self.last_note = text;
+        }
+    }
+
+    fn remember(&mut self, change: impl FnOnce(&mut LocalMemory)) -> anyhow::Result<()> {
+        change(&mut self.memory);
+        self.local.save(&self.memory).context("save local memory")
+    }
+
+    async fn act(&mut self, action: AgentAction, epoch: u64) -> anyhow::Result<()> {
+        let up = |u: &Upstream| vigil_pg::Upstream { host: u.host.clone(), port: u.port };
+        let started = Instant::now();
+        match action {
+            AgentAction::Wait(why) => self.note(tracing::Level::INFO, format!("waiting: {why}")),
+            AgentAction::NeedsRejoin(why) => {
+                self.note(tracing::Level::WARN, format!("needs rejoin, keeping PostgreSQL down: {why}"))
+            }
+            AgentAction::Fence(why) => {
+                tracing::warn!(epoch, "fencing PostgreSQL: {why}");
+                self.pg.stop(StopMode::Immediate).await.context("fence (immediate stop)")?;
+            }
+            AgentAction::MarkPrimary(e) => {
+                self.remember(|m| {
+                    m.primary_epoch = Some(e);
+                    m.upstream = None;
+                })?;
+                self.acting_epoch.store(e, Ordering::SeqCst);
+            }
+            AgentAction::InitDb => {
+                self.pg.initdb().await.context("initdb")?;
+                tracing::info!(epoch, took_ms = started.elapsed().as_millis() as u64, "initialised a new cluster");
+            }
+            AgentAction::Start => {
+                self.pg.start().await.context("start PostgreSQL")?;
+                tracing::info!(epoch, took_ms = started.elapsed().as_millis() as u64, "PostgreSQL started");
+            }
+            AgentAction::Promote => {
+                self.pg.promote(Duration::from_secs(60)).await.context("promote")?;
+                tracing::warn!(epoch, took_ms = started.elapsed().as_millis() as u64, "promoted to primary");
+            }
+            AgentAction::PrimaryHousekeeping { slots } => {
+                if !self.roles_ready {
+                    self.pg.setup_roles().await.context("set up roles")?;
+                    self.roles_ready = true;
+                }
+                if slots != self.slots_made {
+                    self.pg.ensure_slots(&slots).await.context("create replication slots")?;
+                    self.slots_made = slots;
+                }
+                self.note(tracing::Level::INFO, format!("primary of epoch {epoch}"));
+            }
+            AgentAction::Clone { from, slot } => {
+                tracing::info!(epoch, "cloning from {}:{} through slot {slot}", from.host, from.port);
+                self.pg.clone_from(&up(&from), &slot).await.context("clone with pg_basebackup")?;
+                tracing::info!(epoch, took_ms = started.elapsed().as_millis() as u64, "cloned");
+                self.remember(|m| m.upstream = Some(from))?;
+            }
+            AgentAction::ConfigureStandby { from, slot } => {
+                self.pg.configure_standby(&up(&from), &slot).context("write standby configuration")?;
+                self.remember(|m| m.upstream = Some(from))?;
+            }
+            AgentAction::Follow { from, slot } => {
+                self.pg.follow(&up(&from), &slot).await.context("follow the new primary")?;
+                tracing::info!(epoch, "now following {}:{}", from.host, from.port);
+                self.remember(|m| m.upstream = Some(from))?;
+            }
+        }
+        Ok(())
+    }
+}
+
+/// Report every loop (at once on a state change), keep the lease, fence when it runs out.
+async fn reporter(shared: Arc<Shared>, link: Link, shutdown: CancellationToken) {
+    let interval = shared.settings.timings.loop_interval;
+    let mut state_rx = shared.raft.state();
+    let mut next = Instant::now();
+    loop {
+        let acting = link.acting_epoch.load(Ordering::SeqCst);
+        let lease_end = link.lease.lock().unwrap_or_else(|p| p.into_inner()).expires_at(acting);
+        let wake = lease_end.filter(|_| acting != 0).map_or(next, |e| e.min(next));
+        // A new committed state is reported at once: a new primary is waiting for its lease.
+        let force = tokio::select! {
+            _ = shutdown.cancelled() => return,
+            _ = tokio::time::sleep_until(wake.into()) => false,
+            r = state_rx.changed() => if r.is_err() { return } else { true },
+        };
+        if force || Instant::now() >= next {
+            next = Instant::now() + interval;
+            send_report(&shared, &link, shared.committed().epoch).await;
+        }
+        let acting = link.acting_epoch.load(Ordering::SeqCst);
+        let lease_ok = link.lease.lock().unwrap_or_else(|p| p.into_inner()).valid(acting, Instant::now());
+        if acting != 0 && !lease_ok && link.fencer.as_ref().is_some_and(|f| f.fence_now()) {
+            tracing::warn!(epoch = acting, "lease expired: PostgreSQL fenced (immediate shutdown)");
+        }
+    }
+}
+
+async fn send_report(shared: &Shared, link: &Link, epoch: u64) {
+    let s = &shared.settings;
+    let pg = link.status.borrow().clone();
+    let (pg_host, pg_port) = s.raw.postgres.as_ref().map_or((String::new(), 0), |p| (p.listen_address.clone(), p.port));
+    let report = HealthReport {
+        member: s.raw.name.clone(),
+        kind: s.raw.kind,
+        pg_host,
+        pg_port,
+        nofailover: s.raw.tags.nofailover,
+        priority: s.raw.tags.priority,
+        pg,
+        epoch_seen: epoch,
+    };
+    let sent_at = Instant::now();
+    let status = shared.raft.status().borrow().clone();
+    let ack = if status.is_leader {
+        Some(coordination::handle_report(shared, report).await)
+    } else if let Some((_, addr)) = shared.leader() {
+        let request = convert::to_proto(&report);
+        match shared.clients.client(addr) {
+            Ok(mut client) => match tokio::time::timeout(s.timings.loop_interval * 2, client.report(request)).await {
+                Ok(Ok(resp)) => Some(resp.into_inner()),
+                Ok(Err(e)) => {
+                    tracing::debug!("report to the coordinator failed: {e}");
+                    None
+                }
+                Err(_) => None,
+            },
+            Err(e) => {
+                tracing::debug!("no client for the coordinator at {addr}: {e:#}");
+                None
+            }
+        }
+    } else {
+        None
+    };
+    if let Some(ack) = ack {
+        let mut lease = link.lease.lock().unwrap_or_else(|p| p.into_inner());
+        lease.on_ack(sent_at, ack.lease_granted, ack.epoch, s.timings.lease_timeout);
+    }
+}

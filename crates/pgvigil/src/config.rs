@@ -1,0 +1,325 @@
+//! The daemon's configuration: TOML plus `PGVIGIL_` environment overrides, checked at start.
+//!
+//! Every problem is reported as one [`ConfigError`] naming the key; `main` prints it and exits 64.
+
+use serde::{Deserialize, Deserializer};
+use std::collections::{BTreeMap, BTreeSet};
+use std::path::{Path, PathBuf};
+use std::time::Duration;
+use vigil_core::{MemberKind, Timings};
+
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct ConfigError {
+    pub key: String,
+    pub message: String,
+}
+
+impl std::fmt::Display for ConfigError {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        write!(f, "config key `{}`: {}", self.key, self.message)
+    }
+}
+
+impl std::error::Error for ConfigError {}
+
+fn bad(key: impl Into<String>, message: impl Into<String>) -> ConfigError {
+    ConfigError { key: key.into(), message: message.into() }
+}
+
+#[derive(Debug, Clone, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct Config {
+    /// This member's name; must appear in `members`.
+    pub name: String,
+    #[serde(default)]
+    pub kind: MemberKind,
+    /// Raft log, local memory, PostgreSQL log and socket live here.
+    pub state_dir: PathBuf,
+    /// Where the peer gRPC server listens, e.g. "0.0.0.0:7000".
+    pub listen: String,
+    /// Every member of the cluster, this one included, with its peer gRPC address (host:port).
+    pub members: Vec<MemberEntry>,
+    #[serde(default)]
+    pub postgres: Option<PostgresConfig>,
+    #[serde(default)]
+    pub tags: Tags,
+    #[serde(default)]
+    pub timing: TimingConfig,
+    #[serde(default)]
+    pub log: LogConfig,
+}
+
+#[derive(Debug, Clone, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct MemberEntry {
+    pub name: String,
+    pub address: String,
+}
+
+#[derive(Debug, Clone, Deserialize, Default)]
+#[serde(deny_unknown_fields)]
+pub struct Tags {
+    #[serde(default)]
+    pub nofailover: bool,
+    #[serde(default)]
+    pub priority: i32,
+}
+
+#[derive(Debug, Clone, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct PostgresConfig {
+    #[serde(default = "default_bin_dir")]
+    pub bin_dir: PathBuf,
+    pub data_dir: PathBuf,
+    /// The address PostgreSQL listens on and the others reach it at.
+    pub listen_address: String,
+    #[serde(default = "default_port")]
+    pub port: u16,
+    /// Default: `<state_dir>/run`.
+    #[serde(default)]
+    pub socket_dir: Option<PathBuf>,
+    /// The system user PostgreSQL runs as when the daemon runs as root. Default: "postgres".
+    #[serde(default)]
+    pub run_as: Option<String>,
+    #[serde(default = "default_superuser")]
+    pub superuser: String,
+    #[serde(default)]
+    pub superuser_password: Option<String>,
+    #[serde(default)]
+    pub superuser_password_file: Option<PathBuf>,
+    #[serde(default = "default_replication_user")]
+    pub replication_user: String,
+    #[serde(default)]
+    pub replication_password: Option<String>,
+    #[serde(default)]
+    pub replication_password_file: Option<PathBuf>,
+    /// Default: `<state_dir>/postgresql.log`.
+    #[serde(default)]
+    pub log_file: Option<PathBuf>,
+    #[serde(default)]
+    pub hba_extra: Vec<String>,
+    #[serde(default)]
+    pub parameters: BTreeMap<String, String>,
+}
+
+fn default_bin_dir() -> PathBuf {
+    PathBuf::from("/usr/lib/postgresql/15/bin")
+}
+fn default_port() -> u16 {
+    5432
+}
+fn default_superuser() -> String {
+    "postgres".into()
+}
+fn default_replication_user() -> String {
+    "replicator".into()
+}
+
+/// Every timing key; absent ones take [`Timings::default`].
+#[derive(Debug, Clone, Deserialize, Default)]
+#[serde(deny_unknown_fields)]
+pub struct TimingConfig {
+    #[serde(default, deserialize_with = "duration_opt")]
+    pub loop_interval: Option<Duration>,
+    #[serde(default, deserialize_with = "duration_opt")]
+    pub lease_timeout: Option<Duration>,
+    #[serde(default, deserialize_with = "duration_opt")]
+    pub lease_margin: Option<Duration>,
+    #[serde(default, deserialize_with = "duration_opt")]
+    pub pg_restart_timeout: Option<Duration>,
+    #[serde(default, deserialize_with = "duration_opt")]
+    pub report_timeout: Option<Duration>,
+    #[serde(default, deserialize_with = "duration_opt")]
+    pub bootstrap_wait: Option<Duration>,
+    #[serde(default, deserialize_with = "duration_opt")]
+    pub raft_tick: Option<Duration>,
+    #[serde(default)]
+    pub election_ticks: Option<u32>,
+    #[serde(default)]
+    pub heartbeat_ticks: Option<u32>,
+    #[serde(default)]
+    pub maximum_lag_on_failover: Option<u64>,
+}
+
+#[derive(Debug, Clone, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct LogConfig {
+    #[serde(default = "default_log_format")]
+    pub format: LogFormat,
+    #[serde(default = "default_log_level")]
+    pub level: String,
+}
+
+impl Default for LogConfig {
+    fn default() -> Self {
+        LogConfig { format: default_log_format(), level: default_log_level() }
+    }
+}
+
+#[derive(Debug, Clone, Copy, Deserialize, PartialEq, Eq)]
+#[serde(rename_all = "lowercase")]
+pub enum LogFormat {
+    Text,
+    Json,
+}
+
+fn default_log_format() -> LogFormat {
+    LogFormat::Text
+}
+fn default_log_level() -> String {
+    "info".into()
+}
+
+fn duration_opt<'de, D: Deserializer<'de>>(d: D) -> Result<Option<Duration>, D::Error> {
+    let s = String::deserialize(d)?;
+    humantime::parse_duration(&s)
+        .map(Some)
+        .map_err(|e| serde::de::Error::custom(format!("bad duration {s:?} ({e}); write e.g. \"250ms\" or \"2s\"")))
+}
+
+/// The checked configuration the daemon runs with.
+#[derive(Debug, Clone)]
+pub struct Settings {
+    pub raw: Config,
+    pub timings: Timings,
+    /// This member's peer address (from `members`).
+    pub advertise: String,
+    /// Replication password, superuser password, read from files where configured.
+    pub replication_password: String,
+    pub superuser_password: Option<String>,
+}
+
+impl Settings {
+    pub fn socket_dir(&self) -> PathBuf {
+        let pg = self.raw.postgres.as_ref();
+        pg.and_then(|p| p.socket_dir.clone()).unwrap_or_else(|| self.raw.state_dir.join("run"))
+    }
+
+    pub fn pg_log_file(&self) -> PathBuf {
+        let pg = self.raw.postgres.as_ref();
+        pg.and_then(|p| p.log_file.clone()).unwrap_or_else(|| self.raw.state_dir.join("postgresql.log"))
+    }
+}
+
+/// Load `path`, apply `PGVIGIL_*` overrides (nested keys with `__`, e.g. `PGVIGIL_POSTGRES__PORT`),
+/// and check everything.
+pub fn load(path: &Path) -> Result<Settings, ConfigError> {
+    if !path.exists() {
+        return Err(bad("--config", format!("file {} does not exist", path.display())));
+    }
+    let built = config::Config::builder()
+        .add_source(config::File::from(path).format(config::FileFormat::Toml))
+        .add_source(
+            config::Environment::with_prefix("PGVIGIL")
+                .prefix_separator("_")
+                .separator("__")
+                .try_parsing(true)
+                .source(Some(env_overrides())),
+        )
+        .build()
+        .map_err(from_config_error)?;
+    let raw: Config = built.try_deserialize().map_err(from_config_error)?;
+    check(raw)
+}
+
+/// Environment variables the command line reads for itself; they are not config keys.
+pub const CLI_VARIABLES: &[&str] = &["PGVIGIL_PEER", "PGVIGIL_BIN", "PGVIGIL_ENDPOINT", "PGVIGIL_TOKEN"];
+
+fn env_overrides() -> std::collections::HashMap<String, String> {
+    std::env::vars().filter(|(k, _)| k.starts_with("PGVIGIL_") && !CLI_VARIABLES.contains(&k.as_str())).collect()
+}
+
+/// Turn the `config` crate's message into key + message: it says "... for key `x.y`" where it knows.
+fn from_config_error(e: config::ConfigError) -> ConfigError {
+    let text = e.to_string();
+    if let Some((msg, rest)) = text.split_once(" for key `") {
+        let key = rest.split('`').next().unwrap_or_default();
+        // An unknown key inside a table is reported "for key `table`": name the key itself.
+        if let Some(field) = msg.strip_prefix("unknown field `").and_then(|r| r.split('`').next()) {
+            return bad(format!("{key}.{field}"), msg);
+        }
+        return bad(key, msg);
+    }
+    // "missing field `x`", "unknown field `x`, expected ...", "missing configuration field \"x\"".
+    let key = text.split('`').nth(1).or_else(|| text.split('"').nth(1)).unwrap_or("(file)").to_string();
+    bad(key, text)
+}
+
+fn read_secret(key: &str, inline: &Option<String>, file: &Option<PathBuf>) -> Result<Option<String>, ConfigError> {
+    match (inline, file) {
+        (Some(_), Some(_)) => Err(bad(key, "set either the value or the _file, not both")),
+        (Some(v), None) => Ok(Some(v.clone())),
+        (None, Some(f)) => std::fs::read_to_string(f)
+            .map(|s| Some(s.trim_end_matches(['\n', '\r']).to_string()))
+            .map_err(|e| bad(format!("{key}_file"), format!("cannot read {}: {e}", f.display()))),
+        (None, None) => Ok(None),
+    }
+}
+
+pub fn check(raw: Config) -> Result<Settings, ConfigError> {
+    if raw.name.is_empty() {
+        return Err(bad("name", "must not be empty"));
+    }
+    let mut seen = BTreeSet::new();
+    let mut ids = BTreeMap::new();
+    for (i, m) in raw.members.iter().enumerate() {
+        if !seen.insert(m.name.as_str()) {
+            return Err(bad(format!("members[{i}].name"), format!("member {:?} is listed twice", m.name)));
+        }
+        if let Some(other) = ids.insert(vigil_core::node_id(&m.name), m.name.as_str()) {
+            return Err(bad(format!("members[{i}].name"), format!("{:?} hashes to the same id as {other:?}", m.name)));
+        }
+        if !m.address.contains(':') {
+            return Err(bad(format!("members[{i}].address"), format!("{:?} is not host:port", m.address)));
+        }
+    }
+    let Some(me) = raw.members.iter().find(|m| m.name == raw.name) else {
+        return Err(bad("name", format!("member {:?} is not listed in `members`", raw.name)));
+    };
+    let advertise = me.address.clone();
+    if raw.listen.parse::<std::net::SocketAddr>().is_err() {
+        return Err(bad("listen", format!("{:?} is not an ip:port address", raw.listen)));
+    }
+    let t = &raw.timing;
+    let d = Timings::default();
+    let timings = Timings {
+        loop_interval: t.loop_interval.unwrap_or(d.loop_interval),
+        lease_timeout: t.lease_timeout.unwrap_or(d.lease_timeout),
+        lease_margin: t.lease_margin.unwrap_or(d.lease_margin),
+        pg_restart_timeout: t.pg_restart_timeout.unwrap_or(d.pg_restart_timeout),
+        report_timeout: t.report_timeout.unwrap_or(d.report_timeout),
+        bootstrap_wait: t.bootstrap_wait.unwrap_or(d.bootstrap_wait),
+        raft_tick: t.raft_tick.unwrap_or(d.raft_tick),
+        election_ticks: t.election_ticks.unwrap_or(d.election_ticks),
+        heartbeat_ticks: t.heartbeat_ticks.unwrap_or(d.heartbeat_ticks),
+        maximum_lag_on_failover: t.maximum_lag_on_failover.unwrap_or(d.maximum_lag_on_failover),
+    };
+    timings.validate().map_err(|e| bad(format!("timing.{}", e.key), e.message))?;
+    if let Err(e) = tracing_subscriber::EnvFilter::try_new(&raw.log.level) {
+        return Err(bad("log.level", e.to_string()));
+    }
+    let (replication_password, superuser_password) = match (&raw.kind, &raw.postgres) {
+        (MemberKind::Postgres, None) => return Err(bad("postgres", "a postgres member needs a [postgres] section")),
+        (MemberKind::Postgres, Some(pg)) => {
+            if pg.port == 0 {
+                return Err(bad("postgres.port", "must not be 0"));
+            }
+            if !pg.data_dir.is_absolute() {
+                return Err(bad("postgres.data_dir", "must be an absolute path"));
+            }
+            let repl =
+                read_secret("postgres.replication_password", &pg.replication_password, &pg.replication_password_file)?
+                    .ok_or_else(|| {
+                        bad("postgres.replication_password", "missing (or set replication_password_file)")
+                    })?;
+            let su = read_secret("postgres.superuser_password", &pg.superuser_password, &pg.superuser_password_file)?;
+            (repl, su)
+        }
+        (MemberKind::Witness, _) => (String::new(), None),
+    };
+    Ok(Settings { raw, timings, advertise, replication_password, superuser_password })
+}
+
+#[cfg(test)]
+#[path = "config_tests.rs"]
+mod tests;

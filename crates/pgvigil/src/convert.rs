@@ -1,0 +1,134 @@
+//! Conversions between the peer protocol's messages and the core's types.
+
+use std::time::Duration;
+use vigil_core::{DataDir, HealthReport, MemberKind, PgStatus};
+use vigil_raft::proto;
+
+pub fn kind_name(k: MemberKind) -> &'static str {
+    match k {
+        MemberKind::Postgres => "postgres",
+        MemberKind::Witness => "witness",
+    }
+}
+
+fn data_dir_name(d: DataDir) -> &'static str {
+    match d {
+        DataDir::Unknown => "unknown",
+        DataDir::Empty => "empty",
+        DataDir::Primary => "primary",
+        DataDir::Standby => "standby",
+    }
+}
+
+pub fn to_proto(r: &HealthReport) -> proto::HealthReport {
+    let p = &r.pg;
+    proto::HealthReport {
+        member: r.member.clone(),
+        kind: kind_name(r.kind).into(),
+        pg_host: r.pg_host.clone(),
+        pg_port: u32::from(r.pg_port),
+        nofailover: r.nofailover,
+        priority: r.priority,
+        pg: Some(proto::PgState {
+            running: p.running,
+            in_recovery: p.in_recovery,
+            timeline: p.timeline,
+            current_lsn: p.current_lsn,
+            received_lsn: p.received_lsn,
+            replay_lsn: p.replay_lsn,
+            data_dir: data_dir_name(p.data_dir).into(),
+            needs_rejoin: p.needs_rejoin,
+            streaming: p.streaming,
+            down_for_ms: u64::try_from(p.down_for.as_millis()).unwrap_or(u64::MAX),
+        }),
+        epoch_seen: r.epoch_seen,
+    }
+}
+
+/// A report from the network; a malformed one is refused with the reason.
+pub fn from_proto(r: proto::HealthReport) -> Result<HealthReport, String> {
+    let kind = match r.kind.as_str() {
+        "postgres" => MemberKind::Postgres,
+        "witness" => MemberKind::Witness,
+        other => return Err(format!("unknown member kind {other:?}")),
+    };
+    let pg_port = u16::try_from(r.pg_port).map_err(|_| format!("bad pg_port {}", r.pg_port))?;
+    let p = r.pg.unwrap_or_default();
+    let data_dir = match p.data_dir.as_str() {
+        "empty" => DataDir::Empty,
+        "primary" => DataDir::Primary,
+        "standby" => DataDir::Standby,
+        _ => DataDir::Unknown,
+    };
+    Ok(HealthReport {
+        member: r.member,
+        kind,
+        pg_host: r.pg_host,
+        pg_port,
+        nofailover: r.nofailover,
+        priority: r.priority,
+        pg: PgStatus {
+            running: p.running,
+            in_recovery: p.in_recovery,
+            timeline: p.timeline,
+            current_lsn: p.current_lsn,
+            received_lsn: p.received_lsn,
+            replay_lsn: p.replay_lsn,
+            data_dir,
+            needs_rejoin: p.needs_rejoin,
+            streaming: p.streaming,
+            down_for: Duration::from_millis(p.down_for_ms),
+        },
+        epoch_seen: r.epoch_seen,
+    })
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn reports_roundtrip() {
+        let r = HealthReport {
+            member: "a".into(),
+            kind: MemberKind::Postgres,
+            pg_host: "10.0.0.1".into(),
+            pg_port: 5432,
+            nofailover: true,
+            priority: 3,
+            pg: PgStatus {
+                running: true,
+                in_recovery: true,
+                timeline: 2,
+                current_lsn: 0,
+                received_lsn: 99,
+                replay_lsn: 98,
+                data_dir: DataDir::Standby,
+                needs_rejoin: false,
+                streaming: true,
+                down_for: Duration::from_millis(1500),
+            },
+            epoch_seen: 7,
+        };
+        assert_eq!(from_proto(to_proto(&r)), Ok(r));
+    }
+
+    #[test]
+    fn malformed_reports_are_refused() {
+        let mut p = to_proto(&HealthReport {
+            member: "a".into(),
+            kind: MemberKind::Witness,
+            pg_host: String::new(),
+            pg_port: 0,
+            nofailover: false,
+            priority: 0,
+            pg: PgStatus::default(),
+            epoch_seen: 0,
+        });
+        p.pg_port = 70_000;
+        assert!(from_proto(p.clone()).is_err());
+        p.pg_port = 1;
+        p.kind = "mainframe".into();
+        assert!(from_proto(p).is_err());
+    }
+}

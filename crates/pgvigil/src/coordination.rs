@@ -1,0 +1,110 @@
+//! The coordinator's IO shell: feeds Raft leadership and reports into the pure [`Coordinator`],
+//! confirms leadership before a lease grant, and proposes its decisions.
+
+use crate::daemon::Shared;
+use std::sync::Arc;
+use std::time::{Instant, SystemTime, UNIX_EPOCH};
+use tokio_util::sync::CancellationToken;
+use vigil_core::{Command, HealthReport};
+use vigil_raft::proto::ReportAck;
+
+fn wall_ms() -> u64 {
+    SystemTime::now().duration_since(UNIX_EPOCH).map(|d| d.as_millis() as u64).unwrap_or(0)
+}
+
+/// Bring the coordinator's idea of leadership up to date with Raft's.
+fn sync_leadership(shared: &Shared) -> bool {
+    let status = shared.raft.status().borrow().clone();
+    let term = status.is_leader.then_some(status.term);
+    shared.coordinator().set_leader(Instant::now(), term);
+    status.is_leader
+}
+
+pub async fn handle_report(shared: &Shared, report: HealthReport) -> ReportAck {
+    let is_leader = sync_leadership(shared);
+    let status = shared.raft.status().borrow().clone();
+    if !is_leader {
+        let coordinator = shared.peers.get(&status.leader_id).map(|(n, _)| n.clone()).unwrap_or_default();
+        return ReportAck { is_coordinator: false, coordinator, lease_granted: false, epoch: 0, term: status.term };
+    }
+    let state = shared.committed();
+    let member = report.member.clone();
+    let answer = shared.coordinator().on_report(Instant::now(), report, &state);
+    let mut granted = false;
+    if answer.grant {
+        // Grant only what a quorum still backs: a deposed leader that has not noticed yet must
+        // not extend the primary's lease.
+        let timeout = shared.settings.timings.lease_timeout / 2;
+        match shared.raft.confirm_leadership(timeout).await {
+            Ok(()) => {
+                shared.coordinator().granted(Instant::now(), &member, answer.epoch);
+                granted = true;
+            }
+            Err(e) => tracing::debug!(%member, "lease not renewed: leadership not confirmed: {e}"),
+        }
+    }
+    ReportAck {
+        is_coordinator: true,
+        coordinator: shared.name().to_string(),
+        lease_granted: granted,
+        epoch: answer.epoch,
+        term: status.term,
+    }
+}
+
+/// Every loop interval, or when the committed state changes: decide, and propose the decisions.
+pub async fn run(shared: Arc<Shared>, shutdown: CancellationToken) -> anyhow::Result<()> {
+    let interval = shared.settings.timings.loop_interval;
+    let mut state_rx = shared.raft.state();
+    let mut last_transfer: Option<Instant> = None;
+    let mut tick = tokio::time::interval(interval);
+    tick.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
+    loop {
+        tokio::select! {
+            _ = shutdown.cancelled() => return Ok(()),
+            _ = tick.tick() => {}
+            r = state_rx.changed() => if r.is_err() { return Ok(()) },
+        }
+        if !sync_leadership(&shared) {
+            continue;
+        }
+        let state = shared.committed();
+        let commands = shared.coordinator().decide(Instant::now(), &state, wall_ms());
+        for cmd in commands {
+            propose(&shared, cmd).await;
+        }
+        // Not on the primary's host: its death should not also cost an election. At most one
+        // attempt per few seconds, so a refused transfer does not churn.
+        let target = shared.coordinator().leadership_target(Instant::now(), &state, shared.name());
+        if let Some(target) = target {
+            if last_transfer.is_none_or(|t| t.elapsed() > interval * 20) {
+                tracing::info!(%target, "handing the coordinator role off the primary's host");
+                shared.raft.transfer_leader(vigil_core::node_id(&target));
+                last_transfer = Some(Instant::now());
+            }
+        }
+    }
+}
+
+async fn propose(shared: &Shared, cmd: Command) {
+    let important = !matches!(cmd, Command::UpsertMember { .. });
+    if important {
+        tracing::warn!(command = ?cmd, "proposing");
+    }
+    let timeout = shared.settings.timings.lease_timeout;
+    match shared.raft.propose(cmd.encode(), timeout).await {
+        Ok(index) => {
+            let state = shared.committed();
+            tracing::info!(index, epoch = state.epoch, primary = ?state.primary, "committed {}", describe(&cmd));
+        }
+        Err(e) => tracing::warn!("proposal {} not committed: {e}", describe(&cmd)),
+    }
+}
+
+fn describe(cmd: &Command) -> String {
+    match cmd {
+        Command::UpsertMember { name, .. } => format!("member record of {name}"),
+        Command::Bootstrap { member, .. } => format!("bootstrap by {member}"),
+        Command::Failover { to, from_epoch, .. } => format!("failover from epoch {from_epoch} to {to}"),
+    }
+}

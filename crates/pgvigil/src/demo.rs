@@ -1,0 +1,105 @@
+//! `pgvigil demo`: a local cluster (PostgreSQL + pgvigil per member) on loopback ports under one
+//! temporary directory, shown as a table, until Ctrl-C; then everything it started is stopped.
+
+use crate::launch::{self, ClusterSpec, LocalCluster};
+use crate::list;
+use std::path::PathBuf;
+use std::process::ExitCode;
+use std::time::Duration;
+
+#[derive(clap::Args, Debug)]
+pub struct DemoArgs {
+    /// Number of PostgreSQL members.
+    #[arg(long, default_value_t = 3)]
+    pub members: usize,
+    /// Number of witness members (vote, no PostgreSQL).
+    #[arg(long, default_value_t = 0)]
+    pub witnesses: usize,
+    /// Directory for everything (default: a new temporary directory, removed at the end).
+    #[arg(long)]
+    pub dir: Option<PathBuf>,
+    /// Keep the directory at the end.
+    #[arg(long)]
+    pub keep: bool,
+    /// PostgreSQL's binaries.
+    #[arg(long, default_value = "/usr/lib/postgresql/15/bin")]
+    pub pg_bin_dir: PathBuf,
+    /// Stop after this long instead of waiting for Ctrl-C (e.g. "30s").
+    #[arg(long, value_parser = humantime::parse_duration)]
+    pub run_for: Option<Duration>,
+}
+
+pub async fn run(args: DemoArgs) -> ExitCode {
+    match demo(args).await {
+        Ok(()) => ExitCode::SUCCESS,
+        Err(e) => {
+            eprintln!("pgvigil demo: {e:#}");
+            ExitCode::FAILURE
+        }
+    }
+}
+
+async fn demo(args: DemoArgs) -> anyhow::Result<()> {
+    if !args.pg_bin_dir.join("postgres").exists() {
+        anyhow::bail!(
+            "no PostgreSQL in {} (install it: apt-get install -y postgresql, or pass --pg-bin-dir)",
+            args.pg_bin_dir.display()
+        );
+    }
+    if args.members + args.witnesses < 2 || args.members == 0 {
+        anyhow::bail!("need at least one PostgreSQL member and two members in all");
+    }
+    let (dir, _temp) = match &args.dir {
+        Some(d) => (d.clone(), None),
+        None => {
+            let t = tempfile::Builder::new().prefix("pgvigil-demo-").tempdir()?;
+            (t.path().to_path_buf(), Some(t))
+        }
+    };
+    let bin = std::env::current_exe()?;
+    let mut spec = ClusterSpec::local(&dir, &bin, args.members, args.witnesses)?;
+    spec.pg_bin_dir = args.pg_bin_dir.clone();
+    let mut cluster = LocalCluster::prepare(spec)?;
+    cluster.start_all()?;
+    println!("Starting {} members under {} ...", args.members + args.witnesses, dir.display());
+    let view = cluster.wait_for("a primary and streaming standbys", Duration::from_secs(90), launch::healthy).await?;
+
+    println!();
+    for m in &cluster.spec.members {
+        let peer = format!("127.0.0.1:{}", m.peer_port);
+        match m.kind {
+            vigil_core::MemberKind::Postgres => println!(
+                "  {:<9} peer {peer}  psql \"host=127.0.0.1 port={} user=postgres password={}\"",
+                m.name, m.pg_port, cluster.spec.superuser_password
+            ),
+            vigil_core::MemberKind::Witness => println!("  {:<9} peer {peer}  (witness)", m.name),
+        }
+    }
+    println!("  logs: {}/<member>/pgvigil.log and postgresql.log\n", dir.display());
+    print!("{}", list::table(&view));
+    let first = cluster.spec.peer_address(&cluster.spec.members[0].name).unwrap_or_default();
+    println!("\nWatch it: pgvigil list --peer {first}   (kill a primary's processes to see a failover)");
+    println!("Ctrl-C stops the demo and everything it started.");
+
+    let stop = tokio_util::sync::CancellationToken::new();
+    let waiter = stop.clone();
+    tokio::spawn(async move {
+        let _ = tokio::signal::ctrl_c().await;
+        waiter.cancel();
+    });
+    match args.run_for {
+        Some(d) => {
+            tokio::select! { _ = tokio::time::sleep(d) => {}, _ = stop.cancelled() => {} }
+        }
+        None => stop.cancelled().await,
+    }
+    println!("\nStopping ...");
+    cluster.stop_all(Duration::from_secs(30));
+    if args.keep {
+        if let Some(t) = _temp {
+            let kept = t.keep();
+            println!("Kept {}", kept.display());
+        }
+    }
+    Ok(())
+}

@@ -1,0 +1,267 @@
+//! Start a cluster of members on this machine, each a `pgvigil run` process with its own state
+//! dir and ports: the demo's cluster and the tests' clusters.
+
+use anyhow::Context;
+use std::collections::BTreeMap;
+use std::path::{Path, PathBuf};
+use std::process::{Child, Command, Stdio};
+use std::time::{Duration, Instant};
+use vigil_core::MemberKind;
+
+use crate::list::{self, View};
+
+#[derive(Clone, Debug)]
+pub struct MemberSpec {
+    pub name: String,
+    pub kind: MemberKind,
+    pub peer_port: u16,
+    pub pg_port: u16,
+    pub nofailover: bool,
+    pub priority: i32,
+}
+
+#[derive(Clone, Debug)]
+pub struct ClusterSpec {
+    /// Everything lives below this directory (one subdirectory per member).
+    pub dir: PathBuf,
+    /// The `pgvigil` executable.
+    pub bin: PathBuf,
+    pub pg_bin_dir: PathBuf,
+    pub members: Vec<MemberSpec>,
+    /// Extra `key = value` lines for the `[timing]` table.
+    pub timing: Vec<String>,
+    pub superuser_password: String,
+    pub log_level: String,
+}
+
+/// A free TCP port on 127.0.0.1 (bound and released; good enough for tests and the demo).
+pub fn free_port() -> anyhow::Result<u16> {
+    let l = std::net::TcpListener::bind("127.0.0.1:0").context("bind 127.0.0.1:0")?;
+    Ok(l.local_addr()?.port())
+}
+
+impl ClusterSpec {
+    /// `n` PostgreSQL members named pg1.. and `witnesses` witnesses named witness1.., on free ports.
+    pub fn local(dir: &Path, bin: &Path, n: usize, witnesses: usize) -> anyhow::Result<ClusterSpec> {
+        let mut members = Vec::new();
+        for i in 1..=n + witnesses {
+            let (name, kind) = if i <= n {
+                (format!("pg{i}"), MemberKind::Postgres)
+            } else {
+                (format!("witness{}", i - n), MemberKind::Witness)
+            };
+            members.push(MemberSpec {
+                name,
+                kind,
+                peer_port: free_port()?,
+                pg_port: free_port()?,
+                nofailover: false,
+                priority: 0,
+            });
+        }
+        Ok(ClusterSpec {
+            dir: dir.to_path_buf(),
+            bin: bin.to_path_buf(),
+            pg_bin_dir: PathBuf::from("/usr/lib/postgresql/15/bin"),
+            members,
+            timing: Vec::new(),
+            superuser_password: "pgvigil".into(),
+            log_level: "info".into(),
+        })
+    }
+
+    pub fn member(&self, name: &str) -> Option<&MemberSpec> {
+        self.members.iter().find(|m| m.name == name)
+    }
+
+    pub fn state_dir(&self, name: &str) -> PathBuf {
+        self.dir.join(name)
+    }
+
+    pub fn data_dir(&self, name: &str) -> PathBuf {
+        self.dir.join(name).join("pgdata")
+    }
+
+    pub fn config_path(&self, name: &str) -> PathBuf {
+        self.dir.join(name).join("pgvigil.toml")
+    }
+
+    pub fn peer_address(&self, name: &str) -> Option<String> {
+        self.member(name).map(|m| format!("127.0.0.1:{}", m.peer_port))
+    }
+
+    /// The TOML configuration of one member.
+    pub fn config_text(&self, m: &MemberSpec) -> String {
+        let members: Vec<String> = self
+            .members
+            .iter()
+            .map(|o| format!("  {{ name = \"{}\", address = \"127.0.0.1:{}\" }},", o.name, o.peer_port))
+            .collect();
+        let mut t = format!(
+            "name = \"{name}\"\nkind = \"{kind}\"\nstate_dir = {state:?}\nlisten = \"127.0.0.1:{port}\"\nmembers = [\n{members}\n]\n\n",
+            name = m.name,
+            kind = crate::convert::kind_name(m.kind),
+            state = self.state_dir(&m.name).display().to_string(),
+            port = m.peer_port,
+            members = members.join("\n"),
+        );
+        if m.kind == MemberKind::Postgres {
+            t.push_str(&format!(
+                "[postgres]\nbin_dir = {bin:?}\ndata_dir = {data:?}\nlisten_address = \"127.0.0.1\"\nport = {port}\n\
+                 replication_password = \"replication-secret\"\nsuperuser_password = {su:?}\n\
+                 hba_extra = [\"host all all 127.0.0.1/32 scram-sha-256\"]\n\n",
+                bin = self.pg_bin_dir.display().to_string(),
+                data = self.data_dir(&m.name).display().to_string(),
+                port = m.pg_port,
+                su = self.superuser_password,
+            ));
+        }
+        t.push_str(&format!("[tags]\nnofailover = {}\npriority = {}\n\n", m.nofailover, m.priority));
+        t.push_str("[timing]\n");
+        for line in &self.timing {
+            t.push_str(line);
+            t.push('\n');
+        }
+        t.push_str(&format!("\n[log]\nlevel = {:?}\n", self.log_level));
+        t
+    }
+}
+
+/// The running member processes of a [`ClusterSpec`].
+pub struct LocalCluster {
+    pub spec: ClusterSpec,
+    children: BTreeMap<String, Child>,
+}
+
+impl LocalCluster {
+    /// Write every member's config (and make the tree traversable for PostgreSQL's user).
+    pub fn prepare(spec: ClusterSpec) -> anyhow::Result<LocalCluster> {
+        use std::os::unix::fs::PermissionsExt;
+        std::fs::create_dir_all(&spec.dir).with_context(|| format!("create {}", spec.dir.display()))?;
+        std::fs::set_permissions(&spec.dir, std::fs::Permissions::from_mode(0o755))?;
+        for m in &spec.members {
+            let dir = spec.state_dir(&m.name);
+            std::fs::create_dir_all(&dir).with_context(|| format!("create {}", dir.display()))?;
+            std::fs::set_permissions(&dir, std::fs::Permissions::from_mode(0o755))?;
+            std::fs::write(spec.config_path(&m.name), spec.config_text(m))?;
+        }
+        Ok(LocalCluster { spec, children: BTreeMap::new() })
+    }
+
+    /// Start (or restart) one member's daemon; its output goes to `<state_dir>/pgvigil.log`.
+    pub fn start(&mut self, name: &str) -> anyhow::Result<()> {
+        let log_path = self.spec.state_dir(name).join("pgvigil.log");
+        let log = std::fs::OpenOptions::new().create(true).append(true).open(&log_path)?;
+        let child = Command::new(&self.spec.bin)
+            .arg("run")
+            .arg("--config")
+            .arg(self.spec.config_path(name))
+            .stdin(Stdio::null())
+            .stdout(log.try_clone()?)
+            .stderr(log)
+            .spawn()
+            .with_context(|| format!("spawn {}", self.spec.bin.display()))?;
+        self.children.insert(name.to_string(), child);
+        Ok(())
+    }
+
+    pub fn start_all(&mut self) -> anyhow::Result<()> {
+        let names: Vec<String> = self.spec.members.iter().map(|m| m.name.clone()).collect();
+        names.iter().try_for_each(|n| self.start(n))
+    }
+
+    pub fn is_running(&mut self, name: &str) -> bool {
+        self.children.get_mut(name).is_some_and(|c| matches!(c.try_wait(), Ok(None)))
+    }
+
+    pub fn daemon_pid(&self, name: &str) -> Option<u32> {
+        self.children.get(name).map(|c| c.id())
+    }
+
+    /// SIGKILL the daemon of `name` and reap it.
+    pub fn kill_daemon(&mut self, name: &str) {
+        if let Some(mut c) = self.children.remove(name) {
+            let _ = c.kill();
+            let _ = c.wait();
+        }
+    }
+
+    /// Send `signal` to the daemon (SIGTERM: orderly stop).
+    pub fn signal(&self, name: &str, signal: nix::sys::signal::Signal) -> anyhow::Result<()> {
+        let pid = self.daemon_pid(name).context("no such running member")?;
+        nix::sys::signal::kill(nix::unistd::Pid::from_raw(pid as i32), signal)?;
+        Ok(())
+    }
+
+    /// Stop every daemon: SIGTERM, then SIGKILL after `grace`.
+    pub fn stop_all(&mut self, grace: Duration) {
+        for c in self.children.values() {
+            let _ =
+                nix::sys::signal::kill(nix::unistd::Pid::from_raw(c.id() as i32), nix::sys::signal::Signal::SIGTERM);
+        }
+        let deadline = Instant::now() + grace;
+        for c in self.children.values_mut() {
+            while matches!(c.try_wait(), Ok(None)) && Instant::now() < deadline {
+                std::thread::sleep(Duration::from_millis(50));
+            }
+            let _ = c.kill();
+            let _ = c.wait();
+        }
+        self.children.clear();
+    }
+
+    /// The cluster as the coordinator sees it, asked through any member that answers.
+    pub async fn view(&self) -> anyhow::Result<View> {
+        let mut last = anyhow::anyhow!("no member is running");
+        for name in self.children.keys() {
+            if let Some(addr) = self.spec.peer_address(name) {
+                match list::fetch(&addr).await {
+                    Ok(v) => return Ok(v),
+                    Err(e) => last = e,
+                }
+            }
+        }
+        Err(last)
+    }
+
+    /// Poll [`Self::view`] until `ready` holds, or fail with the last view after `timeout`.
+    pub async fn wait_for(&self, what: &str, timeout: Duration, ready: impl Fn(&View) -> bool) -> anyhow::Result<View> {
+        let deadline = Instant::now() + timeout;
+        loop {
+            let view = self.view().await;
+            if let Ok(v) = &view {
+                if ready(v) {
+                    return view;
+                }
+            }
+            if Instant::now() >= deadline {
+                let shown = match &view {
+                    Ok(v) => list::table(v),
+                    Err(e) => format!("{e:#}"),
+                };
+                anyhow::bail!("timed out after {timeout:?} waiting for {what}; last view:\n{shown}");
+            }
+            tokio::time::sleep(Duration::from_millis(100)).await;
+        }
+    }
+}
+
+impl Drop for LocalCluster {
+    fn drop(&mut self) {
+        self.stop_all(Duration::from_secs(10));
+    }
+}
+
+/// A cluster where a primary is committed and every PostgreSQL member is running: the primary
+/// writable, the others streaming.
+pub fn healthy(v: &View) -> bool {
+    let Some(p) = &v.state.primary else { return false };
+    let pg_members: Vec<&String> =
+        v.state.members.iter().filter(|(_, m)| m.kind == MemberKind::Postgres).map(|(n, _)| n).collect();
+    !pg_members.is_empty()
+        && pg_members.iter().all(|n| {
+            v.reports.get(*n).is_some_and(|r| {
+                r.pg.running && if *n == p { !r.pg.in_recovery } else { r.pg.in_recovery && r.pg.streaming }
+            })
+        })
+}

@@ -1,0 +1,53 @@
+//! The agent's local memory ([`LocalMemory`]) in `<state_dir>/local.json`, written atomically.
+
+use anyhow::Context;
+use std::io::Write;
+use std::path::{Path, PathBuf};
+use vigil_core::LocalMemory;
+
+pub struct LocalFile {
+    path: PathBuf,
+}
+
+impl LocalFile {
+    pub fn new(state_dir: &Path) -> Self {
+        LocalFile { path: state_dir.join("local.json") }
+    }
+
+    pub fn load(&self) -> anyhow::Result<LocalMemory> {
+        match std::fs::read(&self.path) {
+            Ok(bytes) => serde_json::from_slice(&bytes).with_context(|| format!("parse {}", self.path.display())),
+            Err(e) if e.kind() == std::io::ErrorKind::NotFound => Ok(LocalMemory::default()),
+            Err(e) => Err(e).with_context(|| format!("read {}", self.path.display())),
+        }
+    }
+
+    /// tmp + fsync + rename + fsync(dir): after a crash the file is the old or the new one, whole.
+    pub fn save(&self, memory: &LocalMemory) -> anyhow::Result<()> {
+        let tmp = self.path.with_extension("json.tmp");
+        let mut f = std::fs::File::create(&tmp).with_context(|| format!("create {}", tmp.display()))?;
+        f.write_all(&serde_json::to_vec_pretty(memory)?)?;
+        f.sync_all()?;
+        std::fs::rename(&tmp, &self.path).with_context(|| format!("rename to {}", self.path.display()))?;
+        if let Some(dir) = self.path.parent() {
+            std::fs::File::open(dir)?.sync_all()?;
+        }
+        Ok(())
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use vigil_core::Upstream;
+
+    #[test]
+    fn memory_survives_a_reload() {
+        let dir = tempfile::tempdir().expect("tempdir");
+        let f = LocalFile::new(dir.path());
+        assert_eq!(f.load().expect("empty"), LocalMemory::default());
+        let m = LocalMemory { primary_epoch: Some(3), upstream: Some(Upstream { host: "h".into(), port: 1 }) };
+        f.save(&m).expect("save");
+        assert_eq!(LocalFile::new(dir.path()).load().expect("load"), m);
+    }
+}

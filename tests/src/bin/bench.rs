@@ -1,0 +1,160 @@
+//! Failover and idle-cost figures on real clusters (a benchmark, not a test).
+//!
+//! `cargo run --release -p vigil-tests --bin bench -- failover [RUNS]`: per run, a fresh three-member
+//! cluster, a writer committing one row every 10 ms to whichever member accepts it, then `kill -9`
+//! of the primary's daemon and PostgreSQL. Prints the time from the kill to the first committed
+//! write on the new primary, and how many acknowledged rows are missing on it afterwards.
+//!
+//! `... -- idle [SECONDS]`: RSS and CPU of one idle daemon of a healthy cluster over SECONDS (60).
+
+use std::sync::{Arc, Mutex};
+use std::time::{Duration, Instant};
+use vigil_tests::{healthy, TestCluster};
+
+#[derive(Default)]
+struct Log {
+    /// (id, member that acknowledged it, when)
+    acked: Vec<(i64, String, Instant)>,
+}
+
+async fn writer(t: Arc<TestCluster>, log: Arc<Mutex<Log>>, stop: Arc<std::sync::atomic::AtomicBool>) {
+    let members: Vec<String> = t.spec().members.iter().map(|m| m.name.clone()).collect();
+    let mut id: i64 = 0;
+    let mut current: Option<(String, tokio_postgres::Client)> = None;
+    while !stop.load(std::sync::atomic::Ordering::Relaxed) {
+        if current.is_none() {
+            for m in &members {
+                if let Ok(c) = t.client(m).await {
+                    if let Ok(row) = c.query_one("SELECT pg_is_in_recovery()", &[]).await {
+                        if !row.get::<_, bool>(0) {
+                            current = Some((m.clone(), c));
+                            break;
+                        }
+                    }
+                }
+            }
+        }
+        if let Some((m, c)) = &current {
+            id += 1;
+            let sql = format!("INSERT INTO bench VALUES ({id})");
+            match tokio::time::timeout(Duration::from_secs(1), c.batch_execute(&sql)).await {
+                Ok(Ok(())) => log.lock().unwrap_or_else(|p| p.into_inner()).acked.push((id, m.clone(), Instant::now())),
+                _ => current = None,
+            }
+        }
+        tokio::time::sleep(Duration::from_millis(10)).await;
+    }
+}
+
+async fn failover_run() -> anyhow::Result<(Duration, usize, usize)> {
+    let t = Arc::new(TestCluster::start(3, 0).await?);
+    let old = t.primary().await?;
+    t.execute(&old, "CREATE TABLE bench (id bigint primary key)").await?;
+    // Let the coordinator settle off the primary's host, as it does in steady state.
+    t.wait_for("coordinator off the primary", Duration::from_secs(20), |v| {
+        healthy(v) && !v.coordinator.is_empty() && v.state.primary.as_deref() != Some(v.coordinator.as_str())
+    })
+    .await?;
+    let log = Arc::new(Mutex::new(Log::default()));
+    let stop = Arc::new(std::sync::atomic::AtomicBool::new(false));
+    let w = tokio::spawn(writer(t.clone(), log.clone(), stop.clone()));
+    let warm = Instant::now() + Duration::from_secs(10);
+    while log.lock().unwrap_or_else(|p| p.into_inner()).acked.len() < 50 {
+        anyhow::ensure!(Instant::now() < warm, "the writer does not get going");
+        tokio::time::sleep(Duration::from_millis(20)).await;
+    }
+    // The host dies: daemon and PostgreSQL, SIGKILL.
+    let pg = t.postmaster_pid(&old);
+    let kill_at = Instant::now();
+    if let Some(pid) = t.cluster.daemon_pid(&old) {
+        let _ = nix::sys::signal::kill(nix::unistd::Pid::from_raw(pid as i32), nix::sys::signal::Signal::SIGKILL);
+    }
+    if let Some(pid) = pg {
+        let _ = nix::sys::signal::kill(nix::unistd::Pid::from_raw(pid), nix::sys::signal::Signal::SIGKILL);
+    }
+    let deadline = Instant::now() + Duration::from_secs(60);
+    while !log.lock().unwrap_or_else(|p| p.into_inner()).acked.iter().any(|(_, m, _)| *m != old) {
+        anyhow::ensure!(Instant::now() < deadline, "no write on a new primary within 60 s");
+        tokio::time::sleep(Duration::from_millis(20)).await;
+    }
+    stop.store(true, std::sync::atomic::Ordering::Relaxed);
+    let _ = w.await;
+    let new = t.primary().await?;
+    let client = t.client(&new).await?;
+    let acked = log.lock().unwrap_or_else(|p| p.into_inner()).acked.clone();
+    let first_new = acked.iter().find(|(_, m, _)| *m != old).map(|(_, _, at)| *at - kill_at).unwrap_or_default();
+    let mut missing = 0;
+    for (id, _, _) in &acked {
+        let row = client.query_one("SELECT count(*) FROM bench WHERE id = $1", &[id]).await?;
+        if row.get::<_, i64>(0) == 0 {
+            missing += 1;
+        }
+    }
+    Ok((first_new, missing, acked.len()))
+}
+
+fn stats(xs: &mut [Duration]) -> String {
+    xs.sort();
+    let ms = |d: Duration| d.as_secs_f64() * 1000.0;
+    format!("min {:.0} ms / median {:.0} ms / max {:.0} ms", ms(xs[0]), ms(xs[xs.len() / 2]), ms(xs[xs.len() - 1]))
+}
+
+fn proc_cpu_ticks(pid: u32) -> anyhow::Result<u64> {
+    let stat = std::fs::read_to_string(format!("/proc/{pid}/stat"))?;
+    let after = stat.rsplit_once(')').map(|(_, r)| r).unwrap_or_default();
+    let f: Vec<&str> = after.split_whitespace().collect();
+    Ok(f.get(11).and_then(|v| v.parse::<u64>().ok()).unwrap_or(0)
+        + f.get(12).and_then(|v| v.parse::<u64>().ok()).unwrap_or(0))
+}
+
+fn proc_rss_kb(pid: u32) -> anyhow::Result<u64> {
+    let status = std::fs::read_to_string(format!("/proc/{pid}/status"))?;
+    let line = status.lines().find(|l| l.starts_with("VmRSS:")).unwrap_or("VmRSS: 0 kB");
+    Ok(line.split_whitespace().nth(1).and_then(|v| v.parse().ok()).unwrap_or(0))
+}
+
+async fn idle(seconds: u64) -> anyhow::Result<()> {
+    let t = TestCluster::start(3, 0).await?;
+    let primary = t.primary().await?;
+    let pid = t.cluster.daemon_pid(&primary).ok_or_else(|| anyhow::anyhow!("no pid"))?;
+    let hz = 100.0; // USER_HZ on Linux
+    let c0 = proc_cpu_ticks(pid)?;
+    let mut max_rss = 0;
+    let end = Instant::now() + Duration::from_secs(seconds);
+    while Instant::now() < end {
+        max_rss = max_rss.max(proc_rss_kb(pid)?);
+        tokio::time::sleep(Duration::from_secs(1)).await;
+    }
+    let cpu = (proc_cpu_ticks(pid)? - c0) as f64 / hz;
+    println!(
+        "idle daemon on the primary ({primary}) over {seconds} s: max RSS {:.1} MB, CPU {:.2} % of one core",
+        max_rss as f64 / 1024.0,
+        100.0 * cpu / seconds as f64
+    );
+    Ok(())
+}
+
+#[tokio::main]
+async fn main() -> anyhow::Result<()> {
+    let args: Vec<String> = std::env::args().skip(1).collect();
+    match args.first().map(String::as_str) {
+        Some("failover") => {
+            let runs: usize = args.get(1).and_then(|s| s.parse().ok()).unwrap_or(5);
+            let mut times = Vec::new();
+            let mut lost = 0;
+            for i in 1..=runs {
+                let (d, missing, acked) = failover_run().await?;
+                println!(
+                    "run {i}: kill -> first write on the new primary {} ms; {acked} acknowledged, {missing} missing",
+                    d.as_millis()
+                );
+                times.push(d);
+                lost += missing;
+            }
+            println!("failover over {runs} runs: {}; acknowledged writes missing in all: {lost}", stats(&mut times));
+        }
+        Some("idle") => idle(args.get(1).and_then(|s| s.parse().ok()).unwrap_or(60)).await?,
+        _ => anyhow::bail!("usage: bench failover [RUNS] | bench idle [SECONDS]"),
+    }
+    Ok(())
+}
