@@ -36,3 +36,28 @@ fn bad_config_files_exit_64_naming_the_key() {
     let (code, stderr) = run_with("this is not toml = = =");
     assert_eq!(code, Some(64), "{stderr}");
 }
+
+#[test]
+fn environment_variables_override_the_file() {
+    let dir = tempfile::tempdir().expect("tempdir");
+    let spec = ClusterSpec::local(dir.path(), &pgvigil_bin(), 2, 0).expect("spec");
+    let path = dir.path().join("pgvigil.toml");
+    std::fs::write(&path, spec.config_text(&spec.members[0])).expect("write config");
+    let run = |var: &str, value: &str| {
+        let out = Command::new(pgvigil_bin())
+            .arg("run")
+            .arg("--config")
+            .arg(&path)
+            .env(var, value)
+            .output()
+            .expect("run pgvigil");
+        (out.status.code(), String::from_utf8_lossy(&out.stderr).to_string())
+    };
+    // Each override makes the good file bad, so the exit code proves it was read.
+    let (code, stderr) = run("PGVIGIL_NAME", "pg9");
+    assert_eq!(code, Some(64), "{stderr}");
+    assert!(stderr.contains("`name`") && stderr.contains("pg9"), "{stderr}");
+    let (code, stderr) = run("PGVIGIL_TIMING__LEASE_TIMEOUT", "100ms");
+    assert_eq!(code, Some(64), "{stderr}");
+    assert!(stderr.contains("timing.lease_timeout"), "{stderr}");
+}
