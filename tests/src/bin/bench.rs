@@ -115,22 +115,37 @@ fn proc_rss_kb(pid: u32) -> anyhow::Result<u64> {
 
 async fn idle(seconds: u64) -> anyhow::Result<()> {
     let t = TestCluster::start(3, 0).await?;
-    let primary = t.primary().await?;
-    let pid = t.cluster.daemon_pid(&primary).ok_or_else(|| anyhow::anyhow!("no pid"))?;
+    let names: Vec<String> = t.spec().members.iter().map(|m| m.name.clone()).collect();
+    let mut pids = Vec::new();
+    for n in &names {
+        let pid = t.cluster.daemon_pid(n).ok_or_else(|| anyhow::anyhow!("no pid for {n}"))?;
+        pids.push((n.clone(), pid, proc_cpu_ticks(pid)?, 0u64));
+    }
     let hz = 100.0; // USER_HZ on Linux
-    let c0 = proc_cpu_ticks(pid)?;
-    let mut max_rss = 0;
     let end = Instant::now() + Duration::from_secs(seconds);
     while Instant::now() < end {
-        max_rss = max_rss.max(proc_rss_kb(pid)?);
+        for (_, pid, _, rss) in pids.iter_mut() {
+            *rss = (*rss).max(proc_rss_kb(*pid)?);
+        }
         tokio::time::sleep(Duration::from_secs(1)).await;
     }
-    let cpu = (proc_cpu_ticks(pid)? - c0) as f64 / hz;
-    println!(
-        "idle daemon on the primary ({primary}) over {seconds} s: max RSS {:.1} MB, CPU {:.2} % of one core",
-        max_rss as f64 / 1024.0,
-        100.0 * cpu / seconds as f64
-    );
+    // Roles as they are at the end (the coordinator moves off the primary early on).
+    let view = t.view().await?;
+    for (name, pid, c0, rss) in &pids {
+        let cpu = (proc_cpu_ticks(*pid)? - c0) as f64 / hz;
+        let role = if view.state.is_primary(name) {
+            "primary"
+        } else if view.coordinator == *name {
+            "coordinator"
+        } else {
+            "standby"
+        };
+        println!(
+            "idle daemon {name} ({role}) over {seconds} s: max RSS {:.1} MB, CPU {:.2} % of one core",
+            *rss as f64 / 1024.0,
+            100.0 * cpu / seconds as f64
+        );
+    }
     Ok(())
 }
 
