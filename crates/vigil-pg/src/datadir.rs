@@ -157,6 +157,21 @@ impl Postgres {
     /// Rename the data directory to `<data_dir>.old-<YYYYmmddTHHMMSS>` (UTC; `-1`, `-2`, ... appended if
     /// that name is taken) and return the new path. Never deletes anything. Refuses while a postmaster
     /// runs on it.
+    /// The precondition of offline changes (standby configuration, rewind): a cluster exists in
+    /// the data directory and no postmaster runs on it.
+    pub(crate) fn require_stopped_cluster(&self) -> anyhow::Result<()> {
+        let data_dir = &self.settings().data_dir;
+        if crate::process::live_postmaster(data_dir).is_some() {
+            return Err(PgError::Running(data_dir.clone()).into());
+        }
+        anyhow::ensure!(
+            data_dir.join("PG_VERSION").exists(),
+            "no cluster in {} (PG_VERSION missing)",
+            data_dir.display()
+        );
+        Ok(())
+    }
+
     pub fn move_aside(&self) -> anyhow::Result<PathBuf> {
         let data_dir = &self.settings().data_dir;
         if self.fencer().pid().is_some() || crate::process::live_postmaster(data_dir).is_some() {

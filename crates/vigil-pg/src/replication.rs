@@ -10,7 +10,6 @@ use crate::datadir::{create_dir_owned, ensure_empty, fsync_parent, sibling, writ
 use crate::error::PgError;
 use crate::initdb::quiet_session;
 use crate::postgres::Postgres;
-use crate::process::live_postmaster;
 use crate::settings::Upstream;
 use crate::tool;
 
@@ -159,14 +158,7 @@ impl Postgres {
     /// `primary_conninfo` / `primary_slot_name` in `postgresql.auto.conf`).
     pub fn configure_standby(&self, primary: &Upstream, slot: &str) -> anyhow::Result<()> {
         let s = self.settings();
-        if live_postmaster(&s.data_dir).is_some() {
-            return Err(PgError::Running(s.data_dir.clone()).into());
-        }
-        anyhow::ensure!(
-            s.data_dir.join("PG_VERSION").exists(),
-            "no cluster in {} (PG_VERSION missing)",
-            s.data_dir.display()
-        );
+        self.require_stopped_cluster()?;
         set_auto_conf(&s.data_dir, &standby_settings(s, primary, slot), s.run_as)?;
         write_file_atomic(&s.data_dir.join("standby.signal"), b"", 0o600, s.run_as)?;
         Ok(())

@@ -6,9 +6,7 @@ use anyhow::Context as _;
 use tokio_postgres::NoTls;
 
 use crate::conf::quote_conninfo;
-use crate::error::PgError;
 use crate::postgres::Postgres;
-use crate::process::live_postmaster;
 use crate::settings::Upstream;
 use crate::tool;
 
@@ -23,14 +21,7 @@ impl Postgres {
     pub async fn rewind_from(&self, primary: &Upstream, slot: &str) -> anyhow::Result<()> {
         let s = self.settings();
         let started = Instant::now();
-        if live_postmaster(&s.data_dir).is_some() {
-            return Err(PgError::Running(s.data_dir.clone()).into());
-        }
-        anyhow::ensure!(
-            s.data_dir.join("PG_VERSION").exists(),
-            "no cluster in {} (PG_VERSION missing)",
-            s.data_dir.display()
-        );
+        self.require_stopped_cluster()?;
         // A just-promoted primary writes its new timeline into pg_control only at its next
         // checkpoint, and pg_rewind reads the timeline from there: without this it may find
         // "no rewind required" for a server that has diverged.
