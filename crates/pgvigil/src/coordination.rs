@@ -7,23 +7,23 @@ use std::time::{Instant, SystemTime, UNIX_EPOCH};
 use tokio_util::sync::CancellationToken;
 use vigil_core::{Command, HealthReport};
 use vigil_raft::proto::ReportAck;
+use vigil_raft::RaftStatus;
 
 fn wall_ms() -> u64 {
     SystemTime::now().duration_since(UNIX_EPOCH).map(|d| d.as_millis() as u64).unwrap_or(0)
 }
 
-/// Bring the coordinator's idea of leadership up to date with Raft's.
-fn sync_leadership(shared: &Shared) -> bool {
+/// Bring the coordinator's idea of leadership up to date with Raft's; returns the status used.
+fn sync_leadership(shared: &Shared) -> RaftStatus {
     let status = shared.raft.status().borrow().clone();
     let term = status.is_leader.then_some(status.term);
     shared.coordinator().set_leader(Instant::now(), term);
-    status.is_leader
+    status
 }
 
 pub async fn handle_report(shared: &Shared, report: HealthReport) -> ReportAck {
-    let is_leader = sync_leadership(shared);
-    let status = shared.raft.status().borrow().clone();
-    if !is_leader {
+    let status = sync_leadership(shared);
+    if !status.is_leader {
         let coordinator = shared.peers.get(&status.leader_id).map(|(n, _)| n.clone()).unwrap_or_default();
         return ReportAck { is_coordinator: false, coordinator, lease_granted: false, epoch: 0, term: status.term };
     }
@@ -65,7 +65,7 @@ pub async fn run(shared: Arc<Shared>, shutdown: CancellationToken) -> anyhow::Re
             _ = tick.tick() => {}
             r = state_rx.changed() => if r.is_err() { return Ok(()) },
         }
-        if !sync_leadership(&shared) {
+        if !sync_leadership(&shared).is_leader {
             continue;
         }
         let state = shared.committed();

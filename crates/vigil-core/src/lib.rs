@@ -61,7 +61,16 @@ mod tests {
     #[test]
     fn slot_names_are_valid_postgres_identifiers() {
         assert_eq!(slot_name("node-B.1"), "pgvigil_node_b_1");
-        assert_eq!(slot_name(&"x".repeat(100)).len(), 63);
+        assert_eq!(slot_name("DB-East.2"), "pgvigil_db_east_2");
+        assert_eq!(slot_name("naïve"), "pgvigil_na_ve");
+        assert_eq!(slot_name(""), "pgvigil_");
+        let long = slot_name(&"x".repeat(100));
+        assert_eq!(long.len(), 63);
+        assert!(long.starts_with("pgvigil_xxx"));
+        // Non-ASCII becomes '_' first, so cutting at 63 bytes never splits a character.
+        let long_unicode = slot_name(&"é".repeat(100));
+        assert_eq!(long_unicode.len(), 63);
+        assert!(long_unicode.bytes().all(|b| b.is_ascii_lowercase() || b.is_ascii_digit() || b == b'_'));
     }
 
     #[test]

@@ -38,5 +38,4 @@ pub use lsn::{format_lsn, parse_lsn};
 pub use observe::Observation;
 pub use postgres::Postgres;
 pub use process::{Fencer, StopMode};
-pub use replication::slot_name;
 pub use settings::{PgSettings, RunAs, Upstream};

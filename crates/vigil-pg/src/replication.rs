@@ -13,23 +13,6 @@ use crate::postgres::Postgres;
 use crate::settings::Upstream;
 use crate::tool;
 
-/// The physical slot for `member` on whichever primary it streams from: `pgvigil_` + the name
-/// lowercased, every character outside `[a-z0-9_]` replaced by `_`, cut to PostgreSQL's 63 bytes.
-pub fn slot_name(member: &str) -> String {
-    let mut name = String::from("pgvigil_");
-    name.extend(member.chars().map(|c| {
-        let c = c.to_ascii_lowercase();
-        if c.is_ascii_lowercase() || c.is_ascii_digit() || c == '_' {
-            c
-        } else {
-            '_'
-        }
-    }));
-    // All ASCII by now, so any byte index is a char boundary.
-    name.truncate(63);
-    name
-}
-
 impl Postgres {
     /// On a running primary: create each missing physical slot, reserving WAL at once (so nothing the
     /// standby needs is recycled before it first connects). Drops nothing.
@@ -186,24 +169,5 @@ impl Postgres {
         client.batch_execute("SELECT pg_reload_conf()").await.context("reload configuration")?;
         tracing::info!(member = %s.member, primary = %format!("{}:{}", primary.host, primary.port), slot, "following");
         Ok(())
-    }
-}
-
-#[cfg(test)]
-mod tests {
-    use super::*;
-
-    #[test]
-    fn slot_names() {
-        assert_eq!(slot_name("pg1"), "pgvigil_pg1");
-        assert_eq!(slot_name("DB-East.2"), "pgvigil_db_east_2");
-        assert_eq!(slot_name("naïve"), "pgvigil_na_ve");
-        assert_eq!(slot_name(""), "pgvigil_");
-        let long = slot_name(&"x".repeat(100));
-        assert_eq!(long.len(), 63);
-        assert!(long.starts_with("pgvigil_xxx"));
-        let long_unicode = slot_name(&"é".repeat(100));
-        assert_eq!(long_unicode.len(), 63);
-        assert!(long_unicode.bytes().all(|b| b.is_ascii_lowercase() || b.is_ascii_digit() || b == b'_'));
     }
 }

@@ -5,7 +5,7 @@ mod common;
 use std::time::{Duration, Instant};
 
 use common::{exec, has_rows, upstream, TestDir, SOON};
-use vigil_pg::{slot_name, DataDirState, Observation, PgError, Postgres, StopMode};
+use vigil_pg::{DataDirState, Observation, PgError, Postgres, StopMode};
 
 /// Wait until `pg` streams from `from` and return that observation.
 async fn wait_streaming_from(pg: &mut Postgres, from: &Postgres) -> Observation {
@@ -32,7 +32,7 @@ async fn wait_caught_up(primary: &mut Postgres, standbys: &mut [&mut Postgres]) 
 async fn standby_clones_streams_and_sees_rows() {
     let dir = TestDir::new();
     let a = common::primary(&dir, "a").await;
-    let slot = slot_name("b");
+    let slot = common::slot("b");
     a.ensure_slots(std::slice::from_ref(&slot)).await.expect("ensure_slots");
     a.ensure_slots(std::slice::from_ref(&slot)).await.expect("ensure_slots is idempotent");
     a.drop_slot("pgvigil_nonexistent").await.expect("dropping a missing slot is a no-op");
@@ -131,7 +131,7 @@ async fn standby_follows_a_new_primary() {
     a.stop(StopMode::Fast).await.expect("stop a");
     b.promote(Duration::from_secs(30)).await.expect("promote b");
     assert_eq!(b.observe().await.timeline, 2);
-    let c_slot = slot_name("c");
+    let c_slot = common::slot("c");
     b.ensure_slots(std::slice::from_ref(&c_slot)).await.expect("c's slot on b");
 
     let t = Instant::now();
@@ -165,15 +165,15 @@ async fn old_primary_becomes_standby_of_promoted_one() {
     exec(&a, "CREATE TABLE t (id int)").await;
     let mut b = common::standby(&dir, "b", &a).await;
     wait_streaming_from(&mut b, &a).await;
-    let err = b.configure_standby(&upstream(&a), &slot_name("b")).expect_err("refused while running");
+    let err = b.configure_standby(&upstream(&a), &common::slot("b")).expect_err("refused while running");
     assert!(matches!(err.downcast_ref::<PgError>(), Some(PgError::Running(_))), "{err:#}");
 
     // A clean switchover: the old primary stops fast (its last WAL reaches b), b is promoted, and the
     // old primary, whose WAL ends exactly where b's new timeline begins, follows b without a rewind.
     a.stop(StopMode::Fast).await.expect("stop a");
     b.promote(Duration::from_secs(30)).await.expect("promote b");
-    b.ensure_slots(&[slot_name("a")]).await.expect("slot for a on b");
-    a.configure_standby(&upstream(&b), &slot_name("a")).expect("configure a as standby of b");
+    b.ensure_slots(&[common::slot("a")]).await.expect("slot for a on b");
+    a.configure_standby(&upstream(&b), &common::slot("a")).expect("configure a as standby of b");
     assert_eq!(a.data_dir_state(), DataDirState::Standby);
     a.start().await.expect("start a as standby");
     let obs = wait_for!("a to stream from b on timeline 2", SOON, {

@@ -6,7 +6,7 @@ mod common;
 use std::time::{Duration, Instant};
 
 use common::{exec, has_rows, upstream, TestDir, SOON};
-use vigil_pg::{slot_name, DataDirState, PgError, StopMode};
+use vigil_pg::{DataDirState, PgError, StopMode};
 
 #[tokio::test]
 async fn fenced_old_primary_is_rewound_and_follows() {
@@ -25,7 +25,7 @@ async fn fenced_old_primary_is_rewound_and_follows() {
     wait_for!("a to be down", SOON, (!a.is_running_child()).then_some(()));
     exec(&b, "INSERT INTO t VALUES (3, 'on b')").await;
 
-    let slot = slot_name("a");
+    let slot = common::slot("a");
     b.ensure_slots(std::slice::from_ref(&slot)).await.expect("a's slot on b");
     a.stop(StopMode::Fast).await.expect("nothing left to stop");
     let t = Instant::now();

@@ -134,9 +134,15 @@ pub async fn primary(dir: &TestDir, member: &str) -> Postgres {
     pg
 }
 
+/// The slot for `member`: test members are lowercase letters, for which this is the daemon's
+/// naming (`vigil_core::slot_name`).
+pub fn slot(member: &str) -> String {
+    format!("pgvigil_{member}")
+}
+
 /// Clone `member` from `primary` through its slot (created here) and start it as a standby.
 pub async fn standby(dir: &TestDir, member: &str, primary: &Postgres) -> Postgres {
-    let slot = vigil_pg::slot_name(member);
+    let slot = slot(member);
     primary.ensure_slots(std::slice::from_ref(&slot)).await.expect("ensure_slots");
     let mut pg = dir.postgres(member);
     pg.clone_from(&upstream(primary), &slot).await.expect("clone_from");
