@@ -183,6 +183,11 @@ async fn postgres_crash_on_the_primary_is_restarted_in_place() -> anyhow::Result
         anyhow::ensure!(Instant::now() < deadline, "no new postmaster on {primary}");
         tokio::time::sleep(Duration::from_millis(100)).await;
     }
+    // postmaster.pid appears before the server accepts connections (crash recovery runs first).
+    while !t.accepts_connections(&primary).await {
+        anyhow::ensure!(Instant::now() < deadline, "the new postmaster on {primary} never accepted connections");
+        tokio::time::sleep(Duration::from_millis(100)).await;
+    }
     t.wait_for("PostgreSQL back on the same primary", CONVERGE, |v| {
         v.state.primary.as_deref() == Some(primary.as_str()) && v.state.epoch == 1 && healthy(v)
     })
