@@ -6,7 +6,7 @@ use serde::{Deserialize, Deserializer};
 use std::collections::{BTreeMap, BTreeSet};
 use std::path::{Path, PathBuf};
 use std::time::Duration;
-use vigil_core::{MemberKind, Timings};
+use vigil_core::{MemberKind, SyncMode, Timings};
 
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub struct ConfigError {
@@ -46,7 +46,30 @@ pub struct Config {
     #[serde(default)]
     pub timing: TimingConfig,
     #[serde(default)]
+    pub replication: ReplicationConfig,
+    #[serde(default)]
     pub log: LogConfig,
+}
+
+/// Synchronous replication. The coordinator's values are the cluster's: it commits them.
+#[derive(Debug, Clone, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct ReplicationConfig {
+    #[serde(default)]
+    pub synchronous_mode: SyncMode,
+    /// How many standbys must confirm each commit (`ANY n (...)`).
+    #[serde(default = "default_sync_count")]
+    pub synchronous_node_count: u32,
+}
+
+impl Default for ReplicationConfig {
+    fn default() -> Self {
+        ReplicationConfig { synchronous_mode: SyncMode::Off, synchronous_node_count: default_sync_count() }
+    }
+}
+
+fn default_sync_count() -> u32 {
+    1
 }
 
 #[derive(Debug, Clone, Deserialize)]
@@ -100,6 +123,13 @@ pub struct PostgresConfig {
     pub hba_extra: Vec<String>,
     #[serde(default)]
     pub parameters: BTreeMap<String, String>,
+    /// How many data directories moved aside (before a re-clone) are kept; older ones are removed.
+    #[serde(default = "default_keep_moved")]
+    pub keep_moved_data_dirs: u32,
+}
+
+fn default_keep_moved() -> u32 {
+    2
 }
 
 fn default_bin_dir() -> PathBuf {
@@ -295,6 +325,9 @@ pub fn check(raw: Config) -> Result<Settings, ConfigError> {
         maximum_lag_on_failover: t.maximum_lag_on_failover.unwrap_or(d.maximum_lag_on_failover),
     };
     timings.validate().map_err(|e| bad(format!("timing.{}", e.key), e.message))?;
+    if raw.replication.synchronous_node_count == 0 {
+        return Err(bad("replication.synchronous_node_count", "must be at least 1"));
+    }
     if let Err(e) = tracing_subscriber::EnvFilter::try_new(&raw.log.level) {
         return Err(bad("log.level", e.to_string()));
     }

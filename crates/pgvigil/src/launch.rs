@@ -30,6 +30,8 @@ pub struct ClusterSpec {
     pub members: Vec<MemberSpec>,
     /// Extra `key = value` lines for the `[timing]` table.
     pub timing: Vec<String>,
+    /// Extra `key = value` lines for the `[replication]` table.
+    pub replication: Vec<String>,
     pub superuser_password: String,
     pub log_level: String,
 }
@@ -65,6 +67,7 @@ impl ClusterSpec {
             pg_bin_dir: PathBuf::from("/usr/lib/postgresql/15/bin"),
             members,
             timing: Vec::new(),
+            replication: Vec::new(),
             superuser_password: "pgvigil".into(),
             log_level: "info".into(),
         })
@@ -119,6 +122,11 @@ impl ClusterSpec {
         t.push_str(&format!("[tags]\nnofailover = {}\npriority = {}\n\n", m.nofailover, m.priority));
         t.push_str("[timing]\n");
         for line in &self.timing {
+            t.push_str(line);
+            t.push('\n');
+        }
+        t.push_str("\n[replication]\n");
+        for line in &self.replication {
             t.push_str(line);
             t.push('\n');
         }

@@ -3,6 +3,7 @@
 //! # Layout
 //! - [`state`]: the replicated cluster state and the commands that change it (the Raft state machine).
 //! - [`report`]: what an agent tells the coordinator about its PostgreSQL.
+//! - [`sync`]: the synchronous replication mode.
 //! - [`timing`]: the timing settings and their consistency checks.
 //! - [`candidate`]: which standby is the best one to promote.
 //! - [`coordinator`]: the Raft leader's decisions: lease grants, failure detection, bootstrap, failover.
@@ -18,6 +19,7 @@ pub mod coordinator;
 pub mod lease;
 pub mod report;
 pub mod state;
+pub mod sync;
 pub mod timing;
 
 pub use agent::{AgentAction, AgentInput, LocalMemory, Upstream};
@@ -25,6 +27,7 @@ pub use coordinator::Coordinator;
 pub use lease::Lease;
 pub use report::{DataDir, HealthReport, MemberKind, PgStatus};
 pub use state::{ClusterState, Command, Event, EventKind, Member, Rejected};
+pub use sync::SyncMode;
 pub use timing::{TimingError, Timings};
 
 /// The name of the physical replication slot that the primary keeps for `member`.
