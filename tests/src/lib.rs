@@ -145,6 +145,86 @@ impl TestCluster {
     }
 }
 
+/// A client that inserts increasing ids into `acked_writes` on every PostgreSQL member in turn, as
+/// fast as it gets answers (each attempt bounded by a second), and remembers which commits were
+/// acknowledged. Standbys refuse; a fenced or blocked primary times out: neither is acknowledged.
+pub struct Writer {
+    stop: tokio_util::sync::CancellationToken,
+    task: tokio::task::JoinHandle<Vec<(i64, String)>>,
+}
+
+impl Writer {
+    /// Create the table on the current primary and start writing.
+    pub async fn start(t: &TestCluster) -> anyhow::Result<Writer> {
+        let primary = t.primary().await?;
+        t.execute(&primary, "CREATE TABLE IF NOT EXISTS acked_writes (id bigint primary key, member text)").await?;
+        let targets: Vec<(String, String)> = t
+            .spec()
+            .members
+            .iter()
+            .filter(|m| m.kind == vigil_core::MemberKind::Postgres)
+            .map(|m| {
+                let conn = format!(
+                    "host=127.0.0.1 port={} user=postgres password={} dbname=postgres connect_timeout=1",
+                    m.pg_port,
+                    t.spec().superuser_password
+                );
+                (m.name.clone(), conn)
+            })
+            .collect();
+        let stop = tokio_util::sync::CancellationToken::new();
+        let token = stop.clone();
+        let task = tokio::spawn(async move {
+            let mut acked = Vec::new();
+            let mut clients: std::collections::HashMap<String, tokio_postgres::Client> = Default::default();
+            let mut id: i64 = 0;
+            while !token.is_cancelled() {
+                for (name, conn) in &targets {
+                    id += 1;
+                    if clients.get(name).is_none_or(|c| c.is_closed()) {
+                        let connected =
+                            tokio::time::timeout(Duration::from_secs(1), tokio_postgres::connect(conn, NoTls));
+                        match connected.await {
+                            Ok(Ok((c, connection))) => {
+                                tokio::spawn(connection);
+                                clients.insert(name.clone(), c);
+                            }
+                            _ => continue,
+                        }
+                    }
+                    let Some(c) = clients.get(name) else { continue };
+                    let params: [&(dyn tokio_postgres::types::ToSql + Sync); 2] = [&id, name];
+                    let insert = c.execute("INSERT INTO acked_writes VALUES ($1, $2)", &params);
+                    match tokio::time::timeout(Duration::from_secs(1), insert).await {
+                        Ok(Ok(_)) => acked.push((id, name.clone())),
+                        Ok(Err(_)) => {}
+                        // An answer may still come: this commit is not acknowledged to us.
+                        Err(_) => {
+                            clients.remove(name);
+                        }
+                    }
+                }
+                tokio::time::sleep(Duration::from_millis(20)).await;
+            }
+            acked
+        });
+        Ok(Writer { stop, task })
+    }
+
+    /// Stop and return the acknowledged ids with the member that acknowledged each.
+    pub async fn stop(self) -> anyhow::Result<Vec<(i64, String)>> {
+        self.stop.cancel();
+        Ok(self.task.await?)
+    }
+}
+
+/// The acknowledged ids missing from `member`'s `acked_writes`.
+pub async fn missing_writes(t: &TestCluster, member: &str, acked: &[(i64, String)]) -> anyhow::Result<Vec<i64>> {
+    let rows = t.client(member).await?.query("SELECT id FROM acked_writes", &[]).await?;
+    let have: std::collections::HashSet<i64> = rows.iter().map(|r| r.get(0)).collect();
+    Ok(acked.iter().map(|(id, _)| *id).filter(|id| !have.contains(id)).collect())
+}
+
 impl Drop for TestCluster {
     fn drop(&mut self) {
         self.cluster.stop_all(Duration::from_secs(10));

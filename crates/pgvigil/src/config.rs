@@ -337,6 +337,9 @@ pub fn check(raw: Config) -> Result<Settings, ConfigError> {
             if pg.port == 0 {
                 return Err(bad("postgres.port", "must not be 0"));
             }
+            if pg.keep_moved_data_dirs == 0 {
+                return Err(bad("postgres.keep_moved_data_dirs", "must be at least 1: a re-clone keeps the old data"));
+            }
             if !pg.data_dir.is_absolute() {
                 return Err(bad("postgres.data_dir", "must be an absolute path"));
             }

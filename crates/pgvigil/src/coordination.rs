@@ -57,6 +57,7 @@ pub async fn run(shared: Arc<Shared>, shutdown: CancellationToken) -> anyhow::Re
     let interval = shared.settings.timings.loop_interval;
     let mut state_rx = shared.raft.state();
     let mut last_transfer: Option<Instant> = None;
+    let mut last_blocked: Option<String> = None;
     let mut tick = tokio::time::interval(interval);
     tick.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
     loop {
@@ -70,6 +71,18 @@ pub async fn run(shared: Arc<Shared>, shutdown: CancellationToken) -> anyhow::Re
         }
         let state = shared.committed();
         let commands = shared.coordinator().decide(Instant::now(), &state, wall_ms());
+        let blocked = {
+            let c = shared.coordinator();
+            c.lease_expires_in(Instant::now(), &state)
+                .filter(|left| left.is_zero())
+                .and_then(|_| c.sync_failover_blocked(Instant::now(), &state))
+        };
+        if blocked != last_blocked {
+            if let Some(why) = &blocked {
+                tracing::warn!("the primary's lease has expired but no failover is possible: {why}");
+            }
+            last_blocked = blocked;
+        }
         for cmd in commands {
             propose(&shared, cmd).await;
         }
@@ -106,5 +119,10 @@ fn describe(cmd: &Command) -> String {
         Command::UpsertMember { name, .. } => format!("member record of {name}"),
         Command::Bootstrap { member, .. } => format!("bootstrap by {member}"),
         Command::Failover { to, from_epoch, .. } => format!("failover from epoch {from_epoch} to {to}"),
+        Command::Sync { sync, reason, .. } => format!(
+            "synchronous state ({reason}): mode {:?}, standbys {:?}, holders {:?}",
+            sync.mode, sync.standbys, sync.holders
+        ),
+        Command::RecordRejoin { member, record } => format!("{:?} of {member}", record.method),
     }
 }

@@ -61,7 +61,8 @@ pub async fn run(settings: Settings, shutdown: CancellationToken) -> anyhow::Res
     let raft_token = shutdown.child_token();
     let (raft, raft_task) =
         vigil_raft::start(cfg, Replicated::default(), raft_token.clone()).await.context("start the raft node")?;
-    let coordinator = Coordinator::new(raw.members.iter().map(|m| m.name.clone()), t.clone());
+    let coordinator = Coordinator::new(raw.members.iter().map(|m| m.name.clone()), t.clone())
+        .with_sync(raw.replication.synchronous_mode, raw.replication.synchronous_node_count);
     let shared = Arc::new(Shared {
         settings: settings.clone(),
         raft,
