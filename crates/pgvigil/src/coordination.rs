@@ -106,5 +106,7 @@ fn describe(cmd: &Command) -> String {
         Command::UpsertMember { name, .. } => format!("member record of {name}"),
         Command::Bootstrap { member, .. } => format!("bootstrap by {member}"),
         Command::Failover { to, from_epoch, .. } => format!("failover from epoch {from_epoch} to {to}"),
+        Command::SetPaused { paused: true, .. } => "pause".into(),
+        Command::SetPaused { paused: false, .. } => "resume".into(),
     }
 }

@@ -6,7 +6,7 @@
 
 use crate::report::MemberKind;
 use serde::{Deserialize, Serialize};
-use std::collections::BTreeMap;
+use std::collections::{BTreeMap, BTreeSet};
 
 /// How many events the history keeps; older ones are dropped so snapshots stay small.
 pub const HISTORY_LIMIT: usize = 500;
@@ -27,6 +27,9 @@ pub enum EventKind {
     Failover,
     MemberJoined,
     MemberChanged,
+    /// Maintenance mode on: no automatic failover, agents leave PostgreSQL as it is.
+    Paused,
+    Resumed,
 }
 
 #[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
@@ -49,6 +52,13 @@ pub struct ClusterState {
     pub bootstrapped_by: Option<String>,
     pub members: BTreeMap<String, Member>,
     pub history: Vec<Event>,
+    /// Maintenance mode: the coordinator proposes no failover and agents leave PostgreSQL as it
+    /// is (a primary that loses its lease is still fenced).
+    #[serde(default)]
+    pub paused: bool,
+    /// The committed synchronous standby set (empty in asynchronous mode).
+    #[serde(default)]
+    pub sync_standbys: BTreeSet<String>,
 }
 
 #[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
@@ -60,6 +70,13 @@ pub enum Command {
     Bootstrap { member: String, at_unix_ms: u64 },
     /// Replace the primary of `from_epoch` by `to`.
     Failover { from_epoch: u64, to: String, reason: String, at_unix_ms: u64 },
+    /// Turn maintenance mode on or off (an operator's request); `reason` goes into the history.
+    SetPaused {
+        paused: bool,
+        #[serde(default, skip_serializing_if = "String::is_empty")]
+        reason: String,
+        at_unix_ms: u64,
+    },
 }
 
 #[derive(Clone, Debug, PartialEq, Eq)]
@@ -134,6 +151,21 @@ impl ClusterState {
                 self.epoch += 1;
                 self.primary = Some(to.clone());
                 self.record(*at_unix_ms, EventKind::Failover, to, reason.clone());
+                Ok(())
+            }
+            Command::SetPaused { paused, reason, at_unix_ms } => {
+                // Idempotent: asking twice records one event.
+                if self.paused == *paused {
+                    return Ok(());
+                }
+                self.paused = *paused;
+                let (kind, what) = if *paused {
+                    (EventKind::Paused, "automatic failover off")
+                } else {
+                    (EventKind::Resumed, "automatic failover on")
+                };
+                let detail = if reason.is_empty() { what.to_string() } else { format!("{what}: {reason}") };
+                self.record(*at_unix_ms, kind, "", detail);
                 Ok(())
             }
         }
@@ -221,6 +253,30 @@ mod tests {
         let cmd = Command::Bootstrap { member: "a".into(), at_unix_ms: 1 };
         assert_eq!(Command::decode(&cmd.encode()), Ok(cmd));
         assert!(matches!(s.apply_bytes(b"nonsense"), Err(Rejected::Undecodable(_))));
+    }
+
+    #[test]
+    fn pause_and_resume_are_recorded_once_and_old_states_decode_unpaused() {
+        let mut s = with_members();
+        let pause = Command::SetPaused { paused: true, reason: "upgrade".into(), at_unix_ms: 3 };
+        s.apply(&pause).expect("pause");
+        assert!(s.paused);
+        let n = s.history.len();
+        s.apply(&pause).expect("pausing twice is fine");
+        assert_eq!(s.history.len(), n, "no second event");
+        assert_eq!(
+            s.history.last().map(|e| (e.kind, e.detail.as_str())),
+            Some((EventKind::Paused, "automatic failover off: upgrade"))
+        );
+        assert_eq!(Command::decode(&pause.encode()), Ok(pause));
+        s.apply(&Command::SetPaused { paused: false, reason: String::new(), at_unix_ms: 4 }).expect("resume");
+        assert!(!s.paused);
+        assert_eq!(s.history.last().map(|e| e.kind), Some(EventKind::Resumed));
+        // A state (snapshot) written before these fields existed.
+        let old: ClusterState =
+            serde_json::from_str(r#"{"epoch":1,"primary":"a","bootstrapped_by":"a","members":{},"history":[]}"#)
+                .expect("old snapshot");
+        assert!(!old.paused && old.sync_standbys.is_empty());
     }
 
     #[test]
