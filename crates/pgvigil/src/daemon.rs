@@ -144,7 +144,12 @@ pub async fn run(settings: Settings, shutdown: CancellationToken) -> anyhow::Res
             let listener = tokio::net::TcpListener::bind(&api.listen)
                 .await
                 .with_context(|| format!("listen on {} (config key `api.listen`)", api.listen))?;
-            Some(tokio::spawn(http_api::serve(shared.clone(), listener, api_token.clone())))
+            let (shared, token) = (shared.clone(), api_token.clone());
+            Some(tokio::spawn(async move {
+                if let Err(e) = http_api::serve(shared, listener, token).await {
+                    tracing::error!("the HTTP API stopped: {e:#}");
+                }
+            }))
         }
         None => {
             tracing::warn!("no [api] table: no HTTP API (health checks, metrics, pause/resume)");
