@@ -5,14 +5,16 @@
 //! - [`TestCluster`]: start a cluster, wait for conditions with deadlines, kill parts of it,
 //!   run SQL against a member; everything is stopped and removed on drop, also on failure.
 //! - [`pgvigil_bin`]: where the daemon binary is (built by `cargo build --workspace`).
+//! - HTTP helpers on [`TestCluster`]: ask a member's API, wait for an answer, run the CLI.
 
 use anyhow::Context;
 use std::path::{Path, PathBuf};
 use std::time::{Duration, Instant};
 use tokio_postgres::NoTls;
 
+pub use pgvigil::client::Reply;
 pub use pgvigil::launch::{healthy, ClusterSpec, LocalCluster, MemberSpec};
-pub use pgvigil::list::View;
+pub use pgvigil::list::{ClusterView, View};
 
 /// The `pgvigil` binary: `$PGVIGIL_BIN`, else the workspace's target dir (debug, then release).
 pub fn pgvigil_bin() -> PathBuf {
@@ -137,6 +139,70 @@ impl TestCluster {
         if let Some(pid) = pg {
             let _ = nix::sys::signal::kill(nix::unistd::Pid::from_raw(pid), nix::sys::signal::Signal::SIGKILL);
         }
+    }
+
+    /// The HTTP API endpoint of `member`.
+    pub fn api(&self, member: &str) -> String {
+        self.spec().api_address(member).unwrap_or_default()
+    }
+
+    /// The token every member's API takes.
+    pub fn token(&self) -> String {
+        self.spec().api_token.clone()
+    }
+
+    /// One HTTP request to `member`'s API.
+    pub async fn http(
+        &self,
+        member: &str,
+        method: &str,
+        path: &str,
+        token: Option<&str>,
+        body: Option<&str>,
+    ) -> anyhow::Result<Reply> {
+        pgvigil::client::request(&self.api(member), method, path, token, body, Duration::from_secs(10)).await
+    }
+
+    pub async fn get(&self, member: &str, path: &str) -> anyhow::Result<Reply> {
+        self.http(member, "GET", path, None, None).await
+    }
+
+    /// Wait until `GET path` on `member` answers `status`.
+    pub async fn wait_http(&self, member: &str, path: &str, status: u16, timeout: Duration) -> anyhow::Result<Reply> {
+        let deadline = Instant::now() + timeout;
+        loop {
+            let r = self.get(member, path).await;
+            if matches!(&r, Ok(r) if r.status == status) {
+                return r;
+            }
+            if Instant::now() >= deadline {
+                anyhow::bail!("{member} {path}: wanted {status} within {timeout:?}, last answer {r:?}");
+            }
+            tokio::time::sleep(Duration::from_millis(100)).await;
+        }
+    }
+
+    /// Run the `pgvigil` command line with `stdin` as its input; environment variables of the
+    /// CLI are cleared so only the arguments count.
+    pub async fn cli(&self, args: &[&str], stdin: &str) -> anyhow::Result<std::process::Output> {
+        use tokio::io::AsyncWriteExt;
+        let mut child = tokio::process::Command::new(pgvigil_bin())
+            .args(args)
+            .env_remove("PGVIGIL_ENDPOINT")
+            .env_remove("PGVIGIL_TOKEN")
+            .stdin(std::process::Stdio::piped())
+            .stdout(std::process::Stdio::piped())
+            .stderr(std::process::Stdio::piped())
+            .kill_on_drop(true)
+            .spawn()
+            .context("run pgvigil")?;
+        if let Some(mut input) = child.stdin.take() {
+            input.write_all(stdin.as_bytes()).await?;
+        }
+        let out = tokio::time::timeout(Duration::from_secs(30), child.wait_with_output())
+            .await
+            .context("the CLI did not finish within 30 s")??;
+        Ok(out)
     }
 
     /// Whether `member`'s PostgreSQL accepts a connection now.

@@ -33,8 +33,8 @@ struct Link {
 }
 
 pub async fn run_witness(shared: Arc<Shared>, shutdown: CancellationToken) -> anyhow::Result<()> {
-    let (_tx, status) = watch::channel(PgStatus::default());
-    let link = Link { status, lease: Default::default(), acting_epoch: Default::default(), fencer: None };
+    let status = shared.pg_status.subscribe();
+    let link = Link { status, lease: shared.lease.clone(), acting_epoch: Default::default(), fencer: None };
     reporter(shared, link, shutdown).await;
     Ok(())
 }
@@ -72,11 +72,12 @@ pub async fn run(shared: Arc<Shared>, shutdown: CancellationToken) -> anyhow::Re
     let local = LocalFile::new(&shared.settings.raw.state_dir);
     let memory = local.load()?;
     let pg = Postgres::new(settings);
-    let (status_tx, status_rx) =
-        watch::channel(PgStatus { data_dir: data_dir(pg.data_dir_state()), ..Default::default() });
+    // Published through `Shared`, so the HTTP API and the metrics see it too.
+    let status_tx = shared.pg_status.clone();
+    status_tx.send_replace(PgStatus { data_dir: data_dir(pg.data_dir_state()), ..Default::default() });
     let link = Link {
-        status: status_rx,
-        lease: Default::default(),
+        status: status_tx.subscribe(),
+        lease: shared.lease.clone(),
         acting_epoch: Arc::new(AtomicU64::new(memory.primary_epoch.unwrap_or(0))),
         fencer: Some(pg.fencer()),
     };
@@ -183,7 +184,9 @@ impl Agent {
     /// Observe, publish the status, decide, act.
     async fn step(&mut self) -> anyhow::Result<()> {
         let me = self.shared.name().to_string();
+        let observe_started = Instant::now();
         let obs = self.pg.observe().await;
+        crate::telemetry::health_check_took(observe_started.elapsed());
         let state = self.shared.committed();
         let now = Instant::now();
         let am_primary = state.is_primary(&me);
@@ -421,6 +424,7 @@ async fn reporter(shared: Arc<Shared>, link: Link, shutdown: CancellationToken) 
     let mut state_rx = shared.raft.state();
     let mut next = Instant::now();
     loop {
+        shared.alive.mark_reporter();
         let acting = link.acting_epoch.load(Ordering::SeqCst);
         let lease_end = link.lease.lock().unwrap_or_else(|p| p.into_inner()).expires_at(acting);
         let wake = lease_end.filter(|_| acting != 0).map_or(next, |e| e.min(next));
@@ -480,6 +484,7 @@ async fn send_report(shared: &Shared, link: &Link, epoch: u64) {
         None
     };
     if let Some(ack) = ack {
+        shared.primary_lsn.store(ack.primary_lsn, Ordering::Relaxed);
         let mut lease = link.lease.lock().unwrap_or_else(|p| p.into_inner());
         lease.on_ack(sent_at, ack.lease_granted, ack.epoch, s.timings.lease_timeout);
     }

@@ -16,6 +16,8 @@ pub struct MemberSpec {
     pub kind: MemberKind,
     pub peer_port: u16,
     pub pg_port: u16,
+    /// The HTTP API's port.
+    pub api_port: u16,
     pub nofailover: bool,
     pub priority: i32,
 }
@@ -34,6 +36,8 @@ pub struct ClusterSpec {
     pub replication: Vec<String>,
     pub superuser_password: String,
     pub log_level: String,
+    /// Every member's `api.token`.
+    pub api_token: String,
 }
 
 /// A free TCP port on 127.0.0.1 (bound and released; good enough for tests and the demo).
@@ -57,6 +61,7 @@ impl ClusterSpec {
                 kind,
                 peer_port: free_port()?,
                 pg_port: free_port()?,
+                api_port: free_port()?,
                 nofailover: false,
                 priority: 0,
             });
@@ -70,6 +75,7 @@ impl ClusterSpec {
             replication: Vec::new(),
             superuser_password: "pgvigil".into(),
             log_level: "info".into(),
+            api_token: "pgvigil-local-token".into(),
         })
     }
 
@@ -91,6 +97,11 @@ impl ClusterSpec {
 
     pub fn peer_address(&self, name: &str) -> Option<String> {
         self.member(name).map(|m| format!("127.0.0.1:{}", m.peer_port))
+    }
+
+    /// The HTTP API endpoint (`host:port`) of a member.
+    pub fn api_address(&self, name: &str) -> Option<String> {
+        self.member(name).map(|m| format!("127.0.0.1:{}", m.api_port))
     }
 
     /// The TOML configuration of one member.
@@ -131,6 +142,7 @@ impl ClusterSpec {
             t.push('\n');
         }
         t.push_str(&format!("\n[log]\nlevel = {:?}\n", self.log_level));
+        t.push_str(&format!("\n[api]\nlisten = \"127.0.0.1:{}\"\ntoken = {:?}\n", m.api_port, self.api_token));
         t
     }
 }

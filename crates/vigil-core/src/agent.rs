@@ -102,6 +102,9 @@ pub fn reconcile(input: &AgentInput<'_>) -> Vec<AgentAction> {
         return vec![Wait("no primary decided yet".into())];
     };
     let epoch = state.epoch;
+    if state.paused {
+        return paused(me, primary, epoch, pg, lease_valid);
+    }
 
     if primary != me {
         let why = format!("{primary} is the primary at epoch {epoch}");
@@ -203,6 +206,26 @@ pub fn divergence(tli: u32, lsn: u64, primary_tli: u32, history: &[(u32, u64)]) 
         )),
         Some(_) => None,
     }
+}
+
+/// Maintenance mode: PostgreSQL is left as it is (no start, promote, follow, clone), except that
+/// nothing stays writable without the right to: a writable non-primary and a primary without its
+/// lease are still fenced.
+fn paused(me: &str, primary: &str, epoch: u64, pg: &PgStatus, lease_valid: bool) -> Vec<AgentAction> {
+    use AgentAction::*;
+    let writable = pg.running && !pg.in_recovery;
+    if primary != me {
+        let why = format!("{primary} is the primary at epoch {epoch}");
+        if writable {
+            return vec![Fence(format!("running as a primary but {why}")), NeedsRejoin(why)];
+        }
+        if pg.data_dir == DataDir::Primary {
+            return vec![NeedsRejoin(format!("the data directory was a primary's and {why}"))];
+        }
+    } else if writable && !lease_valid {
+        return vec![Fence(format!("no lease for epoch {epoch}"))];
+    }
+    vec![Wait("paused: PostgreSQL is left as it is".into())]
 }
 
 #[cfg(test)]

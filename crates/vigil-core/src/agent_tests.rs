@@ -199,3 +199,25 @@ fn divergence_from_the_primary_timeline_history() {
     assert!(divergence(5, 1, 6, &history).is_some_and(|d| d.contains("not in the primary's history")));
     assert_eq!(divergence(0, 1, 3, &history), None, "unknown: no verdict");
 }
+
+#[test]
+fn paused_leaves_postgres_alone_but_still_fences() {
+    let mut s = cluster("a", 1);
+    s.apply(&Command::SetPaused { paused: true, reason: String::new(), at_unix_ms: 0 }).expect("pause");
+    let paused = |acts: Vec<AgentAction>| matches!(acts[..], [Wait(ref w)] if w.starts_with("paused"));
+    // The primary's PostgreSQL is down: not restarted.
+    assert!(paused(run("a", &s, pg(DataDir::Primary, false, false), true, mem(Some(1), None))));
+    // A standby that is down, or points elsewhere, or has an empty data directory: left alone.
+    assert!(paused(run("b", &s, pg(DataDir::Standby, false, true), false, mem(None, Some(up(5000))))));
+    assert!(paused(run("b", &s, pg(DataDir::Standby, true, true), false, mem(None, Some(up(9))))));
+    assert!(paused(run("b", &s, pg(DataDir::Empty, false, false), false, mem(None, None))));
+    // Safety first: a primary without its lease, and a writable non-primary, are fenced.
+    assert!(matches!(run("a", &s, pg(DataDir::Primary, true, false), false, mem(Some(1), None))[..], [Fence(_)]));
+    let acts = run("b", &s, pg(DataDir::Standby, true, false), false, mem(None, None));
+    assert!(matches!(acts[..], [Fence(_), NeedsRejoin(_)]), "{acts:?}");
+    let acts = run("b", &s, pg(DataDir::Primary, false, false), false, mem(None, None));
+    assert!(matches!(acts[..], [NeedsRejoin(_)]), "{acts:?}");
+    // Resumed: back to normal.
+    s.apply(&Command::SetPaused { paused: false, reason: String::new(), at_unix_ms: 0 }).expect("resume");
+    assert_eq!(run("a", &s, pg(DataDir::Primary, false, false), true, mem(Some(1), None)), vec![Start]);
+}

@@ -115,10 +115,12 @@ impl Coordinator {
         if !self.is_leader() || !self.expected.contains(&report.member) {
             return LeaseAnswer { grant: false, epoch };
         }
+        // While paused no failover follows a long PostgreSQL outage, so the lease is not withheld
+        // for one: a primary the operator restarts by hand is not fenced on the spot.
         let grant = state.is_primary(&report.member)
             && report.kind == MemberKind::Postgres
             && !report.pg.needs_rejoin
-            && report.pg.down_for < self.timings.pg_restart_timeout;
+            && (state.paused || report.pg.down_for < self.timings.pg_restart_timeout);
         self.reports.insert(report.member.clone(), Received { report, at: now });
         LeaseAnswer { grant, epoch }
     }
@@ -174,6 +176,9 @@ impl Coordinator {
                     out.push(Command::Bootstrap { member, at_unix_ms: wall_ms });
                 }
             }
+            // Paused (maintenance): no automatic failover and no synchronous changes (the primary's
+            // agent leaves PostgreSQL as it is); member records and bootstrap go on.
+            Some(_) if state.paused => {}
             Some(primary) => match self.failover_choice(now, state, primary, wall_ms) {
                 Some(cmd) => out.push(cmd),
                 None => out.extend(self.sync_change(now, state, primary, wall_ms)),

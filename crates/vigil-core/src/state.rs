@@ -34,6 +34,9 @@ pub enum EventKind {
     Rewind,
     /// A member's data directory was moved aside and cloned again.
     Reclone,
+    /// Maintenance mode on: no automatic failover, agents leave PostgreSQL as it is.
+    Paused,
+    Resumed,
 }
 
 #[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
@@ -61,6 +64,10 @@ pub struct ClusterState {
     /// Per member, the start time of the last rejoin recorded (so a re-sent record is not recorded twice).
     #[serde(default)]
     pub rejoins_recorded: BTreeMap<String, u64>,
+    /// Maintenance mode: the coordinator proposes no failover and agents leave PostgreSQL as it
+    /// is (a primary that loses its lease is still fenced).
+    #[serde(default)]
+    pub paused: bool,
 }
 
 #[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
@@ -76,6 +83,13 @@ pub enum Command {
     Sync { epoch: u64, sync: SyncState, reason: String, at_unix_ms: u64 },
     /// Record a member's rewind or re-clone in the history.
     RecordRejoin { member: String, record: RejoinRecord },
+    /// Turn maintenance mode on or off (an operator's request); `reason` goes into the history.
+    SetPaused {
+        paused: bool,
+        #[serde(default, skip_serializing_if = "String::is_empty")]
+        reason: String,
+        at_unix_ms: u64,
+    },
 }
 
 #[derive(Clone, Debug, PartialEq, Eq)]
@@ -187,6 +201,21 @@ impl ClusterState {
                 self.record(record.started_unix_ms, kind, member, detail);
                 Ok(())
             }
+            Command::SetPaused { paused, reason, at_unix_ms } => {
+                // Idempotent: asking twice records one event.
+                if self.paused == *paused {
+                    return Ok(());
+                }
+                self.paused = *paused;
+                let (kind, what) = if *paused {
+                    (EventKind::Paused, "automatic failover off")
+                } else {
+                    (EventKind::Resumed, "automatic failover on")
+                };
+                let detail = if reason.is_empty() { what.to_string() } else { format!("{what}: {reason}") };
+                self.record(*at_unix_ms, kind, "", detail);
+                Ok(())
+            }
         }
     }
 
@@ -293,6 +322,30 @@ mod tests {
         let cmd = Command::Bootstrap { member: "a".into(), at_unix_ms: 1 };
         assert_eq!(Command::decode(&cmd.encode()), Ok(cmd));
         assert!(matches!(s.apply_bytes(b"nonsense"), Err(Rejected::Undecodable(_))));
+    }
+
+    #[test]
+    fn pause_and_resume_are_recorded_once_and_old_states_decode_unpaused() {
+        let mut s = with_members();
+        let pause = Command::SetPaused { paused: true, reason: "upgrade".into(), at_unix_ms: 3 };
+        s.apply(&pause).expect("pause");
+        assert!(s.paused);
+        let n = s.history.len();
+        s.apply(&pause).expect("pausing twice is fine");
+        assert_eq!(s.history.len(), n, "no second event");
+        assert_eq!(
+            s.history.last().map(|e| (e.kind, e.detail.as_str())),
+            Some((EventKind::Paused, "automatic failover off: upgrade"))
+        );
+        assert_eq!(Command::decode(&pause.encode()), Ok(pause));
+        s.apply(&Command::SetPaused { paused: false, reason: String::new(), at_unix_ms: 4 }).expect("resume");
+        assert!(!s.paused);
+        assert_eq!(s.history.last().map(|e| e.kind), Some(EventKind::Resumed));
+        // A state (snapshot) written before these fields existed.
+        let old: ClusterState =
+            serde_json::from_str(r#"{"epoch":1,"primary":"a","bootstrapped_by":"a","members":{},"history":[]}"#)
+                .expect("old snapshot");
+        assert!(!old.paused && old.sync.standbys.is_empty());
     }
 
     #[test]
