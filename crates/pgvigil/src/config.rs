@@ -52,6 +52,38 @@ pub struct Config {
     /// The HTTP API (health checks, cluster view, pause/resume, metrics). None: no HTTP API.
     #[serde(default)]
     pub api: Option<ApiConfig>,
+    /// Transport security for the peer port and the HTTP API. None: plain text.
+    #[serde(default)]
+    pub tls: Option<TlsConfig>,
+}
+
+/// The `[tls]` table. Files are PEM; they are read once, at start-up.
+#[derive(Debug, Clone, Deserialize, Serialize)]
+#[serde(deny_unknown_fields)]
+pub struct TlsConfig {
+    /// The CA certificate(s) every member's certificate chains to.
+    pub ca_file: PathBuf,
+    /// This member's certificate (chain); it must name the host of its address in `members`.
+    pub cert_file: PathBuf,
+    pub key_file: PathBuf,
+    /// Mutual TLS on the peer port: require a client certificate that chains to `ca_file`.
+    #[serde(default = "yes")]
+    pub peer_mtls: bool,
+    /// Serve the HTTP API over https.
+    #[serde(default = "yes")]
+    pub api: bool,
+    /// The HTTP API's certificate and key, if not `cert_file` / `key_file`.
+    #[serde(default)]
+    pub api_cert_file: Option<PathBuf>,
+    #[serde(default)]
+    pub api_key_file: Option<PathBuf>,
+    /// The HTTP API requires a client certificate that chains to `ca_file`.
+    #[serde(default)]
+    pub api_verify_client: bool,
+}
+
+fn yes() -> bool {
+    true
 }
 
 /// The `[api]` table.
@@ -258,6 +290,8 @@ pub struct Settings {
     pub superuser_password: Option<String>,
     /// The API's bearer token, read from `api.token_file` where configured.
     pub api_token: Option<Secret>,
+    /// The `[tls]` table with its files read and checked. None: plain text.
+    pub tls: Option<crate::tls::Tls>,
 }
 
 impl Settings {
@@ -323,7 +357,15 @@ pub fn load(path: &Path) -> Result<Settings, ConfigError> {
 }
 
 /// Environment variables the command line reads for itself; they are not config keys.
-pub const CLI_VARIABLES: &[&str] = &["PGVIGIL_PEER", "PGVIGIL_BIN", "PGVIGIL_ENDPOINT", "PGVIGIL_TOKEN"];
+pub const CLI_VARIABLES: &[&str] = &[
+    "PGVIGIL_PEER",
+    "PGVIGIL_BIN",
+    "PGVIGIL_ENDPOINT",
+    "PGVIGIL_TOKEN",
+    "PGVIGIL_CACERT",
+    "PGVIGIL_CERT",
+    "PGVIGIL_KEY",
+];
 
 fn env_overrides() -> std::collections::HashMap<String, String> {
     std::env::vars().filter(|(k, _)| k.starts_with("PGVIGIL_") && !CLI_VARIABLES.contains(&k.as_str())).collect()
@@ -415,6 +457,10 @@ pub fn check(raw: Config) -> Result<Settings, ConfigError> {
             token.map(Secret)
         }
     };
+    let tls = match &raw.tls {
+        Some(cfg) => Some(crate::tls::Tls::load(cfg, &advertise)?),
+        None => None,
+    };
     let (replication_password, superuser_password) = match (&raw.kind, &raw.postgres) {
         (MemberKind::Postgres, None) => return Err(bad("postgres", "a postgres member needs a [postgres] section")),
         (MemberKind::Postgres, Some(pg)) => {
@@ -437,7 +483,7 @@ pub fn check(raw: Config) -> Result<Settings, ConfigError> {
         }
         (MemberKind::Witness, _) => (String::new(), None),
     };
-    Ok(Settings { raw, timings, advertise, replication_password, superuser_password, api_token })
+    Ok(Settings { raw, timings, advertise, replication_password, superuser_password, api_token, tls })
 }
 
 #[cfg(test)]
