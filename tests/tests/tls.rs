@@ -1,7 +1,8 @@
 //! Secured transport on real clusters: TLS on the peer port (mutual by default) and https on the
 //! HTTP API. The cluster bootstraps and fails over with TLS on; strangers (no certificate, a
 //! certificate from another CA, plain text) are refused on both ports; the CLI works over https;
-//! no secret shows in a log or in `/config`. Certificates are made per cluster (rcgen).
+//! HAProxy checks `/primary` over https; no secret shows in a log or in `/config`. Certificates
+//! are made per cluster (rcgen).
 
 use std::process::Command;
 use std::time::Duration;
@@ -59,6 +60,70 @@ async fn peer_handshake(addr: &str, ca: &[u8], identity: Option<&certs::Leaf>) -
         Ok(Err(e)) => Err(format!("after the handshake: {e}")),
         Ok(Ok(0)) => Err("closed after the handshake".into()),
         _ => Ok(()),
+    }
+}
+
+/// HAProxy as a child process; killed on drop.
+struct HaProxy(std::process::Child);
+
+impl Drop for HaProxy {
+    fn drop(&mut self) {
+        let _ = self.0.kill();
+        let _ = self.0.wait();
+    }
+}
+
+/// HAProxy in front of every member's PostgreSQL, checking `GET /primary` over https (verifying
+/// the API's certificate against the cluster's CA); returns it and its port.
+fn haproxy_over_https(t: &TestCluster) -> anyhow::Result<(HaProxy, u16)> {
+    let port = pgvigil::launch::free_port()?;
+    let mut cfg = format!(
+        "global\n    maxconn 100\n\ndefaults\n    mode tcp\n    timeout connect 2s\n    timeout client 60s\n    \
+         timeout server 60s\n    timeout check 1s\n\nlisten postgres_primary\n    bind 127.0.0.1:{port}\n    \
+         option httpchk GET /primary\n    http-check expect status 200\n    \
+         default-server inter 300ms fall 2 rise 1 on-marked-down shutdown-sessions\n"
+    );
+    let ca = t.spec().ca_file().display().to_string();
+    for m in &t.spec().members {
+        cfg.push_str(&format!(
+            "    server {} 127.0.0.1:{} check port {} check-ssl verify required ca-file {ca}\n",
+            m.name, m.pg_port, m.api_port
+        ));
+    }
+    let path = t.spec().dir.join("haproxy.cfg");
+    std::fs::write(&path, cfg)?;
+    let bin =
+        ["/usr/sbin/haproxy", "haproxy"].into_iter().find(|b| std::path::Path::new(b).exists()).unwrap_or("haproxy");
+    let log = std::fs::File::create(t.spec().dir.join("haproxy.log"))?;
+    let child = std::process::Command::new(bin)
+        .arg("-f")
+        .arg(&path)
+        .arg("-db")
+        .stdout(log.try_clone()?)
+        .stderr(log)
+        .spawn()
+        .map_err(|e| anyhow::anyhow!("run {bin} (install it: apt-get install haproxy): {e}"))?;
+    Ok((HaProxy(child), port))
+}
+
+/// Wait until a connection through HAProxy at `port` lands on the PostgreSQL at `want`.
+async fn wait_routed_to(port: u16, want: u16) -> anyhow::Result<()> {
+    let conn = format!(
+        "host=127.0.0.1 port={port} user=postgres password={SUPERUSER_PASSWORD} dbname=postgres connect_timeout=2"
+    );
+    let deadline = std::time::Instant::now() + CONVERGE;
+    loop {
+        let got = async {
+            let (client, connection) = tokio_postgres::connect(&conn, tokio_postgres::NoTls).await?;
+            tokio::spawn(connection);
+            anyhow::Ok(client.query_one("SELECT inet_server_port()", &[]).await?.get::<_, i32>(0))
+        }
+        .await;
+        if matches!(got, Ok(p) if p == i32::from(want)) {
+            return Ok(());
+        }
+        anyhow::ensure!(std::time::Instant::now() < deadline, "through haproxy: {got:?}, wanted port {want}");
+        tokio::time::sleep(Duration::from_millis(200)).await;
     }
 }
 
@@ -154,12 +219,19 @@ async fn mutual_tls_cluster_fails_over_refuses_strangers_and_hides_secrets() -> 
     let out = t.cli(&["list", "--endpoint", &api, "--cacert", "/nonexistent/ca.pem"], "").await?;
     assert_eq!(out.status.code(), Some(64), "{}", err(&out));
 
-    // Failover with TLS on: the primary's host dies, a standby is promoted, the other follows.
+    // HAProxy checks /primary over https (check-ssl, verifying the certificate).
+    let pg_port = |m: &str| spec.member(m).map_or(0, |m| m.pg_port);
+    let (_haproxy, lb_port) = haproxy_over_https(&t)?;
+    wait_routed_to(lb_port, pg_port(&primary)).await?;
+
+    // Failover with TLS on: the primary's host dies, a standby is promoted, the other follows,
+    // and HAProxy sends connections to it.
     t.kill_host(&primary);
     let v = t.wait_for("a new primary over TLS", CONVERGE, |v| new_primary(v, &primary)).await?;
     let new = v.state.primary.clone().expect("checked");
     t.execute(&new, "CREATE TABLE after_failover (id int)").await?;
     t.wait_http(&new, "/primary", 200, CONVERGE).await?;
+    wait_routed_to(lb_port, pg_port(&new)).await?;
 
     // No secret in /config ...
     let r = t.get(&new, "/config").await?;
