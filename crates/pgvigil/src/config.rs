@@ -159,7 +159,7 @@ pub struct Tags {
     pub priority: i32,
 }
 
-#[derive(Debug, Clone, Deserialize, Serialize)]
+#[derive(Clone, Deserialize, Serialize)]
 #[serde(deny_unknown_fields)]
 pub struct PostgresConfig {
     #[serde(default = "default_bin_dir")]
@@ -197,6 +197,19 @@ pub struct PostgresConfig {
     /// How many data directories moved aside (before a re-clone) are kept; older ones are removed.
     #[serde(default = "default_keep_moved")]
     pub keep_moved_data_dirs: u32,
+}
+
+impl std::fmt::Debug for PostgresConfig {
+    /// As JSON, with the passwords redacted.
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        let mut v = serde_json::to_value(self).unwrap_or_default();
+        for key in ["replication_password", "superuser_password"] {
+            if let Some(field) = v.get_mut(key).filter(|f| !f.is_null()) {
+                *field = REDACTED.into();
+            }
+        }
+        write!(f, "PostgresConfig {v}")
+    }
 }
 
 fn default_keep_moved() -> u32 {
@@ -278,8 +291,8 @@ fn duration_opt<'de, D: Deserializer<'de>>(d: D) -> Result<Option<Duration>, D::
         .map_err(|e| serde::de::Error::custom(format!("bad duration {s:?} ({e}); write e.g. \"250ms\" or \"2s\"")))
 }
 
-/// The checked configuration the daemon runs with.
-#[derive(Debug, Clone)]
+/// The checked configuration the daemon runs with. `Debug` shows no secret.
+#[derive(Clone)]
 pub struct Settings {
     pub raw: Config,
     pub timings: Timings,
@@ -292,6 +305,20 @@ pub struct Settings {
     pub api_token: Option<Secret>,
     /// The `[tls]` table with its files read and checked. None: plain text.
     pub tls: Option<crate::tls::Tls>,
+}
+
+impl std::fmt::Debug for Settings {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("Settings")
+            .field("raw", &self.raw)
+            .field("timings", &self.timings)
+            .field("advertise", &self.advertise)
+            .field("replication_password", &REDACTED)
+            .field("superuser_password", &self.superuser_password.as_ref().map(|_| REDACTED))
+            .field("api_token", &self.api_token)
+            .field("tls", &self.tls)
+            .finish()
+    }
 }
 
 impl Settings {
