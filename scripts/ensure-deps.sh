@@ -28,3 +28,14 @@ if ! command -v haproxy >/dev/null 2>&1 && [ ! -x /usr/sbin/haproxy ]; then
   apt-get update -qq
   apt-get install -y -qq haproxy >/dev/null
 fi
+# wrk: the health-endpoint latency benchmark (bench/health.sh) drives the HTTP API with it.
+if ! command -v wrk >/dev/null 2>&1; then
+  if [ "$(id -u)" -ne 0 ]; then
+    echo "wrk is missing: run as root, or apt-get install -y wrk" >&2
+    exit 69
+  fi
+  echo "Installing wrk (apt-get install wrk) ..." >&2
+  export DEBIAN_FRONTEND=noninteractive
+  apt-get update -qq
+  apt-get install -y -qq wrk >/dev/null
+fi

@@ -6,6 +6,10 @@
 //!   run SQL against a member; everything is stopped and removed on drop, also on failure.
 //! - [`pgvigil_bin`]: where the daemon binary is (built by `cargo build --workspace`).
 //! - HTTP helpers on [`TestCluster`]: ask a member's API, wait for an answer, run the CLI.
+//! - [`certs`]: a CA and certificates made at test time, for clusters with TLS
+//!   ([`TestCluster::prepare_tls`]).
+
+pub mod certs;
 
 use anyhow::Context;
 use std::path::{Path, PathBuf};
@@ -13,7 +17,7 @@ use std::time::{Duration, Instant};
 use tokio_postgres::NoTls;
 
 pub use pgvigil::client::Reply;
-pub use pgvigil::launch::{healthy, ClusterSpec, LocalCluster, MemberSpec};
+pub use pgvigil::launch::{healthy, ClusterSpec, LocalCluster, MemberSpec, TlsSpec};
 pub use pgvigil::list::{ClusterView, View};
 
 /// The `pgvigil` binary: `$PGVIGIL_BIN`, else the workspace's target dir (debug, then release).
@@ -47,9 +51,33 @@ impl TestCluster {
         Ok(TestCluster { cluster: LocalCluster::prepare(spec)?, _dir: dir })
     }
 
+    /// [`Self::prepare`] with TLS: a fresh CA and certificates for every member (and for the
+    /// harness' own clients) under the cluster's directory.
+    pub fn prepare_tls(
+        n: usize,
+        witnesses: usize,
+        tls: TlsSpec,
+        tweak: impl FnOnce(&mut ClusterSpec),
+    ) -> anyhow::Result<TestCluster> {
+        let t = Self::prepare(n, witnesses, |spec| {
+            spec.tls = Some(tls);
+            tweak(spec);
+        })?;
+        certs::write_cluster(t.spec())?;
+        Ok(t)
+    }
+
     /// Start every member and wait until the cluster is healthy.
     pub async fn start(n: usize, witnesses: usize) -> anyhow::Result<TestCluster> {
         let mut t = Self::prepare(n, witnesses, |_| {})?;
+        t.cluster.start_all()?;
+        t.wait_for("a healthy cluster", Duration::from_secs(60), healthy).await?;
+        Ok(t)
+    }
+
+    /// [`Self::start`] with TLS ([`Self::prepare_tls`]).
+    pub async fn start_tls(n: usize, witnesses: usize, tls: TlsSpec) -> anyhow::Result<TestCluster> {
+        let mut t = Self::prepare_tls(n, witnesses, tls, |_| {})?;
         t.cluster.start_all()?;
         t.wait_for("a healthy cluster", Duration::from_secs(60), healthy).await?;
         Ok(t)
@@ -141,7 +169,7 @@ impl TestCluster {
         }
     }
 
-    /// The HTTP API endpoint of `member`.
+    /// The HTTP API endpoint of `member` (`https://...` when it serves TLS).
     pub fn api(&self, member: &str) -> String {
         self.spec().api_address(member).unwrap_or_default()
     }
@@ -160,7 +188,7 @@ impl TestCluster {
         token: Option<&str>,
         body: Option<&str>,
     ) -> anyhow::Result<Reply> {
-        pgvigil::client::request(&self.api(member), method, path, token, body, Duration::from_secs(10)).await
+        self.spec().api_client(member)?.request(method, path, token, body, Duration::from_secs(10)).await
     }
 
     pub async fn get(&self, member: &str, path: &str) -> anyhow::Result<Reply> {
@@ -190,6 +218,9 @@ impl TestCluster {
             .args(args)
             .env_remove("PGVIGIL_ENDPOINT")
             .env_remove("PGVIGIL_TOKEN")
+            .env_remove("PGVIGIL_CACERT")
+            .env_remove("PGVIGIL_CERT")
+            .env_remove("PGVIGIL_KEY")
             .stdin(std::process::Stdio::piped())
             .stdout(std::process::Stdio::piped())
             .stderr(std::process::Stdio::piped())

@@ -1,13 +1,15 @@
 //! The command line's verbs that talk to the HTTP API of any member: `list`, `pause`, `resume`,
 //! `history`. The endpoint comes from `--endpoint` / `PGVIGIL_ENDPOINT`, else from a member's
 //! config file (`--config`, its `api.listen`), else `127.0.0.1:8008`; the token from `--token` /
-//! `PGVIGIL_TOKEN`, else from that config file.
+//! `PGVIGIL_TOKEN`, else from that config file. For https the CA comes from `--cacert` (with
+//! `--cert`/`--key` to present a client certificate), else from that config file's `[tls]`.
 
-use crate::client::{self, Reply};
+use crate::client::{Api, Reply};
 use crate::config;
 use crate::list::{self, ClusterView};
+use crate::tls;
 use std::io::{BufRead, IsTerminal, Write};
-use std::path::PathBuf;
+use std::path::{Path, PathBuf};
 use std::time::{Duration, Instant};
 
 #[derive(clap::ValueEnum, Clone, Copy, Debug, PartialEq, Eq)]
@@ -18,15 +20,24 @@ pub enum Output {
 
 #[derive(clap::Args, Debug, Clone)]
 pub struct ApiArgs {
-    /// HTTP API of any member: host:port or http://host:port.
+    /// HTTP API of any member: host:port, http://host:port or https://host:port.
     #[arg(long, short = 'e', env = "PGVIGIL_ENDPOINT")]
     pub endpoint: Option<String>,
     /// Bearer token for requests that change the cluster.
     #[arg(long, env = "PGVIGIL_TOKEN", hide_env_values = true)]
     pub token: Option<String>,
-    /// A member's config file: endpoint (`api.listen`) and token from it.
+    /// A member's config file: endpoint (`api.listen`), token and TLS (`[tls]`) from it.
     #[arg(long, short = 'c')]
     pub config: Option<PathBuf>,
+    /// https: the CA certificate(s) to trust (PEM). With it a bare host:port is https.
+    #[arg(long, env = "PGVIGIL_CACERT")]
+    pub cacert: Option<PathBuf>,
+    /// https: a client certificate (PEM) to present, for an API that verifies clients.
+    #[arg(long, env = "PGVIGIL_CERT", requires = "key")]
+    pub cert: Option<PathBuf>,
+    /// The private key (PEM) of `--cert`.
+    #[arg(long, env = "PGVIGIL_KEY", requires = "cert")]
+    pub key: Option<PathBuf>,
     #[arg(long, short = 'o', value_enum, default_value_t = Output::Table)]
     pub output: Output,
 }
@@ -62,11 +73,16 @@ pub struct ResumeArgs {
     pub reason: Option<String>,
 }
 
-/// Endpoint and token after flags, environment and config file.
+/// Endpoint, TLS and token after flags, environment and config file.
 struct Target {
-    endpoint: String,
+    api: Api,
     token: Option<String>,
     output: Output,
+}
+
+fn read_flag(flag: &str, path: &Path) -> Result<Vec<u8>, config::ConfigError> {
+    std::fs::read(path)
+        .map_err(|e| config::ConfigError { key: flag.into(), message: format!("cannot read {}: {e}", path.display()) })
 }
 
 fn target(a: &ApiArgs) -> anyhow::Result<Target> {
@@ -74,10 +90,33 @@ fn target(a: &ApiArgs) -> anyhow::Result<Target> {
         Some(path) => Some(config::load(path)?),
         None => None,
     };
-    let file_endpoint = from_file.as_ref().and_then(|s| s.raw.api.as_ref()).map(|api| connectable(&api.listen));
+    let file_tls = from_file.as_ref().and_then(|s| s.tls.as_ref()).filter(|t| t.api);
+    let file_endpoint = from_file.as_ref().and_then(|s| s.raw.api.as_ref()).map(|api| {
+        let scheme = if file_tls.is_some() { "https" } else { "http" };
+        format!("{scheme}://{}", connectable(&api.listen))
+    });
     let endpoint = a.endpoint.clone().or(file_endpoint).unwrap_or_else(|| "127.0.0.1:8008".into());
+    let tls = match (&a.cacert, file_tls) {
+        (Some(ca), _) => {
+            let ca_pem = read_flag("--cacert", ca)?;
+            let identity = match (&a.cert, &a.key) {
+                (Some(c), Some(k)) => Some((read_flag("--cert", c)?, read_flag("--key", k)?)),
+                _ => None,
+            };
+            let identity = identity.as_ref().map(|(c, k)| (c.as_slice(), k.as_slice()));
+            Some(
+                tls::client_config(&ca_pem, identity)
+                    .map_err(|e| config::ConfigError { key: "--cacert".into(), message: format!("{e:#}") })?,
+            )
+        }
+        (None, Some(t)) => Some(t.api_client_config()?),
+        (None, None) if a.cert.is_some() => {
+            return Err(config::ConfigError { key: "--cert".into(), message: "needs --cacert".into() }.into())
+        }
+        (None, None) => None,
+    };
     let token = a.token.clone().or_else(|| from_file.and_then(|s| s.api_token).map(|t| t.0));
-    Ok(Target { endpoint, token, output: a.output })
+    Ok(Target { api: Api::new(&endpoint, tls)?, token, output: a.output })
 }
 
 /// A listen address one can connect to: an unspecified IP becomes loopback.
@@ -96,12 +135,12 @@ fn fail(r: &Reply, what: &str) -> anyhow::Error {
 pub async fn list(args: ListArgs) -> anyhow::Result<()> {
     let t = target(&args.api)?;
     loop {
-        let r = client::get(&t.endpoint, "/cluster").await?;
+        let r = t.api.get("/cluster").await?;
         if !r.ok() {
             return Err(fail(&r, "list"));
         }
         let view: ClusterView = serde_json::from_value(r.json.clone())
-            .map_err(|e| anyhow::anyhow!("unexpected answer from {}: {e}", t.endpoint))?;
+            .map_err(|e| anyhow::anyhow!("unexpected answer from {}: {e}", t.api.url()))?;
         let out = match t.output {
             Output::Json => format!("{}\n", serde_json::to_string_pretty(&view)?),
             Output::Table => list::render(&view),
@@ -127,7 +166,7 @@ pub async fn list(args: ListArgs) -> anyhow::Result<()> {
 
 pub async fn history(args: ApiArgs) -> anyhow::Result<()> {
     let t = target(&args)?;
-    let r = client::get(&t.endpoint, "/history").await?;
+    let r = t.api.get("/history").await?;
     if !r.ok() {
         return Err(fail(&r, "history"));
     }
@@ -186,9 +225,7 @@ async fn mutate(t: &Target, path: &str, reason: Option<String>) -> anyhow::Resul
     let body = reason.map(|r| serde_json::json!({ "reason": r }).to_string());
     let deadline = Instant::now() + Duration::from_secs(15);
     let r = loop {
-        let r =
-            client::request(&t.endpoint, "POST", path, t.token.as_deref(), body.as_deref(), Duration::from_secs(10))
-                .await?;
+        let r = t.api.request("POST", path, t.token.as_deref(), body.as_deref(), Duration::from_secs(10)).await?;
         if r.status != 503 || Instant::now() >= deadline {
             break r;
         }

@@ -52,6 +52,38 @@ pub struct Config {
     /// The HTTP API (health checks, cluster view, pause/resume, metrics). None: no HTTP API.
     #[serde(default)]
     pub api: Option<ApiConfig>,
+    /// Transport security for the peer port and the HTTP API. None: plain text.
+    #[serde(default)]
+    pub tls: Option<TlsConfig>,
+}
+
+/// The `[tls]` table. Files are PEM; they are read once, at start-up.
+#[derive(Debug, Clone, Deserialize, Serialize)]
+#[serde(deny_unknown_fields)]
+pub struct TlsConfig {
+    /// The CA certificate(s) every member's certificate chains to.
+    pub ca_file: PathBuf,
+    /// This member's certificate (chain); it must name the host of its address in `members`.
+    pub cert_file: PathBuf,
+    pub key_file: PathBuf,
+    /// Mutual TLS on the peer port: require a client certificate that chains to `ca_file`.
+    #[serde(default = "yes")]
+    pub peer_mtls: bool,
+    /// Serve the HTTP API over https.
+    #[serde(default = "yes")]
+    pub api: bool,
+    /// The HTTP API's certificate and key, if not `cert_file` / `key_file`.
+    #[serde(default)]
+    pub api_cert_file: Option<PathBuf>,
+    #[serde(default)]
+    pub api_key_file: Option<PathBuf>,
+    /// The HTTP API requires a client certificate that chains to `ca_file`.
+    #[serde(default)]
+    pub api_verify_client: bool,
+}
+
+fn yes() -> bool {
+    true
 }
 
 /// The `[api]` table.
@@ -127,7 +159,7 @@ pub struct Tags {
     pub priority: i32,
 }
 
-#[derive(Debug, Clone, Deserialize, Serialize)]
+#[derive(Clone, Deserialize, Serialize)]
 #[serde(deny_unknown_fields)]
 pub struct PostgresConfig {
     #[serde(default = "default_bin_dir")]
@@ -165,6 +197,19 @@ pub struct PostgresConfig {
     /// How many data directories moved aside (before a re-clone) are kept; older ones are removed.
     #[serde(default = "default_keep_moved")]
     pub keep_moved_data_dirs: u32,
+}
+
+impl std::fmt::Debug for PostgresConfig {
+    /// As JSON, with the passwords redacted.
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        let mut v = serde_json::to_value(self).unwrap_or_default();
+        for key in ["replication_password", "superuser_password"] {
+            if let Some(field) = v.get_mut(key).filter(|f| !f.is_null()) {
+                *field = REDACTED.into();
+            }
+        }
+        write!(f, "PostgresConfig {v}")
+    }
 }
 
 fn default_keep_moved() -> u32 {
@@ -246,8 +291,8 @@ fn duration_opt<'de, D: Deserializer<'de>>(d: D) -> Result<Option<Duration>, D::
         .map_err(|e| serde::de::Error::custom(format!("bad duration {s:?} ({e}); write e.g. \"250ms\" or \"2s\"")))
 }
 
-/// The checked configuration the daemon runs with.
-#[derive(Debug, Clone)]
+/// The checked configuration the daemon runs with. `Debug` shows no secret.
+#[derive(Clone)]
 pub struct Settings {
     pub raw: Config,
     pub timings: Timings,
@@ -258,6 +303,22 @@ pub struct Settings {
     pub superuser_password: Option<String>,
     /// The API's bearer token, read from `api.token_file` where configured.
     pub api_token: Option<Secret>,
+    /// The `[tls]` table with its files read and checked. None: plain text.
+    pub tls: Option<crate::tls::Tls>,
+}
+
+impl std::fmt::Debug for Settings {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("Settings")
+            .field("raw", &self.raw)
+            .field("timings", &self.timings)
+            .field("advertise", &self.advertise)
+            .field("replication_password", &REDACTED)
+            .field("superuser_password", &self.superuser_password.as_ref().map(|_| REDACTED))
+            .field("api_token", &self.api_token)
+            .field("tls", &self.tls)
+            .finish()
+    }
 }
 
 impl Settings {
@@ -323,7 +384,15 @@ pub fn load(path: &Path) -> Result<Settings, ConfigError> {
 }
 
 /// Environment variables the command line reads for itself; they are not config keys.
-pub const CLI_VARIABLES: &[&str] = &["PGVIGIL_PEER", "PGVIGIL_BIN", "PGVIGIL_ENDPOINT", "PGVIGIL_TOKEN"];
+pub const CLI_VARIABLES: &[&str] = &[
+    "PGVIGIL_PEER",
+    "PGVIGIL_BIN",
+    "PGVIGIL_ENDPOINT",
+    "PGVIGIL_TOKEN",
+    "PGVIGIL_CACERT",
+    "PGVIGIL_CERT",
+    "PGVIGIL_KEY",
+];
 
 fn env_overrides() -> std::collections::HashMap<String, String> {
     std::env::vars().filter(|(k, _)| k.starts_with("PGVIGIL_") && !CLI_VARIABLES.contains(&k.as_str())).collect()
@@ -415,6 +484,10 @@ pub fn check(raw: Config) -> Result<Settings, ConfigError> {
             token.map(Secret)
         }
     };
+    let tls = match &raw.tls {
+        Some(cfg) => Some(crate::tls::Tls::load(cfg, &advertise)?),
+        None => None,
+    };
     let (replication_password, superuser_password) = match (&raw.kind, &raw.postgres) {
         (MemberKind::Postgres, None) => return Err(bad("postgres", "a postgres member needs a [postgres] section")),
         (MemberKind::Postgres, Some(pg)) => {
@@ -437,7 +510,7 @@ pub fn check(raw: Config) -> Result<Settings, ConfigError> {
         }
         (MemberKind::Witness, _) => (String::new(), None),
     };
-    Ok(Settings { raw, timings, advertise, replication_password, superuser_password, api_token })
+    Ok(Settings { raw, timings, advertise, replication_password, superuser_password, api_token, tls })
 }
 
 #[cfg(test)]

@@ -122,6 +122,11 @@ fn the_api_token_comes_from_the_file_and_never_shows() {
     assert_eq!(inline.redacted_json()["postgres"]["replication_password"], REDACTED);
     assert_eq!(inline.redacted_json()["timing"]["lease_timeout"], "2s");
     assert!(format!("{:?}", inline.raw.api).contains(REDACTED));
+    let with_su =
+        load_str(&GOOD.replace("port = 6001", "port = 6001\nsuperuser_password = \"su-s3cret\"")).expect("loads");
+    let debug = format!("{with_su:?}");
+    assert!(!debug.contains("\"secret\"") && !debug.contains("su-s3cret"), "Debug hides the passwords: {debug}");
+    assert!(debug.contains("6001"), "{debug}");
     // No [api]: no HTTP API, no token.
     assert!(load_str(GOOD).expect("loads").api_token.is_none());
 }

@@ -104,9 +104,13 @@ pub async fn run(settings: Settings, shutdown: CancellationToken) -> anyhow::Res
     let peers: HashMap<u64, (String, String)> =
         raw.members.iter().map(|m| (vigil_core::node_id(&m.name), (m.name.clone(), m.address.clone()))).collect();
     let t = &settings.timings;
+    crate::tls::install_provider();
+    // Plain or TLS, by the `[tls]` table; the Raft transport gets channels of its own.
+    let peer_clients = || settings.tls.as_ref().map_or_else(PeerClients::new, |tls| tls.peer_clients());
     let cfg = RaftConfig {
         id: vigil_core::node_id(&raw.name),
-        peers: peers.iter().map(|(id, (_, addr))| (*id, format!("http://{addr}"))).collect::<BTreeMap<_, _>>(),
+        peers: peers.iter().map(|(id, (_, addr))| (*id, addr.clone())).collect::<BTreeMap<_, _>>(),
+        clients: peer_clients(),
         dir: raw.state_dir.join("raft"),
         tick: t.raft_tick,
         election_ticks: t.election_ticks as usize,
@@ -122,7 +126,7 @@ pub async fn run(settings: Settings, shutdown: CancellationToken) -> anyhow::Res
         settings: settings.clone(),
         raft,
         coordinator: Mutex::new(coordinator),
-        clients: PeerClients::new(),
+        clients: peer_clients(),
         peers,
         pg_status: watch::Sender::new(PgStatus::default()),
         lease: Default::default(),
@@ -162,7 +166,14 @@ pub async fn run(settings: Settings, shutdown: CancellationToken) -> anyhow::Res
         MemberKind::Witness => tokio::spawn(agent::run_witness(shared.clone(), tasks_token.clone())),
     };
     let api_listen = raw.api.as_ref().map(|a| a.listen.as_str()).unwrap_or("none");
-    tracing::info!(listen = %raw.listen, api = %api_listen, "pgvigil started");
+    let tls = settings.tls.as_ref();
+    let security = match tls {
+        None => "plain text",
+        Some(t) if t.peer_mtls => "TLS, mutual on the peer port",
+        Some(_) => "TLS",
+    };
+    let api_scheme = if tls.is_some_and(|t| t.api) { "https" } else { "http" };
+    tracing::info!(listen = %raw.listen, api = %api_listen, api_scheme, "pgvigil started ({security})");
 
     shutdown.cancelled().await;
     tracing::info!("shutting down");

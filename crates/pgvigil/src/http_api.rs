@@ -1,5 +1,6 @@
 //! The HTTP API (axum) of one member: health checks for load balancers ([`crate::health`]),
-//! the cluster view, history, effective config, Prometheus metrics, and pause/resume.
+//! the cluster view, history, effective config, Prometheus metrics, and pause/resume; over https
+//! when `tls.api` is on.
 //!
 //! Handlers are thin: they gather what this member knows ([`Snapshot`]) and hand it to pure
 //! functions. Mutating requests need `Authorization: Bearer <api.token>` (401 otherwise, and
@@ -39,7 +40,15 @@ pub async fn serve(shared: Shr, listener: tokio::net::TcpListener, shutdown: Can
             }
         }
     });
-    axum::serve(listener, router(shared)).with_graceful_shutdown(shutdown.cancelled_owned()).await?;
+    let tls = shared.settings.tls.as_ref().filter(|t| t.api).map(|t| t.api_server_config());
+    let app = router(shared);
+    match tls {
+        Some(config) => {
+            let listener = crate::tls::TlsListener::new(listener, config.map_err(anyhow::Error::msg)?)?;
+            axum::serve(listener, app).with_graceful_shutdown(shutdown.cancelled_owned()).await?
+        }
+        None => axum::serve(listener, app).with_graceful_shutdown(shutdown.cancelled_owned()).await?,
+    }
     let _ = upkeep.await;
     Ok(())
 }
@@ -161,7 +170,7 @@ pub async fn view(shared: &Shared) -> View {
     let status = shared.raft.status().borrow().clone();
     if !status.is_leader {
         if let Some((_, addr)) = shared.leader() {
-            match list::fetch(addr).await {
+            match list::fetch_with(&shared.clients, addr).await {
                 Ok(v) => return v,
                 Err(e) => tracing::debug!("cannot ask the coordinator at {addr}: {e:#}"),
             }

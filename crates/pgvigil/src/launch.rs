@@ -8,7 +8,9 @@ use std::process::{Child, Command, Stdio};
 use std::time::{Duration, Instant};
 use vigil_core::MemberKind;
 
+use crate::client::Api;
 use crate::list::{self, View};
+use vigil_raft::PeerClients;
 
 #[derive(Clone, Debug)]
 pub struct MemberSpec {
@@ -38,6 +40,25 @@ pub struct ClusterSpec {
     pub log_level: String,
     /// Every member's `api.token`.
     pub api_token: String,
+    /// TLS on the peer port and the API; the files (see [`ClusterSpec::ca_file`]) are written
+    /// by whoever prepares the cluster, before it starts. None: plain text.
+    pub tls: Option<TlsSpec>,
+}
+
+/// The `[tls]` table of every member of a launched cluster.
+#[derive(Clone, Debug)]
+pub struct TlsSpec {
+    pub peer_mtls: bool,
+    /// The HTTP API serves https.
+    pub api: bool,
+    pub api_verify_client: bool,
+}
+
+impl Default for TlsSpec {
+    /// Mutual TLS on the peer port, https on the API without client certificates.
+    fn default() -> Self {
+        TlsSpec { peer_mtls: true, api: true, api_verify_client: false }
+    }
 }
 
 /// A free TCP port on 127.0.0.1 (bound and released; good enough for tests and the demo).
@@ -76,6 +97,7 @@ impl ClusterSpec {
             superuser_password: "pgvigil".into(),
             log_level: "info".into(),
             api_token: "pgvigil-local-token".into(),
+            tls: None,
         })
     }
 
@@ -99,9 +121,56 @@ impl ClusterSpec {
         self.member(name).map(|m| format!("127.0.0.1:{}", m.peer_port))
     }
 
-    /// The HTTP API endpoint (`host:port`) of a member.
+    /// The HTTP API endpoint of a member: `host:port`, or `https://host:port` when it serves TLS.
     pub fn api_address(&self, name: &str) -> Option<String> {
-        self.member(name).map(|m| format!("127.0.0.1:{}", m.api_port))
+        let scheme = if self.tls.as_ref().is_some_and(|t| t.api) { "https://" } else { "" };
+        self.member(name).map(|m| format!("{scheme}127.0.0.1:{}", m.api_port))
+    }
+
+    /// The CA certificate every member trusts (PEM), when `tls` is set.
+    pub fn ca_file(&self) -> PathBuf {
+        self.dir.join("tls").join("ca.pem")
+    }
+
+    /// A member's certificate (PEM; it must name 127.0.0.1 and allow server and client auth).
+    pub fn cert_file(&self, name: &str) -> PathBuf {
+        self.dir.join("tls").join(format!("{name}.pem"))
+    }
+
+    pub fn key_file(&self, name: &str) -> PathBuf {
+        self.dir.join("tls").join(format!("{name}-key.pem"))
+    }
+
+    /// The certificate the launcher's own clients present (mutual TLS), and its key.
+    pub fn client_cert_files(&self) -> (PathBuf, PathBuf) {
+        (self.cert_file("client"), self.key_file("client"))
+    }
+
+    /// Clients of the members' peer ports: plain, or TLS with the CA and the launcher's client
+    /// certificate.
+    pub fn peer_clients(&self) -> anyhow::Result<PeerClients> {
+        if self.tls.is_none() {
+            return Ok(PeerClients::new());
+        }
+        let read = |p: PathBuf| std::fs::read(&p).with_context(|| format!("read {}", p.display()));
+        let (cert, key) = self.client_cert_files();
+        let tls = tonic::transport::ClientTlsConfig::new()
+            .ca_certificate(tonic::transport::Certificate::from_pem(read(self.ca_file())?))
+            .identity(tonic::transport::Identity::from_pem(read(cert)?, read(key)?));
+        Ok(PeerClients::with_tls(tls))
+    }
+
+    /// A client of a member's HTTP API: plain, or https trusting the CA and presenting the
+    /// launcher's client certificate.
+    pub fn api_client(&self, name: &str) -> anyhow::Result<Api> {
+        let endpoint = self.api_address(name).with_context(|| format!("no member {name}"))?;
+        if !self.tls.as_ref().is_some_and(|t| t.api) {
+            return Api::plain(&endpoint);
+        }
+        let read = |p: PathBuf| std::fs::read(&p).with_context(|| format!("read {}", p.display()));
+        let (cert, key) = self.client_cert_files();
+        let config = crate::tls::client_config(&read(self.ca_file())?, Some((&read(cert)?, &read(key)?)))?;
+        Api::new(&endpoint, Some(config))
     }
 
     /// The TOML configuration of one member.
@@ -143,6 +212,18 @@ impl ClusterSpec {
         }
         t.push_str(&format!("\n[log]\nlevel = {:?}\n", self.log_level));
         t.push_str(&format!("\n[api]\nlisten = \"127.0.0.1:{}\"\ntoken = {:?}\n", m.api_port, self.api_token));
+        if let Some(tls) = &self.tls {
+            t.push_str(&format!(
+                "\n[tls]\nca_file = {ca:?}\ncert_file = {cert:?}\nkey_file = {key:?}\npeer_mtls = {mtls}\napi = {api}\n\
+                 api_verify_client = {verify}\n",
+                ca = self.ca_file().display().to_string(),
+                cert = self.cert_file(&m.name).display().to_string(),
+                key = self.key_file(&m.name).display().to_string(),
+                mtls = tls.peer_mtls,
+                api = tls.api,
+                verify = tls.api_verify_client,
+            ));
+        }
         t
     }
 }
@@ -233,9 +314,10 @@ impl LocalCluster {
     /// The cluster as the coordinator sees it, asked through any member that answers.
     pub async fn view(&self) -> anyhow::Result<View> {
         let mut last = anyhow::anyhow!("no member is running");
+        let clients = self.spec.peer_clients()?;
         for name in self.children.keys() {
             if let Some(addr) = self.spec.peer_address(name) {
-                match list::fetch(&addr).await {
+                match list::fetch_with(&clients, &addr).await {
                     Ok(v) => return Ok(v),
                     Err(e) => last = e,
                 }

@@ -11,6 +11,7 @@
 //! - [`http_api`]: the HTTP API (axum); [`health`]: its load-balancer checks as pure functions;
 //!   `admin`: pause/resume, carried out by the coordinator (forwarded to it by other members);
 //!   `telemetry`: Prometheus metrics.
+//! - [`tls`]: the `[tls]` table checked, TLS for the peer port and the API (rustls, ring).
 //! - [`list`]: the cluster view and its table; [`cli`] + [`client`]: the verbs that talk to the
 //!   HTTP API; [`demo`]: the `demo` command. [`logging`]: tracing setup (member and epoch on every line).
 
@@ -32,3 +33,4 @@ pub mod logging;
 mod peer_service;
 mod replicated;
 mod telemetry;
+pub mod tls;

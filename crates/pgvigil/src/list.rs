@@ -25,14 +25,19 @@ async fn get_state(clients: &PeerClients, addr: &str) -> anyhow::Result<proto::S
     Ok(reply.into_inner())
 }
 
-/// Ask `addr`, then the coordinator it names (only the coordinator has the reports).
+/// Ask `addr` over plain text, then the coordinator it names (only the coordinator has the
+/// reports).
 pub async fn fetch(addr: &str) -> anyhow::Result<View> {
-    let clients = PeerClients::new();
-    let mut reply = get_state(&clients, addr).await?;
+    fetch_with(&PeerClients::new(), addr).await
+}
+
+/// [`fetch`] over `clients` (plain or TLS).
+pub async fn fetch_with(clients: &PeerClients, addr: &str) -> anyhow::Result<View> {
+    let mut reply = get_state(clients, addr).await?;
     if !reply.leader_address.is_empty() && reply.leader_address != addr {
         // A coordinator that just died is still named until the next election: then show the
         // committed state as `addr` has it, without reports.
-        if let Ok(r) = get_state(&clients, &reply.leader_address.clone()).await {
+        if let Ok(r) = get_state(clients, &reply.leader_address.clone()).await {
             reply = r;
         }
     }

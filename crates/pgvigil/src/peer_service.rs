@@ -1,4 +1,5 @@
-//! The peer gRPC service: Raft messages, health reports, state queries, forwarded admin requests.
+//! The peer gRPC service: Raft messages, health reports, state queries, forwarded admin requests;
+//! over TLS (optionally mutual) when the `[tls]` table is there.
 
 use crate::admin;
 use crate::convert;
@@ -58,7 +59,12 @@ pub async fn serve(
     shutdown: CancellationToken,
 ) -> anyhow::Result<()> {
     let incoming = tokio_stream::wrappers::TcpListenerStream::new(listener);
-    tonic::transport::Server::builder()
+    let mut server = tonic::transport::Server::builder();
+    if let Some(tls) = &shared.settings.tls {
+        // With peer_mtls, a client without a certificate from the CA fails the handshake.
+        server = server.tls_config(tls.peer_server())?;
+    }
+    server
         .add_service(
             // A Raft snapshot travels in one message; the client side allows the same size.
             PeerServer::new(PeerService { shared })

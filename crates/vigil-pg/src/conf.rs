@@ -83,17 +83,42 @@ pub fn check_guc_name(name: &str) -> anyhow::Result<()> {
     Ok(())
 }
 
-/// The `primary_conninfo` a standby of `upstream` uses.
+/// The password file (libpq's `passfile`) that `primary_conninfo` names, in the data directory.
+/// The replication password stays out of `primary_conninfo`, which the server prints into its log
+/// whenever the setting changes (a follow after a failover).
+pub const PASSFILE: &str = "pgvigil.pgpass";
+
+/// The one line of the password file: the replication user's password, for any host, port and
+/// database (`replication` included). `\` and `:` are escaped; a line break cannot be written.
+pub fn passfile_line(user: &str, password: &str) -> anyhow::Result<String> {
+    let escape = |v: &str| v.replace('\\', "\\\\").replace(':', "\\:");
+    anyhow::ensure!(
+        !user.contains(['\n', '\r']) && !password.contains(['\n', '\r']),
+        "the replication user or password contains a line break, which a password file cannot hold"
+    );
+    Ok(format!("*:*:*:{}:{}\n", escape(user), escape(password)))
+}
+
+/// Write `<data_dir>/pgvigil.pgpass` (mode 0600 and owned by PostgreSQL's user: libpq ignores a
+/// password file that others may read).
+pub fn write_passfile(settings: &PgSettings) -> anyhow::Result<()> {
+    let line = passfile_line(&settings.replication_user, &settings.replication_password)?;
+    write_file_atomic(&settings.data_dir.join(PASSFILE), line.as_bytes(), 0o600, settings.run_as)
+        .context("write the replication password file")
+}
+
+/// The `primary_conninfo` a standby of `upstream` uses; the password comes from [`PASSFILE`]
+/// (see [`write_passfile`]).
 pub fn primary_conninfo(settings: &PgSettings, upstream: &Upstream) -> String {
     // Short connect timeout and TCP keepalives: after a failover the walreceiver must notice a dead
     // upstream and reach the new one in seconds, not after the kernel's minutes-long retries.
     format!(
-        "host={} port={} user={} password={} application_name={} connect_timeout=2 \
+        "host={} port={} user={} passfile={} application_name={} connect_timeout=2 \
          keepalives=1 keepalives_idle=5 keepalives_interval=2 keepalives_count=3",
         quote_conninfo(&upstream.host),
         upstream.port,
         quote_conninfo(&settings.replication_user),
-        quote_conninfo(&settings.replication_password),
+        quote_conninfo(&settings.data_dir.join(PASSFILE).display().to_string()),
         quote_conninfo(&settings.member),
     )
 }
@@ -195,6 +220,13 @@ mod tests {
         assert_eq!(quote_guc("plain"), "'plain'");
         assert_eq!(quote_guc("it's"), "'it''s'");
         assert_eq!(quote_guc(r"a\b"), r"'a\\b'");
+    }
+
+    #[test]
+    fn password_file_lines() {
+        assert_eq!(passfile_line("replicator", "pw").ok().as_deref(), Some("*:*:*:replicator:pw\n"));
+        assert_eq!(passfile_line("r:e", r"p\w:d").ok().as_deref(), Some("*:*:*:r\\:e:p\\\\w\\:d\n"));
+        assert!(passfile_line("replicator", "two\nlines").is_err());
     }
 
     #[test]

@@ -5,7 +5,7 @@ use std::time::{Duration, Instant};
 
 use anyhow::Context as _;
 
-use crate::conf::{quote_literal, set_auto_conf, standby_settings};
+use crate::conf::{quote_literal, set_auto_conf, standby_settings, write_passfile};
 use crate::datadir::{create_dir_owned, ensure_empty, fsync_parent, sibling, write_file_atomic};
 use crate::error::PgError;
 use crate::initdb::quiet_session;
@@ -165,11 +165,12 @@ impl Postgres {
         Ok(())
     }
 
-    /// While stopped: make the data directory a standby of `primary` (`standby.signal`, and
-    /// `primary_conninfo` / `primary_slot_name` in `postgresql.auto.conf`).
+    /// While stopped: make the data directory a standby of `primary` (`standby.signal`, the
+    /// password file, and `primary_conninfo` / `primary_slot_name` in `postgresql.auto.conf`).
     pub fn configure_standby(&self, primary: &Upstream, slot: &str) -> anyhow::Result<()> {
         let s = self.settings();
         self.require_stopped_cluster()?;
+        write_passfile(s)?;
         set_auto_conf(&s.data_dir, &standby_settings(s, primary, slot), s.run_as)?;
         write_file_atomic(&s.data_dir.join("standby.signal"), b"", 0o600, s.run_as)?;
         Ok(())
@@ -187,6 +188,7 @@ impl Postgres {
             return Err(PgError::NotStandby.into());
         }
         quiet_session(&client).await?;
+        write_passfile(s)?;
         // One statement per call: ALTER SYSTEM refuses to run inside a (multi-statement) transaction.
         for (name, value) in standby_settings(s, primary, slot) {
             client

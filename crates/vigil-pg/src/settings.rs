@@ -22,7 +22,8 @@ impl RunAs {
     }
 }
 
-#[derive(Clone, Debug)]
+/// `Debug` shows no password.
+#[derive(Clone)]
 pub struct PgSettings {
     /// This member's name: `application_name` in `primary_conninfo` and `cluster_name`.
     pub member: String,
@@ -47,6 +48,28 @@ pub struct PgSettings {
     pub hba_extra: Vec<String>,
     /// Extra GUCs written into `postgresql.conf` at initdb (so clones inherit them).
     pub parameters: Vec<(String, String)>,
+}
+
+impl std::fmt::Debug for PgSettings {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        const REDACTED: &str = "<redacted>";
+        f.debug_struct("PgSettings")
+            .field("member", &self.member)
+            .field("bin_dir", &self.bin_dir)
+            .field("data_dir", &self.data_dir)
+            .field("listen_address", &self.listen_address)
+            .field("port", &self.port)
+            .field("socket_dir", &self.socket_dir)
+            .field("run_as", &self.run_as)
+            .field("superuser", &self.superuser)
+            .field("superuser_password", &self.superuser_password.as_ref().map(|_| REDACTED))
+            .field("replication_user", &self.replication_user)
+            .field("replication_password", &REDACTED)
+            .field("log_file", &self.log_file)
+            .field("hba_extra", &self.hba_extra)
+            .field("parameters", &self.parameters)
+            .finish()
+    }
 }
 
 /// A primary to stream from.

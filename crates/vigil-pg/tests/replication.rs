@@ -147,6 +147,12 @@ async fn standby_follows_a_new_primary() {
     let auto = std::fs::read_to_string(c.settings().data_dir.join("postgresql.auto.conf")).expect("auto.conf");
     assert!(auto.contains(&format!("port={}", b.settings().port)), "{auto}");
     assert!(!auto.contains(&format!("port={}", a.settings().port)), "{auto}");
+    // The password lives in the password file, never in primary_conninfo (the server logs that
+    // setting when it changes).
+    let password = &c.settings().replication_password;
+    assert!(!auto.contains(password.as_str()), "{auto}");
+    let log = std::fs::read_to_string(&c.settings().log_file).expect("c's log");
+    assert!(log.contains("primary_conninfo") && !log.contains(password.as_str()), "password in the log:\n{log}");
 
     exec(&b, "INSERT INTO t VALUES (2, 'on b after promotion')").await;
     wait_for!("b's row on c", SOON, has_rows(&c, "SELECT 1 FROM t WHERE id = 2").await);

@@ -9,7 +9,8 @@
 //! - `handle.rs`: [`RaftHandle`], the cheap cloneable front of that task (mpsc requests with
 //!   oneshot replies, `watch` channels for status and the applied state machine).
 //! - `storage.rs` (+ `record.rs` for the on-disk framing): the durable `raft::Storage`.
-//! - `transport.rs`: [`PeerClients`] (cached lazy channels) and one outbound task per peer.
+//! - `transport.rs`: [`PeerClients`] (cached lazy channels, plain or TLS) and one outbound task
+//!   per peer.
 //! - `slog_bridge.rs`: forwards raft-rs' slog records to `tracing`.
 //!
 //! The gRPC server is not here: the daemon implements the whole `Peer` service and its `raft`
@@ -52,8 +53,12 @@ pub trait StateMachine: Clone + Send + Sync + 'static {
 pub struct RaftConfig {
     /// This node, non-zero.
     pub id: u64,
-    /// Every voter including self: id -> gRPC endpoint, e.g. `http://127.0.0.1:7001`.
+    /// Every voter including self: id -> gRPC address, `host:port` (the scheme follows
+    /// `clients`) or a URL such as `http://127.0.0.1:7001`.
     pub peers: BTreeMap<u64, String>,
+    /// The outbound channels raft messages travel on: [`PeerClients::new`] for plain text,
+    /// [`PeerClients::with_tls`] for TLS. Give the node its own (it keeps one channel per peer).
+    pub clients: PeerClients,
     /// Durable state directory, created if missing.
     pub dir: PathBuf,
     /// e.g. 100ms.

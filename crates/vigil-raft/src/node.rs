@@ -19,7 +19,7 @@ use tracing::Instrument;
 
 use crate::handle::{RaftHandle, Request};
 use crate::storage::DiskStorage;
-use crate::transport::{PeerClients, Transport};
+use crate::transport::Transport;
 use crate::{slog_bridge, RaftConfig, RaftError, RaftStatus, StateMachine};
 
 /// Requests waiting for the node task. Handles wait (`send().await`) when it is full.
@@ -74,7 +74,7 @@ pub async fn start<S: StateMachine>(
     let (state_tx, state) = watch::channel(sm.clone());
     let span = tracing::info_span!("raft", member = cfg.id);
     let transport =
-        span.in_scope(|| Transport::start(cfg.id, &cfg.peers, PeerClients::new(), tx.clone(), shutdown.child_token()));
+        span.in_scope(|| Transport::start(cfg.id, &cfg.peers, cfg.clients.clone(), tx.clone(), shutdown.child_token()));
     let node = Node {
         id: cfg.id,
         raw,

@@ -1,5 +1,5 @@
 //! Outbound raft messages: one task per peer draining a bounded queue into the `raft` RPC, and
-//! [`PeerClients`], the cache of lazily connected channels it (and the daemon) uses.
+//! [`PeerClients`], the cache of lazily connected channels it (and the daemon) uses, plain or TLS.
 //!
 //! The node task only ever `try_send`s into a peer's queue: a slow or dead peer costs dropped
 //! messages (raft retransmits), never a stalled node.
@@ -15,7 +15,7 @@ use raft::SnapshotStatus;
 use tokio::sync::mpsc;
 use tokio::task::JoinSet;
 use tokio_util::sync::CancellationToken;
-use tonic::transport::{Channel, Endpoint};
+use tonic::transport::{Channel, ClientTlsConfig, Endpoint};
 use tracing::Instrument;
 
 use crate::handle::Request;
@@ -29,34 +29,62 @@ const MAX_MESSAGE_BYTES: usize = 64 << 20;
 /// Per-peer queue. Raft sends little; a full queue means the peer is not keeping up.
 const PEER_QUEUE: usize = 256;
 
-/// Lazily connected, cached tonic channels to peers by address. Channels reconnect on their
-/// own after failures; clones share the cache. `client` must be called inside a tokio runtime.
+/// Lazily connected, cached tonic channels to peers by address, plain (`http`) or over TLS
+/// (`https`, see [`PeerClients::with_tls`]). Channels reconnect on their own after failures;
+/// clones share the cache. `client` must be called inside a tokio runtime.
 #[derive(Clone, Default)]
 pub struct PeerClients {
     channels: Arc<Mutex<HashMap<String, Channel>>>,
+    tls: Option<ClientTlsConfig>,
 }
 
 impl PeerClients {
+    /// Plain-text channels (`http://`).
     pub fn new() -> Self {
         Self::default()
     }
 
-    /// A client for the peer at `addr` (e.g. `http://127.0.0.1:7001`). Connect timeout 500 ms,
-    /// request timeout 1 s. Fails only if `addr` is not a valid URI.
+    /// Channels over TLS (`https://`): `tls` names the CA that peers' certificates must chain to
+    /// and, for mutual TLS, this member's identity. The server name checked is the host of the
+    /// address (an IP address or a DNS name), unless `tls` sets one. The TLS handshake must end
+    /// within the connect timeout.
+    pub fn with_tls(tls: ClientTlsConfig) -> Self {
+        PeerClients { channels: Default::default(), tls: Some(tls.timeout(CONNECT_TIMEOUT)) }
+    }
+
+    pub fn is_tls(&self) -> bool {
+        self.tls.is_some()
+    }
+
+    /// The URL of the peer at `addr`: a bare `host:port` (how members are configured) gets the
+    /// scheme of these clients; a URL must use it.
+    pub fn url(&self, addr: &str) -> anyhow::Result<String> {
+        let scheme = if self.is_tls() { "https" } else { "http" };
+        match addr.split_once("://") {
+            None => Ok(format!("{scheme}://{addr}")),
+            Some((s, _)) if s == scheme => Ok(addr.to_string()),
+            Some(_) => anyhow::bail!("peer address {addr:?}: these clients speak {scheme}"),
+        }
+    }
+
+    /// A client for the peer at `addr` (`host:port` or a URL, see [`PeerClients::url`]).
+    /// Connect timeout 500 ms, request timeout 1 s. Fails only if `addr` is not a valid URI
+    /// (or its scheme is not these clients').
     pub fn client(&self, addr: &str) -> anyhow::Result<PeerClient<Channel>> {
         // A poisoned lock only means another thread panicked while inserting: the map is fine.
         let mut channels = self.channels.lock().unwrap_or_else(|poisoned| poisoned.into_inner());
         let channel = match channels.get(addr) {
             Some(ch) => ch.clone(),
             None => {
-                // Accept a bare "host:port" (how members are configured) as well as a URL.
-                let url = if addr.contains("://") { addr.to_string() } else { format!("http://{addr}") };
-                let ch = Endpoint::from_shared(url)
+                let mut endpoint = Endpoint::from_shared(self.url(addr)?)
                     .with_context(|| format!("invalid peer address {addr:?}"))?
                     .connect_timeout(CONNECT_TIMEOUT)
                     .timeout(REQUEST_TIMEOUT)
-                    .tcp_nodelay(true)
-                    .connect_lazy();
+                    .tcp_nodelay(true);
+                if let Some(tls) = &self.tls {
+                    endpoint = endpoint.tls_config(tls.clone()).with_context(|| format!("TLS for peer {addr:?}"))?;
+                }
+                let ch = endpoint.connect_lazy();
                 channels.insert(addr.to_string(), ch.clone());
                 ch
             }
@@ -191,5 +219,21 @@ impl PeerSender {
                 }
             }
         }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn peer_urls_follow_the_clients_scheme() {
+        let plain = PeerClients::new();
+        assert_eq!(plain.url("10.0.0.1:7000").ok().as_deref(), Some("http://10.0.0.1:7000"));
+        assert_eq!(plain.url("http://db1:7000").ok().as_deref(), Some("http://db1:7000"));
+        assert!(plain.url("https://db1:7000").is_err());
+        let tls = PeerClients::with_tls(ClientTlsConfig::new());
+        assert_eq!(tls.url("db1:7000").ok().as_deref(), Some("https://db1:7000"));
+        assert!(tls.url("http://db1:7000").is_err(), "never plain text when TLS is on");
     }
 }

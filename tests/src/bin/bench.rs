@@ -6,10 +6,16 @@
 //! write on the new primary, and how many acknowledged rows are missing on it afterwards.
 //!
 //! `... -- idle [SECONDS]`: RSS and CPU of one idle daemon of a healthy cluster over SECONDS (60).
+//!
+//! `... -- health [plain|tls] [SECONDS]`: latency of the health endpoints (`/primary` on the
+//! primary, `/replica` on a standby) under about 200 requests/s from `wrk` (20 connections, each
+//! waiting 100 ms between requests: `bench/health-rate.lua`), over SECONDS (30); then the rate
+//! the endpoint takes flat out (20 connections, no wait, 10 s). `tls`: the cluster runs with
+//! mutual TLS between members and https on the API.
 
 use std::sync::{Arc, Mutex};
 use std::time::{Duration, Instant};
-use vigil_tests::{healthy, TestCluster};
+use vigil_tests::{healthy, TestCluster, TlsSpec};
 
 #[derive(Default)]
 struct Log {
@@ -149,6 +155,107 @@ async fn idle(seconds: u64) -> anyhow::Result<()> {
     Ok(())
 }
 
+/// What `wrk --latency` printed, in milliseconds and requests.
+#[derive(Debug, Default)]
+struct WrkRun {
+    p50: f64,
+    p90: f64,
+    p99: f64,
+    max: f64,
+    requests: u64,
+    rate: f64,
+    non_2xx: u64,
+    socket_errors: String,
+}
+
+/// `250.00us`, `1.20ms`, `2.00s` in milliseconds.
+fn wrk_ms(v: &str) -> Option<f64> {
+    let (n, scale) = if let Some(n) = v.strip_suffix("us") {
+        (n, 0.001)
+    } else if let Some(n) = v.strip_suffix("ms") {
+        (n, 1.0)
+    } else if let Some(n) = v.strip_suffix('s') {
+        (n, 1000.0)
+    } else {
+        (v, 1.0)
+    };
+    n.parse::<f64>().ok().map(|n| n * scale)
+}
+
+fn parse_wrk(out: &str) -> WrkRun {
+    let mut r = WrkRun { socket_errors: "none".into(), ..Default::default() };
+    for line in out.lines().map(str::trim) {
+        let f: Vec<&str> = line.split_whitespace().collect();
+        match f.as_slice() {
+            ["50%", v] => r.p50 = wrk_ms(v).unwrap_or(f64::NAN),
+            ["90%", v] => r.p90 = wrk_ms(v).unwrap_or(f64::NAN),
+            ["99%", v] => r.p99 = wrk_ms(v).unwrap_or(f64::NAN),
+            ["Latency", _avg, _stdev, max, _] => r.max = wrk_ms(max).unwrap_or(f64::NAN),
+            [n, "requests", "in", ..] => r.requests = n.parse().unwrap_or(0),
+            ["Requests/sec:", v] => r.rate = v.parse().unwrap_or(f64::NAN),
+            ["Non-2xx", "or", "3xx", "responses:", n] => r.non_2xx = n.parse().unwrap_or(0),
+            _ if line.starts_with("Socket errors:") => r.socket_errors = line["Socket errors:".len()..].trim().into(),
+            _ => {}
+        }
+    }
+    r
+}
+
+/// Run wrk with 2 threads and `connections` connections for `seconds` against `url`; with
+/// `delay_ms`, each connection waits that long between requests (the rate-holding script).
+fn wrk(url: &str, seconds: u64, connections: u32, delay_ms: Option<u32>) -> anyhow::Result<WrkRun> {
+    let root = std::path::Path::new(env!("CARGO_MANIFEST_DIR")).parent().unwrap_or(std::path::Path::new("."));
+    let mut cmd = std::process::Command::new("wrk");
+    cmd.args(["-t2", &format!("-c{connections}"), &format!("-d{seconds}s"), "--latency", "--timeout", "2s"]);
+    if let Some(d) = delay_ms {
+        cmd.arg("-s").arg(root.join("bench/health-rate.lua")).env("DELAY_MS", d.to_string());
+    }
+    let out = cmd.arg(url).output().map_err(|e| anyhow::anyhow!("run wrk (apt-get install wrk): {e}"))?;
+    let text = String::from_utf8_lossy(&out.stdout).to_string();
+    anyhow::ensure!(out.status.success(), "wrk failed: {text}{}", String::from_utf8_lossy(&out.stderr));
+    Ok(parse_wrk(&text))
+}
+
+async fn health(tls: bool, seconds: u64) -> anyhow::Result<()> {
+    let t =
+        if tls { TestCluster::start_tls(3, 0, TlsSpec::default()).await? } else { TestCluster::start(3, 0).await? };
+    let v = t
+        .wait_for("coordinator off the primary", Duration::from_secs(20), |v| {
+            healthy(v) && !v.coordinator.is_empty() && v.state.primary.as_deref() != Some(v.coordinator.as_str())
+        })
+        .await?;
+    let primary = v.state.primary.clone().unwrap_or_default();
+    let standby = t.other_pg_members(&primary).remove(0);
+    t.wait_http(&primary, "/primary", 200, Duration::from_secs(30)).await?;
+    t.wait_http(&standby, "/replica", 200, Duration::from_secs(30)).await?;
+    let mode = if tls { "https (cluster with mutual TLS)" } else { "http" };
+    for (member, role, path) in [(&primary, "primary", "/primary"), (&standby, "standby", "/replica")] {
+        let base = t.api(member);
+        let url = if base.starts_with("https://") { format!("{base}{path}") } else { format!("http://{base}{path}") };
+        let held = wrk(&url, seconds, 20, Some(100))?;
+        println!(
+            "{mode} GET {path} on the {role}, ~200 req/s (20 connections x 1 request per 100 ms) for {seconds} s: \
+             {} requests, {:.1} req/s; latency p50 {:.2} ms, p90 {:.2} ms, p99 {:.2} ms, max {:.2} ms; \
+             non-2xx {}; socket errors {}",
+            held.requests, held.rate, held.p50, held.p90, held.p99, held.max, held.non_2xx, held.socket_errors
+        );
+        let flat = wrk(&url, 10, 20, None)?;
+        println!(
+            "{mode} GET {path} on the {role}, flat out (20 connections, no wait) for 10 s: {:.0} req/s; \
+             latency p50 {:.2} ms, p99 {:.2} ms; non-2xx {}; socket errors {}",
+            flat.rate, flat.p50, flat.p99, flat.non_2xx, flat.socket_errors
+        );
+    }
+    let after = t.view().await?;
+    println!(
+        "cluster after the runs: epoch {} (was {}), primary {:?}",
+        after.state.epoch,
+        v.state.epoch,
+        after.state.primary.as_deref().unwrap_or("none")
+    );
+    Ok(())
+}
+
 #[tokio::main]
 async fn main() -> anyhow::Result<()> {
     let args: Vec<String> = std::env::args().skip(1).collect();
@@ -169,7 +276,15 @@ async fn main() -> anyhow::Result<()> {
             println!("failover over {runs} runs: {}; acknowledged writes missing in all: {lost}", stats(&mut times));
         }
         Some("idle") => idle(args.get(1).and_then(|s| s.parse().ok()).unwrap_or(60)).await?,
-        _ => anyhow::bail!("usage: bench failover [RUNS] | bench idle [SECONDS]"),
+        Some("health") => {
+            let tls = match args.get(1).map(String::as_str) {
+                Some("tls") => true,
+                Some("plain") | None => false,
+                Some(other) => anyhow::bail!("health: plain or tls, not {other:?}"),
+            };
+            health(tls, args.get(2).and_then(|s| s.parse().ok()).unwrap_or(30)).await?
+        }
+        _ => anyhow::bail!("usage: bench failover [RUNS] | bench idle [SECONDS] | bench health [plain|tls] [SECONDS]"),
     }
     Ok(())
 }

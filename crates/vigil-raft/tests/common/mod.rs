@@ -252,6 +252,7 @@ pub async fn spawn_member(
         election_ticks: ELECTION_TICKS,
         heartbeat_ticks: 2,
         snapshot_threshold,
+        clients: vigil_raft::PeerClients::new(),
     };
     let (handle, node) = vigil_raft::start(cfg, TestSm::default(), token.clone()).await.unwrap();
     let service = PeerServer::new(TestPeer { handle: handle.clone() }).max_decoding_message_size(64 << 20);
