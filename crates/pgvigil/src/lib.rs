@@ -10,6 +10,7 @@
 //! - [`launch`]: start a cluster of local members as processes (used by `demo` and the tests).
 //! - [`http_api`]: the HTTP API (axum); [`health`]: its load-balancer checks as pure functions;
 //!   `admin`: pause/resume, carried out by the coordinator (forwarded to it by other members);
+//!   `requests`: switchover, failover, failback, reinit; `hooks`: event hooks;
 //!   `telemetry`: Prometheus metrics.
 //! - [`list`]: the cluster view and its table; [`cli`] + [`client`]: the verbs that talk to the
 //!   HTTP API; [`demo`]: the `demo` command. [`logging`]: tracing setup (member and epoch on every line).
@@ -24,6 +25,7 @@ mod coordination;
 pub mod daemon;
 pub mod demo;
 pub mod health;
+mod hooks;
 pub mod http_api;
 pub mod launch;
 pub mod list;
@@ -31,4 +33,5 @@ mod local;
 pub mod logging;
 mod peer_service;
 mod replicated;
+mod requests;
 mod telemetry;
