@@ -123,7 +123,12 @@ pub async fn run(shared: &Shared, action: Action, body: &[u8]) -> Answer {
         proto::AdminRequest { action: action.name().into(), body_json: String::from_utf8_lossy(body).into_owned() };
     let lease = shared.settings.timings.lease_timeout;
     let timeout = if action.is_pause() { lease * 2 } else { requests::wait_limit(shared, action.name()) + lease * 2 };
-    let reply = match shared.clients.client(&addr) {
+    let client = if action.is_pause() {
+        shared.clients.client(&addr)
+    } else {
+        vigil_raft::PeerClients::long_client(&addr, timeout)
+    };
+    let reply = match client {
         Ok(mut client) => tokio::time::timeout(timeout, client.admin(request)).await,
         Err(e) => return Answer::new(503, format!("cannot reach the coordinator {name} at {addr}: {e:#}")),
     };

@@ -199,7 +199,10 @@ impl Coordinator {
         if let Some(e) = candidate::exclusion(state, &self.seen(now, r), Some(p.wal_position()), limit) {
             return Some(why(&e, to));
         }
-        let streaming = r.report.pg.streaming && p.pg.replicas.iter().any(|x| x.member == to && x.streaming);
+        // Its own word is enough (the primary's list of WAL senders may lag a report behind): one
+        // that is not connected when the primary stops cannot catch up, and the switchover is
+        // cancelled, nothing lost.
+        let streaming = r.report.pg.streaming && r.report.pg.timeline == p.pg.timeline;
         (!streaming).then(|| format!("{to} is not streaming from {from}"))
     }
 

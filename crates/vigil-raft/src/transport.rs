@@ -49,22 +49,34 @@ impl PeerClients {
         let channel = match channels.get(addr) {
             Some(ch) => ch.clone(),
             None => {
-                // Accept a bare "host:port" (how members are configured) as well as a URL.
-                let url = if addr.contains("://") { addr.to_string() } else { format!("http://{addr}") };
-                let ch = Endpoint::from_shared(url)
-                    .with_context(|| format!("invalid peer address {addr:?}"))?
-                    .connect_timeout(CONNECT_TIMEOUT)
-                    .timeout(REQUEST_TIMEOUT)
-                    .tcp_nodelay(true)
-                    .connect_lazy();
+                let ch = channel(addr, REQUEST_TIMEOUT)?;
                 channels.insert(addr.to_string(), ch.clone());
                 ch
             }
         };
-        Ok(PeerClient::new(channel)
-            .max_decoding_message_size(MAX_MESSAGE_BYTES)
-            .max_encoding_message_size(MAX_MESSAGE_BYTES))
+        Ok(wrap(channel))
     }
+
+    /// A client on a channel of its own (not cached) whose requests may take up to `timeout`: for
+    /// a forwarded operator's request that answers once a switchover is done.
+    pub fn long_client(addr: &str, timeout: Duration) -> anyhow::Result<PeerClient<Channel>> {
+        Ok(wrap(channel(addr, timeout)?))
+    }
+}
+
+fn channel(addr: &str, timeout: Duration) -> anyhow::Result<Channel> {
+    // Accept a bare "host:port" (how members are configured) as well as a URL.
+    let url = if addr.contains("://") { addr.to_string() } else { format!("http://{addr}") };
+    Ok(Endpoint::from_shared(url)
+        .with_context(|| format!("invalid peer address {addr:?}"))?
+        .connect_timeout(CONNECT_TIMEOUT)
+        .timeout(timeout)
+        .tcp_nodelay(true)
+        .connect_lazy())
+}
+
+fn wrap(channel: Channel) -> PeerClient<Channel> {
+    PeerClient::new(channel).max_decoding_message_size(MAX_MESSAGE_BYTES).max_encoding_message_size(MAX_MESSAGE_BYTES)
 }
 
 /// The node task's side of the outbound transport.
