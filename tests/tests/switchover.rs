@@ -226,3 +226,22 @@ async fn reinit_reclones_a_standby_with_its_old_data_moved_aside() -> anyhow::Re
     assert!(r.message().contains("only a standby"), "{r:?}");
     Ok(())
 }
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_primary_that_loses_its_lease_runs_the_fence_hook() -> anyhow::Result<()> {
+    use nix::sys::signal::Signal;
+    let mut t = TestCluster::prepare(3, 0, with_hooks)?;
+    t.cluster.start_all()?;
+    let v = t.wait_for("a healthy cluster", CONVERGE, healthy).await?;
+    let primary = v.state.primary.clone().expect("primary");
+    let others = t.other_pg_members(&primary);
+    for o in &others {
+        t.cluster.signal(o, Signal::SIGSTOP)?;
+    }
+    let fenced = wait_hook(&t, &format!("fence {primary} fenced 1")).await;
+    for o in &others {
+        t.cluster.signal(o, Signal::SIGCONT)?;
+    }
+    fenced?;
+    Ok(())
+}
