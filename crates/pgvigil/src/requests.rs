@@ -132,6 +132,17 @@ pub fn wait_limit(shared: &Shared, action: &str) -> Duration {
 
 /// On the coordinator: check, propose, and wait for the outcome.
 pub async fn execute(shared: &Shared, action: &str, req: Request) -> Answer {
+    let t = &shared.settings.timings;
+    // A new coordinator may not have applied everything its predecessor committed until a quorum
+    // confirms it (ReadIndex), and has no reports yet: check the request against neither.
+    if let Err(e) = shared.raft.confirm_leadership(t.lease_timeout).await {
+        return Answer::new(503, format!("the coordinator's leadership is not confirmed ({e}); try again"));
+    }
+    let settle = t.loop_interval * 2;
+    let young = shared.coordinator().leader_for(Instant::now()).and_then(|age| settle.checked_sub(age));
+    if let Some(left) = young {
+        tokio::time::sleep(left).await;
+    }
     let state = shared.committed();
     let decision = shared.coordinator().request(Instant::now(), &state, &req, wall_ms());
     let cmd = match decision {

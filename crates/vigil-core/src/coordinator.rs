@@ -88,6 +88,11 @@ impl Coordinator {
         self.leader_since.is_some()
     }
 
+    /// How long this member has been the coordinator (None: it is not).
+    pub fn leader_for(&self, now: Instant) -> Option<std::time::Duration> {
+        self.leader_since.map(|t| now.saturating_duration_since(t))
+    }
+
     /// Tell the coordinator whether this member is the Raft leader now (`Some(term)`) or not. A
     /// new leadership (or a new term, even if the change between two calls was missed) starts the
     /// full promotion wait; losing it forgets everything, since another coordinator may act meanwhile.

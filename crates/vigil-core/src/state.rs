@@ -275,6 +275,10 @@ impl ClusterState {
                 if self.paused == *paused {
                     return Ok(());
                 }
+                // A paused agent leaves PostgreSQL as it is: a started switchover would hang.
+                if let Some(s) = self.switchover.as_ref().filter(|s| *paused && s.started) {
+                    return Err(Rejected::SwitchoverPending(s.id));
+                }
                 self.paused = *paused;
                 let (kind, what) = if *paused {
                     (EventKind::Paused, "automatic failover off")

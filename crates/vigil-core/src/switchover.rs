@@ -199,11 +199,11 @@ impl Coordinator {
         if let Some(e) = candidate::exclusion(state, &self.seen(now, r), Some(p.wal_position()), limit) {
             return Some(why(&e, to));
         }
-        // Its own word is enough (the primary's list of WAL senders may lag a report behind): one
-        // that is not connected when the primary stops cannot catch up, and the switchover is
-        // cancelled, nothing lost.
-        let streaming = r.report.pg.streaming && r.report.pg.timeline == p.pg.timeline;
-        (!streaming).then(|| format!("{to} is not streaming from {from}"))
+        // Its own word is enough (the primary's list of WAL senders may lag a report behind, and a
+        // standby that just followed a timeline switch may still show the old timeline): one that
+        // cannot follow the primary's last WAL never catches up, and the switchover is cancelled
+        // with nothing lost. Completion checks the timeline.
+        (!r.report.pg.streaming).then(|| format!("{to} is not streaming from {from}"))
     }
 
     /// Why `to` cannot be promoted by a forced failover now, if it cannot: a running standby

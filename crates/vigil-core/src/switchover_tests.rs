@@ -151,6 +151,8 @@ fn a_planned_switchover_completes_on_a_clean_stop_and_a_caught_up_candidate() {
     s.apply(&begin).expect("begin");
     let id = s.switchover.as_ref().map(|x| x.id).expect("pending");
     assert_eq!(s.history.last().map(|e| e.kind), Some(EventKind::Requested));
+    let pause = Command::SetPaused { paused: true, reason: String::new(), at_unix_ms: 0 };
+    assert_eq!(s.apply(&pause), Err(Rejected::SwitchoverPending(id)), "no pause in the middle of a switchover");
 
     // The old primary's agent stops for it; b's agent does nothing special.
     let local_a = LocalMemory { primary_epoch: Some(1), ..Default::default() };
