@@ -191,6 +191,14 @@ impl TestCluster {
         self.spec().api_client(member)?.request(method, path, token, body, Duration::from_secs(10)).await
     }
 
+    /// `POST path` with the cluster's token and a JSON body, waiting up to two minutes (a
+    /// switchover or a reinit answers once it is done).
+    pub async fn post(&self, member: &str, path: &str, body: &str) -> anyhow::Result<Reply> {
+        let token = self.token();
+        pgvigil::client::request(&self.api(member), "POST", path, Some(&token), Some(body), Duration::from_secs(120))
+            .await
+    }
+
     pub async fn get(&self, member: &str, path: &str) -> anyhow::Result<Reply> {
         self.http(member, "GET", path, None, None).await
     }
@@ -230,9 +238,9 @@ impl TestCluster {
         if let Some(mut input) = child.stdin.take() {
             input.write_all(stdin.as_bytes()).await?;
         }
-        let out = tokio::time::timeout(Duration::from_secs(30), child.wait_with_output())
+        let out = tokio::time::timeout(Duration::from_secs(150), child.wait_with_output())
             .await
-            .context("the CLI did not finish within 30 s")??;
+            .context("the CLI did not finish within 150 s")??;
         Ok(out)
     }
 

@@ -1,10 +1,12 @@
-//! Operators' requests that change the cluster (pause, resume). The coordinator carries them
+//! Operators' requests that change the cluster: pause, resume, and the role changes of
+//! [`crate::requests`] (switchover, failover, failback, reinit). The coordinator carries them
 //! out; any other member forwards them to it over the peer service's `Admin` RPC, so a request
 //! works whichever member it is sent to. The token is checked by the member that took the HTTP
 //! request; the peer port is trusted as it is for Raft messages.
 
 use crate::coordination::wall_ms;
 use crate::daemon::Shared;
+use crate::requests;
 use serde::Deserialize;
 use serde_json::{json, Value};
 use vigil_core::Command;
@@ -14,22 +16,56 @@ use vigil_raft::{proto, RaftError};
 pub enum Action {
     Pause,
     Resume,
+    Switchover,
+    Failover,
+    Failback,
+    Reinit,
+    CancelSwitchover,
 }
+
+const ACTIONS: [Action; 7] = [
+    Action::Pause,
+    Action::Resume,
+    Action::Switchover,
+    Action::Failover,
+    Action::Failback,
+    Action::Reinit,
+    Action::CancelSwitchover,
+];
 
 impl Action {
     pub fn name(self) -> &'static str {
         match self {
             Action::Pause => "pause",
             Action::Resume => "resume",
+            Action::Switchover => "switchover",
+            Action::Failover => "failover",
+            Action::Failback => "failback",
+            Action::Reinit => "reinit",
+            Action::CancelSwitchover => "cancel_switchover",
         }
     }
 
     fn parse(name: &str) -> Option<Action> {
-        match name {
-            "pause" => Some(Action::Pause),
-            "resume" => Some(Action::Resume),
-            _ => None,
-        }
+        ACTIONS.into_iter().find(|a| a.name() == name)
+    }
+
+    fn is_pause(self) -> bool {
+        matches!(self, Action::Pause | Action::Resume)
+    }
+}
+
+/// A parsed request body.
+enum Body {
+    Pause(PauseBody),
+    Request(vigil_core::Request),
+}
+
+fn parse_any(action: Action, body: &[u8]) -> Result<Body, String> {
+    if action.is_pause() {
+        parse_body(body).map(Body::Pause)
+    } else {
+        requests::parse(action.name(), body, requests::now_ms()).map(Body::Request)
     }
 }
 
@@ -55,7 +91,7 @@ impl Answer {
         Answer { status, body: json!({ "status": kind, "message": message.into() }) }
     }
 
-    fn with(mut self, key: &str, value: impl Into<Value>) -> Answer {
+    pub fn with(mut self, key: &str, value: impl Into<Value>) -> Answer {
         if let Some(o) = self.body.as_object_mut() {
             o.insert(key.into(), value.into());
         }
@@ -73,7 +109,7 @@ pub fn parse_body(body: &[u8]) -> Result<PauseBody, String> {
 
 /// Take a request on this member: carry it out if it is the coordinator, else forward it.
 pub async fn run(shared: &Shared, action: Action, body: &[u8]) -> Answer {
-    let parsed = match parse_body(body) {
+    let parsed = match parse_any(action, body) {
         Ok(b) => b,
         Err(e) => return Answer::new(400, e),
     };
@@ -85,8 +121,11 @@ pub async fn run(shared: &Shared, action: Action, body: &[u8]) -> Answer {
     };
     let request =
         proto::AdminRequest { action: action.name().into(), body_json: String::from_utf8_lossy(body).into_owned() };
-    let timeout = shared.settings.timings.lease_timeout * 2;
-    let reply = match shared.clients.client(&addr) {
+    let lease = shared.settings.timings.lease_timeout;
+    let timeout = if action.is_pause() { lease * 2 } else { requests::wait_limit(shared, action.name()) + lease * 2 };
+    let client =
+        if action.is_pause() { shared.clients.client(&addr) } else { shared.clients.long_client(&addr, timeout) };
+    let reply = match client {
         Ok(mut client) => tokio::time::timeout(timeout, client.admin(request)).await,
         Err(e) => return Answer::new(503, format!("cannot reach the coordinator {name} at {addr}: {e:#}")),
     };
@@ -107,7 +146,7 @@ pub async fn run_forwarded(shared: &Shared, action: &str, body_json: &str) -> An
     let Some(action) = Action::parse(action) else {
         return Answer::new(400, format!("unknown action {action:?}"));
     };
-    let parsed = match parse_body(body_json.as_bytes()) {
+    let parsed = match parse_any(action, body_json.as_bytes()) {
         Ok(b) => b,
         Err(e) => return Answer::new(400, e),
     };
@@ -117,7 +156,14 @@ pub async fn run_forwarded(shared: &Shared, action: &str, body_json: &str) -> An
     execute(shared, action, parsed).await
 }
 
-async fn execute(shared: &Shared, action: Action, body: PauseBody) -> Answer {
+async fn execute(shared: &Shared, action: Action, body: Body) -> Answer {
+    match body {
+        Body::Pause(b) => pause(shared, action, b).await,
+        Body::Request(r) => requests::execute(shared, action.name(), r).await,
+    }
+}
+
+async fn pause(shared: &Shared, action: Action, body: PauseBody) -> Answer {
     let paused = action == Action::Pause;
     let done = |shared: &Shared, message: &str| {
         let s = shared.committed();
@@ -125,6 +171,9 @@ async fn execute(shared: &Shared, action: Action, body: PauseBody) -> Answer {
     };
     if shared.committed().paused == paused {
         return done(shared, if paused { "already paused" } else { "not paused" });
+    }
+    if let Some(s) = shared.committed().switchover.as_ref().filter(|s| paused && s.started) {
+        return Answer::new(409, format!("{} is under way; pause once it has ended", s.describe()));
     }
     let cmd = Command::SetPaused { paused, reason: body.reason, at_unix_ms: wall_ms() };
     tracing::warn!(command = ?cmd, "operator request: {}", action.name());
@@ -160,5 +209,8 @@ mod tests {
         assert_eq!(Answer::new(200, "fine").body["status"], "ok");
         assert_eq!(Action::parse("pause"), Some(Action::Pause));
         assert_eq!(Action::parse("reboot"), None);
+        for a in ACTIONS {
+            assert_eq!(Action::parse(a.name()), Some(a));
+        }
     }
 }

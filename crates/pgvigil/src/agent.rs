@@ -1,22 +1,25 @@
 //! The agent's IO shell: observe PostgreSQL, report to the coordinator, hold the lease, and carry
 //! out what the pure reconciler ([`vigil_core::agent::reconcile`]) decides.
 //!
-//! Two tasks: the *reporter* sends a report every loop (at once when the committed state changes),
-//! keeps the lease, and fences PostgreSQL the moment the lease runs out, however busy the other task
-//! is; the *reconciler* observes PostgreSQL and acts, one action at a time (a clone can take long).
+//! Two tasks: the *reporter* sends a report every loop (at once when the committed state changes,
+//! and five times as often while a switchover runs), keeps the lease, and fences PostgreSQL the
+//! moment the lease runs out, however busy the other task is; the *reconciler* observes PostgreSQL
+//! and acts, one action at a time (a clone can take long). Each wakes the other when waiting would
+//! only add latency: a clean stop for a switchover is reported at once, a new lease acted on at once.
 
 use crate::daemon::Shared;
+use crate::hooks::{Details, Event};
 use crate::local::LocalFile;
 use crate::{convert, coordination};
 use anyhow::Context;
 use std::sync::atomic::{AtomicU64, Ordering};
 use std::sync::{Arc, Mutex};
 use std::time::{Duration, Instant};
-use tokio::sync::watch;
+use tokio::sync::{watch, Notify};
 use tokio_util::sync::CancellationToken;
 use vigil_core::agent::{divergence, reconcile, AgentAction, AgentInput};
-use vigil_core::report::{RejoinMethod, RejoinRecord, ReplicaStatus};
-use vigil_core::{DataDir, HealthReport, Lease, LocalMemory, MemberKind, PgStatus, Upstream};
+use vigil_core::report::{RejoinMethod, RejoinRecord, ReplicaStatus, SwitchoverStop};
+use vigil_core::{ClusterState, DataDir, EventKind, HealthReport, Lease, LocalMemory, MemberKind, PgStatus, Upstream};
 use vigil_pg::{DataDirState, Fencer, Observation, PgSettings, Postgres, RunAs, StopMode};
 
 /// A standby not streaming for this long gets its timeline checked against the primary's.
@@ -30,11 +33,22 @@ struct Link {
     /// the lease for it is gone.
     acting_epoch: Arc<AtomicU64>,
     fencer: Option<Fencer>,
+    /// The reconciler asks for a report now.
+    report_now: Arc<Notify>,
+    /// The reporter asks the reconciler to look again now (a lease was granted).
+    reconcile_now: Arc<Notify>,
 }
 
 pub async fn run_witness(shared: Arc<Shared>, shutdown: CancellationToken) -> anyhow::Result<()> {
     let status = shared.pg_status.subscribe();
-    let link = Link { status, lease: shared.lease.clone(), acting_epoch: Default::default(), fencer: None };
+    let link = Link {
+        status,
+        lease: shared.lease.clone(),
+        acting_epoch: Default::default(),
+        fencer: None,
+        report_now: Default::default(),
+        reconcile_now: Default::default(),
+    };
     reporter(shared, link, shutdown).await;
     Ok(())
 }
@@ -80,6 +94,8 @@ pub async fn run(shared: Arc<Shared>, shutdown: CancellationToken) -> anyhow::Re
         lease: shared.lease.clone(),
         acting_epoch: Arc::new(AtomicU64::new(memory.primary_epoch.unwrap_or(0))),
         fencer: Some(pg.fencer()),
+        report_now: Default::default(),
+        reconcile_now: Default::default(),
     };
     let mut agent = Agent {
         shared: shared.clone(),
@@ -99,6 +115,9 @@ pub async fn run(shared: Arc<Shared>, shutdown: CancellationToken) -> anyhow::Re
         not_streaming_since: None,
         divergence_checked: None,
         sync_seen: None,
+        report_now: link.report_now.clone(),
+        reconcile_now: link.reconcile_now.clone(),
+        last_role: None,
     };
     let reporter = tokio::spawn(reporter(shared.clone(), link, shutdown.clone()));
     agent.reconcile_loop(&shutdown).await;
@@ -153,6 +172,10 @@ struct Agent {
     divergence_checked: Option<Instant>,
     /// `synchronous_standby_names` as PostgreSQL ran with it at the last observation.
     sync_seen: Option<String>,
+    report_now: Arc<Notify>,
+    reconcile_now: Arc<Notify>,
+    /// The role PostgreSQL last ran in ("primary", "replica"), for the role-change hook.
+    last_role: Option<&'static str>,
 }
 
 fn wall_ms() -> u64 {
@@ -169,6 +192,7 @@ impl Agent {
             tokio::select! {
                 _ = shutdown.cancelled() => return,
                 _ = tokio::time::sleep(pause) => {}
+                _ = self.reconcile_now.notified(), if failures == 0 => {}
                 r = state_rx.changed(), if failures == 0 => if r.is_err() { return },
             }
             match self.step().await {
@@ -201,6 +225,7 @@ impl Agent {
             self.acting_epoch.store(0, Ordering::SeqCst);
         }
         self.check_divergence(&state, &obs, now).await;
+        self.role_hook(&state, &obs);
         self.sync_seen = obs.sync_standby_names.clone();
         let is_primary_now = obs.running && !obs.in_recovery;
         let mut pg = PgStatus {
@@ -225,6 +250,7 @@ impl Agent {
                 .filter(|_| is_primary_now)
                 .and_then(vigil_core::sync::parse_setting),
             last_rejoin: self.last_rejoin.clone(),
+            switchover_stop: self.memory.switchover_stop.clone().filter(|s| s.lsn != 0 && !obs.running),
         };
         let lease_valid = self.lease.lock().unwrap_or_else(|p| p.into_inner()).valid(state.epoch, now);
         let actions = reconcile(&AgentInput {
@@ -236,14 +262,38 @@ impl Agent {
             local: &self.memory,
             diverged: self.diverged.as_deref(),
         });
-        self.needs_rejoin =
-            actions.iter().any(|a| matches!(a, AgentAction::NeedsRejoin(_) | AgentAction::Rejoin { .. }));
+        self.needs_rejoin = actions.iter().any(|a| {
+            matches!(a, AgentAction::NeedsRejoin(_) | AgentAction::Rejoin { .. } | AgentAction::Reinit { .. })
+        });
         pg.needs_rejoin = self.needs_rejoin;
         self.status_tx.send_replace(pg);
         for action in actions {
-            self.act(action, state.epoch).await?;
+            self.act(action, &state).await?;
         }
         Ok(())
+    }
+
+    /// `on_role_change` when PostgreSQL runs in another role than at the last observation.
+    fn role_hook(&mut self, state: &ClusterState, obs: &Observation) {
+        let role = match (obs.running, obs.in_recovery) {
+            (true, false) => "primary",
+            (true, true) => "replica",
+            _ => return,
+        };
+        if let Some(previous) = self.last_role.filter(|r| *r != role) {
+            tracing::info!(epoch = state.epoch, "role changed from {previous} to {role}");
+            self.shared.hooks.fire(
+                Event::RoleChange,
+                Details {
+                    role: role.into(),
+                    previous_role: previous.into(),
+                    epoch: state.epoch,
+                    primary: state.primary.clone().unwrap_or_default(),
+                    reason: String::new(),
+                },
+            );
+        }
+        self.last_role = Some(role);
     }
 
     fn note(&mut self, level: tracing::Level, text: String) {
@@ -261,7 +311,8 @@ impl Agent {
         self.local.save(&self.memory).context("save local memory")
     }
 
-    async fn act(&mut self, action: AgentAction, epoch: u64) -> anyhow::Result<()> {
+    async fn act(&mut self, action: AgentAction, state: &ClusterState) -> anyhow::Result<()> {
+        let epoch = state.epoch;
         let up = |u: &Upstream| vigil_pg::Upstream { host: u.host.clone(), port: u.port };
         let started = Instant::now();
         match action {
@@ -272,6 +323,16 @@ impl Agent {
             AgentAction::Fence(why) => {
                 tracing::warn!(epoch, "fencing PostgreSQL: {why}");
                 self.pg.stop(StopMode::Immediate).await.context("fence (immediate stop)")?;
+                self.shared.hooks.fire(
+                    Event::Fence,
+                    Details {
+                        role: "fenced".into(),
+                        epoch,
+                        primary: state.primary.clone().unwrap_or_default(),
+                        reason: why,
+                        ..Default::default()
+                    },
+                );
             }
             AgentAction::MarkPrimary(e) => {
                 self.remember(|m| {
@@ -293,6 +354,7 @@ impl Agent {
                 self.pg.set_sync_standby_names(&sync).await.context("set synchronous_standby_names")?;
                 self.pg.promote(Duration::from_secs(60)).await.context("promote")?;
                 tracing::warn!(epoch, took_ms = started.elapsed().as_millis() as u64, "promoted to primary");
+                promotion_hook(&self.shared, state);
             }
             AgentAction::PrimaryHousekeeping { slots, sync } => {
                 if self.sync_seen.as_deref() != Some(sync.as_str()) {
@@ -317,16 +379,107 @@ impl Agent {
             }
             AgentAction::ConfigureStandby { from, slot } => {
                 self.pg.configure_standby(&up(&from), &slot).context("write standby configuration")?;
-                self.remember(|m| m.upstream = Some(from))?;
+                if let Some(stop) = &self.memory.switchover_stop {
+                    tracing::warn!(
+                        epoch,
+                        "stopped cleanly at {} for switchover {}: following {}:{} without a rewind",
+                        vigil_core::format_lsn(stop.lsn),
+                        stop.id,
+                        from.host,
+                        from.port
+                    );
+                }
+                // A standby's data directory now: what it was as a primary no longer matters.
+                self.remember(|m| {
+                    m.upstream = Some(from);
+                    m.primary_epoch = None;
+                    m.switchover_stop = None;
+                })?;
             }
             AgentAction::Follow { from, slot } => {
                 self.pg.follow(&up(&from), &slot).await.context("follow the new primary")?;
                 tracing::info!(epoch, "now following {}:{}", from.host, from.port);
                 self.remember(|m| m.upstream = Some(from))?;
             }
+            AgentAction::StopForSwitchover { epoch, id } => self.stop_for_switchover(epoch, id).await?,
+            AgentAction::ForgetSwitchover => {
+                if let Some(stop) = &self.memory.switchover_stop {
+                    tracing::warn!(epoch, "switchover {} did not happen: carrying on as the primary", stop.id);
+                }
+                self.remember(|m| m.switchover_stop = None)?;
+            }
+            AgentAction::Reinit { from, slot, id } => self.reinit(&from, &slot, id, epoch).await?,
         }
         Ok(())
     }
+
+    /// The old primary of switchover `id`: promise (locally, durably) not to start as primary of
+    /// `epoch` again, checkpoint, shut down cleanly, and report where the shutdown checkpoint is.
+    async fn stop_for_switchover(&mut self, epoch: u64, id: u64) -> anyhow::Result<()> {
+        if self.memory.switchover_stop.as_ref().map(|s| (s.epoch, s.id)) != Some((epoch, id)) {
+            self.remember(|m| m.switchover_stop = Some(SwitchoverStop { epoch, id, lsn: 0, timeline: 0 }))?;
+        }
+        let started = Instant::now();
+        if self.pg.is_running_child() || vigil_pg::process::live_postmaster(&self.pg.settings().data_dir).is_some() {
+            tracing::warn!(epoch, id, "switchover: checkpoint, then a clean (fast) shutdown");
+            // Writes go on during this checkpoint, so the shutdown's own checkpoint is short.
+            if let Err(e) = self.pg.checkpoint(Duration::from_secs(10)).await {
+                tracing::warn!(epoch, id, "switchover: CHECKPOINT before the shutdown failed: {e:#}");
+            }
+            let checkpointed_ms = started.elapsed().as_millis() as u64;
+            self.pg.stop(StopMode::Fast).await.context("switchover: fast shutdown")?;
+            tracing::warn!(
+                epoch,
+                id,
+                checkpointed_ms,
+                took_ms = started.elapsed().as_millis() as u64,
+                "switchover: stopped"
+            );
+        }
+        let control = self.pg.control_data().await.context("switchover: read the control file")?;
+        anyhow::ensure!(
+            control.shut_down_cleanly(),
+            "switchover: PostgreSQL is down but not cleanly shut down (control file: {:?})",
+            control.state
+        );
+        let stop = SwitchoverStop { epoch, id, lsn: control.checkpoint_lsn, timeline: control.timeline };
+        tracing::warn!(
+            epoch,
+            id,
+            "switchover: cleanly shut down at {} on timeline {}",
+            vigil_core::format_lsn(stop.lsn),
+            stop.timeline
+        );
+        self.remember(|m| m.switchover_stop = Some(stop.clone()))?;
+        self.status_tx.send_modify(|s| {
+            s.running = false;
+            s.switchover_stop = Some(stop);
+        });
+        self.report_now.notify_one();
+        Ok(())
+    }
+}
+
+/// `on_failover` / `on_switchover` on the new primary, from the event that made its epoch.
+fn promotion_hook(shared: &Shared, state: &ClusterState) {
+    let event = state
+        .history
+        .iter()
+        .rev()
+        .take_while(|e| e.epoch == state.epoch)
+        .find(|e| matches!(e.kind, EventKind::Failover | EventKind::Switchover));
+    let Some(e) = event else { return };
+    let hook = if e.kind == EventKind::Switchover { Event::Switchover } else { Event::Failover };
+    shared.hooks.fire(
+        hook,
+        Details {
+            role: "primary".into(),
+            previous_role: "replica".into(),
+            epoch: state.epoch,
+            primary: shared.name().to_string(),
+            reason: e.detail.clone(),
+        },
+    );
 }
 
 impl Agent {
@@ -396,6 +549,7 @@ impl Agent {
                         ok: false,
                         took_ms: started.elapsed().as_millis() as u64,
                         detail: format!("{detail}; clone failed: {}", first_line(&format!("{e:#}"))),
+                        reinit: None,
                     });
                     return Err(e.context("rejoin: clone"));
                 }
@@ -404,13 +558,69 @@ impl Agent {
         };
         let took_ms = started.elapsed().as_millis() as u64;
         tracing::warn!(epoch, ?method, took_ms, "rejoined as a standby of {}:{}", from.host, from.port);
-        self.last_rejoin = Some(RejoinRecord { started_unix_ms, method, ok: true, took_ms, detail });
+        self.last_rejoin = Some(RejoinRecord { started_unix_ms, method, ok: true, took_ms, detail, reinit: None });
         self.diverged = None;
         self.not_streaming_since = None;
         self.remember(|m| {
             m.primary_epoch = None;
+            m.switchover_stop = None;
             m.upstream = Some(from.clone());
         })
+    }
+
+    /// An operator's reinit request: stop, move the data directory aside (never deleted here),
+    /// clone again. Acted on once (`reinit_done` is remembered once the data is moved aside); the
+    /// outcome goes into the history as a re-clone.
+    async fn reinit(&mut self, from: &Upstream, slot: &str, id: u64, epoch: u64) -> anyhow::Result<()> {
+        let up = vigil_pg::Upstream { host: from.host.clone(), port: from.port };
+        // Nothing is touched unless the primary is there to clone from.
+        self.pg.timeline_history(&up).await.context("reinit: the primary is not ready")?;
+        let started = Instant::now();
+        let started_unix_ms = wall_ms();
+        tracing::warn!(
+            epoch,
+            id,
+            "re-initialising on request: moving the data directory aside, cloning from {}:{}",
+            from.host,
+            from.port
+        );
+        self.pg.stop(StopMode::Fast).await.context("reinit: stop PostgreSQL")?;
+        let moved = match self.pg.data_dir_state() {
+            vigil_pg::DataDirState::Empty => None,
+            _ => Some(self.pg.move_aside().context("reinit: move the data directory aside")?),
+        };
+        let keep = self.shared.settings.raw.postgres.as_ref().map_or(2, |p| p.keep_moved_data_dirs) as usize;
+        if let Err(e) = vigil_pg::datadir::prune_moved(&self.pg.settings().data_dir, keep) {
+            tracing::warn!("pruning old moved-aside data directories: {e:#}");
+        }
+        self.remember(|m| {
+            m.reinit_done = Some(id);
+            m.primary_epoch = None;
+            m.switchover_stop = None;
+            m.upstream = None;
+        })?;
+        let cloned = self.pg.clone_from(&up, slot).await;
+        let mut detail = format!("reinit {id} requested by the operator");
+        if let Some(moved) = &moved {
+            detail.push_str(&format!("; old data moved to {}", moved.display()));
+        }
+        if let Err(e) = &cloned {
+            detail.push_str(&format!("; clone failed: {}", first_line(&format!("{e:#}"))));
+        }
+        let took_ms = started.elapsed().as_millis() as u64;
+        self.last_rejoin = Some(RejoinRecord {
+            started_unix_ms,
+            method: RejoinMethod::Reclone,
+            ok: cloned.is_ok(),
+            took_ms,
+            detail,
+            reinit: Some(id),
+        });
+        cloned.context("reinit: clone")?;
+        tracing::warn!(epoch, id, took_ms, "re-initialised: cloned from {}:{}", from.host, from.port);
+        self.diverged = None;
+        self.not_streaming_since = None;
+        self.remember(|m| m.upstream = Some(from.clone()))
     }
 }
 
@@ -418,9 +628,10 @@ fn first_line(s: &str) -> &str {
     s.lines().next().unwrap_or_default()
 }
 
-/// Report every loop (at once on a state change), keep the lease, fence when it runs out.
+/// Report every loop (at once on a state change or when the reconciler asks), keep the lease,
+/// fence when it runs out.
 async fn reporter(shared: Arc<Shared>, link: Link, shutdown: CancellationToken) {
-    let interval = shared.settings.timings.loop_interval;
+    let base = shared.settings.timings.loop_interval;
     let mut state_rx = shared.raft.state();
     let mut next = Instant::now();
     loop {
@@ -432,16 +643,34 @@ async fn reporter(shared: Arc<Shared>, link: Link, shutdown: CancellationToken) 
         let force = tokio::select! {
             _ = shutdown.cancelled() => return,
             _ = tokio::time::sleep_until(wake.into()) => false,
+            _ = link.report_now.notified() => true,
             r = state_rx.changed() => if r.is_err() { return } else { true },
         };
         if force || Instant::now() >= next {
-            next = Instant::now() + interval;
-            send_report(&shared, &link, shared.committed().epoch).await;
+            // While a switchover runs, the coordinator waits for the old primary's and the
+            // candidate's next reports: report more often.
+            let switching = state_rx.borrow().state.switchover.as_ref().is_some_and(|s| s.started);
+            next = Instant::now() + if switching { base / 5 } else { base };
+            let epoch = shared.committed().epoch;
+            let held = shared.lease_valid(epoch, Instant::now());
+            send_report(&shared, &link, epoch).await;
+            if !held && shared.lease_valid(epoch, Instant::now()) {
+                link.reconcile_now.notify_one();
+            }
         }
         let acting = link.acting_epoch.load(Ordering::SeqCst);
         let lease_ok = link.lease.lock().unwrap_or_else(|p| p.into_inner()).valid(acting, Instant::now());
         if acting != 0 && !lease_ok && link.fencer.as_ref().is_some_and(|f| f.fence_now()) {
             tracing::warn!(epoch = acting, "lease expired: PostgreSQL fenced (immediate shutdown)");
+            shared.hooks.fire(
+                Event::Fence,
+                Details {
+                    role: "fenced".into(),
+                    epoch: acting,
+                    reason: "the primary lease expired".into(),
+                    ..Default::default()
+                },
+            );
         }
     }
 }

@@ -1,8 +1,10 @@
 //! The command line's verbs that talk to the HTTP API of any member: `list`, `pause`, `resume`,
-//! `history`. The endpoint comes from `--endpoint` / `PGVIGIL_ENDPOINT`, else from a member's
-//! config file (`--config`, its `api.listen`), else `127.0.0.1:8008`; the token from `--token` /
-//! `PGVIGIL_TOKEN`, else from that config file. For https the CA comes from `--cacert` (with
-//! `--cert`/`--key` to present a client certificate), else from that config file's `[tls]`.
+//! `history`, `switchover`, `failover`, `failback`, `reinit`. The endpoint comes from `--endpoint`
+//! / `PGVIGIL_ENDPOINT`, else from a member's config file (`--config`, its `api.listen`), else
+//! `127.0.0.1:8008`; the token from `--token` / `PGVIGIL_TOKEN`, else from that config file. For
+//! https the CA comes from `--cacert` (with `--cert`/`--key` to present a client certificate),
+//! else from that config file's `[tls]`. Verbs that change the cluster ask for confirmation
+//! unless `--force`.
 
 use crate::client::{Api, Reply};
 use crate::config;
@@ -71,6 +73,59 @@ pub struct ResumeArgs {
     pub api: ApiArgs,
     #[arg(long)]
     pub reason: Option<String>,
+}
+
+#[derive(clap::Args, Debug)]
+pub struct SwitchoverArgs {
+    #[command(flatten)]
+    pub api: ApiArgs,
+    /// The member to hand over to (default: the best standby).
+    #[arg(long)]
+    pub candidate: Option<String>,
+    /// The current primary, as you expect it: refused if it is another.
+    #[arg(long)]
+    pub primary: Option<String>,
+    /// Start at this time (RFC 3339, e.g. 2030-01-02T03:04:05Z) instead of now.
+    #[arg(long)]
+    pub at: Option<String>,
+    /// Cancel the pending (e.g. scheduled) switchover instead.
+    #[arg(long, conflicts_with_all = ["candidate", "primary", "at"])]
+    pub cancel: bool,
+    /// Do not ask for confirmation.
+    #[arg(long)]
+    pub force: bool,
+}
+
+#[derive(clap::Args, Debug)]
+pub struct FailoverArgs {
+    #[command(flatten)]
+    pub api: ApiArgs,
+    /// The standby to promote.
+    #[arg(long)]
+    pub candidate: String,
+    #[arg(long)]
+    pub force: bool,
+}
+
+#[derive(clap::Args, Debug)]
+pub struct FailbackArgs {
+    #[command(flatten)]
+    pub api: ApiArgs,
+    /// Start at this time (RFC 3339) instead of now.
+    #[arg(long)]
+    pub at: Option<String>,
+    #[arg(long)]
+    pub force: bool,
+}
+
+#[derive(clap::Args, Debug)]
+pub struct ReinitArgs {
+    #[command(flatten)]
+    pub api: ApiArgs,
+    /// The standby to re-initialise.
+    pub member: String,
+    #[arg(long)]
+    pub force: bool,
 }
 
 /// Endpoint, TLS and token after flags, environment and config file.
@@ -231,16 +286,116 @@ async fn mutate(t: &Target, path: &str, reason: Option<String>) -> anyhow::Resul
         }
         tokio::time::sleep(Duration::from_millis(500)).await;
     };
+    show(t, &r, path)
+}
+
+/// Print the answer (its message, or the JSON with `--output json`); an error unless 2xx.
+fn show(t: &Target, r: &Reply, path: &str) -> anyhow::Result<()> {
     match t.output {
         Output::Json => println!("{}", if r.json.is_null() { r.text.clone() } else { r.json.to_string() }),
+        Output::Table if r.status == 202 => println!("{} (in progress)", r.message()),
         Output::Table if r.ok() => println!("{}", r.message()),
         Output::Table => {}
     }
     if r.ok() {
         Ok(())
     } else {
-        Err(fail(&r, path.trim_start_matches('/')))
+        Err(fail(r, path.trim_start_matches('/')))
     }
+}
+
+/// One request that changes who is primary (never retried: it may have been carried out); it
+/// answers once the change is done, so it may take a while.
+async fn role_change(
+    t: &Target,
+    method: &str,
+    path: &str,
+    body: serde_json::Value,
+    wait: Duration,
+) -> anyhow::Result<()> {
+    let body = body.to_string();
+    let r = t.api.request(method, path, t.token.as_deref(), Some(&body), wait).await?;
+    show(t, &r, path)
+}
+
+/// The primary as the cluster reports it, for the confirmation question ("?" if unknown).
+async fn current_primary(t: &Target) -> String {
+    let r = t.api.get("/cluster").await.ok();
+    r.and_then(|r| r.json.get("primary").and_then(|p| p.as_str()).map(str::to_string)).unwrap_or_else(|| "?".into())
+}
+
+fn ask(force: bool, question: &str, refused: &str) -> anyhow::Result<()> {
+    if !force && !confirm(question)? {
+        anyhow::bail!("{refused} (answer y, or pass --force)");
+    }
+    Ok(())
+}
+
+/// Switchovers and failovers answer when done: within `switchover_timeout` and a lease wait.
+const ROLE_CHANGE_WAIT: Duration = Duration::from_secs(90);
+/// A reinit answers when the clone is done (or after two minutes, in progress).
+const REINIT_WAIT: Duration = Duration::from_secs(150);
+
+pub async fn switchover(args: SwitchoverArgs) -> anyhow::Result<()> {
+    let t = target(&args.api)?;
+    if args.cancel {
+        ask(args.force, "Cancel the pending switchover?", "not cancelled")?;
+        return role_change(&t, "DELETE", "/switchover", serde_json::json!({}), ROLE_CHANGE_WAIT).await;
+    }
+    let primary = current_primary(&t).await;
+    let to = args.candidate.as_deref().unwrap_or("the best standby");
+    let when = args.at.as_deref().map_or("now".to_string(), |a| format!("at {a}"));
+    ask(
+        args.force,
+        &format!("Switch over from {primary} to {to} {when}? Writes stop for a moment; nothing acknowledged is lost."),
+        "no switchover",
+    )?;
+    let mut body = serde_json::Map::new();
+    for (k, v) in [("candidate", args.candidate), ("primary", args.primary), ("at", args.at)] {
+        if let Some(v) = v {
+            body.insert(k.into(), v.into());
+        }
+    }
+    role_change(&t, "POST", "/switchover", body.into(), ROLE_CHANGE_WAIT).await
+}
+
+pub async fn failover(args: FailoverArgs) -> anyhow::Result<()> {
+    let t = target(&args.api)?;
+    let primary = current_primary(&t).await;
+    ask(
+        args.force,
+        &format!(
+            "Force a failover from {primary} to {}? {primary} loses its lease (it is stopped if it still runs), and              commits it has that {} lacks are lost. For a healthy primary, use `pgvigil switchover`.",
+            args.candidate, args.candidate
+        ),
+        "no failover",
+    )?;
+    role_change(&t, "POST", "/failover", serde_json::json!({ "candidate": args.candidate }), ROLE_CHANGE_WAIT).await
+}
+
+pub async fn failback(args: FailbackArgs) -> anyhow::Result<()> {
+    let t = target(&args.api)?;
+    let primary = current_primary(&t).await;
+    ask(
+        args.force,
+        &format!("Switch over from {primary} back to the preferred (or previous) primary?"),
+        "no failback",
+    )?;
+    let body = match args.at {
+        Some(at) => serde_json::json!({ "at": at }),
+        None => serde_json::json!({}),
+    };
+    role_change(&t, "POST", "/failback", body, ROLE_CHANGE_WAIT).await
+}
+
+pub async fn reinit(args: ReinitArgs) -> anyhow::Result<()> {
+    let t = target(&args.api)?;
+    ask(
+        args.force,
+        &format!("Re-initialise {}? Its data directory is moved aside and cloned again from the primary.", args.member),
+        "not re-initialised",
+    )?;
+    role_change(&t, "POST", "/reinit", serde_json::json!({ "member": args.member }), REINIT_WAIT).await
 }
 
 #[cfg(test)]

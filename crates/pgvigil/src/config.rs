@@ -55,6 +55,38 @@ pub struct Config {
     /// Transport security for the peer port and the HTTP API. None: plain text.
     #[serde(default)]
     pub tls: Option<TlsConfig>,
+    /// Commands run on events (role change, failover, switchover, fence).
+    #[serde(default)]
+    pub hooks: HooksConfig,
+}
+
+/// The `[hooks]` table: commands run in the background when something happens to this member.
+#[derive(Debug, Clone, Deserialize, Serialize, Default)]
+#[serde(deny_unknown_fields)]
+pub struct HooksConfig {
+    /// This member's PostgreSQL became primary or replica.
+    #[serde(default)]
+    pub on_role_change: Option<HookCommand>,
+    /// This member became the primary through a failover (automatic or forced).
+    #[serde(default)]
+    pub on_failover: Option<HookCommand>,
+    /// This member became the primary through a planned switchover.
+    #[serde(default)]
+    pub on_switchover: Option<HookCommand>,
+    /// This member's PostgreSQL was fenced (immediate shutdown).
+    #[serde(default)]
+    pub on_fence: Option<HookCommand>,
+    /// How long a hook may run before it is killed.
+    #[serde(default, deserialize_with = "duration_opt")]
+    pub timeout: Option<Duration>,
+}
+
+/// A hook: a command line for `/bin/sh -c`, or a program and its arguments.
+#[derive(Debug, Clone, Deserialize, Serialize, PartialEq, Eq)]
+#[serde(untagged)]
+pub enum HookCommand {
+    Shell(String),
+    Argv(Vec<String>),
 }
 
 /// The `[tls]` table. Files are PEM; they are read once, at start-up.
@@ -131,11 +163,18 @@ pub struct ReplicationConfig {
     /// How many standbys must confirm each commit (`ANY n (...)`).
     #[serde(default = "default_sync_count")]
     pub synchronous_node_count: u32,
+    /// The member a failback switches over to (else the primary before the last change).
+    #[serde(default)]
+    pub preferred_primary: Option<String>,
 }
 
 impl Default for ReplicationConfig {
     fn default() -> Self {
-        ReplicationConfig { synchronous_mode: SyncMode::Off, synchronous_node_count: default_sync_count() }
+        ReplicationConfig {
+            synchronous_mode: SyncMode::Off,
+            synchronous_node_count: default_sync_count(),
+            preferred_primary: None,
+        }
     }
 }
 
@@ -253,6 +292,8 @@ pub struct TimingConfig {
     pub heartbeat_ticks: Option<u32>,
     #[serde(default)]
     pub maximum_lag_on_failover: Option<u64>,
+    #[serde(default, deserialize_with = "duration_opt")]
+    pub switchover_timeout: Option<Duration>,
 }
 
 #[derive(Debug, Clone, Deserialize, Serialize)]
@@ -357,6 +398,7 @@ impl Settings {
             "election_ticks": t.election_ticks,
             "heartbeat_ticks": t.heartbeat_ticks,
             "maximum_lag_on_failover": t.maximum_lag_on_failover,
+            "switchover_timeout": d(t.switchover_timeout),
         });
         v
     }
@@ -462,10 +504,33 @@ pub fn check(raw: Config) -> Result<Settings, ConfigError> {
         election_ticks: t.election_ticks.unwrap_or(d.election_ticks),
         heartbeat_ticks: t.heartbeat_ticks.unwrap_or(d.heartbeat_ticks),
         maximum_lag_on_failover: t.maximum_lag_on_failover.unwrap_or(d.maximum_lag_on_failover),
+        switchover_timeout: t.switchover_timeout.unwrap_or(d.switchover_timeout),
     };
     timings.validate().map_err(|e| bad(format!("timing.{}", e.key), e.message))?;
     if raw.replication.synchronous_node_count == 0 {
         return Err(bad("replication.synchronous_node_count", "must be at least 1"));
+    }
+    if let Some(p) = raw.replication.preferred_primary.as_ref().filter(|p| !seen.contains(p.as_str())) {
+        return Err(bad("replication.preferred_primary", format!("{p:?} is not listed in `members`")));
+    }
+    let h = &raw.hooks;
+    for (key, hook) in [
+        ("hooks.on_role_change", &h.on_role_change),
+        ("hooks.on_failover", &h.on_failover),
+        ("hooks.on_switchover", &h.on_switchover),
+        ("hooks.on_fence", &h.on_fence),
+    ] {
+        let empty = match hook {
+            Some(HookCommand::Shell(s)) => s.trim().is_empty(),
+            Some(HookCommand::Argv(a)) => a.first().is_none_or(|p| p.trim().is_empty()),
+            None => false,
+        };
+        if empty {
+            return Err(bad(key, "the command is empty"));
+        }
+    }
+    if h.timeout.is_some_and(|t| t.is_zero()) {
+        return Err(bad("hooks.timeout", "must be more than 0"));
     }
     if let Err(e) = tracing_subscriber::EnvFilter::try_new(&raw.log.level) {
         return Err(bad("log.level", e.to_string()));

@@ -79,10 +79,38 @@ fn bad_files_name_the_key() {
             format!("{GOOD}[api]\nlisten = \"127.0.0.1:8008\"\ntoken_file = \"/nonexistent/token\"\n"),
             "api.token_file",
         ),
+        (
+            "switchover timeout longer than pg_restart_timeout",
+            GOOD.replace("lease_timeout = \"2s\"", "lease_timeout = \"2s\"\nswitchover_timeout = \"1m\""),
+            "timing.switchover_timeout",
+        ),
+        (
+            "unknown preferred primary",
+            format!("{GOOD}[replication]\npreferred_primary = \"zz\"\n"),
+            "replication.preferred_primary",
+        ),
+        ("empty hook", format!("{GOOD}[hooks]\non_fence = \" \"\n"), "hooks.on_fence"),
+        ("empty hook argv", format!("{GOOD}[hooks]\non_failover = []\n"), "hooks.on_failover"),
+        ("unknown hook", format!("{GOOD}[hooks]\non_reboot = \"x\"\n"), "hooks.on_reboot"),
+        ("zero hook timeout", format!("{GOOD}[hooks]\ntimeout = \"0s\"\n"), "hooks.timeout"),
     ];
     for (what, text, key) in cases {
         assert_eq!(key_of(&text), key, "case: {what}");
     }
+}
+
+#[test]
+fn hooks_are_command_lines_or_argument_lists() {
+    let text = format!(
+        "{GOOD}[replication]\npreferred_primary = \"b\"\n[hooks]\non_role_change = \"/bin/vip.sh\"\n\
+         on_fence = [\"/bin/page\", \"--team\", \"dba\"]\ntimeout = \"5s\"\n"
+    );
+    let s = load_str(&text).expect("loads");
+    assert_eq!(s.raw.hooks.on_role_change, Some(HookCommand::Shell("/bin/vip.sh".into())));
+    assert_eq!(s.raw.hooks.on_fence, Some(HookCommand::Argv(vec!["/bin/page".into(), "--team".into(), "dba".into()])));
+    assert_eq!(s.raw.hooks.timeout, Some(Duration::from_secs(5)));
+    assert_eq!(s.raw.replication.preferred_primary.as_deref(), Some("b"));
+    assert_eq!(s.timings.switchover_timeout, Duration::from_secs(15));
 }
 
 #[test]

@@ -1,7 +1,7 @@
 //! Conversions between the peer protocol's messages and the core's types.
 
 use std::time::Duration;
-use vigil_core::report::{RejoinMethod, RejoinRecord, ReplicaStatus};
+use vigil_core::report::{RejoinMethod, RejoinRecord, ReplicaStatus, SwitchoverStop};
 use vigil_core::{DataDir, HealthReport, MemberKind, PgStatus};
 use vigil_raft::proto;
 
@@ -61,6 +61,13 @@ pub fn to_proto(r: &HealthReport) -> proto::HealthReport {
                 ok: r.ok,
                 took_ms: r.took_ms,
                 detail: r.detail.clone(),
+                reinit_id: r.reinit.unwrap_or(0),
+            }),
+            switchover_stop: p.switchover_stop.as_ref().map(|s| proto::SwitchoverStop {
+                epoch: s.epoch,
+                id: s.id,
+                lsn: s.lsn,
+                timeline: s.timeline,
             }),
         }),
         epoch_seen: r.epoch_seen,
@@ -118,8 +125,15 @@ pub fn from_proto(r: proto::HealthReport) -> Result<HealthReport, String> {
                     ok: r.ok,
                     took_ms: r.took_ms,
                     detail: r.detail,
+                    reinit: Some(r.reinit_id).filter(|id| *id != 0),
                 }),
             },
+            switchover_stop: p.switchover_stop.map(|s| SwitchoverStop {
+                epoch: s.epoch,
+                id: s.id,
+                lsn: s.lsn,
+                timeline: s.timeline,
+            }),
         },
         epoch_seen: r.epoch_seen,
     })
@@ -157,7 +171,9 @@ mod tests {
                     ok: false,
                     took_ms: 2,
                     detail: "x".into(),
+                    reinit: Some(4),
                 }),
+                switchover_stop: Some(SwitchoverStop { epoch: 3, id: 4, lsn: 5, timeline: 6 }),
             },
             epoch_seen: 7,
         };
@@ -165,6 +181,7 @@ mod tests {
         let mut unknown = r;
         unknown.pg.sync_names = None;
         unknown.pg.last_rejoin = None;
+        unknown.pg.switchover_stop = None;
         assert_eq!(from_proto(to_proto(&unknown)), Ok(unknown));
     }
 

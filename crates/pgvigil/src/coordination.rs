@@ -38,6 +38,10 @@ pub async fn handle_report(shared: &Shared, report: HealthReport) -> ReportAck {
     let member = report.member.clone();
     shared.telemetry.on_report(&state, &report);
     let answer = shared.coordinator().on_report(Instant::now(), report, &state);
+    // During a switchover every report may be the one that lets it complete.
+    if state.switchover.as_ref().is_some_and(|s| s.started) {
+        shared.wake_coordinator.notify_one();
+    }
     let mut granted = false;
     if answer.grant {
         // Grant only what a quorum still backs: a deposed leader that has not noticed yet must
@@ -78,6 +82,7 @@ pub async fn run(shared: Arc<Shared>, shutdown: CancellationToken) -> anyhow::Re
         tokio::select! {
             _ = shutdown.cancelled() => return Ok(()),
             _ = tick.tick() => {}
+            _ = shared.wake_coordinator.notified() => {}
             r = state_rx.changed() => if r.is_err() { return Ok(()) },
         }
         shared.alive.mark_coordinator();
@@ -123,6 +128,9 @@ async fn propose(shared: &Shared, cmd: Command) {
     if let Command::Failover { from_epoch, .. } = &cmd {
         shared.telemetry.failover_proposed(Instant::now(), shared, *from_epoch);
     }
+    if let Command::CompleteSwitchover { .. } = &cmd {
+        shared.telemetry.failover_proposed(Instant::now(), shared, shared.committed().epoch);
+    }
     match shared.raft.propose(cmd.encode(), timeout).await {
         Ok(index) => {
             let state = shared.committed();
@@ -144,5 +152,11 @@ fn describe(cmd: &Command) -> String {
         Command::RecordRejoin { member, record } => format!("{:?} of {member}", record.method),
         Command::SetPaused { paused: true, .. } => "pause".into(),
         Command::SetPaused { paused: false, .. } => "resume".into(),
+        Command::BeginSwitchover { id, to, forced: true, .. } => format!("forced failover {id} to {to}"),
+        Command::BeginSwitchover { id, to, .. } => format!("switchover {id} to {to}"),
+        Command::StartSwitchover { id, .. } => format!("start of switchover {id}"),
+        Command::CancelSwitchover { id, reason, .. } => format!("cancellation of switchover {id} ({reason})"),
+        Command::CompleteSwitchover { id, .. } => format!("completion of switchover {id}"),
+        Command::RequestReinit { id, member, .. } => format!("reinit {id} of {member}"),
     }
 }

@@ -5,7 +5,7 @@
 
 use crate::config::Settings;
 use crate::replicated::Replicated;
-use crate::{agent, coordination, http_api, logging, peer_service, telemetry};
+use crate::{agent, coordination, hooks, http_api, logging, peer_service, telemetry};
 use anyhow::Context;
 use std::collections::{BTreeMap, HashMap};
 use std::sync::atomic::{AtomicU64, Ordering};
@@ -33,6 +33,10 @@ pub struct Shared {
     pub alive: Liveness,
     /// The metrics of this process, and what they need to measure a failover.
     pub telemetry: telemetry::Telemetry,
+    /// Wakes the coordinator loop before its next tick (a report that may finish a switchover).
+    pub wake_coordinator: tokio::sync::Notify,
+    /// The `[hooks]` commands.
+    pub hooks: hooks::Hooks,
 }
 
 /// When the daemon's periodic loops last went round, for `GET /liveness`.
@@ -121,7 +125,8 @@ pub async fn run(settings: Settings, shutdown: CancellationToken) -> anyhow::Res
     let (raft, raft_task) =
         vigil_raft::start(cfg, Replicated::default(), raft_token.clone()).await.context("start the raft node")?;
     let coordinator = Coordinator::new(raw.members.iter().map(|m| m.name.clone()), t.clone())
-        .with_sync(raw.replication.synchronous_mode, raw.replication.synchronous_node_count);
+        .with_sync(raw.replication.synchronous_mode, raw.replication.synchronous_node_count)
+        .with_preferred_primary(raw.replication.preferred_primary.clone());
     let shared = Arc::new(Shared {
         settings: settings.clone(),
         raft,
@@ -133,6 +138,8 @@ pub async fn run(settings: Settings, shutdown: CancellationToken) -> anyhow::Res
         primary_lsn: AtomicU64::new(0),
         alive: Liveness::new(Instant::now()),
         telemetry: telemetry::Telemetry::install(),
+        wake_coordinator: tokio::sync::Notify::new(),
+        hooks: hooks::Hooks::new(&raw.name, &raw.hooks),
     });
     tokio::spawn(logging::follow_epoch(shared.raft.state(), shutdown.child_token()));
 

@@ -80,6 +80,10 @@ async fn demo(args: DemoArgs) -> anyhow::Result<()> {
     let first = cluster.spec.api_address(&cluster.spec.members[0].name).unwrap_or_default();
     println!("\nWatch it: pgvigil list --endpoint {first} --watch   (kill a primary's processes to see a failover)");
     println!("Pause it: pgvigil pause --endpoint {first} --token {}", cluster.spec.api_token);
+    println!(
+        "Switch over (zero loss): pgvigil switchover --endpoint {first} --token {} [--candidate <member>]",
+        cluster.spec.api_token
+    );
     println!("Ctrl-C stops the demo and everything it started.");
 
     let stop = tokio_util::sync::CancellationToken::new();

@@ -1,10 +1,11 @@
 //! The HTTP API (axum) of one member: health checks for load balancers ([`crate::health`]),
-//! the cluster view, history, effective config, Prometheus metrics, and pause/resume; over https
-//! when `tls.api` is on.
+//! the cluster view, history, effective config, Prometheus metrics, pause/resume and the
+//! operators' role changes; over https when `tls.api` is on.
 //!
 //! Handlers are thin: they gather what this member knows ([`Snapshot`]) and hand it to pure
-//! functions. Mutating requests need `Authorization: Bearer <api.token>` (401 otherwise, and
-//! nothing changes); they are carried out by the coordinator ([`crate::admin`]).
+//! functions. Mutating requests (pause, resume, switchover, failover, failback, reinit) need
+//! `Authorization: Bearer <api.token>` (401 otherwise, and nothing changes); they are carried out
+//! by the coordinator ([`crate::admin`], [`crate::requests`]).
 
 use crate::admin::{self, Action, Answer};
 use crate::daemon::Shared;
@@ -78,6 +79,14 @@ pub fn router(shared: Shr) -> Router {
         .route("/metrics", get(metrics))
         .route("/pause", post(|s, h, b| mutate(s, h, b, Action::Pause)))
         .route("/resume", post(|s, h, b| mutate(s, h, b, Action::Resume)))
+        .route(
+            "/switchover",
+            post(|s, h, b| mutate(s, h, b, Action::Switchover))
+                .delete(|s, h, b| mutate(s, h, b, Action::CancelSwitchover)),
+        )
+        .route("/failover", post(|s, h, b| mutate(s, h, b, Action::Failover)))
+        .route("/failback", post(|s, h, b| mutate(s, h, b, Action::Failback)))
+        .route("/reinit", post(|s, h, b| mutate(s, h, b, Action::Reinit)))
         .fallback(|| async { reply(Answer::new(404, "no such endpoint")) })
         .with_state(shared)
 }

@@ -36,6 +36,8 @@ pub struct ClusterSpec {
     pub timing: Vec<String>,
     /// Extra `key = value` lines for the `[replication]` table.
     pub replication: Vec<String>,
+    /// `key = value` lines for a `[hooks]` table (none: no table).
+    pub hooks: Vec<String>,
     pub superuser_password: String,
     pub log_level: String,
     /// Every member's `api.token`.
@@ -94,6 +96,7 @@ impl ClusterSpec {
             members,
             timing: Vec::new(),
             replication: Vec::new(),
+            hooks: Vec::new(),
             superuser_password: "pgvigil".into(),
             log_level: "info".into(),
             api_token: "pgvigil-local-token".into(),
@@ -209,6 +212,13 @@ impl ClusterSpec {
         for line in &self.replication {
             t.push_str(line);
             t.push('\n');
+        }
+        if !self.hooks.is_empty() {
+            t.push_str("\n[hooks]\n");
+            for line in &self.hooks {
+                t.push_str(line);
+                t.push('\n');
+            }
         }
         t.push_str(&format!("\n[log]\nlevel = {:?}\n", self.log_level));
         t.push_str(&format!("\n[api]\nlisten = \"127.0.0.1:{}\"\ntoken = {:?}\n", m.api_port, self.api_token));

@@ -10,6 +10,7 @@
 //! - [`launch`]: start a cluster of local members as processes (used by `demo` and the tests).
 //! - [`http_api`]: the HTTP API (axum); [`health`]: its load-balancer checks as pure functions;
 //!   `admin`: pause/resume, carried out by the coordinator (forwarded to it by other members);
+//!   `requests`: switchover, failover, failback, reinit; `hooks`: event hooks;
 //!   `telemetry`: Prometheus metrics.
 //! - [`tls`]: the `[tls]` table checked, TLS for the peer port and the API (rustls, ring).
 //! - [`list`]: the cluster view and its table; [`cli`] + [`client`]: the verbs that talk to the
@@ -25,6 +26,7 @@ mod coordination;
 pub mod daemon;
 pub mod demo;
 pub mod health;
+mod hooks;
 pub mod http_api;
 pub mod launch;
 pub mod list;
@@ -32,5 +34,6 @@ mod local;
 pub mod logging;
 mod peer_service;
 mod replicated;
+mod requests;
 mod telemetry;
 pub mod tls;

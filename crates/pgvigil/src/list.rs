@@ -59,6 +59,12 @@ pub struct ClusterView {
     /// Maintenance mode: no automatic failover.
     pub paused: bool,
     pub sync_standbys: Vec<String>,
+    /// The switchover in progress or scheduled, described.
+    #[serde(default)]
+    pub switchover: Option<String>,
+    /// Standbys waiting for an operator's re-initialisation.
+    #[serde(default)]
+    pub reinit: Vec<String>,
     pub members: Vec<MemberView>,
 }
 
@@ -138,6 +144,8 @@ impl ClusterView {
             term: view.term,
             paused: s.paused,
             sync_standbys: s.sync.standbys.iter().cloned().collect(),
+            switchover: s.switchover.as_ref().map(|x| x.describe()),
+            reinit: s.reinit.keys().cloned().collect(),
             members,
         }
     }
@@ -210,6 +218,12 @@ pub fn render(v: &ClusterView) -> String {
     out.push_str(&boxed(&rows));
     if v.paused {
         out.push_str(" Maintenance mode: on (automatic failover paused)\n");
+    }
+    if let Some(s) = &v.switchover {
+        out.push_str(&format!(" Pending: {s}\n"));
+    }
+    if !v.reinit.is_empty() {
+        out.push_str(&format!(" Re-initialisation pending: {}\n", v.reinit.join(", ")));
     }
     out
 }

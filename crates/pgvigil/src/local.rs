@@ -46,8 +46,17 @@ mod tests {
         let dir = tempfile::tempdir().expect("tempdir");
         let f = LocalFile::new(dir.path());
         assert_eq!(f.load().expect("empty"), LocalMemory::default());
-        let m = LocalMemory { primary_epoch: Some(3), upstream: Some(Upstream { host: "h".into(), port: 1 }) };
+        let m = LocalMemory {
+            primary_epoch: Some(3),
+            upstream: Some(Upstream { host: "h".into(), port: 1 }),
+            switchover_stop: Some(vigil_core::report::SwitchoverStop { epoch: 3, id: 1, lsn: 9, timeline: 2 }),
+            reinit_done: Some(4),
+        };
         f.save(&m).expect("save");
         assert_eq!(LocalFile::new(dir.path()).load().expect("load"), m);
+        // A file written before the switchover and reinit fields existed.
+        std::fs::write(dir.path().join("local.json"), r#"{"primary_epoch": 2, "upstream": null}"#).expect("write");
+        let old = f.load().expect("old file");
+        assert_eq!((old.primary_epoch, old.switchover_stop, old.reinit_done), (Some(2), None, None));
     }
 }

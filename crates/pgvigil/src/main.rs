@@ -31,8 +31,16 @@ enum Cmd {
     Pause(cli::PauseArgs),
     /// Maintenance mode off: automatic failover again.
     Resume(cli::ResumeArgs),
-    /// The cluster's events: bootstrap, failovers, members, pause/resume.
+    /// The cluster's events: bootstrap, failovers, switchovers, members, pause/resume.
     History(cli::ApiArgs),
+    /// Planned switchover to a standby: the primary stops cleanly, nothing acknowledged is lost.
+    Switchover(cli::SwitchoverArgs),
+    /// Forced failover to a standby, for when the primary is gone (waits out its lease).
+    Failover(cli::FailoverArgs),
+    /// Switch back to the preferred primary (or the one before the last change).
+    Failback(cli::FailbackArgs),
+    /// Re-clone a standby (its data directory is moved aside first).
+    Reinit(cli::ReinitArgs),
 }
 
 fn main() -> ExitCode {
@@ -74,6 +82,10 @@ fn main() -> ExitCode {
         Cmd::Pause(args) => runtime.block_on(report(cli::pause(args))),
         Cmd::Resume(args) => runtime.block_on(report(cli::resume(args))),
         Cmd::History(args) => runtime.block_on(report(cli::history(args))),
+        Cmd::Switchover(args) => runtime.block_on(report(cli::switchover(args))),
+        Cmd::Failover(args) => runtime.block_on(report(cli::failover(args))),
+        Cmd::Failback(args) => runtime.block_on(report(cli::failback(args))),
+        Cmd::Reinit(args) => runtime.block_on(report(cli::reinit(args))),
     }
 }
 

@@ -116,9 +116,8 @@ fn bool_f(b: bool) -> f64 {
 
 /// Failovers and switchovers in the committed history (its last `HISTORY_LIMIT` events).
 fn event_counts(s: &ClusterState) -> (u64, u64) {
-    let failovers = s.history.iter().filter(|e| e.kind == EventKind::Failover).count() as u64;
-    // Planned switchovers are not a command yet: none so far.
-    (failovers, 0)
+    let count = |k: EventKind| s.history.iter().filter(|e| e.kind == k).count() as u64;
+    (count(EventKind::Failover), count(EventKind::Switchover))
 }
 
 fn describe() {

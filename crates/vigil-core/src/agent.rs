@@ -11,10 +11,15 @@
 //!   data directory was a primary's.
 //! - Standbys clone when empty, start with a standby configuration pointing at the committed
 //!   primary, and re-point (follow) a running server when the primary changes.
+//! - Operators' requests ([`crate::switchover`]): the old primary of a started switchover stops
+//!   cleanly and stays down for that epoch until the switchover completes (then it follows the
+//!   new primary as it is, no rewind) or is cancelled (then it starts again as primary); a standby
+//!   asked to re-initialise moves its data aside and clones again, once.
 
-use crate::report::{DataDir, MemberKind, PgStatus};
+use crate::report::{DataDir, MemberKind, PgStatus, SwitchoverStop};
 use crate::slot_name;
 use crate::state::ClusterState;
+use crate::switchover::clean_switchover_source;
 use crate::sync;
 use serde::{Deserialize, Serialize};
 
@@ -31,6 +36,12 @@ pub struct LocalMemory {
     pub primary_epoch: Option<u64>,
     /// The primary this member's standby configuration points at.
     pub upstream: Option<Upstream>,
+    /// Stopped (or stopping) as the old primary of a switchover; see [`SwitchoverStop`].
+    #[serde(default)]
+    pub switchover_stop: Option<SwitchoverStop>,
+    /// The latest reinit request this member has acted on (moved its data aside for).
+    #[serde(default)]
+    pub reinit_done: Option<u64>,
 }
 
 pub struct AgentInput<'a> {
@@ -90,6 +101,21 @@ pub enum AgentAction {
         from: Upstream,
         slot: String,
     },
+    /// The old primary of switchover `id` of `epoch`: remember it locally, checkpoint, shut
+    /// PostgreSQL down cleanly (fast) if it runs, and record where it stopped (pg_controldata).
+    StopForSwitchover {
+        epoch: u64,
+        id: u64,
+    },
+    /// The switchover this member stopped for was cancelled: forget the local record.
+    ForgetSwitchover,
+    /// An operator's reinit request `id`: stop PostgreSQL, move the data directory aside, clone
+    /// from `from` again; reported (as a re-clone) until done.
+    Reinit {
+        from: Upstream,
+        slot: String,
+        id: u64,
+    },
 }
 
 pub fn reconcile(input: &AgentInput<'_>) -> Vec<AgentAction> {
@@ -110,14 +136,25 @@ pub fn reconcile(input: &AgentInput<'_>) -> Vec<AgentAction> {
         let why = format!("{primary} is the primary at epoch {epoch}");
         let from = state.members.get(primary).map(|m| Upstream { host: m.pg_host.clone(), port: m.pg_port });
         let slot = slot_name(me);
-        let rejoin = |reason: String| match &from {
-            Some(from) => Rejoin { from: from.clone(), slot: slot.clone(), reason },
-            None => NeedsRejoin(format!("{reason}; no address known for {primary}")),
+        let reinit = state.reinit.get(me).copied().filter(|id| local.reinit_done != Some(*id));
+        let rejoin = |reason: String| match (&from, reinit) {
+            (Some(from), Some(id)) => Reinit { from: from.clone(), slot: slot.clone(), id },
+            (Some(from), None) => Rejoin { from: from.clone(), slot: slot.clone(), reason },
+            (None, _) => NeedsRejoin(format!("{reason}; no address known for {primary}")),
         };
         if pg.running && !pg.in_recovery {
             return vec![Fence(format!("running as a primary but {why}")), rejoin(format!("was a primary and {why}"))];
         }
+        if reinit.is_some() {
+            return vec![rejoin(format!("re-initialisation requested; {why}"))];
+        }
         if pg.data_dir == DataDir::Primary {
+            // The old primary of the switchover that made this epoch, stopped cleanly where the new
+            // primary's timeline begins: it follows as it is.
+            let clean = local.switchover_stop.as_ref().is_some_and(|s| clean_switchover_source(state, me, s));
+            if let (true, false, Some(from)) = (clean, pg.running, from.clone()) {
+                return vec![ConfigureStandby { from, slot }, Start];
+            }
             return vec![rejoin(format!("the data directory was a primary's and {why}"))];
         }
         if let Some(d) = diverged.filter(|_| pg.data_dir == DataDir::Standby) {
@@ -147,9 +184,34 @@ pub fn reconcile(input: &AgentInput<'_>) -> Vec<AgentAction> {
             vec![Wait(format!("waiting for the lease of epoch {epoch}"))]
         };
     }
+    let mut out: Vec<AgentAction> = Vec::new();
+    if let Some(stop) = &local.switchover_stop {
+        let pending = state.switchover.as_ref().is_some_and(|s| s.id == stop.id);
+        if stop.epoch == epoch && pending {
+            if pg.running || stop.lsn == 0 {
+                return vec![StopForSwitchover { epoch, id: stop.id }];
+            }
+            let to = state.switchover.as_ref().map_or("", |s| s.to.as_str());
+            return vec![Wait(format!(
+                "stopped cleanly at {} for switchover {} to {to}; waiting for it to complete",
+                crate::format_lsn(stop.lsn),
+                stop.id
+            ))];
+        }
+        if stop.epoch == epoch && state.requests < stop.id {
+            return vec![Wait(format!(
+                "stopped for switchover {}, which the committed state does not show yet",
+                stop.id
+            ))];
+        }
+        // Cancelled (or a stale record): this member carries on as the primary.
+        out.push(ForgetSwitchover);
+    }
+    if let Some(s) = state.switchover.as_ref().filter(|s| s.started && s.from == me && s.from_epoch == epoch) {
+        return vec![StopForSwitchover { epoch, id: s.id }];
+    }
     let mark = (local.primary_epoch != Some(epoch)).then_some(MarkPrimary(epoch));
     let was_other_epochs_primary = local.primary_epoch.is_some_and(|e| e < epoch);
-    let mut out: Vec<AgentAction> = Vec::new();
     match (pg.data_dir, pg.running, pg.in_recovery) {
         (DataDir::Empty, _, _) => {
             let first = state.bootstrapped_by.as_deref() == Some(me) && epoch == 1 && local.primary_epoch.is_none();

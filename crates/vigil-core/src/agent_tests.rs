@@ -41,7 +41,7 @@ fn up(port: u16) -> Upstream {
 }
 
 fn mem(primary_epoch: Option<u64>, upstream: Option<Upstream>) -> LocalMemory {
-    LocalMemory { primary_epoch, upstream }
+    LocalMemory { primary_epoch, upstream, ..Default::default() }
 }
 
 #[test]

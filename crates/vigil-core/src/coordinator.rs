@@ -2,7 +2,7 @@
 //!
 //! It keeps the latest report of every member (with the local monotonic time it arrived), decides
 //! whether the primary's lease is renewed, and turns `(cluster state, reports, now)` into commands:
-//! record members, bootstrap, fail over.
+//! record members, bootstrap, fail over, drive an operator's switchover ([`crate::switchover`]).
 //!
 //! Safety rule: the primary of epoch E may write until `sent + lease_timeout`, where `sent` is when
 //! it sent a report that this coordinator acked with a grant (after a quorum confirmed its
@@ -41,7 +41,7 @@ struct Grant {
 
 #[derive(Debug)]
 pub struct Coordinator {
-    timings: Timings,
+    pub(crate) timings: Timings,
     /// The configured member names; reports from anyone else are ignored.
     expected: BTreeSet<String>,
     leader_since: Option<Instant>,
@@ -49,12 +49,16 @@ pub struct Coordinator {
     term: u64,
     /// The epoch this coordinator last saw and when it first saw it.
     epoch_seen: Option<(u64, Instant)>,
-    reports: BTreeMap<String, Received>,
+    pub(crate) reports: BTreeMap<String, Received>,
     last_grant: Option<Grant>,
     /// The configured synchronous mode, which this coordinator brings the committed state to.
     wanted_sync: Wanted,
     /// Since when the primary runs with the committed synchronous standbys named.
     sync_applied: Option<Applied>,
+    /// The configured failback target.
+    pub(crate) preferred_primary: Option<String>,
+    /// The started switchover this coordinator is driving, and when it first saw it started.
+    pub(crate) switchover_seen: Option<(u64, Instant)>,
 }
 
 impl Coordinator {
@@ -69,6 +73,8 @@ impl Coordinator {
             last_grant: None,
             wanted_sync: Wanted { mode: SyncMode::Off, count: 1 },
             sync_applied: None,
+            preferred_primary: None,
+            switchover_seen: None,
         }
     }
 
@@ -80,6 +86,11 @@ impl Coordinator {
 
     pub fn is_leader(&self) -> bool {
         self.leader_since.is_some()
+    }
+
+    /// How long this member has been the coordinator (None: it is not).
+    pub fn leader_for(&self, now: Instant) -> Option<std::time::Duration> {
+        self.leader_since.map(|t| now.saturating_duration_since(t))
     }
 
     /// Tell the coordinator whether this member is the Raft leader now (`Some(term)`) or not. A
@@ -102,6 +113,7 @@ impl Coordinator {
         self.epoch_seen = None;
         self.last_grant = None;
         self.sync_applied = None;
+        self.switchover_seen = None;
         self.reports.clear();
     }
 
@@ -116,10 +128,13 @@ impl Coordinator {
             return LeaseAnswer { grant: false, epoch };
         }
         // While paused no failover follows a long PostgreSQL outage, so the lease is not withheld
-        // for one: a primary the operator restarts by hand is not fenced on the spot.
+        // for one: a primary the operator restarts by hand is not fenced on the spot. A forced
+        // failover withholds it: the candidate is promoted once it has run out.
+        let forced_out = state.switchover.as_ref().is_some_and(|s| s.forced && s.started);
         let grant = state.is_primary(&report.member)
             && report.kind == MemberKind::Postgres
             && !report.pg.needs_rejoin
+            && !forced_out
             && (state.paused || report.pg.down_for < self.timings.pg_restart_timeout);
         self.reports.insert(report.member.clone(), Received { report, at: now });
         LeaseAnswer { grant, epoch }
@@ -152,7 +167,7 @@ impl Coordinator {
         Some((start + self.timings.promotion_wait()).saturating_duration_since(now))
     }
 
-    fn is_current(&self, now: Instant, r: &Received) -> bool {
+    pub(crate) fn is_current(&self, now: Instant, r: &Received) -> bool {
         now.saturating_duration_since(r.at) <= self.timings.report_timeout
     }
 
@@ -179,10 +194,19 @@ impl Coordinator {
             // Paused (maintenance): no automatic failover and no synchronous changes (the primary's
             // agent leaves PostgreSQL as it is); member records and bootstrap go on.
             Some(_) if state.paused => {}
-            Some(primary) => match self.failover_choice(now, state, primary, wall_ms) {
-                Some(cmd) => out.push(cmd),
-                None => out.extend(self.sync_change(now, state, primary, wall_ms)),
-            },
+            Some(primary) => {
+                // An operator's switchover first; while a forced one runs, the operator has chosen
+                // the candidate, so no automatic failover picks another.
+                let forced = state.switchover.as_ref().is_some_and(|s| s.forced && s.started);
+                if let Some(cmd) = self.switchover_step(now, state, wall_ms) {
+                    out.push(cmd);
+                } else if forced {
+                } else if let Some(cmd) = self.failover_choice(now, state, primary, wall_ms) {
+                    out.push(cmd);
+                } else {
+                    out.extend(self.sync_change(now, state, primary, wall_ms));
+                }
+            }
         }
         out
     }

@@ -8,6 +8,8 @@
 //! - [`candidate`]: which standby is the best one to promote.
 //! - [`coordinator`]: the Raft leader's decisions: lease grants, failure detection, bootstrap, failover.
 //! - [`lease`]: the primary agent's view of its lease.
+//! - [`switchover`]: operators' requests (switchover, failover, failback, reinit) and the
+//!   coordinator's steps of a planned switchover.
 //! - [`agent`]: the reconciler that turns the committed state and the local PostgreSQL into actions.
 //!
 //! Rules that hold everywhere here: no IO, no tokio, no clock reads. Time is passed in as
@@ -19,6 +21,7 @@ pub mod coordinator;
 pub mod lease;
 pub mod report;
 pub mod state;
+pub mod switchover;
 pub mod sync;
 pub mod timing;
 
@@ -27,6 +30,7 @@ pub use coordinator::Coordinator;
 pub use lease::Lease;
 pub use report::{DataDir, HealthReport, MemberKind, PgStatus};
 pub use state::{ClusterState, Command, Event, EventKind, Member, Rejected};
+pub use switchover::{Decision, Refusal, Request, Switchover, SwitchoverOutcome};
 pub use sync::SyncMode;
 pub use timing::{TimingError, Timings};
 

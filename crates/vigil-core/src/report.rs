@@ -50,6 +50,23 @@ pub struct PgStatus {
     /// The latest rewind or re-clone this agent did, so the coordinator records it in the history.
     #[serde(default)]
     pub last_rejoin: Option<RejoinRecord>,
+    /// The old primary of a switchover: PostgreSQL is cleanly shut down for it (see
+    /// [`crate::switchover`]). Reported only while PostgreSQL is down and the position is known.
+    #[serde(default)]
+    pub switchover_stop: Option<SwitchoverStop>,
+}
+
+/// An old primary's statement: "my PostgreSQL is cleanly shut down (pg_controldata says so) at
+/// checkpoint `lsn` on `timeline`, for switchover `id` of epoch `epoch`, and I will not start it
+/// as primary of that epoch again unless the switchover is cancelled". Kept in the agent's local
+/// memory from before the shutdown (`lsn` 0 until known) until the member follows the new primary.
+#[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
+pub struct SwitchoverStop {
+    pub epoch: u64,
+    pub id: u64,
+    /// Where the shutdown checkpoint record starts; 0 while not known.
+    pub lsn: u64,
+    pub timeline: u32,
 }
 
 /// One standby as the primary sees it.
@@ -78,6 +95,9 @@ pub struct RejoinRecord {
     pub took_ms: u64,
     /// Why it was needed, and what happened (the error, or where the old data went).
     pub detail: String,
+    /// The operator's reinit request this re-clone carried out, if it was one.
+    #[serde(default)]
+    pub reinit: Option<u64>,
 }
 
 #[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]

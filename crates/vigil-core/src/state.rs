@@ -5,6 +5,7 @@
 //! acting twice.
 
 use crate::report::{MemberKind, RejoinMethod, RejoinRecord};
+use crate::switchover::{Switchover, SwitchoverOutcome};
 use crate::sync::SyncState;
 use serde::{Deserialize, Serialize};
 use std::collections::{BTreeMap, BTreeSet};
@@ -37,6 +38,12 @@ pub enum EventKind {
     /// Maintenance mode on: no automatic failover, agents leave PostgreSQL as it is.
     Paused,
     Resumed,
+    /// A planned switchover: the old primary stopped cleanly and the candidate had all its WAL.
+    Switchover,
+    /// An operator's request was taken (switchover, failover, failback, reinit).
+    Requested,
+    /// A switchover ended without a new primary (cancelled, timed out, or replaced by a failover).
+    Cancelled,
 }
 
 #[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
@@ -68,6 +75,21 @@ pub struct ClusterState {
     /// is (a primary that loses its lease is still fenced).
     #[serde(default)]
     pub paused: bool,
+    /// The switchover in progress or scheduled, if any (see [`crate::switchover`]).
+    #[serde(default)]
+    pub switchover: Option<Switchover>,
+    /// How the last switchover ended (completed or not).
+    #[serde(default)]
+    pub last_switchover: Option<SwitchoverOutcome>,
+    /// The id of the latest operator request (switchover or reinit); each takes the next one.
+    #[serde(default)]
+    pub requests: u64,
+    /// Standbys an operator asked to re-initialise (re-clone), with the request's id, until done.
+    #[serde(default)]
+    pub reinit: BTreeMap<String, u64>,
+    /// The primary before the last change of primary (the target of a failback).
+    #[serde(default)]
+    pub previous_primary: Option<String>,
 }
 
 #[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
@@ -90,6 +112,26 @@ pub enum Command {
         reason: String,
         at_unix_ms: u64,
     },
+    /// Ask the primary of `from_epoch` to hand over to `to` (an operator's switchover, failover or
+    /// failback). `id` must be the next request id: of two concurrent requests only one applies.
+    BeginSwitchover {
+        id: u64,
+        from_epoch: u64,
+        to: String,
+        forced: bool,
+        not_before_unix_ms: u64,
+        reason: String,
+        at_unix_ms: u64,
+    },
+    /// A scheduled switchover is due: the old primary stops now.
+    StartSwitchover { id: u64, at_unix_ms: u64 },
+    /// End switchover `id` without a new primary; the old primary carries on.
+    CancelSwitchover { id: u64, reason: String, at_unix_ms: u64 },
+    /// Make the candidate of switchover `id` the primary. `lsn`: where the old primary stopped
+    /// cleanly (None for a forced failover after the lease ran out).
+    CompleteSwitchover { id: u64, lsn: Option<u64>, reason: String, at_unix_ms: u64 },
+    /// Ask `member` (a standby) to move its data directory aside and clone again, once.
+    RequestReinit { id: u64, member: String, at_unix_ms: u64 },
 }
 
 #[derive(Clone, Debug, PartialEq, Eq)]
@@ -104,6 +146,18 @@ pub enum Rejected {
     /// A synchronous state that breaks `standbys ⊆ holders` or names the primary as a standby.
     BadSyncState(String),
     Undecodable(String),
+    NoPrimary,
+    Paused,
+    /// A request id that is not the next one (another request was applied first).
+    StaleRequest {
+        id: u64,
+        latest: u64,
+    },
+    SwitchoverPending(u64),
+    NoSuchSwitchover(u64),
+    NoFailoverTag(String),
+    /// The primary cannot be re-initialised (nor can a witness).
+    NotAStandby(String),
 }
 
 impl std::fmt::Display for Rejected {
@@ -117,6 +171,15 @@ impl std::fmt::Display for Rejected {
             Rejected::AlreadyPrimary(m) => write!(f, "{m} is already the primary"),
             Rejected::BadSyncState(why) => write!(f, "bad synchronous state: {why}"),
             Rejected::Undecodable(e) => write!(f, "undecodable command: {e}"),
+            Rejected::NoPrimary => write!(f, "the cluster has no primary"),
+            Rejected::Paused => write!(f, "the cluster is paused"),
+            Rejected::StaleRequest { id, latest } => {
+                write!(f, "request {id} is not the next one (the latest is {latest})")
+            }
+            Rejected::SwitchoverPending(id) => write!(f, "switchover {id} is pending"),
+            Rejected::NoSuchSwitchover(id) => write!(f, "switchover {id} is not pending"),
+            Rejected::NoFailoverTag(m) => write!(f, "{m} is tagged nofailover"),
+            Rejected::NotAStandby(m) => write!(f, "{m} is not a standby"),
         }
     }
 }
@@ -168,9 +231,12 @@ impl ClusterState {
                 if self.primary.as_deref() == Some(to.as_str()) {
                     return Err(Rejected::AlreadyPrimary(to.clone()));
                 }
-                self.epoch += 1;
-                self.primary = Some(to.clone());
-                self.reset_sync(to);
+                if let Some(s) = self.switchover.take() {
+                    let detail = format!("switchover {} to {} replaced by a failover to {to}", s.id, s.to);
+                    self.last_switchover = Some(SwitchoverOutcome::ended(&s, None, detail.clone()));
+                    self.record(*at_unix_ms, EventKind::Cancelled, &s.to, detail);
+                }
+                self.change_primary(to);
                 self.record(*at_unix_ms, EventKind::Failover, to, reason.clone());
                 Ok(())
             }
@@ -192,6 +258,9 @@ impl ClusterState {
                     return Ok(());
                 }
                 self.rejoins_recorded.insert(member.clone(), record.started_unix_ms);
+                if record.reinit.is_some() && self.reinit.get(member) == record.reinit.as_ref() {
+                    self.reinit.remove(member);
+                }
                 let kind = match record.method {
                     RejoinMethod::Rewind => EventKind::Rewind,
                     RejoinMethod::Reclone => EventKind::Reclone,
@@ -206,6 +275,10 @@ impl ClusterState {
                 if self.paused == *paused {
                     return Ok(());
                 }
+                // A paused agent leaves PostgreSQL as it is: a started switchover would hang.
+                if let Some(s) = self.switchover.as_ref().filter(|s| *paused && s.started) {
+                    return Err(Rejected::SwitchoverPending(s.id));
+                }
                 self.paused = *paused;
                 let (kind, what) = if *paused {
                     (EventKind::Paused, "automatic failover off")
@@ -216,7 +289,106 @@ impl ClusterState {
                 self.record(*at_unix_ms, kind, "", detail);
                 Ok(())
             }
+            Command::BeginSwitchover { id, from_epoch, to, forced, not_before_unix_ms, reason, at_unix_ms } => {
+                if *from_epoch != self.epoch {
+                    return Err(Rejected::StaleEpoch { expected: *from_epoch, current: self.epoch });
+                }
+                self.next_request(*id)?;
+                let Some(from) = self.primary.clone() else { return Err(Rejected::NoPrimary) };
+                if self.paused {
+                    return Err(Rejected::Paused);
+                }
+                if let Some(s) = &self.switchover {
+                    return Err(Rejected::SwitchoverPending(s.id));
+                }
+                self.require_postgres(to)?;
+                if from == *to {
+                    return Err(Rejected::AlreadyPrimary(to.clone()));
+                }
+                if self.members.get(to).is_some_and(|m| m.nofailover) {
+                    return Err(Rejected::NoFailoverTag(to.clone()));
+                }
+                self.requests = *id;
+                let s = Switchover {
+                    id: *id,
+                    from_epoch: *from_epoch,
+                    from,
+                    to: to.clone(),
+                    forced: *forced,
+                    not_before_unix_ms: *not_before_unix_ms,
+                    started: *not_before_unix_ms == 0,
+                    requested_unix_ms: *at_unix_ms,
+                    reason: reason.clone(),
+                };
+                let detail = s.describe();
+                self.switchover = Some(s);
+                self.record(*at_unix_ms, EventKind::Requested, to, detail);
+                Ok(())
+            }
+            Command::StartSwitchover { id, at_unix_ms: _ } => match &mut self.switchover {
+                Some(s) if s.id == *id => {
+                    s.started = true;
+                    Ok(())
+                }
+                _ => Err(Rejected::NoSuchSwitchover(*id)),
+            },
+            Command::CancelSwitchover { id, reason, at_unix_ms } => {
+                let s = self.take_switchover(*id)?;
+                let detail = format!("switchover {id} from {} to {} cancelled: {reason}", s.from, s.to);
+                self.last_switchover = Some(SwitchoverOutcome::ended(&s, None, detail.clone()));
+                self.record(*at_unix_ms, EventKind::Cancelled, &s.to, detail);
+                Ok(())
+            }
+            Command::CompleteSwitchover { id, lsn, reason, at_unix_ms } => {
+                match &self.switchover {
+                    Some(s) if s.id == *id && s.started && s.from_epoch == self.epoch => {}
+                    _ => return Err(Rejected::NoSuchSwitchover(*id)),
+                }
+                let s = self.take_switchover(*id)?;
+                self.change_primary(&s.to);
+                self.last_switchover = Some(SwitchoverOutcome::ended(&s, Some((self.epoch, *lsn)), reason.clone()));
+                let kind = if s.forced { EventKind::Failover } else { EventKind::Switchover };
+                self.record(*at_unix_ms, kind, &s.to, reason.clone());
+                Ok(())
+            }
+            Command::RequestReinit { id, member, at_unix_ms } => {
+                self.next_request(*id)?;
+                self.require_postgres(member)?;
+                if self.is_primary(member) {
+                    return Err(Rejected::NotAStandby(member.clone()));
+                }
+                self.requests = *id;
+                self.reinit.insert(member.clone(), *id);
+                self.record(*at_unix_ms, EventKind::Requested, member, format!("reinit {id}: re-clone {member}"));
+                Ok(())
+            }
         }
+    }
+
+    fn next_request(&self, id: u64) -> Result<(), Rejected> {
+        if id != self.requests + 1 {
+            return Err(Rejected::StaleRequest { id, latest: self.requests });
+        }
+        Ok(())
+    }
+
+    fn take_switchover(&mut self, id: u64) -> Result<Switchover, Rejected> {
+        match self.switchover.take() {
+            Some(s) if s.id == id => Ok(s),
+            other => {
+                self.switchover = other;
+                Err(Rejected::NoSuchSwitchover(id))
+            }
+        }
+    }
+
+    /// A new primary at the next epoch: it holds every acknowledged commit, and a pending
+    /// re-initialisation of it is void.
+    fn change_primary(&mut self, to: &str) {
+        self.epoch += 1;
+        self.previous_primary = self.primary.replace(to.to_string());
+        self.reset_sync(to);
+        self.reinit.remove(to);
     }
 
     /// Apply an encoded command; a rejected command changes nothing.

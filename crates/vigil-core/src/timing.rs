@@ -21,6 +21,9 @@ pub struct Timings {
     pub heartbeat_ticks: u32,
     /// A standby further behind the primary's last known position than this is not promoted.
     pub maximum_lag_on_failover: u64,
+    /// How long a started switchover may take (the old primary's clean stop and the candidate's
+    /// catch-up) before it is cancelled and the old primary starts again.
+    pub switchover_timeout: Duration,
 }
 
 impl Default for Timings {
@@ -36,6 +39,7 @@ impl Default for Timings {
             election_ticks: 10,
             heartbeat_ticks: 2,
             maximum_lag_on_failover: 1 << 20,
+            switchover_timeout: Duration::from_secs(15),
         }
     }
 }
@@ -104,6 +108,27 @@ impl Timings {
         if self.pg_restart_timeout < self.loop_interval * 2 {
             return err("pg_restart_timeout", "must be at least 2 x loop_interval".into());
         }
+        // A forced failover waits out the lease within it; a stopped old primary must not be taken
+        // for a dead one (a failover) before the switchover has ended.
+        if self.switchover_timeout <= self.promotion_wait() + self.loop_interval * 2 {
+            return err(
+                "switchover_timeout",
+                format!(
+                    "{:?} must be longer than lease_timeout + lease_margin + 2 x loop_interval ({:?})",
+                    self.switchover_timeout,
+                    self.promotion_wait() + self.loop_interval * 2
+                ),
+            );
+        }
+        if self.switchover_timeout >= self.pg_restart_timeout {
+            return err(
+                "switchover_timeout",
+                format!(
+                    "{:?} must be shorter than pg_restart_timeout ({:?}): the stopped old primary keeps its lease meanwhile",
+                    self.switchover_timeout, self.pg_restart_timeout
+                ),
+            );
+        }
         Ok(())
     }
 }
@@ -129,6 +154,8 @@ mod tests {
             ("loop_interval", Box::new(|t| t.loop_interval = Duration::from_millis(1))),
             ("report_timeout", Box::new(|t| t.report_timeout = Duration::from_millis(100))),
             ("pg_restart_timeout", Box::new(|t| t.pg_restart_timeout = Duration::ZERO)),
+            ("switchover_timeout", Box::new(|t| t.switchover_timeout = Duration::from_secs(2))),
+            ("switchover_timeout", Box::new(|t| t.switchover_timeout = Duration::from_secs(30))),
         ];
         for (key, change) in cases {
             let mut t = Timings::default();

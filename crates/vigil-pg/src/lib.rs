@@ -9,6 +9,7 @@
 //!   the [`Fencer`] that can kill it from any task, leftover postmasters from an earlier run.
 //! - [`observe`]: [`Observation`] of the running server and the superuser connection.
 //! - [`initdb`]: creating a cluster and its roles.
+//! - [`control`]: the control file (`pg_controldata`): how and where the server last stopped.
 //! - [`replication`]: slots, `pg_basebackup` clones, following another primary, promotion.
 //! - [`rewind`]: `pg_rewind` of an old primary so it can follow the new one.
 //! - [`conf`]: writing configuration files (`postgresql.conf`, `pg_hba.conf`, `postgresql.auto.conf`)
@@ -20,6 +21,7 @@
 //! - [`error`]: [`PgError`], the cases a caller must tell apart.
 
 pub mod conf;
+pub mod control;
 pub mod datadir;
 pub mod error;
 pub mod initdb;
@@ -32,6 +34,7 @@ pub mod rewind;
 pub mod settings;
 pub mod tool;
 
+pub use control::ControlData;
 pub use datadir::DataDirState;
 pub use error::PgError;
 pub use lsn::{format_lsn, parse_lsn};

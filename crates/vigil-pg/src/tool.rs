@@ -41,14 +41,20 @@ pub fn scrub(cmd: &mut std::process::Command, settings: &PgSettings) {
 }
 
 /// Run `cmd` to completion; error (with the end of its output) unless it exits 0.
-pub async fn run(mut cmd: tokio::process::Command, what: &str) -> anyhow::Result<()> {
+pub async fn run(cmd: tokio::process::Command, what: &str) -> anyhow::Result<()> {
+    output(cmd, what).await.map(drop)
+}
+
+/// Run `cmd` to completion and return its standard output; error (with the end of its output)
+/// unless it exits 0.
+pub async fn output(mut cmd: tokio::process::Command, what: &str) -> anyhow::Result<String> {
     let started = Instant::now();
     cmd.stdout(Stdio::piped()).stderr(Stdio::piped());
     let output = cmd.output().await.with_context(|| format!("run {what}"))?;
     let elapsed = started.elapsed();
     if output.status.success() {
         tracing::debug!(what, elapsed_ms = elapsed.as_millis() as u64, "command finished");
-        return Ok(());
+        return Ok(String::from_utf8_lossy(&output.stdout).into_owned());
     }
     let mut text = String::from_utf8_lossy(&output.stdout).into_owned();
     text.push_str(&String::from_utf8_lossy(&output.stderr));

@@ -213,3 +213,34 @@ async fn move_aside_renames_and_keeps_contents() {
     assert_ne!(moved, moved2);
     assert!(moved.exists() && moved2.exists());
 }
+
+#[tokio::test]
+async fn the_control_file_tells_a_clean_shutdown_and_where_it_stopped() {
+    let dir = TestDir::new();
+    let mut pg = dir.postgres("control");
+    pg.initdb().await.expect("initdb");
+    pg.start().await.expect("start");
+    let running = pg.control_data().await.expect("pg_controldata");
+    assert_eq!(running.state, "in production");
+    assert!(!running.shut_down_cleanly());
+    pg.connect()
+        .await
+        .expect("connect")
+        .batch_execute("CREATE TABLE t (id int); INSERT INTO t VALUES (1)")
+        .await
+        .expect("write");
+    pg.checkpoint(Duration::from_secs(10)).await.expect("checkpoint");
+    let written = pg.observe().await.current_lsn;
+    pg.stop(StopMode::Fast).await.expect("fast stop");
+    let stopped = pg.control_data().await.expect("pg_controldata");
+    assert!(stopped.shut_down_cleanly(), "{stopped:?}");
+    assert_eq!(stopped.timeline, 1);
+    assert!(
+        stopped.checkpoint_lsn >= written,
+        "the shutdown checkpoint comes last: {stopped:?}, wrote up to {written}"
+    );
+    // An immediate stop leaves it "in production" (crash recovery at the next start).
+    pg.start().await.expect("start again");
+    pg.stop(StopMode::Immediate).await.expect("immediate stop");
+    assert!(!pg.control_data().await.expect("pg_controldata").shut_down_cleanly());
+}

@@ -76,23 +76,35 @@ impl PeerClients {
         let channel = match channels.get(addr) {
             Some(ch) => ch.clone(),
             None => {
-                let mut endpoint = Endpoint::from_shared(self.url(addr)?)
-                    .with_context(|| format!("invalid peer address {addr:?}"))?
-                    .connect_timeout(CONNECT_TIMEOUT)
-                    .timeout(REQUEST_TIMEOUT)
-                    .tcp_nodelay(true);
-                if let Some(tls) = &self.tls {
-                    endpoint = endpoint.tls_config(tls.clone()).with_context(|| format!("TLS for peer {addr:?}"))?;
-                }
-                let ch = endpoint.connect_lazy();
+                let ch = self.channel(addr, REQUEST_TIMEOUT)?;
                 channels.insert(addr.to_string(), ch.clone());
                 ch
             }
         };
-        Ok(PeerClient::new(channel)
-            .max_decoding_message_size(MAX_MESSAGE_BYTES)
-            .max_encoding_message_size(MAX_MESSAGE_BYTES))
+        Ok(wrap(channel))
     }
+
+    /// A client on a channel of its own (not cached) whose requests may take up to `timeout`: for
+    /// a forwarded operator's request that answers once a switchover is done.
+    pub fn long_client(&self, addr: &str, timeout: Duration) -> anyhow::Result<PeerClient<Channel>> {
+        Ok(wrap(self.channel(addr, timeout)?))
+    }
+
+    fn channel(&self, addr: &str, timeout: Duration) -> anyhow::Result<Channel> {
+        let mut endpoint = Endpoint::from_shared(self.url(addr)?)
+            .with_context(|| format!("invalid peer address {addr:?}"))?
+            .connect_timeout(CONNECT_TIMEOUT)
+            .timeout(timeout)
+            .tcp_nodelay(true);
+        if let Some(tls) = &self.tls {
+            endpoint = endpoint.tls_config(tls.clone()).with_context(|| format!("TLS for peer {addr:?}"))?;
+        }
+        Ok(endpoint.connect_lazy())
+    }
+}
+
+fn wrap(channel: Channel) -> PeerClient<Channel> {
+    PeerClient::new(channel).max_decoding_message_size(MAX_MESSAGE_BYTES).max_encoding_message_size(MAX_MESSAGE_BYTES)
 }
 
 /// The node task's side of the outbound transport.

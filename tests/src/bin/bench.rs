@@ -5,6 +5,12 @@
 //! of the primary's daemon and PostgreSQL. Prints the time from the kill to the first committed
 //! write on the new primary, and how many acknowledged rows are missing on it afterwards.
 //!
+//! `... -- switchover [RUNS]`: per run, a fresh three-member cluster and the same writer, then a
+//! planned switchover (`POST /switchover`) to a standby. Prints the write-unavailability window
+//! (first failed write to the first committed write after it), how long the request took, how
+//! long until the old primary streams from the new one (and whether it needed a rewind), and how
+//! many acknowledged rows are missing on the new primary afterwards.
+//!
 //! `... -- idle [SECONDS]`: RSS and CPU of one idle daemon of a healthy cluster over SECONDS (60).
 //!
 //! `... -- health [plain|tls] [SECONDS]`: latency of the health endpoints (`/primary` on the
@@ -15,12 +21,15 @@
 
 use std::sync::{Arc, Mutex};
 use std::time::{Duration, Instant};
+use vigil_core::EventKind;
 use vigil_tests::{healthy, TestCluster, TlsSpec};
 
 #[derive(Default)]
 struct Log {
     /// (id, member that acknowledged it, when)
     acked: Vec<(i64, String, Instant)>,
+    /// When a write (or finding a writable member) failed.
+    failed: Vec<Instant>,
 }
 
 async fn writer(t: Arc<TestCluster>, log: Arc<Mutex<Log>>, stop: Arc<std::sync::atomic::AtomicBool>) {
@@ -45,8 +54,13 @@ async fn writer(t: Arc<TestCluster>, log: Arc<Mutex<Log>>, stop: Arc<std::sync::
             let sql = format!("INSERT INTO bench VALUES ({id})");
             match tokio::time::timeout(Duration::from_secs(1), c.batch_execute(&sql)).await {
                 Ok(Ok(())) => log.lock().unwrap_or_else(|p| p.into_inner()).acked.push((id, m.clone(), Instant::now())),
-                _ => current = None,
+                _ => {
+                    log.lock().unwrap_or_else(|p| p.into_inner()).failed.push(Instant::now());
+                    current = None;
+                }
             }
+        } else {
+            log.lock().unwrap_or_else(|p| p.into_inner()).failed.push(Instant::now());
         }
         tokio::time::sleep(Duration::from_millis(10)).await;
     }
@@ -97,6 +111,71 @@ async fn failover_run() -> anyhow::Result<(Duration, usize, usize)> {
         }
     }
     Ok((first_new, missing, acked.len()))
+}
+
+struct SwitchoverRun {
+    /// First failed write to the first committed write after it.
+    window: Duration,
+    /// From the request to its answer.
+    answered: Duration,
+    /// From the request until the old primary streams from the new one.
+    rejoined: Duration,
+    rewound: bool,
+    missing: usize,
+    acked: usize,
+}
+
+async fn switchover_run() -> anyhow::Result<SwitchoverRun> {
+    let t = Arc::new(TestCluster::start(3, 0).await?);
+    let old = t.primary().await?;
+    t.execute(&old, "CREATE TABLE bench (id bigint primary key)").await?;
+    t.wait_for("coordinator off the primary", Duration::from_secs(20), |v| {
+        healthy(v) && !v.coordinator.is_empty() && v.state.primary.as_deref() != Some(v.coordinator.as_str())
+    })
+    .await?;
+    let candidate = t.other_pg_members(&old).remove(0);
+    let log = Arc::new(Mutex::new(Log::default()));
+    let stop = Arc::new(std::sync::atomic::AtomicBool::new(false));
+    let w = tokio::spawn(writer(t.clone(), log.clone(), stop.clone()));
+    let warm = Instant::now() + Duration::from_secs(10);
+    while log.lock().unwrap_or_else(|p| p.into_inner()).acked.len() < 50 {
+        anyhow::ensure!(Instant::now() < warm, "the writer does not get going");
+        tokio::time::sleep(Duration::from_millis(20)).await;
+    }
+    let asked = Instant::now();
+    let r = t.post(&candidate, "/switchover", &format!(r#"{{"candidate": "{candidate}"}}"#)).await?;
+    let answered = asked.elapsed();
+    anyhow::ensure!(r.status == 200, "switchover refused: {r:?}");
+    let deadline = Instant::now() + Duration::from_secs(60);
+    while !log.lock().unwrap_or_else(|p| p.into_inner()).acked.iter().any(|(_, m, _)| *m == candidate) {
+        anyhow::ensure!(Instant::now() < deadline, "no write on the new primary within 60 s");
+        tokio::time::sleep(Duration::from_millis(20)).await;
+    }
+    let v = t
+        .wait_for("the old primary streaming from the new one", Duration::from_secs(60), |v| {
+            healthy(v) && v.state.primary.as_deref() == Some(candidate.as_str())
+        })
+        .await?;
+    let rejoined = asked.elapsed();
+    let rewound = v.state.history.iter().any(|e| matches!(e.kind, EventKind::Rewind | EventKind::Reclone));
+    tokio::time::sleep(Duration::from_millis(500)).await;
+    stop.store(true, std::sync::atomic::Ordering::Relaxed);
+    let _ = w.await;
+    let log = std::mem::take(&mut *log.lock().unwrap_or_else(|p| p.into_inner()));
+    let first_failed = log.failed.iter().copied().filter(|f| *f >= asked).min();
+    let window = match first_failed {
+        Some(f) => log.acked.iter().map(|(_, _, at)| *at).filter(|at| *at > f).min().map_or(Duration::MAX, |a| a - f),
+        None => Duration::ZERO,
+    };
+    let client = t.client(&candidate).await?;
+    let mut missing = 0;
+    for (id, _, _) in &log.acked {
+        let row = client.query_one("SELECT count(*) FROM bench WHERE id = $1", &[id]).await?;
+        if row.get::<_, i64>(0) == 0 {
+            missing += 1;
+        }
+    }
+    Ok(SwitchoverRun { window, answered, rejoined, rewound, missing, acked: log.acked.len() })
 }
 
 fn stats(xs: &mut [Duration]) -> String {
@@ -275,6 +354,33 @@ async fn main() -> anyhow::Result<()> {
             }
             println!("failover over {runs} runs: {}; acknowledged writes missing in all: {lost}", stats(&mut times));
         }
+        Some("switchover") => {
+            let runs: usize = args.get(1).and_then(|s| s.parse().ok()).unwrap_or(5);
+            let (mut windows, mut answers, mut rejoins) = (Vec::new(), Vec::new(), Vec::new());
+            let (mut lost, mut acked_all, mut rewinds) = (0, 0, 0);
+            for i in 1..=runs {
+                let r = switchover_run().await?;
+                println!(
+                    "run {i}: writes unavailable {} ms; request answered in {} ms; old primary streaming after {} ms ({}); {} acknowledged, {} missing",
+                    r.window.as_millis(),
+                    r.answered.as_millis(),
+                    r.rejoined.as_millis(),
+                    if r.rewound { "rewound" } else { "no rewind" },
+                    r.acked,
+                    r.missing
+                );
+                windows.push(r.window);
+                answers.push(r.answered);
+                rejoins.push(r.rejoined);
+                lost += r.missing;
+                acked_all += r.acked;
+                rewinds += usize::from(r.rewound);
+            }
+            println!("switchover over {runs} runs: write unavailability {}", stats(&mut windows));
+            println!("  request answered: {}", stats(&mut answers));
+            println!("  old primary streaming again: {}; rewinds: {rewinds}", stats(&mut rejoins));
+            println!("  acknowledged writes missing in all: {lost} of {acked_all}");
+        }
         Some("idle") => idle(args.get(1).and_then(|s| s.parse().ok()).unwrap_or(60)).await?,
         Some("health") => {
             let tls = match args.get(1).map(String::as_str) {
@@ -284,7 +390,7 @@ async fn main() -> anyhow::Result<()> {
             };
             health(tls, args.get(2).and_then(|s| s.parse().ok()).unwrap_or(30)).await?
         }
-        _ => anyhow::bail!("usage: bench failover [RUNS] | bench idle [SECONDS] | bench health [plain|tls] [SECONDS]"),
+        _ => anyhow::bail!("usage: bench failover [RUNS] | bench switchover [RUNS] | bench idle [SECONDS] | bench health [plain|tls] [SECONDS]"),
     }
     Ok(())
 }

@@ -1,0 +1,483 @@
+//! Operator-driven role changes: planned switchover, forced failover, failback, reinit. The
+//! coordinator turns an operator's [`Request`] into a command (or a refusal), and drives a pending
+//! switchover to its end ([`Coordinator::switchover_step`]).
+//!
+//! # A planned switchover, step by step
+//! 1. `BeginSwitchover` commits the request as `ClusterState::switchover` (a scheduled one waits
+//!    for its time on the coordinator's wall clock, then `StartSwitchover`).
+//! 2. The old primary's agent, seeing it started, first writes a [`SwitchoverStop`] for it into its
+//!    local memory, runs a `CHECKPOINT` (so the shutdown checkpoint is short), then shuts
+//!    PostgreSQL down (fast). PostgreSQL's WAL senders send every record up to the shutdown
+//!    checkpoint to the connected standbys and wait for them to confirm it before exiting. The
+//!    agent reads the checkpoint's position with `pg_controldata` (state "shut down") and reports it.
+//! 3. The coordinator commits `CompleteSwitchover` (epoch + 1, the candidate is primary) once the
+//!    candidate reports it has replayed past that checkpoint: it then has every WAL record the old
+//!    primary ever wrote, so nothing acknowledged can be lost, in any synchronous mode.
+//! 4. The old primary's data directory ends exactly where the new primary's timeline forks off
+//!    (the new timeline starts at the end of that checkpoint record), so its agent makes it a
+//!    standby of the new primary (`standby.signal` + `primary_conninfo`) without `pg_rewind`.
+//!
+//! If the old primary does not report a clean stop, or the candidate does not catch up, within
+//! `switchover_timeout` from the start, the coordinator commits `CancelSwitchover` and the old
+//! primary starts again as primary. Completion and cancellation both require the switchover to be
+//! pending, so the Raft log applies at most one of them.
+//!
+//! # Why no lease wait
+//! The coordinator promotes without waiting for the old primary's lease to run out because the old
+//! primary said, *after* the switchover was committed, that its PostgreSQL is cleanly shut down for
+//! it, and its agent keeps it down for that epoch (local memory, written before the shutdown) until
+//! its committed state shows the switchover cancelled. A cancelled switchover can no longer
+//! complete, and a completed one moved the epoch on, so the old primary never gets a lease again for
+//! the epoch it stopped. A forced failover has no such statement to rely on: the coordinator stops
+//! granting the old primary's lease and promotes only after the usual `lease_timeout + lease_margin`.
+
+use crate::candidate::{self, Excluded, Seen};
+use crate::coordinator::{Coordinator, Received};
+use crate::report::{HealthReport, MemberKind, SwitchoverStop};
+use crate::state::{ClusterState, Command};
+use serde::{Deserialize, Serialize};
+use std::time::Instant;
+
+/// A switchover an operator asked for, from its request until it completes or is cancelled.
+#[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
+pub struct Switchover {
+    /// The request's id (unique in the cluster).
+    pub id: u64,
+    /// The epoch of the primary it replaces.
+    pub from_epoch: u64,
+    pub from: String,
+    pub to: String,
+    /// A forced failover (`POST /failover`): the old primary's lease is withheld and the candidate
+    /// promoted once it has run out, whether or not the candidate has all its WAL.
+    pub forced: bool,
+    /// Not before this time (the coordinator's wall clock, Unix ms); 0: at once.
+    pub not_before_unix_ms: u64,
+    /// The old primary has been told to stop.
+    pub started: bool,
+    pub requested_unix_ms: u64,
+    /// Why, for the history ("requested by the operator", "failback ...").
+    pub reason: String,
+}
+
+impl Switchover {
+    pub fn describe(&self) -> String {
+        let what = if self.forced { "failover" } else { "switchover" };
+        let when = match self.not_before_unix_ms {
+            0 => "at once".to_string(),
+            t => format!("scheduled at {}", format_unix_ms(t)),
+        };
+        format!("{what} {} from {} to {} ({}), {when}", self.id, self.from, self.to, self.reason)
+    }
+}
+
+/// How the last switchover ended.
+#[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
+pub struct SwitchoverOutcome {
+    pub id: u64,
+    pub from: String,
+    pub from_epoch: u64,
+    pub to: String,
+    pub forced: bool,
+    /// The candidate became the primary (at `epoch`).
+    pub completed: bool,
+    /// The epoch it created; `from_epoch` when it did not complete.
+    pub epoch: u64,
+    /// Where the old primary stopped cleanly, when it did.
+    pub lsn: Option<u64>,
+    pub detail: String,
+}
+
+impl SwitchoverOutcome {
+    /// `done`: the new epoch and the clean stop position, when it completed.
+    pub(crate) fn ended(s: &Switchover, done: Option<(u64, Option<u64>)>, detail: String) -> Self {
+        SwitchoverOutcome {
+            id: s.id,
+            from: s.from.clone(),
+            from_epoch: s.from_epoch,
+            to: s.to.clone(),
+            forced: s.forced,
+            completed: done.is_some(),
+            epoch: done.map_or(s.from_epoch, |(e, _)| e),
+            lsn: done.and_then(|(_, l)| l),
+            detail,
+        }
+    }
+}
+
+/// Whether `me`, the old primary of the switchover that made the current epoch, stopped cleanly
+/// at the position it recorded in `stop`: then its data directory can follow the new primary as it
+/// is (no rewind).
+pub fn clean_switchover_source(state: &ClusterState, me: &str, stop: &SwitchoverStop) -> bool {
+    state.last_switchover.as_ref().is_some_and(|o| {
+        o.completed
+            && o.from == me
+            && o.id == stop.id
+            && o.from_epoch == stop.epoch
+            && o.epoch == state.epoch
+            && stop.lsn != 0
+            && o.lsn == Some(stop.lsn)
+            && state.primary.as_deref() == Some(o.to.as_str())
+    })
+}
+
+/// What an operator asks the coordinator for.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub enum Request {
+    /// Planned, zero-loss. No candidate: the best standby. `primary`: the primary the operator
+    /// expects (refused if it is not).
+    Switchover {
+        candidate: Option<String>,
+        primary: Option<String>,
+        not_before_unix_ms: u64,
+    },
+    /// Forced: for when the primary is gone.
+    Failover {
+        candidate: String,
+    },
+    /// A switchover back to `preferred_primary`, else to the primary before the last change.
+    Failback {
+        not_before_unix_ms: u64,
+    },
+    Reinit {
+        member: String,
+    },
+    /// Cancel the pending switchover.
+    CancelSwitchover,
+}
+
+/// Why a request is refused (the HTTP layer maps these to 404 and 409).
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub enum Refusal {
+    NotFound(String),
+    Conflict(String),
+}
+
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub enum Decision {
+    Propose(Command),
+    /// Nothing to do (already so), and why.
+    Nothing(String),
+}
+
+fn why(e: &Excluded, member: &str) -> String {
+    match e {
+        Excluded::IsPrimary => format!("{member} is the primary"),
+        Excluded::NotPostgres => format!("{member} is a witness: it runs no PostgreSQL"),
+        Excluded::NoFailoverTag => format!("{member} is tagged nofailover"),
+        Excluded::NoCurrentReport => format!("no current report from {member}"),
+        Excluded::NotARunningStandby => format!("{member} is not a running standby"),
+        Excluded::NeedsRejoin => format!("{member} needs a rejoin"),
+        Excluded::Lagging { behind } => {
+            format!("{member} is {behind} bytes behind the primary (more than maximum_lag_on_failover)")
+        }
+    }
+}
+
+impl Coordinator {
+    /// The configured preferred primary (the failback target); the coordinator's config wins.
+    pub fn with_preferred_primary(mut self, member: Option<String>) -> Self {
+        self.preferred_primary = member;
+        self
+    }
+
+    fn seen<'a>(&self, now: Instant, r: &'a Received) -> Seen<'a> {
+        Seen { report: &r.report, current: self.is_current(now, r) }
+    }
+
+    fn current_report(&self, now: Instant, member: &str) -> Option<&HealthReport> {
+        self.reports.get(member).filter(|r| self.is_current(now, r)).map(|r| &r.report)
+    }
+
+    /// Why `to` cannot take over from `from` in a planned switchover now, if it cannot.
+    fn planned_problem(&self, now: Instant, state: &ClusterState, from: &str, to: &str) -> Option<String> {
+        let p = match self.current_report(now, from) {
+            Some(p) if p.pg.running && !p.pg.in_recovery && p.epoch_seen == state.epoch => p,
+            _ => return Some(format!("the primary {from} is not running as primary (if it is gone: POST /failover)")),
+        };
+        let Some(r) = self.reports.get(to) else { return Some(format!("no report from {to}")) };
+        let limit = self.timings.maximum_lag_on_failover;
+        if let Some(e) = candidate::exclusion(state, &self.seen(now, r), Some(p.wal_position()), limit) {
+            return Some(why(&e, to));
+        }
+        // Its own word is enough (the primary's list of WAL senders may lag a report behind, and a
+        // standby that just followed a timeline switch may still show the old timeline): one that
+        // cannot follow the primary's last WAL never catches up, and the switchover is cancelled
+        // with nothing lost. Completion checks the timeline.
+        (!r.report.pg.streaming).then(|| format!("{to} is not streaming from {from}"))
+    }
+
+    /// Why `to` cannot be promoted by a forced failover now, if it cannot: a running standby
+    /// (however far behind), and in a synchronous mode the holder with the most WAL.
+    fn forced_problem(&self, now: Instant, state: &ClusterState, to: &str) -> Option<String> {
+        let Some(r) = self.reports.get(to) else { return Some(format!("no report from {to}")) };
+        if let Some(e) = candidate::exclusion(state, &self.seen(now, r), None, u64::MAX) {
+            return Some(why(&e, to));
+        }
+        if !state.sync.mode.is_sync() {
+            return None;
+        }
+        if let Some(blocked) = self.sync_failover_blocked(now, state) {
+            return Some(blocked);
+        }
+        let holders: Vec<&str> = state.sync.holders.iter().map(String::as_str).collect();
+        if !holders.contains(&to) {
+            return Some(format!(
+                "synchronous mode: {to} may lack acknowledged commits; only {} hold(s) them all",
+                holders.join(", ")
+            ));
+        }
+        let mine = r.report.wal_position();
+        let ahead = holders.iter().find(|h| self.reports.get(**h).is_some_and(|x| x.report.wal_position() > mine));
+        ahead.map(|h| format!("synchronous mode: {h} has more WAL than {to}"))
+    }
+
+    /// The best target of a planned switchover from `from`: most WAL, then priority, then name.
+    fn best_planned(&self, now: Instant, state: &ClusterState, from: &str) -> Option<String> {
+        let mut ok: Vec<&HealthReport> = state
+            .members
+            .keys()
+            .filter(|m| self.planned_problem(now, state, from, m).is_none())
+            .filter_map(|m| self.reports.get(m).map(|r| &r.report))
+            .collect();
+        ok.sort_by(|a, b| {
+            b.wal_position().cmp(&a.wal_position()).then(b.priority.cmp(&a.priority)).then(a.member.cmp(&b.member))
+        });
+        ok.first().map(|r| r.member.clone())
+    }
+
+    /// An operator's request, checked against the committed state and the latest reports.
+    pub fn request(
+        &self,
+        now: Instant,
+        state: &ClusterState,
+        req: &Request,
+        wall_ms: u64,
+    ) -> Result<Decision, Refusal> {
+        let known = |m: &str| -> Result<(), Refusal> {
+            match state.members.get(m) {
+                None => Err(Refusal::NotFound(format!("no member {m:?} in the cluster"))),
+                Some(x) if x.kind != MemberKind::Postgres => {
+                    Err(Refusal::Conflict(format!("{m} is a witness: it runs no PostgreSQL")))
+                }
+                Some(_) => Ok(()),
+            }
+        };
+        let conflict = |m: String| Err(Refusal::Conflict(m));
+        let (candidate, forced, not_before, reason) = match req {
+            Request::CancelSwitchover => {
+                return match &state.switchover {
+                    None => Err(Refusal::NotFound("no switchover is pending".into())),
+                    Some(s) => Ok(Decision::Propose(Command::CancelSwitchover {
+                        id: s.id,
+                        reason: "cancelled by the operator".into(),
+                        at_unix_ms: wall_ms,
+                    })),
+                };
+            }
+            Request::Reinit { member } => {
+                known(member)?;
+                return self.reinit(now, state, member, wall_ms);
+            }
+            Request::Switchover { candidate, primary: expected, not_before_unix_ms } => {
+                if let Some(c) = candidate {
+                    known(c)?;
+                }
+                if let Some(e) = expected.as_ref().filter(|e| state.primary.as_ref() != Some(*e)) {
+                    return conflict(format!(
+                        "the primary is {}, not {e}",
+                        state.primary.as_deref().unwrap_or("nobody")
+                    ));
+                }
+                (candidate.clone(), false, *not_before_unix_ms, "requested by the operator".to_string())
+            }
+            Request::Failover { candidate } => {
+                known(candidate)?;
+                (Some(candidate.clone()), true, 0, "forced failover requested by the operator".to_string())
+            }
+            Request::Failback { not_before_unix_ms } => {
+                let (to, why) = match (&self.preferred_primary, &state.previous_primary) {
+                    (Some(p), _) => (p.clone(), "failback to the preferred primary"),
+                    (None, Some(p)) => (p.clone(), "failback to the primary before the last change"),
+                    (None, None) => {
+                        return conflict("no preferred_primary is configured and no earlier primary is known".into())
+                    }
+                };
+                known(&to)?;
+                if state.is_primary(&to) {
+                    return Ok(Decision::Nothing(format!("{to} is already the primary")));
+                }
+                (Some(to), false, *not_before_unix_ms, why.to_string())
+            }
+        };
+        let Some(primary) = state.primary.clone() else { return conflict("the cluster has no primary yet".into()) };
+        if state.paused {
+            return conflict("the cluster is paused: resume it first".into());
+        }
+        if let Some(s) = &state.switchover {
+            return conflict(format!("{} is pending; cancel it first (DELETE /switchover)", s.describe()));
+        }
+        let to = match candidate {
+            Some(c) => c,
+            None => match self.best_planned(now, state, &primary) {
+                Some(c) => c,
+                None => return conflict(format!("no standby can take over from {primary} now")),
+            },
+        };
+        if to == primary {
+            return conflict(format!("{to} is already the primary"));
+        }
+        if state.members.get(&to).is_some_and(|m| m.nofailover) {
+            return conflict(format!("{to} is tagged nofailover"));
+        }
+        // A scheduled switchover is checked again when it is due.
+        let problem = match (forced, not_before) {
+            (true, _) => self.forced_problem(now, state, &to),
+            (false, 0) => self.planned_problem(now, state, &primary, &to),
+            (false, t) if t <= wall_ms => Some("the scheduled time has passed".into()),
+            (false, _) => None,
+        };
+        if let Some(p) = problem {
+            return conflict(p);
+        }
+        Ok(Decision::Propose(Command::BeginSwitchover {
+            id: state.requests + 1,
+            from_epoch: state.epoch,
+            to,
+            forced,
+            not_before_unix_ms: not_before,
+            reason,
+            at_unix_ms: wall_ms,
+        }))
+    }
+
+    fn reinit(&self, now: Instant, state: &ClusterState, member: &str, wall_ms: u64) -> Result<Decision, Refusal> {
+        let conflict = |m: String| Err(Refusal::Conflict(m));
+        let Some(primary) = state.primary.as_deref() else { return conflict("the cluster has no primary yet".into()) };
+        if state.paused {
+            return conflict("the cluster is paused: resume it first".into());
+        }
+        if member == primary {
+            return conflict(format!("{member} is the primary: only a standby can be re-initialised"));
+        }
+        if state.reinit.contains_key(member) {
+            return Ok(Decision::Nothing(format!("a re-initialisation of {member} is already pending")));
+        }
+        if !self.current_report(now, primary).is_some_and(|p| p.pg.running && !p.pg.in_recovery) {
+            return conflict(format!("the primary {primary} is not running: there is nothing to clone from"));
+        }
+        let id = state.requests + 1;
+        Ok(Decision::Propose(Command::RequestReinit { id, member: member.to_string(), at_unix_ms: wall_ms }))
+    }
+
+    /// The next step of the pending switchover, if one is due: start a scheduled one, complete it,
+    /// or cancel it. `wall_ms` decides only when a scheduled one starts.
+    pub(crate) fn switchover_step(&mut self, now: Instant, state: &ClusterState, wall_ms: u64) -> Option<Command> {
+        let s = state.switchover.as_ref().filter(|s| s.from_epoch == state.epoch)?;
+        if !s.started {
+            if wall_ms < s.not_before_unix_ms {
+                return None;
+            }
+            let problem = if s.forced {
+                self.forced_problem(now, state, &s.to)
+            } else {
+                self.planned_problem(now, state, &s.from, &s.to)
+            };
+            return Some(match problem {
+                None => Command::StartSwitchover { id: s.id, at_unix_ms: wall_ms },
+                Some(why) => Command::CancelSwitchover {
+                    id: s.id,
+                    reason: format!("at its scheduled time: {why}"),
+                    at_unix_ms: wall_ms,
+                },
+            });
+        }
+        let since = match self.switchover_seen {
+            Some((id, t)) if id == s.id => t,
+            _ => {
+                self.switchover_seen = Some((s.id, now));
+                now
+            }
+        };
+        let stop = self
+            .reports
+            .get(&s.from)
+            .and_then(|r| r.report.pg.switchover_stop.as_ref().filter(|_| !r.report.pg.running))
+            .filter(|st| st.id == s.id && st.epoch == s.from_epoch && st.lsn != 0);
+        let target = self
+            .current_report(now, &s.to)
+            .filter(|r| r.pg.running && r.pg.in_recovery && !r.pg.needs_rejoin && r.kind == MemberKind::Postgres);
+        if let (Some(stop), Some(t)) = (stop, target) {
+            if t.pg.replay_lsn > stop.lsn && t.pg.timeline == stop.timeline {
+                let reason = format!(
+                    "switchover {} from {}: it stopped cleanly at {}; {} replayed up to {} ({})",
+                    s.id,
+                    s.from,
+                    crate::format_lsn(stop.lsn),
+                    s.to,
+                    crate::format_lsn(t.pg.replay_lsn),
+                    s.reason
+                );
+                return Some(Command::CompleteSwitchover {
+                    id: s.id,
+                    lsn: Some(stop.lsn),
+                    reason,
+                    at_unix_ms: wall_ms,
+                });
+            }
+        }
+        let lease_gone = self.lease_expires_in(now, state).is_some_and(|d| d.is_zero());
+        if s.forced && lease_gone && self.forced_problem(now, state, &s.to).is_none() {
+            let wal = self.reports.get(&s.to).map_or(0, |r| r.report.wal_position());
+            let reason = format!(
+                "failover {} ({}): {}'s lease ran out; promoting {} at WAL {}",
+                s.id,
+                s.reason,
+                s.from,
+                s.to,
+                crate::format_lsn(wal)
+            );
+            return Some(Command::CompleteSwitchover { id: s.id, lsn: None, reason, at_unix_ms: wall_ms });
+        }
+        let timeout = self.timings.switchover_timeout;
+        if now.saturating_duration_since(since) < timeout {
+            return None;
+        }
+        let reason = match (stop, target) {
+            (None, _) => format!("{} did not report a clean shutdown within {timeout:?}", s.from),
+            (Some(stop), t) => format!(
+                "{} did not replay {}'s WAL up to {} within {timeout:?} (it has {})",
+                s.to,
+                s.from,
+                crate::format_lsn(stop.lsn),
+                crate::format_lsn(t.map_or(0, |t| t.pg.replay_lsn))
+            ),
+        };
+        let reason = match (s.forced, self.forced_problem(now, state, &s.to)) {
+            (true, Some(p)) => format!("{p} (within {timeout:?})"),
+            _ => reason,
+        };
+        Some(Command::CancelSwitchover { id: s.id, reason, at_unix_ms: wall_ms })
+    }
+}
+
+/// `YYYY-MM-DDTHH:MM:SSZ` for Unix milliseconds (for people; history details).
+pub fn format_unix_ms(ms: u64) -> String {
+    let secs = ms / 1000;
+    let days = (secs / 86_400) as i64;
+    let rem = secs % 86_400;
+    // Howard Hinnant's civil_from_days.
+    let z = days + 719_468;
+    let era = z.div_euclid(146_097);
+    let doe = z.rem_euclid(146_097);
+    let yoe = (doe - doe / 1460 + doe / 36_524 - doe / 146_096) / 365;
+    let doy = doe - (365 * yoe + yoe / 4 - yoe / 100);
+    let mp = (5 * doy + 2) / 153;
+    let d = doy - (153 * mp + 2) / 5 + 1;
+    let m = if mp < 10 { mp + 3 } else { mp - 9 };
+    let y = yoe + era * 400 + i64::from(m <= 2);
+    format!("{y:04}-{m:02}-{d:02}T{:02}:{:02}:{:02}Z", rem / 3600, (rem % 3600) / 60, rem % 60)
+}
+
+#[cfg(test)]
+#[path = "switchover_tests.rs"]
+mod tests;
