@@ -5,6 +5,24 @@
 //! - [`TestCluster`]: start a cluster, wait for conditions with deadlines, kill parts of it,
 //!   run SQL against a member; everything is stopped and removed on drop, also on failure.
 //! - [`pgvigil_bin`]: where the daemon binary is (built by `cargo build --workspace`).
+//!
+//! The fault-injection suite (hosts as network namespaces, needs root):
+//! - [`netns`]: the private network (one namespace per host, a client, a switch) and its faults
+//!   on links and paths.
+//! - [`nscluster`]: a cluster whose members run in those namespaces.
+//! - [`faults`]: the fault kinds (inject and heal) and the seeded random schedule.
+//! - The independent checker: [`writer`] (writes to every host, records acknowledgements),
+//!   [`probe`] (asks each PostgreSQL who it is and what it streams from), [`verdict`] (one
+//!   writable primary, nothing acknowledged lost).
+//! - [`scenario`]: a run from start to verdicts, and its figures.
+
+pub mod faults;
+pub mod netns;
+pub mod nscluster;
+pub mod probe;
+pub mod scenario;
+pub mod verdict;
+pub mod writer;
 
 use anyhow::Context;
 use std::path::{Path, PathBuf};
