@@ -32,10 +32,20 @@ use tokio_postgres::NoTls;
 pub use pgvigil::launch::{healthy, ClusterSpec, LocalCluster, MemberSpec};
 pub use pgvigil::list::View;
 
-/// The `pgvigil` binary: `$PGVIGIL_BIN`, else the workspace's target dir (debug, then release).
+/// The `pgvigil` binary: `$PGVIGIL_BIN`, else beside the running executable, else the workspace's
+/// target dir (debug, then release).
 pub fn pgvigil_bin() -> PathBuf {
     if let Ok(p) = std::env::var("PGVIGIL_BIN") {
         return PathBuf::from(p);
+    }
+    // Beside this executable: target/<profile>/ for binaries, target/<profile>/deps/ for tests.
+    if let Ok(exe) = std::env::current_exe() {
+        for dir in exe.ancestors().skip(1).take(2) {
+            let p = dir.join("pgvigil");
+            if p.is_file() {
+                return p;
+            }
+        }
     }
     let root = Path::new(env!("CARGO_MANIFEST_DIR")).parent().unwrap_or(Path::new(".")).to_path_buf();
     let target = std::env::var("CARGO_TARGET_DIR").map(PathBuf::from).unwrap_or_else(|_| root.join("target"));

@@ -143,7 +143,8 @@ fn destroy(ns: &str, wait: Duration) {
 /// Remove the namespaces (and their processes) and the data directories of earlier runs whose
 /// process is gone. Returns the namespaces removed.
 pub fn clean_stale() -> Vec<String> {
-    let alive = |pid: &str| pid.parse::<u32>().is_ok_and(|p| std::path::Path::new(&format!("/proc/{p}")).exists());
+    // Only names that carry a pid are ours; anything else counts as alive (left alone).
+    let alive = |pid: &str| pid.parse::<u32>().map_or(true, |p| std::path::Path::new(&format!("/proc/{p}")).exists());
     let mut removed = Vec::new();
     for ns in namespaces() {
         let Some(rest) = ns.strip_prefix(PREFIX) else { continue };

@@ -29,7 +29,7 @@ pub struct Receiver {
 pub type Probes = BTreeMap<String, Probe>;
 
 async fn probe_one(ep: &Endpoints, ip: &str) -> anyhow::Result<Probe> {
-    let c = ep.connect(ip, Duration::from_secs(1)).await?;
+    let c = ep.connect(ip, Duration::from_secs(2)).await?;
     let row = c.query_one("SELECT pg_is_in_recovery()", &[]).await?;
     if !row.get::<_, bool>(0) {
         // The timeline of the WAL being written now (pg_control's may lag behind a promotion).

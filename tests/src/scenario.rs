@@ -46,7 +46,7 @@ impl Default for Settings {
             hold: None,
             flap_period: Duration::from_secs(3),
             converge_bound: Duration::from_secs(60),
-            logs: std::env::temp_dir().join("pgvigil-faults-logs"),
+            logs: std::env::temp_dir().join("pgvigil-fault-logs"),
             write_interval: Duration::from_millis(50),
             write_timeout: Duration::from_secs(1),
         }
