@@ -442,7 +442,12 @@ pub async fn run_random(
                 None
             }
         };
-        let (lost, _, _) = judge(&c, &s, &acks, current.as_deref(), &mut violations).await;
+        // Not converged: still check the acknowledged commits against a single writable primary.
+        let check_on = match &current {
+            Some(p) => Some(p.clone()),
+            None => unique_primary(&probe::probe_all(&c.endpoints).await),
+        };
+        let (lost, _, _) = judge(&c, &s, &acks, check_on.as_deref(), &mut violations).await;
         lost_total = lost.len();
         let secs = |d: Option<Duration>| d.map(|d| format!("{:.2}s", d.as_secs_f64())).unwrap_or_else(|| "-".into());
         println!(

@@ -4,6 +4,7 @@
 //! faults run --fault kill-daemon --runs 5 --mode on     # N runs of one fault, each on a fresh cluster
 //! faults all --runs 5 --mode on                         # every fault kind, then a table of figures
 //! faults random --seed 7 --duration 30m --mode strict   # a seeded schedule on one cluster
+//! faults schedule --seed 7 --steps 20                   # print a seed's schedule
 //! faults clean                                          # remove namespaces left by killed runs
 //! ```
 //!
@@ -75,6 +76,13 @@ enum Cmd {
         #[command(flatten)]
         common: Common,
     },
+    /// Print the first steps of a seed's schedule without running anything.
+    Schedule {
+        #[arg(long)]
+        seed: u64,
+        #[arg(long, default_value_t = 20)]
+        steps: usize,
+    },
     /// Remove namespaces and data directories of runs whose process is gone.
     Clean,
 }
@@ -109,6 +117,12 @@ fn runs_of(kind: FaultKind, runs: usize, s: &Settings) -> anyhow::Result<Vec<Run
 fn main() -> anyhow::Result<()> {
     let cli = Cli::parse();
     let failed = match cli.cmd {
+        Cmd::Schedule { seed, steps } => {
+            for (i, step) in vigil_tests::faults::Schedule::new(seed).take(steps).enumerate() {
+                println!("step {i}: {step}");
+            }
+            false
+        }
         Cmd::Clean => {
             for ns in vigil_tests::netns::clean_stale() {
                 println!("removed {ns}");
