@@ -17,6 +17,17 @@ if ! id postgres >/dev/null 2>&1; then
   echo "the postgres system user is missing (it comes with the postgresql package)" >&2
   exit 69
 fi
+# HAProxy: the scenario that routes writes through `option httpchk GET /primary` runs it.
+if ! command -v haproxy >/dev/null 2>&1 && [ ! -x /usr/sbin/haproxy ]; then
+  if [ "$(id -u)" -ne 0 ]; then
+    echo "HAProxy is missing: run as root, or apt-get install -y haproxy" >&2
+    exit 69
+  fi
+  echo "Installing HAProxy (apt-get install haproxy) ..." >&2
+  export DEBIAN_FRONTEND=noninteractive
+  apt-get update -qq
+  apt-get install -y -qq haproxy >/dev/null
+fi
 # The fault-injection suite (tests/tests/faults.rs, the `faults` runner) builds hosts as network
 # namespaces: it needs `ip` (iproute2) and `nft` (nftables).
 if ! command -v ip >/dev/null 2>&1 || ! command -v nft >/dev/null 2>&1; then

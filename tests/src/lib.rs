@@ -5,6 +5,7 @@
 //! - [`TestCluster`]: start a cluster, wait for conditions with deadlines, kill parts of it,
 //!   run SQL against a member; everything is stopped and removed on drop, also on failure.
 //! - [`pgvigil_bin`]: where the daemon binary is (built by `cargo build --workspace`).
+//! - HTTP helpers on [`TestCluster`]: ask a member's API, wait for an answer, run the CLI.
 //!
 //! The fault-injection suite (hosts as network namespaces, needs root):
 //! - [`netns`]: the private network (one namespace per host, a client, a switch) and its faults
@@ -29,8 +30,9 @@ use std::path::{Path, PathBuf};
 use std::time::{Duration, Instant};
 use tokio_postgres::NoTls;
 
+pub use pgvigil::client::Reply;
 pub use pgvigil::launch::{healthy, ClusterSpec, LocalCluster, MemberSpec};
-pub use pgvigil::list::View;
+pub use pgvigil::list::{ClusterView, View};
 
 /// The `pgvigil` binary: `$PGVIGIL_BIN`, else beside the running executable, else the workspace's
 /// target dir (debug, then release).
@@ -167,10 +169,154 @@ impl TestCluster {
         }
     }
 
+    /// The HTTP API endpoint of `member`.
+    pub fn api(&self, member: &str) -> String {
+        self.spec().api_address(member).unwrap_or_default()
+    }
+
+    /// The token every member's API takes.
+    pub fn token(&self) -> String {
+        self.spec().api_token.clone()
+    }
+
+    /// One HTTP request to `member`'s API.
+    pub async fn http(
+        &self,
+        member: &str,
+        method: &str,
+        path: &str,
+        token: Option<&str>,
+        body: Option<&str>,
+    ) -> anyhow::Result<Reply> {
+        pgvigil::client::request(&self.api(member), method, path, token, body, Duration::from_secs(10)).await
+    }
+
+    pub async fn get(&self, member: &str, path: &str) -> anyhow::Result<Reply> {
+        self.http(member, "GET", path, None, None).await
+    }
+
+    /// Wait until `GET path` on `member` answers `status`.
+    pub async fn wait_http(&self, member: &str, path: &str, status: u16, timeout: Duration) -> anyhow::Result<Reply> {
+        let deadline = Instant::now() + timeout;
+        loop {
+            let r = self.get(member, path).await;
+            if matches!(&r, Ok(r) if r.status == status) {
+                return r;
+            }
+            if Instant::now() >= deadline {
+                anyhow::bail!("{member} {path}: wanted {status} within {timeout:?}, last answer {r:?}");
+            }
+            tokio::time::sleep(Duration::from_millis(100)).await;
+        }
+    }
+
+    /// Run the `pgvigil` command line with `stdin` as its input; environment variables of the
+    /// CLI are cleared so only the arguments count.
+    pub async fn cli(&self, args: &[&str], stdin: &str) -> anyhow::Result<std::process::Output> {
+        use tokio::io::AsyncWriteExt;
+        let mut child = tokio::process::Command::new(pgvigil_bin())
+            .args(args)
+            .env_remove("PGVIGIL_ENDPOINT")
+            .env_remove("PGVIGIL_TOKEN")
+            .stdin(std::process::Stdio::piped())
+            .stdout(std::process::Stdio::piped())
+            .stderr(std::process::Stdio::piped())
+            .kill_on_drop(true)
+            .spawn()
+            .context("run pgvigil")?;
+        if let Some(mut input) = child.stdin.take() {
+            input.write_all(stdin.as_bytes()).await?;
+        }
+        let out = tokio::time::timeout(Duration::from_secs(30), child.wait_with_output())
+            .await
+            .context("the CLI did not finish within 30 s")??;
+        Ok(out)
+    }
+
     /// Whether `member`'s PostgreSQL accepts a connection now.
     pub async fn accepts_connections(&self, member: &str) -> bool {
         self.client(member).await.is_ok()
     }
+}
+
+/// A client that inserts increasing ids into `acked_writes` on every PostgreSQL member in turn, as
+/// fast as it gets answers (each attempt bounded by a second), and remembers which commits were
+/// acknowledged. Standbys refuse; a fenced or blocked primary times out: neither is acknowledged.
+pub struct Writer {
+    stop: tokio_util::sync::CancellationToken,
+    task: tokio::task::JoinHandle<Vec<(i64, String)>>,
+}
+
+impl Writer {
+    /// Create the table on the current primary and start writing.
+    pub async fn start(t: &TestCluster) -> anyhow::Result<Writer> {
+        let primary = t.primary().await?;
+        t.execute(&primary, "CREATE TABLE IF NOT EXISTS acked_writes (id bigint primary key, member text)").await?;
+        let targets: Vec<(String, String)> = t
+            .spec()
+            .members
+            .iter()
+            .filter(|m| m.kind == vigil_core::MemberKind::Postgres)
+            .map(|m| {
+                let conn = format!(
+                    "host=127.0.0.1 port={} user=postgres password={} dbname=postgres connect_timeout=1",
+                    m.pg_port,
+                    t.spec().superuser_password
+                );
+                (m.name.clone(), conn)
+            })
+            .collect();
+        let stop = tokio_util::sync::CancellationToken::new();
+        let token = stop.clone();
+        let task = tokio::spawn(async move {
+            let mut acked = Vec::new();
+            let mut clients: std::collections::HashMap<String, tokio_postgres::Client> = Default::default();
+            let mut id: i64 = 0;
+            while !token.is_cancelled() {
+                for (name, conn) in &targets {
+                    id += 1;
+                    if clients.get(name).is_none_or(|c| c.is_closed()) {
+                        let connected =
+                            tokio::time::timeout(Duration::from_secs(1), tokio_postgres::connect(conn, NoTls));
+                        match connected.await {
+                            Ok(Ok((c, connection))) => {
+                                tokio::spawn(connection);
+                                clients.insert(name.clone(), c);
+                            }
+                            _ => continue,
+                        }
+                    }
+                    let Some(c) = clients.get(name) else { continue };
+                    let params: [&(dyn tokio_postgres::types::ToSql + Sync); 2] = [&id, name];
+                    let insert = c.execute("INSERT INTO acked_writes VALUES ($1, $2)", &params);
+                    match tokio::time::timeout(Duration::from_secs(1), insert).await {
+                        Ok(Ok(_)) => acked.push((id, name.clone())),
+                        Ok(Err(_)) => {}
+                        // An answer may still come: this commit is not acknowledged to us.
+                        Err(_) => {
+                            clients.remove(name);
+                        }
+                    }
+                }
+                tokio::time::sleep(Duration::from_millis(20)).await;
+            }
+            acked
+        });
+        Ok(Writer { stop, task })
+    }
+
+    /// Stop and return the acknowledged ids with the member that acknowledged each.
+    pub async fn stop(self) -> anyhow::Result<Vec<(i64, String)>> {
+        self.stop.cancel();
+        Ok(self.task.await?)
+    }
+}
+
+/// The acknowledged ids missing from `member`'s `acked_writes`.
+pub async fn missing_writes(t: &TestCluster, member: &str, acked: &[(i64, String)]) -> anyhow::Result<Vec<i64>> {
+    let rows = t.client(member).await?.query("SELECT id FROM acked_writes", &[]).await?;
+    let have: std::collections::HashSet<i64> = rows.iter().map(|r| r.get(0)).collect();
+    Ok(acked.iter().map(|(id, _)| *id).filter(|id| !have.contains(id)).collect())
 }
 
 impl Drop for TestCluster {

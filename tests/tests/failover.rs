@@ -132,21 +132,29 @@ async fn two_postgres_members_and_a_witness_survive_the_primary_host() -> anyhow
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
-async fn restarted_daemons_recover_their_raft_state_and_the_old_primary_stays_down() -> anyhow::Result<()> {
+async fn the_old_primary_rewinds_and_rejoins_and_restarted_daemons_recover_their_state() -> anyhow::Result<()> {
     let mut t = TestCluster::start(3, 0).await?;
     let old = t.primary().await?;
     t.kill_host(&old);
     let v = t.wait_for("failover", CONVERGE, |v| streaming_from_new_primary(v, &old)).await?;
     let new = v.state.primary.clone().expect("primary");
-    let history_len = v.state.history.len();
+    t.execute(&new, "CREATE TABLE after_failover (id int); INSERT INTO after_failover VALUES (1)").await?;
 
-    // The old primary comes back: it must not run PostgreSQL as a primary, and says why.
+    // The old primary comes back: it never runs as a primary; it rewinds and streams from the new one.
     t.cluster.start(&old)?;
-    t.wait_for("the old primary reporting needs-rejoin", CONVERGE, |v| {
-        v.reports.get(&old).is_some_and(|r| r.pg.needs_rejoin && !r.pg.running)
-    })
-    .await?;
-    assert!(!t.accepts_connections(&old).await, "the old primary's PostgreSQL stays down");
+    let v = t
+        .wait_for("the old primary rewound and streaming", CONVERGE, |v| {
+            healthy(v)
+                && v.state.primary.as_deref() == Some(new.as_str())
+                && v.state.history.iter().any(|e| e.kind == EventKind::Rewind && e.member == old)
+        })
+        .await?;
+    let rewind = v.state.history.iter().find(|e| e.kind == EventKind::Rewind).expect("rewind event");
+    assert!(rewind.detail.starts_with("done in"), "{rewind:?}");
+    assert_eq!(v.state.epoch, 2, "a rejoin is not a failover");
+    t.wait_rows(&old, "after_failover", 1, Duration::from_secs(10)).await?;
+    assert!(t.execute(&old, "INSERT INTO after_failover VALUES (2)").await.is_err(), "{old} is read-only");
+    let history_len = v.state.history.len();
 
     // Every daemon killed at once, then restarted: the state comes back from disk, not a new bootstrap.
     let names: Vec<String> = t.spec().members.iter().map(|m| m.name.clone()).collect();
@@ -166,7 +174,8 @@ async fn restarted_daemons_recover_their_raft_state_and_the_old_primary_stays_do
     assert!(v.state.history.len() >= history_len, "the history survived the restart");
     assert_eq!(v.state.history.iter().filter(|e| e.kind == EventKind::Bootstrap).count(), 1);
     t.execute(&new, "CREATE TABLE after_restart (id int)").await?;
-    assert!(!t.accepts_connections(&old).await, "still down after a second restart");
+    t.wait_for("everyone streaming again", CONVERGE, |v| healthy(v) && v.state.epoch == 2).await?;
+    assert!(t.execute(&old, "INSERT INTO after_failover VALUES (3)").await.is_err(), "{old} is still read-only");
     Ok(())
 }
 

@@ -14,9 +14,13 @@ use std::sync::{Arc, Mutex};
 use std::time::{Duration, Instant};
 use tokio::sync::watch;
 use tokio_util::sync::CancellationToken;
-use vigil_core::agent::{reconcile, AgentAction, AgentInput};
+use vigil_core::agent::{divergence, reconcile, AgentAction, AgentInput};
+use vigil_core::report::{RejoinMethod, RejoinRecord, ReplicaStatus};
 use vigil_core::{DataDir, HealthReport, Lease, LocalMemory, MemberKind, PgStatus, Upstream};
-use vigil_pg::{DataDirState, Fencer, PgSettings, Postgres, RunAs, StopMode};
+use vigil_pg::{DataDirState, Fencer, Observation, PgSettings, Postgres, RunAs, StopMode};
+
+/// A standby not streaming for this long gets its timeline checked against the primary's.
+const DIVERGENCE_CHECK_AFTER: Duration = Duration::from_secs(2);
 
 /// What the reporter needs from the reconciler, and the lease they share.
 struct Link {
@@ -29,8 +33,8 @@ struct Link {
 }
 
 pub async fn run_witness(shared: Arc<Shared>, shutdown: CancellationToken) -> anyhow::Result<()> {
-    let (_tx, status) = watch::channel(PgStatus::default());
-    let link = Link { status, lease: Default::default(), acting_epoch: Default::default(), fencer: None };
+    let status = shared.pg_status.subscribe();
+    let link = Link { status, lease: shared.lease.clone(), acting_epoch: Default::default(), fencer: None };
     reporter(shared, link, shutdown).await;
     Ok(())
 }
@@ -68,11 +72,12 @@ pub async fn run(shared: Arc<Shared>, shutdown: CancellationToken) -> anyhow::Re
     let local = LocalFile::new(&shared.settings.raw.state_dir);
     let memory = local.load()?;
     let pg = Postgres::new(settings);
-    let (status_tx, status_rx) =
-        watch::channel(PgStatus { data_dir: data_dir(pg.data_dir_state()), ..Default::default() });
+    // Published through `Shared`, so the HTTP API and the metrics see it too.
+    let status_tx = shared.pg_status.clone();
+    status_tx.send_replace(PgStatus { data_dir: data_dir(pg.data_dir_state()), ..Default::default() });
     let link = Link {
-        status: status_rx,
-        lease: Default::default(),
+        status: status_tx.subscribe(),
+        lease: shared.lease.clone(),
         acting_epoch: Arc::new(AtomicU64::new(memory.primary_epoch.unwrap_or(0))),
         fencer: Some(pg.fencer()),
     };
@@ -89,6 +94,11 @@ pub async fn run(shared: Arc<Shared>, shutdown: CancellationToken) -> anyhow::Re
         roles_ready: false,
         slots_made: Vec::new(),
         last_note: String::new(),
+        last_rejoin: None,
+        diverged: None,
+        not_streaming_since: None,
+        divergence_checked: None,
+        sync_seen: None,
     };
     let reporter = tokio::spawn(reporter(shared.clone(), link, shutdown.clone()));
     agent.reconcile_loop(&shutdown).await;
@@ -135,6 +145,18 @@ struct Agent {
     roles_ready: bool,
     slots_made: Vec<String>,
     last_note: String,
+    /// The latest rewind or re-clone, reported until the coordinator has recorded it.
+    last_rejoin: Option<RejoinRecord>,
+    /// Why this standby cannot follow the primary's timeline, when the last check found so.
+    diverged: Option<String>,
+    not_streaming_since: Option<Instant>,
+    divergence_checked: Option<Instant>,
+    /// `synchronous_standby_names` as PostgreSQL ran with it at the last observation.
+    sync_seen: Option<String>,
+}
+
+fn wall_ms() -> u64 {
+    std::time::SystemTime::now().duration_since(std::time::UNIX_EPOCH).map_or(0, |d| d.as_millis() as u64)
 }
 
 impl Agent {
@@ -162,7 +184,9 @@ impl Agent {
     /// Observe, publish the status, decide, act.
     async fn step(&mut self) -> anyhow::Result<()> {
         let me = self.shared.name().to_string();
+        let observe_started = Instant::now();
         let obs = self.pg.observe().await;
+        crate::telemetry::health_check_took(observe_started.elapsed());
         let state = self.shared.committed();
         let now = Instant::now();
         let am_primary = state.is_primary(&me);
@@ -176,6 +200,9 @@ impl Agent {
             // Not the primary and not writable: nothing left for the lease watchdog to fence.
             self.acting_epoch.store(0, Ordering::SeqCst);
         }
+        self.check_divergence(&state, &obs, now).await;
+        self.sync_seen = obs.sync_standby_names.clone();
+        let is_primary_now = obs.running && !obs.in_recovery;
         let mut pg = PgStatus {
             running: obs.running,
             in_recovery: obs.in_recovery,
@@ -187,6 +214,17 @@ impl Agent {
             needs_rejoin: self.needs_rejoin,
             streaming: obs.streaming,
             down_for: self.unhealthy_since.map_or(Duration::ZERO, |t| now - t),
+            replicas: obs
+                .replicas
+                .iter()
+                .map(|r| ReplicaStatus { member: r.name.clone(), flush_lsn: r.flush_lsn, streaming: r.streaming })
+                .collect(),
+            sync_names: obs
+                .sync_standby_names
+                .as_deref()
+                .filter(|_| is_primary_now)
+                .and_then(vigil_core::sync::parse_setting),
+            last_rejoin: self.last_rejoin.clone(),
         };
         let lease_valid = self.lease.lock().unwrap_or_else(|p| p.into_inner()).valid(state.epoch, now);
         let actions = reconcile(&AgentInput {
@@ -196,8 +234,10 @@ impl Agent {
             pg: &pg,
             lease_valid,
             local: &self.memory,
+            diverged: self.diverged.as_deref(),
         });
-        self.needs_rejoin = actions.iter().any(|a| matches!(a, AgentAction::NeedsRejoin(_)));
+        self.needs_rejoin =
+            actions.iter().any(|a| matches!(a, AgentAction::NeedsRejoin(_) | AgentAction::Rejoin { .. }));
         pg.needs_rejoin = self.needs_rejoin;
         self.status_tx.send_replace(pg);
         for action in actions {
@@ -248,11 +288,16 @@ impl Agent {
                 self.pg.start().await.context("start PostgreSQL")?;
                 tracing::info!(epoch, took_ms = started.elapsed().as_millis() as u64, "PostgreSQL started");
             }
-            AgentAction::Promote => {
+            AgentAction::Promote { sync } => {
+                // Named before promotion, so the first commit on the new primary already waits for them.
+                self.pg.set_sync_standby_names(&sync).await.context("set synchronous_standby_names")?;
                 self.pg.promote(Duration::from_secs(60)).await.context("promote")?;
                 tracing::warn!(epoch, took_ms = started.elapsed().as_millis() as u64, "promoted to primary");
             }
-            AgentAction::PrimaryHousekeeping { slots } => {
+            AgentAction::PrimaryHousekeeping { slots, sync } => {
+                if self.sync_seen.as_deref() != Some(sync.as_str()) {
+                    self.pg.set_sync_standby_names(&sync).await.context("set synchronous_standby_names")?;
+                }
                 if !self.roles_ready {
                     self.pg.setup_roles().await.context("set up roles")?;
                     self.roles_ready = true;
@@ -263,6 +308,7 @@ impl Agent {
                 }
                 self.note(tracing::Level::INFO, format!("primary of epoch {epoch}"));
             }
+            AgentAction::Rejoin { from, slot, reason } => self.rejoin(&from, &slot, &reason, epoch).await?,
             AgentAction::Clone { from, slot } => {
                 tracing::info!(epoch, "cloning from {}:{} through slot {slot}", from.host, from.port);
                 self.pg.clone_from(&up(&from), &slot).await.context("clone with pg_basebackup")?;
@@ -283,12 +329,102 @@ impl Agent {
     }
 }
 
+impl Agent {
+    /// A standby that has not streamed for a while: ask the primary for its timeline history and
+    /// see whether this member's WAL forked off it (then it must be rewound, not just re-pointed).
+    async fn check_divergence(&mut self, state: &vigil_core::ClusterState, obs: &Observation, now: Instant) {
+        let me = self.shared.name();
+        let standby = obs.running && obs.in_recovery && !state.is_primary(me);
+        if !standby || obs.streaming {
+            self.not_streaming_since = None;
+            if obs.streaming {
+                self.diverged = None;
+            }
+            return;
+        }
+        let since = *self.not_streaming_since.get_or_insert(now);
+        let due = self.divergence_checked.is_none_or(|t| now - t >= DIVERGENCE_CHECK_AFTER);
+        if now - since < DIVERGENCE_CHECK_AFTER || !due {
+            return;
+        }
+        self.divergence_checked = Some(now);
+        let Some(m) = state.primary.as_deref().and_then(|p| state.members.get(p)) else { return };
+        let upstream = vigil_pg::Upstream { host: m.pg_host.clone(), port: m.pg_port };
+        match self.pg.timeline_history(&upstream).await {
+            Ok((primary_tli, history)) => {
+                let lsn = obs.received_lsn.max(obs.replay_lsn);
+                self.diverged = divergence(obs.timeline, lsn, primary_tli, &history);
+                if let Some(d) = &self.diverged {
+                    tracing::warn!(member = %me, "cannot follow the primary: {d}");
+                }
+            }
+            Err(e) => tracing::debug!("timeline check against the primary: {e:#}"),
+        }
+    }
+
+    /// Make this data directory a standby of `from` again: `pg_rewind`; if that fails, move the
+    /// data directory aside (never deleted here) and clone. The outcome goes into the history.
+    async fn rejoin(&mut self, from: &Upstream, slot: &str, reason: &str, epoch: u64) -> anyhow::Result<()> {
+        let up = vigil_pg::Upstream { host: from.host.clone(), port: from.port };
+        // Nothing is touched unless the new primary is there to rewind or clone from.
+        self.pg.timeline_history(&up).await.context("rejoin: the primary is not ready")?;
+        if self.pg.is_running_child() {
+            self.pg.stop(StopMode::Immediate).await.context("rejoin: stop PostgreSQL")?;
+        }
+        let started = Instant::now();
+        let started_unix_ms = wall_ms();
+        tracing::warn!(epoch, %reason, "rejoining: rewinding from {}:{}", from.host, from.port);
+        let (method, detail) = match self.pg.rewind_from(&up, slot).await {
+            Ok(()) => (RejoinMethod::Rewind, reason.to_string()),
+            Err(rewind_err) => {
+                tracing::warn!(epoch, "pg_rewind failed, re-cloning instead: {rewind_err:#}");
+                let moved = self.pg.move_aside().context("rejoin: move the data directory aside")?;
+                let keep = self.shared.settings.raw.postgres.as_ref().map_or(2, |p| p.keep_moved_data_dirs) as usize;
+                if let Err(e) = vigil_pg::datadir::prune_moved(&self.pg.settings().data_dir, keep) {
+                    tracing::warn!("pruning old moved-aside data directories: {e:#}");
+                }
+                let cloned = self.pg.clone_from(&up, slot).await;
+                let detail = format!(
+                    "{reason}; pg_rewind failed ({}); old data moved to {}",
+                    first_line(&format!("{rewind_err:#}")),
+                    moved.display()
+                );
+                if let Err(e) = cloned {
+                    self.last_rejoin = Some(RejoinRecord {
+                        started_unix_ms,
+                        method: RejoinMethod::Reclone,
+                        ok: false,
+                        took_ms: started.elapsed().as_millis() as u64,
+                        detail: format!("{detail}; clone failed: {}", first_line(&format!("{e:#}"))),
+                    });
+                    return Err(e.context("rejoin: clone"));
+                }
+                (RejoinMethod::Reclone, detail)
+            }
+        };
+        let took_ms = started.elapsed().as_millis() as u64;
+        tracing::warn!(epoch, ?method, took_ms, "rejoined as a standby of {}:{}", from.host, from.port);
+        self.last_rejoin = Some(RejoinRecord { started_unix_ms, method, ok: true, took_ms, detail });
+        self.diverged = None;
+        self.not_streaming_since = None;
+        self.remember(|m| {
+            m.primary_epoch = None;
+            m.upstream = Some(from.clone());
+        })
+    }
+}
+
+fn first_line(s: &str) -> &str {
+    s.lines().next().unwrap_or_default()
+}
+
 /// Report every loop (at once on a state change), keep the lease, fence when it runs out.
 async fn reporter(shared: Arc<Shared>, link: Link, shutdown: CancellationToken) {
     let interval = shared.settings.timings.loop_interval;
     let mut state_rx = shared.raft.state();
     let mut next = Instant::now();
     loop {
+        shared.alive.mark_reporter();
         let acting = link.acting_epoch.load(Ordering::SeqCst);
         let lease_end = link.lease.lock().unwrap_or_else(|p| p.into_inner()).expires_at(acting);
         let wake = lease_end.filter(|_| acting != 0).map_or(next, |e| e.min(next));
@@ -348,6 +484,7 @@ async fn send_report(shared: &Shared, link: &Link, epoch: u64) {
         None
     };
     if let Some(ack) = ack {
+        shared.primary_lsn.store(ack.primary_lsn, Ordering::Relaxed);
         let mut lease = link.lease.lock().unwrap_or_else(|p| p.into_inner());
         lease.on_ack(sent_at, ack.lease_granted, ack.epoch, s.timings.lease_timeout);
     }

@@ -2,7 +2,7 @@
 //!
 //! Every problem is reported as one [`ConfigError`] naming the key; `main` prints it and exits 64.
 
-use serde::{Deserialize, Deserializer};
+use serde::{Deserialize, Deserializer, Serialize};
 use std::collections::{BTreeMap, BTreeSet};
 use std::path::{Path, PathBuf};
 use std::time::Duration;
@@ -26,7 +26,7 @@ fn bad(key: impl Into<String>, message: impl Into<String>) -> ConfigError {
     ConfigError { key: key.into(), message: message.into() }
 }
 
-#[derive(Debug, Clone, Deserialize)]
+#[derive(Debug, Clone, Deserialize, Serialize)]
 #[serde(deny_unknown_fields)]
 pub struct Config {
     /// This member's name; must appear in `members`.
@@ -49,10 +49,49 @@ pub struct Config {
     pub replication: ReplicationConfig,
     #[serde(default)]
     pub log: LogConfig,
+    /// The HTTP API (health checks, cluster view, pause/resume, metrics). None: no HTTP API.
+    #[serde(default)]
+    pub api: Option<ApiConfig>,
+}
+
+/// The `[api]` table.
+#[derive(Clone, Deserialize, Serialize)]
+#[serde(deny_unknown_fields)]
+pub struct ApiConfig {
+    /// `ip:port` of the HTTP API.
+    pub listen: String,
+    /// The bearer token mutating requests must carry (or `token_file`). None: no request may mutate.
+    #[serde(default)]
+    pub token: Option<String>,
+    #[serde(default)]
+    pub token_file: Option<PathBuf>,
+}
+
+impl std::fmt::Debug for ApiConfig {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("ApiConfig")
+            .field("listen", &self.listen)
+            .field("token", &self.token.as_ref().map(|_| REDACTED))
+            .field("token_file", &self.token_file)
+            .finish()
+    }
+}
+
+/// What secrets look like in `/config` and in debug output.
+pub const REDACTED: &str = "<redacted>";
+
+/// A secret string: its `Debug` never shows it.
+#[derive(Clone, PartialEq, Eq)]
+pub struct Secret(pub String);
+
+impl std::fmt::Debug for Secret {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.write_str(REDACTED)
+    }
 }
 
 /// Synchronous replication. The coordinator's values are the cluster's: it commits them.
-#[derive(Debug, Clone, Deserialize)]
+#[derive(Debug, Clone, Deserialize, Serialize)]
 #[serde(deny_unknown_fields)]
 pub struct ReplicationConfig {
     #[serde(default)]
@@ -72,14 +111,14 @@ fn default_sync_count() -> u32 {
     1
 }
 
-#[derive(Debug, Clone, Deserialize)]
+#[derive(Debug, Clone, Deserialize, Serialize)]
 #[serde(deny_unknown_fields)]
 pub struct MemberEntry {
     pub name: String,
     pub address: String,
 }
 
-#[derive(Debug, Clone, Deserialize, Default)]
+#[derive(Debug, Clone, Deserialize, Serialize, Default)]
 #[serde(deny_unknown_fields)]
 pub struct Tags {
     #[serde(default)]
@@ -88,7 +127,7 @@ pub struct Tags {
     pub priority: i32,
 }
 
-#[derive(Debug, Clone, Deserialize)]
+#[derive(Debug, Clone, Deserialize, Serialize)]
 #[serde(deny_unknown_fields)]
 pub struct PostgresConfig {
     #[serde(default = "default_bin_dir")]
@@ -146,7 +185,7 @@ fn default_replication_user() -> String {
 }
 
 /// Every timing key; absent ones take [`Timings::default`].
-#[derive(Debug, Clone, Deserialize, Default)]
+#[derive(Debug, Clone, Deserialize, Serialize, Default)]
 #[serde(deny_unknown_fields)]
 pub struct TimingConfig {
     #[serde(default, deserialize_with = "duration_opt")]
@@ -171,7 +210,7 @@ pub struct TimingConfig {
     pub maximum_lag_on_failover: Option<u64>,
 }
 
-#[derive(Debug, Clone, Deserialize)]
+#[derive(Debug, Clone, Deserialize, Serialize)]
 #[serde(deny_unknown_fields)]
 pub struct LogConfig {
     #[serde(default = "default_log_format")]
@@ -186,7 +225,7 @@ impl Default for LogConfig {
     }
 }
 
-#[derive(Debug, Clone, Copy, Deserialize, PartialEq, Eq)]
+#[derive(Debug, Clone, Copy, Deserialize, Serialize, PartialEq, Eq)]
 #[serde(rename_all = "lowercase")]
 pub enum LogFormat {
     Text,
@@ -217,6 +256,8 @@ pub struct Settings {
     /// Replication password, superuser password, read from files where configured.
     pub replication_password: String,
     pub superuser_password: Option<String>,
+    /// The API's bearer token, read from `api.token_file` where configured.
+    pub api_token: Option<Secret>,
 }
 
 impl Settings {
@@ -228,6 +269,35 @@ impl Settings {
     pub fn pg_log_file(&self) -> PathBuf {
         let pg = self.raw.postgres.as_ref();
         pg.and_then(|p| p.log_file.clone()).unwrap_or_else(|| self.raw.state_dir.join("postgresql.log"))
+    }
+
+    /// The effective configuration as JSON for `GET /config`: defaults filled in for the timings,
+    /// every secret replaced by [`REDACTED`] (paths of secret files are kept).
+    pub fn redacted_json(&self) -> serde_json::Value {
+        let mut v = serde_json::to_value(&self.raw).unwrap_or_default();
+        for (table, key) in [("postgres", "replication_password"), ("postgres", "superuser_password"), ("api", "token")]
+        {
+            if let Some(field) = v.get_mut(table).and_then(|t| t.get_mut(key)) {
+                if !field.is_null() {
+                    *field = REDACTED.into();
+                }
+            }
+        }
+        let t = &self.timings;
+        let d = |d: std::time::Duration| humantime::format_duration(d).to_string();
+        v["timing"] = serde_json::json!({
+            "loop_interval": d(t.loop_interval),
+            "lease_timeout": d(t.lease_timeout),
+            "lease_margin": d(t.lease_margin),
+            "pg_restart_timeout": d(t.pg_restart_timeout),
+            "report_timeout": d(t.report_timeout),
+            "bootstrap_wait": d(t.bootstrap_wait),
+            "raft_tick": d(t.raft_tick),
+            "election_ticks": t.election_ticks,
+            "heartbeat_ticks": t.heartbeat_ticks,
+            "maximum_lag_on_failover": t.maximum_lag_on_failover,
+        });
+        v
     }
 }
 
@@ -331,11 +401,28 @@ pub fn check(raw: Config) -> Result<Settings, ConfigError> {
     if let Err(e) = tracing_subscriber::EnvFilter::try_new(&raw.log.level) {
         return Err(bad("log.level", e.to_string()));
     }
+    let api_token = match &raw.api {
+        None => None,
+        Some(api) => {
+            if api.listen.parse::<std::net::SocketAddr>().is_err() {
+                return Err(bad("api.listen", format!("{:?} is not an ip:port address", api.listen)));
+            }
+            let token = read_secret("api.token", &api.token, &api.token_file)?;
+            if token.as_deref().is_some_and(|t| t.trim().is_empty()) {
+                let key = if api.token.is_some() { "api.token" } else { "api.token_file" };
+                return Err(bad(key, "the token is empty"));
+            }
+            token.map(Secret)
+        }
+    };
     let (replication_password, superuser_password) = match (&raw.kind, &raw.postgres) {
         (MemberKind::Postgres, None) => return Err(bad("postgres", "a postgres member needs a [postgres] section")),
         (MemberKind::Postgres, Some(pg)) => {
             if pg.port == 0 {
                 return Err(bad("postgres.port", "must not be 0"));
+            }
+            if pg.keep_moved_data_dirs == 0 {
+                return Err(bad("postgres.keep_moved_data_dirs", "must be at least 1: a re-clone keeps the old data"));
             }
             if !pg.data_dir.is_absolute() {
                 return Err(bad("postgres.data_dir", "must be an absolute path"));
@@ -350,7 +437,7 @@ pub fn check(raw: Config) -> Result<Settings, ConfigError> {
         }
         (MemberKind::Witness, _) => (String::new(), None),
     };
-    Ok(Settings { raw, timings, advertise, replication_password, superuser_password })
+    Ok(Settings { raw, timings, advertise, replication_password, superuser_password, api_token })
 }
 
 #[cfg(test)]

@@ -65,6 +65,20 @@ fn bad_files_name_the_key() {
         ("no password", GOOD.replace("replication_password = \"secret\"", ""), "postgres.replication_password"),
         ("relative data dir", GOOD.replace("\"/tmp/pgvigil-a/data\"", "\"data\""), "postgres.data_dir"),
         ("bad kind", GOOD.replace("name = \"a\"\n", "name = \"a\"\nkind = \"oracle\"\n"), "kind"),
+        ("bad api listen", format!("{GOOD}[api]\nlisten = \"localhost\"\n"), "api.listen"),
+        ("api without listen", format!("{GOOD}[api]\ntoken = \"t\"\n"), "api.listen"),
+        ("unknown api key", format!("{GOOD}[api]\nlisten = \"127.0.0.1:8008\"\ntokn = \"t\"\n"), "api.tokn"),
+        ("empty token", format!("{GOOD}[api]\nlisten = \"127.0.0.1:8008\"\ntoken = \" \"\n"), "api.token"),
+        (
+            "token twice",
+            format!("{GOOD}[api]\nlisten = \"127.0.0.1:8008\"\ntoken = \"t\"\ntoken_file = \"/x\"\n"),
+            "api.token",
+        ),
+        (
+            "unreadable token file",
+            format!("{GOOD}[api]\nlisten = \"127.0.0.1:8008\"\ntoken_file = \"/nonexistent/token\"\n"),
+            "api.token_file",
+        ),
     ];
     for (what, text, key) in cases {
         assert_eq!(key_of(&text), key, "case: {what}");
@@ -89,4 +103,25 @@ fn passwords_can_come_from_files() {
     let text =
         GOOD.replace("replication_password = \"secret\"", &format!("replication_password_file = {:?}", pw.display()));
     assert_eq!(load_str(&text).expect("loads").replication_password, "from-file");
+}
+
+#[test]
+fn the_api_token_comes_from_the_file_and_never_shows() {
+    let dir = tempfile::tempdir().expect("tempdir");
+    let path = dir.path().join("token");
+    std::fs::write(&path, "s3cret-token\n").expect("write");
+    let text = format!("{GOOD}[api]\nlisten = \"127.0.0.1:8008\"\ntoken_file = {:?}\n", path.display());
+    let s = load_str(&text).expect("loads");
+    assert_eq!(s.api_token, Some(Secret("s3cret-token".into())));
+    assert!(!format!("{s:?}").contains("s3cret-token"), "Debug hides the token");
+    let inline =
+        load_str(&format!("{GOOD}[api]\nlisten = \"127.0.0.1:8008\"\ntoken = \"s3cret-token\"\n")).expect("loads");
+    let json = inline.redacted_json().to_string();
+    assert!(!json.contains("s3cret-token") && !json.contains("\"secret\""), "{json}");
+    assert_eq!(inline.redacted_json()["api"]["token"], REDACTED);
+    assert_eq!(inline.redacted_json()["postgres"]["replication_password"], REDACTED);
+    assert_eq!(inline.redacted_json()["timing"]["lease_timeout"], "2s");
+    assert!(format!("{:?}", inline.raw.api).contains(REDACTED));
+    // No [api]: no HTTP API, no token.
+    assert!(load_str(GOOD).expect("loads").api_token.is_none());
 }

@@ -1,6 +1,7 @@
 //! Conversions between the peer protocol's messages and the core's types.
 
 use std::time::Duration;
+use vigil_core::report::{RejoinMethod, RejoinRecord, ReplicaStatus};
 use vigil_core::{DataDir, HealthReport, MemberKind, PgStatus};
 use vigil_raft::proto;
 
@@ -40,6 +41,27 @@ pub fn to_proto(r: &HealthReport) -> proto::HealthReport {
             needs_rejoin: p.needs_rejoin,
             streaming: p.streaming,
             down_for_ms: u64::try_from(p.down_for.as_millis()).unwrap_or(u64::MAX),
+            replicas: p
+                .replicas
+                .iter()
+                .map(|r| proto::ReplicaState {
+                    member: r.member.clone(),
+                    flush_lsn: r.flush_lsn,
+                    streaming: r.streaming,
+                })
+                .collect(),
+            sync_names: p.sync_names.iter().flatten().cloned().collect(),
+            sync_names_known: p.sync_names.is_some(),
+            last_rejoin: p.last_rejoin.as_ref().map(|r| proto::RejoinRecord {
+                started_unix_ms: r.started_unix_ms,
+                method: match r.method {
+                    RejoinMethod::Rewind => "rewind".into(),
+                    RejoinMethod::Reclone => "reclone".into(),
+                },
+                ok: r.ok,
+                took_ms: r.took_ms,
+                detail: r.detail.clone(),
+            }),
         }),
         epoch_seen: r.epoch_seen,
     }
@@ -78,6 +100,26 @@ pub fn from_proto(r: proto::HealthReport) -> Result<HealthReport, String> {
             needs_rejoin: p.needs_rejoin,
             streaming: p.streaming,
             down_for: Duration::from_millis(p.down_for_ms),
+            replicas: p
+                .replicas
+                .into_iter()
+                .map(|r| ReplicaStatus { member: r.member, flush_lsn: r.flush_lsn, streaming: r.streaming })
+                .collect(),
+            sync_names: p.sync_names_known.then(|| p.sync_names.into_iter().collect()),
+            last_rejoin: match p.last_rejoin {
+                None => None,
+                Some(r) => Some(RejoinRecord {
+                    started_unix_ms: r.started_unix_ms,
+                    method: match r.method.as_str() {
+                        "rewind" => RejoinMethod::Rewind,
+                        "reclone" => RejoinMethod::Reclone,
+                        other => return Err(format!("unknown rejoin method {other:?}")),
+                    },
+                    ok: r.ok,
+                    took_ms: r.took_ms,
+                    detail: r.detail,
+                }),
+            },
         },
         epoch_seen: r.epoch_seen,
     })
@@ -107,10 +149,23 @@ mod tests {
                 needs_rejoin: false,
                 streaming: true,
                 down_for: Duration::from_millis(1500),
+                replicas: vec![ReplicaStatus { member: "b".into(), flush_lsn: 5, streaming: true }],
+                sync_names: Some(["b".to_string()].into()),
+                last_rejoin: Some(RejoinRecord {
+                    started_unix_ms: 1,
+                    method: RejoinMethod::Reclone,
+                    ok: false,
+                    took_ms: 2,
+                    detail: "x".into(),
+                }),
             },
             epoch_seen: 7,
         };
-        assert_eq!(from_proto(to_proto(&r)), Ok(r));
+        assert_eq!(from_proto(to_proto(&r)), Ok(r.clone()));
+        let mut unknown = r;
+        unknown.pg.sync_names = None;
+        unknown.pg.last_rejoin = None;
+        assert_eq!(from_proto(to_proto(&unknown)), Ok(unknown));
     }
 
     #[test]

@@ -9,7 +9,7 @@ use vigil_core::{Command, HealthReport};
 use vigil_raft::proto::ReportAck;
 use vigil_raft::RaftStatus;
 
-fn wall_ms() -> u64 {
+pub(crate) fn wall_ms() -> u64 {
     SystemTime::now().duration_since(UNIX_EPOCH).map(|d| d.as_millis() as u64).unwrap_or(0)
 }
 
@@ -25,10 +25,18 @@ pub async fn handle_report(shared: &Shared, report: HealthReport) -> ReportAck {
     let status = sync_leadership(shared);
     if !status.is_leader {
         let coordinator = shared.peers.get(&status.leader_id).map(|(n, _)| n.clone()).unwrap_or_default();
-        return ReportAck { is_coordinator: false, coordinator, lease_granted: false, epoch: 0, term: status.term };
+        return ReportAck {
+            is_coordinator: false,
+            coordinator,
+            lease_granted: false,
+            epoch: 0,
+            term: status.term,
+            primary_lsn: 0,
+        };
     }
     let state = shared.committed();
     let member = report.member.clone();
+    shared.telemetry.on_report(&state, &report);
     let answer = shared.coordinator().on_report(Instant::now(), report, &state);
     let mut granted = false;
     if answer.grant {
@@ -43,12 +51,18 @@ pub async fn handle_report(shared: &Shared, report: HealthReport) -> ReportAck {
             Err(e) => tracing::debug!(%member, "lease not renewed: leadership not confirmed: {e}"),
         }
     }
+    let primary_lsn = state
+        .primary
+        .as_ref()
+        .and_then(|p| shared.coordinator().reports().get(p).map(|r| r.report.wal_position()))
+        .unwrap_or(0);
     ReportAck {
         is_coordinator: true,
         coordinator: shared.name().to_string(),
         lease_granted: granted,
         epoch: answer.epoch,
         term: status.term,
+        primary_lsn,
     }
 }
 
@@ -57,6 +71,7 @@ pub async fn run(shared: Arc<Shared>, shutdown: CancellationToken) -> anyhow::Re
     let interval = shared.settings.timings.loop_interval;
     let mut state_rx = shared.raft.state();
     let mut last_transfer: Option<Instant> = None;
+    let mut last_blocked: Option<String> = None;
     let mut tick = tokio::time::interval(interval);
     tick.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
     loop {
@@ -65,11 +80,24 @@ pub async fn run(shared: Arc<Shared>, shutdown: CancellationToken) -> anyhow::Re
             _ = tick.tick() => {}
             r = state_rx.changed() => if r.is_err() { return Ok(()) },
         }
+        shared.alive.mark_coordinator();
         if !sync_leadership(&shared).is_leader {
             continue;
         }
         let state = shared.committed();
         let commands = shared.coordinator().decide(Instant::now(), &state, wall_ms());
+        let blocked = {
+            let c = shared.coordinator();
+            c.lease_expires_in(Instant::now(), &state)
+                .filter(|left| left.is_zero())
+                .and_then(|_| c.sync_failover_blocked(Instant::now(), &state))
+        };
+        if blocked != last_blocked {
+            if let Some(why) = &blocked {
+                tracing::warn!("the primary's lease has expired but no failover is possible: {why}");
+            }
+            last_blocked = blocked;
+        }
         for cmd in commands {
             propose(&shared, cmd).await;
         }
@@ -92,6 +120,9 @@ async fn propose(shared: &Shared, cmd: Command) {
         tracing::warn!(command = ?cmd, "proposing");
     }
     let timeout = shared.settings.timings.lease_timeout;
+    if let Command::Failover { from_epoch, .. } = &cmd {
+        shared.telemetry.failover_proposed(Instant::now(), shared, *from_epoch);
+    }
     match shared.raft.propose(cmd.encode(), timeout).await {
         Ok(index) => {
             let state = shared.committed();
@@ -106,5 +137,12 @@ fn describe(cmd: &Command) -> String {
         Command::UpsertMember { name, .. } => format!("member record of {name}"),
         Command::Bootstrap { member, .. } => format!("bootstrap by {member}"),
         Command::Failover { to, from_epoch, .. } => format!("failover from epoch {from_epoch} to {to}"),
+        Command::Sync { sync, reason, .. } => format!(
+            "synchronous state ({reason}): mode {:?}, standbys {:?}, holders {:?}",
+            sync.mode, sync.standbys, sync.holders
+        ),
+        Command::RecordRejoin { member, record } => format!("{:?} of {member}", record.method),
+        Command::SetPaused { paused: true, .. } => "pause".into(),
+        Command::SetPaused { paused: false, .. } => "resume".into(),
     }
 }

@@ -5,13 +5,15 @@
 
 use crate::config::Settings;
 use crate::replicated::Replicated;
-use crate::{agent, coordination, peer_service};
+use crate::{agent, coordination, http_api, logging, peer_service, telemetry};
 use anyhow::Context;
 use std::collections::{BTreeMap, HashMap};
+use std::sync::atomic::{AtomicU64, Ordering};
 use std::sync::{Arc, Mutex};
-use std::time::Duration;
+use std::time::{Duration, Instant};
+use tokio::sync::watch;
 use tokio_util::sync::CancellationToken;
-use vigil_core::{ClusterState, Coordinator, MemberKind};
+use vigil_core::{ClusterState, Coordinator, Lease, MemberKind, PgStatus};
 use vigil_raft::{PeerClients, RaftConfig, RaftHandle};
 
 pub struct Shared {
@@ -21,6 +23,50 @@ pub struct Shared {
     pub clients: PeerClients,
     /// Raft node id -> (member name, peer address).
     pub peers: HashMap<u64, (String, String)>,
+    /// What this member's agent last saw of its PostgreSQL (the agent publishes it).
+    pub pg_status: watch::Sender<PgStatus>,
+    /// The primary lease this member's agent holds.
+    pub lease: Arc<Mutex<Lease>>,
+    /// The primary's WAL position as the coordinator last told this member (0: not known).
+    pub primary_lsn: AtomicU64,
+    /// When the agent's reporter and the coordinator loop last went round.
+    pub alive: Liveness,
+    /// The metrics of this process, and what they need to measure a failover.
+    pub telemetry: telemetry::Telemetry,
+}
+
+/// When the daemon's periodic loops last went round, for `GET /liveness`.
+pub struct Liveness {
+    start: Instant,
+    reporter_ms: AtomicU64,
+    coordinator_ms: AtomicU64,
+}
+
+impl Liveness {
+    fn new(start: Instant) -> Self {
+        Liveness { start, reporter_ms: AtomicU64::new(0), coordinator_ms: AtomicU64::new(0) }
+    }
+
+    fn mark(&self, slot: &AtomicU64) {
+        slot.store(self.start.elapsed().as_millis() as u64, Ordering::Relaxed);
+    }
+
+    pub fn mark_reporter(&self) {
+        self.mark(&self.reporter_ms);
+    }
+
+    pub fn mark_coordinator(&self) {
+        self.mark(&self.coordinator_ms);
+    }
+
+    /// Both loops went round within `within` before `now`.
+    pub fn alive(&self, now: Instant, within: Duration) -> bool {
+        let now_ms = now.saturating_duration_since(self.start).as_millis() as u64;
+        let limit = within.as_millis() as u64;
+        [&self.reporter_ms, &self.coordinator_ms]
+            .iter()
+            .all(|s| now_ms.saturating_sub(s.load(Ordering::Relaxed)) <= limit)
+    }
 }
 
 impl Shared {
@@ -40,6 +86,15 @@ impl Shared {
     /// because every method leaves it whole.
     pub fn coordinator(&self) -> std::sync::MutexGuard<'_, Coordinator> {
         self.coordinator.lock().unwrap_or_else(|p| p.into_inner())
+    }
+
+    /// Whether this member holds the primary lease for `epoch` now.
+    pub fn lease_valid(&self, epoch: u64, now: Instant) -> bool {
+        self.lease.lock().unwrap_or_else(|p| p.into_inner()).valid(epoch, now)
+    }
+
+    pub fn lease_remaining(&self, epoch: u64, now: Instant) -> Duration {
+        self.lease.lock().unwrap_or_else(|p| p.into_inner()).remaining(epoch, now)
     }
 }
 
@@ -61,14 +116,21 @@ pub async fn run(settings: Settings, shutdown: CancellationToken) -> anyhow::Res
     let raft_token = shutdown.child_token();
     let (raft, raft_task) =
         vigil_raft::start(cfg, Replicated::default(), raft_token.clone()).await.context("start the raft node")?;
-    let coordinator = Coordinator::new(raw.members.iter().map(|m| m.name.clone()), t.clone());
+    let coordinator = Coordinator::new(raw.members.iter().map(|m| m.name.clone()), t.clone())
+        .with_sync(raw.replication.synchronous_mode, raw.replication.synchronous_node_count);
     let shared = Arc::new(Shared {
         settings: settings.clone(),
         raft,
         coordinator: Mutex::new(coordinator),
         clients: PeerClients::new(),
         peers,
+        pg_status: watch::Sender::new(PgStatus::default()),
+        lease: Default::default(),
+        primary_lsn: AtomicU64::new(0),
+        alive: Liveness::new(Instant::now()),
+        telemetry: telemetry::Telemetry::install(),
     });
+    tokio::spawn(logging::follow_epoch(shared.raft.state(), shutdown.child_token()));
 
     let listener = tokio::net::TcpListener::bind(&raw.listen)
         .await
@@ -77,11 +139,30 @@ pub async fn run(settings: Settings, shutdown: CancellationToken) -> anyhow::Res
     let server = tokio::spawn(peer_service::serve(shared.clone(), listener, server_token.clone()));
     let tasks_token = shutdown.child_token();
     let coord = tokio::spawn(coordination::run(shared.clone(), tasks_token.clone()));
+    let api_token = shutdown.child_token();
+    let api = match &raw.api {
+        Some(api) => {
+            let listener = tokio::net::TcpListener::bind(&api.listen)
+                .await
+                .with_context(|| format!("listen on {} (config key `api.listen`)", api.listen))?;
+            let (shared, token) = (shared.clone(), api_token.clone());
+            Some(tokio::spawn(async move {
+                if let Err(e) = http_api::serve(shared, listener, token).await {
+                    tracing::error!("the HTTP API stopped: {e:#}");
+                }
+            }))
+        }
+        None => {
+            tracing::warn!("no [api] table: no HTTP API (health checks, metrics, pause/resume)");
+            None
+        }
+    };
     let agent = match raw.kind {
         MemberKind::Postgres => tokio::spawn(agent::run(shared.clone(), tasks_token.clone())),
         MemberKind::Witness => tokio::spawn(agent::run_witness(shared.clone(), tasks_token.clone())),
     };
-    tracing::info!(member = %raw.name, listen = %raw.listen, "pgvigil started");
+    let api_listen = raw.api.as_ref().map(|a| a.listen.as_str()).unwrap_or("none");
+    tracing::info!(listen = %raw.listen, api = %api_listen, "pgvigil started");
 
     shutdown.cancelled().await;
     tracing::info!("shutting down");
@@ -96,8 +177,12 @@ pub async fn run(settings: Settings, shutdown: CancellationToken) -> anyhow::Res
         }
     }
     server_token.cancel();
+    api_token.cancel();
     raft_token.cancel();
     let _ = tokio::time::timeout(Duration::from_secs(5), server).await;
+    if let Some(api) = api {
+        let _ = tokio::time::timeout(Duration::from_secs(5), api).await;
+    }
     let _ = tokio::time::timeout(Duration::from_secs(5), raft_task).await;
     tracing::info!("stopped");
     Ok(())

@@ -66,19 +66,20 @@ async fn demo(args: DemoArgs) -> anyhow::Result<()> {
 
     println!();
     for m in &cluster.spec.members {
-        let peer = format!("127.0.0.1:{}", m.peer_port);
+        let api = format!("http://127.0.0.1:{}", m.api_port);
         match m.kind {
             vigil_core::MemberKind::Postgres => println!(
-                "  {:<9} peer {peer}  psql \"host=127.0.0.1 port={} user=postgres password={}\"",
+                "  {:<9} api {api}  psql \"host=127.0.0.1 port={} user=postgres password={}\"",
                 m.name, m.pg_port, cluster.spec.superuser_password
             ),
-            vigil_core::MemberKind::Witness => println!("  {:<9} peer {peer}  (witness)", m.name),
+            vigil_core::MemberKind::Witness => println!("  {:<9} api {api}  (witness)", m.name),
         }
     }
     println!("  logs: {}/<member>/pgvigil.log and postgresql.log\n", dir.display());
     print!("{}", list::table(&view));
-    let first = cluster.spec.peer_address(&cluster.spec.members[0].name).unwrap_or_default();
-    println!("\nWatch it: pgvigil list --peer {first}   (kill a primary's processes to see a failover)");
+    let first = cluster.spec.api_address(&cluster.spec.members[0].name).unwrap_or_default();
+    println!("\nWatch it: pgvigil list --endpoint {first} --watch   (kill a primary's processes to see a failover)");
+    println!("Pause it: pgvigil pause --endpoint {first} --token {}", cluster.spec.api_token);
     println!("Ctrl-C stops the demo and everything it started.");
 
     let stop = tokio_util::sync::CancellationToken::new();

@@ -20,6 +20,8 @@ pub struct MemberSpec {
     pub launcher: Vec<String>,
     pub peer_port: u16,
     pub pg_port: u16,
+    /// The HTTP API's port.
+    pub api_port: u16,
     pub nofailover: bool,
     pub priority: i32,
 }
@@ -40,6 +42,8 @@ pub struct ClusterSpec {
     /// `postgres.hba_extra` of every member.
     pub hba_extra: Vec<String>,
     pub log_level: String,
+    /// Every member's `api.token`.
+    pub api_token: String,
 }
 
 /// A free TCP port on 127.0.0.1 (bound and released; good enough for tests and the demo).
@@ -65,6 +69,7 @@ impl ClusterSpec {
                 launcher: Vec::new(),
                 peer_port: free_port()?,
                 pg_port: free_port()?,
+                api_port: free_port()?,
                 nofailover: false,
                 priority: 0,
             });
@@ -79,6 +84,7 @@ impl ClusterSpec {
             superuser_password: "pgvigil".into(),
             hba_extra: vec!["host all all 127.0.0.1/32 scram-sha-256".into()],
             log_level: "info".into(),
+            api_token: "pgvigil-local-token".into(),
         })
     }
 
@@ -100,6 +106,11 @@ impl ClusterSpec {
 
     pub fn peer_address(&self, name: &str) -> Option<String> {
         self.member(name).map(|m| format!("{}:{}", m.host, m.peer_port))
+    }
+
+    /// The HTTP API endpoint (`host:port`) of a member.
+    pub fn api_address(&self, name: &str) -> Option<String> {
+        self.member(name).map(|m| format!("127.0.0.1:{}", m.api_port))
     }
 
     /// The TOML configuration of one member.
@@ -143,6 +154,7 @@ impl ClusterSpec {
             t.push('\n');
         }
         t.push_str(&format!("\n[log]\nlevel = {:?}\n", self.log_level));
+        t.push_str(&format!("\n[api]\nlisten = \"127.0.0.1:{}\"\ntoken = {:?}\n", m.api_port, self.api_token));
         t
     }
 }

@@ -8,17 +8,27 @@
 //! - `agent`: the agent's IO shell (observe, report, lease, fence, act).
 //! - `replicated`: the cluster state as the Raft state machine; `local`: the agent's local memory.
 //! - [`launch`]: start a cluster of local members as processes (used by `demo` and the tests).
-//! - [`list`], [`demo`]: the `list` and `demo` commands. [`logging`]: tracing setup.
+//! - [`http_api`]: the HTTP API (axum); [`health`]: its load-balancer checks as pure functions;
+//!   `admin`: pause/resume, carried out by the coordinator (forwarded to it by other members);
+//!   `telemetry`: Prometheus metrics.
+//! - [`list`]: the cluster view and its table; [`cli`] + [`client`]: the verbs that talk to the
+//!   HTTP API; [`demo`]: the `demo` command. [`logging`]: tracing setup (member and epoch on every line).
 
+mod admin;
 mod agent;
+pub mod cli;
+pub mod client;
 pub mod config;
 pub mod convert;
 mod coordination;
 pub mod daemon;
 pub mod demo;
+pub mod health;
+pub mod http_api;
 pub mod launch;
 pub mod list;
 mod local;
 pub mod logging;
 mod peer_service;
 mod replicated;
+mod telemetry;

@@ -1,6 +1,9 @@
-//! `pgvigil list`: the cluster as the coordinator sees it, as a table or JSON.
+//! The cluster as the coordinator sees it: fetched over the peer protocol ([`fetch`], for the
+//! HTTP API and the test harness), shaped for `GET /cluster` ([`ClusterView`]) and drawn as
+//! `pgvigil list`'s table ([`render`]).
 
 use anyhow::Context;
+use serde::{Deserialize, Serialize};
 use std::collections::BTreeMap;
 use vigil_core::{ClusterState, HealthReport, MemberKind};
 use vigil_raft::{proto, PeerClients};
@@ -40,56 +43,135 @@ pub async fn fetch(addr: &str) -> anyhow::Result<View> {
     Ok(View { state, reports, coordinator, term: reply.term })
 }
 
-pub async fn run(peer: &str, json: bool) -> anyhow::Result<()> {
-    let view = fetch(peer).await?;
-    if json {
-        let out = serde_json::json!({
-            "coordinator": view.coordinator,
-            "term": view.term,
-            "state": view.state,
-            "reports": view.reports,
-        });
-        println!("{}", serde_json::to_string_pretty(&out)?);
-    } else {
-        print!("{}", table(&view));
+/// The cluster as `GET /cluster` answers it and `pgvigil list` shows it.
+#[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
+pub struct ClusterView {
+    pub epoch: u64,
+    pub primary: Option<String>,
+    /// The Raft leader, when known.
+    pub coordinator: Option<String>,
+    pub term: u64,
+    /// Maintenance mode: no automatic failover.
+    pub paused: bool,
+    pub sync_standbys: Vec<String>,
+    pub members: Vec<MemberView>,
+}
+
+#[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
+pub struct MemberView {
+    pub name: String,
+    pub kind: MemberKind,
+    /// PostgreSQL's address (empty for a witness).
+    pub host: String,
+    pub port: u16,
+    /// "primary", "replica", "witness".
+    pub role: String,
+    /// "running", "streaming", "in recovery", "stopped", "needs rejoin", "voting", "no report".
+    pub state: String,
+    pub timeline: Option<u32>,
+    /// The most WAL this member has (written on a primary, received or replayed on a standby).
+    pub lsn: Option<u64>,
+    pub received_lsn: Option<u64>,
+    pub replay_lsn: Option<u64>,
+    /// Bytes behind the primary's reported position (replicas only).
+    pub lag_bytes: Option<u64>,
+    pub nofailover: bool,
+    pub priority: i32,
+    pub sync: bool,
+}
+
+impl ClusterView {
+    pub fn from_view(view: &View) -> ClusterView {
+        let s = &view.state;
+        let primary_lsn = s.primary.as_ref().and_then(|p| view.reports.get(p)).map(|r| r.wal_position());
+        let members = s
+            .members
+            .iter()
+            .map(|(name, m)| {
+                let r = view.reports.get(name).filter(|_| m.kind == MemberKind::Postgres);
+                let role = match (m.kind, s.is_primary(name)) {
+                    (MemberKind::Witness, _) => "witness",
+                    (_, true) => "primary",
+                    _ => "replica",
+                };
+                let state = match view.reports.get(name) {
+                    None => "no report",
+                    Some(_) if m.kind == MemberKind::Witness => "voting",
+                    Some(r) if r.pg.needs_rejoin => "needs rejoin",
+                    Some(r) if !r.pg.running => "stopped",
+                    Some(r) if r.pg.in_recovery && r.pg.streaming => "streaming",
+                    Some(r) if r.pg.in_recovery => "in recovery",
+                    Some(_) => "running",
+                };
+                let running = r.filter(|r| r.pg.running);
+                let lag_bytes = match (running, primary_lsn) {
+                    (Some(r), Some(p)) if role == "replica" => Some(p.saturating_sub(r.wal_position())),
+                    _ => None,
+                };
+                MemberView {
+                    name: name.clone(),
+                    kind: m.kind,
+                    host: if m.kind == MemberKind::Witness { String::new() } else { m.pg_host.clone() },
+                    port: m.pg_port,
+                    role: role.into(),
+                    state: state.into(),
+                    timeline: running.map(|r| r.pg.timeline),
+                    lsn: running.map(|r| r.wal_position()),
+                    received_lsn: running.filter(|r| r.pg.in_recovery).map(|r| r.pg.received_lsn),
+                    replay_lsn: running.filter(|r| r.pg.in_recovery).map(|r| r.pg.replay_lsn),
+                    lag_bytes,
+                    nofailover: m.nofailover,
+                    priority: m.priority,
+                    sync: s.sync.standbys.contains(name),
+                }
+            })
+            .collect();
+        ClusterView {
+            epoch: s.epoch,
+            primary: s.primary.clone(),
+            coordinator: Some(view.coordinator.clone()).filter(|c| !c.is_empty()),
+            term: view.term,
+            paused: s.paused,
+            sync_standbys: s.sync.standbys.iter().cloned().collect(),
+            members,
+        }
     }
-    Ok(())
+
+    pub fn member(&self, name: &str) -> Option<&MemberView> {
+        self.members.iter().find(|m| m.name == name)
+    }
 }
 
 /// A `patronictl list`-like table.
 pub fn table(view: &View) -> String {
-    let s = &view.state;
-    let primary_lsn = s.primary.as_ref().and_then(|p| view.reports.get(p)).map(|r| r.pg.current_lsn);
-    let mut rows = vec![[
-        "Member".to_string(),
-        "Host".into(),
-        "Role".into(),
-        "State".into(),
-        "TL".into(),
-        "Lag (bytes)".into(),
-        "Tags".into(),
-    ]];
-    for (name, m) in &s.members {
-        let r = view.reports.get(name);
-        let role = match (m.kind, s.is_primary(name)) {
-            (MemberKind::Witness, _) => "Witness",
-            (_, true) => "Primary",
-            _ => "Replica",
-        };
-        let state = match r {
-            None => "no report".to_string(),
-            Some(_) if m.kind == MemberKind::Witness => "voting".into(),
-            Some(r) if r.pg.needs_rejoin => "needs rejoin".into(),
-            Some(r) if !r.pg.running => "stopped".into(),
-            Some(r) if r.pg.in_recovery && r.pg.streaming => "streaming".into(),
-            Some(r) if r.pg.in_recovery => "in recovery".into(),
-            Some(_) => "running".into(),
-        };
-        let tl = r.filter(|r| r.pg.running).map(|r| r.pg.timeline.to_string()).unwrap_or_default();
-        let lag = match (r, primary_lsn, role) {
-            (Some(r), Some(p), "Replica") if r.pg.running => p.saturating_sub(r.pg.received_lsn).to_string(),
-            _ => String::new(),
-        };
+    render(&ClusterView::from_view(view))
+}
+
+/// Rows of cells as a boxed table.
+pub fn boxed(rows: &[Vec<String>]) -> String {
+    let n = rows.first().map_or(0, Vec::len);
+    let widths: Vec<usize> =
+        (0..n).map(|i| rows.iter().map(|r| r.get(i).map_or(0, |c| c.chars().count())).max().unwrap_or(0)).collect();
+    let line = |r: &[String]| {
+        let cells: Vec<String> = r.iter().zip(&widths).map(|(c, w)| format!(" {c:<w$} ")).collect();
+        format!("|{}|\n", cells.join("|"))
+    };
+    let sep = format!("+{}+\n", widths.iter().map(|w| "-".repeat(w + 2)).collect::<Vec<_>>().join("+"));
+    let mut out = sep.clone();
+    if let Some(head) = rows.first() {
+        out.push_str(&line(head));
+        out.push_str(&sep);
+    }
+    for r in rows.iter().skip(1) {
+        out.push_str(&line(r));
+    }
+    out.push_str(&sep);
+    out
+}
+
+pub fn render(v: &ClusterView) -> String {
+    let mut rows = vec![["Member", "Host", "Role", "State", "TL", "Lag (bytes)", "Tags"].map(String::from).to_vec()];
+    for m in &v.members {
         let mut tags = Vec::new();
         if m.nofailover {
             tags.push("nofailover".to_string());
@@ -97,26 +179,32 @@ pub fn table(view: &View) -> String {
         if m.priority != 0 {
             tags.push(format!("priority={}", m.priority));
         }
-        let host = if m.kind == MemberKind::Witness { String::new() } else { format!("{}:{}", m.pg_host, m.pg_port) };
-        rows.push([name.clone(), host, role.into(), state, tl, lag, tags.join(",")]);
+        let role = match m.role.as_str() {
+            "primary" => "Primary",
+            "witness" => "Witness",
+            _ if m.sync => "Sync Standby",
+            _ => "Replica",
+        };
+        let host = if m.kind == MemberKind::Witness { String::new() } else { format!("{}:{}", m.host, m.port) };
+        rows.push(vec![
+            m.name.clone(),
+            host,
+            role.into(),
+            m.state.clone(),
+            m.timeline.map(|t| t.to_string()).unwrap_or_default(),
+            m.lag_bytes.map(|l| l.to_string()).unwrap_or_default(),
+            tags.join(","),
+        ]);
     }
-    let widths: Vec<usize> = (0..7).map(|i| rows.iter().map(|r| r[i].len()).max().unwrap_or(0)).collect();
-    let line = |r: &[String; 7]| {
-        let cells: Vec<String> = r.iter().zip(&widths).map(|(c, w)| format!(" {c:<w$} ")).collect();
-        format!("|{}|\n", cells.join("|"))
-    };
-    let sep = format!("+{}+\n", widths.iter().map(|w| "-".repeat(w + 2)).collect::<Vec<_>>().join("+"));
     let mut out = format!(
-        "Cluster: epoch {}, coordinator {} (term {})\n{sep}",
-        s.epoch,
-        if view.coordinator.is_empty() { "unknown" } else { &view.coordinator },
-        view.term
+        "Cluster: epoch {}, coordinator {} (term {})\n",
+        v.epoch,
+        v.coordinator.as_deref().unwrap_or("unknown"),
+        v.term
     );
-    out.push_str(&line(&rows[0]));
-    out.push_str(&sep);
-    for r in &rows[1..] {
-        out.push_str(&line(r));
+    out.push_str(&boxed(&rows));
+    if v.paused {
+        out.push_str(" Maintenance mode: on (automatic failover paused)\n");
     }
-    out.push_str(&sep);
     out
 }

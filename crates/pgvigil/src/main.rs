@@ -1,7 +1,7 @@
 //! The `pgvigil` binary: the command line over the `pgvigil` library.
 
 use clap::{Parser, Subcommand};
-use pgvigil::{config, daemon, demo, list, logging};
+use pgvigil::{cli, config, daemon, demo, logging};
 use std::path::PathBuf;
 use std::process::ExitCode;
 use tokio_util::sync::CancellationToken;
@@ -25,15 +25,14 @@ enum Cmd {
     },
     /// Start a local demo cluster (PostgreSQL + pgvigil per member) until Ctrl-C.
     Demo(demo::DemoArgs),
-    /// Show the cluster as its members see it.
-    List {
-        /// Peer (gRPC) address of any member.
-        #[arg(long, env = "PGVIGIL_PEER", default_value = "127.0.0.1:7001")]
-        peer: String,
-        /// Print JSON instead of a table.
-        #[arg(long)]
-        json: bool,
-    },
+    /// Show the cluster as a table (like `patronictl list`), asked through any member's HTTP API.
+    List(cli::ListArgs),
+    /// Maintenance mode on: no automatic failover; agents leave PostgreSQL as it is.
+    Pause(cli::PauseArgs),
+    /// Maintenance mode off: automatic failover again.
+    Resume(cli::ResumeArgs),
+    /// The cluster's events: bootstrap, failovers, members, pause/resume.
+    History(cli::ApiArgs),
 }
 
 fn main() -> ExitCode {
@@ -54,7 +53,7 @@ fn main() -> ExitCode {
                     return ExitCode::from(EXIT_CONFIG);
                 }
             };
-            logging::init(&settings.raw.log);
+            logging::init_member(&settings.raw.log, &settings.raw.name);
             runtime.block_on(async {
                 let shutdown = CancellationToken::new();
                 tokio::spawn(stop_on_signal(shutdown.clone()));
@@ -71,15 +70,25 @@ fn main() -> ExitCode {
             logging::init(&config::LogConfig { level: "warn".into(), ..Default::default() });
             runtime.block_on(demo::run(args))
         }
-        Cmd::List { peer, json } => runtime.block_on(async {
-            match list::run(&peer, json).await {
-                Ok(()) => ExitCode::SUCCESS,
-                Err(e) => {
-                    eprintln!("pgvigil: {e:#}");
-                    ExitCode::FAILURE
-                }
+        Cmd::List(args) => runtime.block_on(report(cli::list(args))),
+        Cmd::Pause(args) => runtime.block_on(report(cli::pause(args))),
+        Cmd::Resume(args) => runtime.block_on(report(cli::resume(args))),
+        Cmd::History(args) => runtime.block_on(report(cli::history(args))),
+    }
+}
+
+/// A CLI verb's outcome as an exit code; a bad config file is a usage error (64).
+async fn report(verb: impl std::future::Future<Output = anyhow::Result<()>>) -> ExitCode {
+    match verb.await {
+        Ok(()) => ExitCode::SUCCESS,
+        Err(e) => {
+            eprintln!("pgvigil: {e:#}");
+            if e.downcast_ref::<config::ConfigError>().is_some() {
+                ExitCode::from(EXIT_CONFIG)
+            } else {
+                ExitCode::FAILURE
             }
-        }),
+        }
     }
 }
 

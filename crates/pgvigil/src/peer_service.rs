@@ -1,5 +1,6 @@
-//! The peer gRPC service: Raft messages, health reports, state queries.
+//! The peer gRPC service: Raft messages, health reports, state queries, forwarded admin requests.
 
+use crate::admin;
 use crate::convert;
 use crate::coordination;
 use crate::daemon::Shared;
@@ -38,6 +39,15 @@ impl proto::peer_server::Peer for PeerService {
             term: status.term,
             member: self.shared.name().to_string(),
             leader_address: self.shared.leader().map(|(_, a)| a.clone()).unwrap_or_default(),
+        }))
+    }
+
+    async fn admin(&self, req: Request<proto::AdminRequest>) -> Result<Response<proto::AdminReply>, Status> {
+        let r = req.into_inner();
+        let answer = admin::run_forwarded(&self.shared, &r.action, &r.body_json).await;
+        Ok(Response::new(proto::AdminReply {
+            http_status: u32::from(answer.status),
+            body_json: answer.body.to_string(),
         }))
     }
 }

@@ -3,8 +3,9 @@
 //!
 //! The rules, in order of precedence:
 //! - A member that is not the committed primary never runs PostgreSQL as a primary: it is fenced
-//!   and reported as needing a rejoin. So is a primary data directory on a non-primary member:
-//!   it may hold writes the new primary never had (rewind comes later).
+//!   and rejoined (rewound, or re-cloned after moving the old data aside). So is a primary data
+//!   directory on a non-primary member, and a standby whose timeline forked from the primary's:
+//!   they may hold writes the primary never had.
 //! - The committed primary runs and promotes PostgreSQL only while it holds the lease for the
 //!   current epoch, and records that epoch locally *before* acting, so a later start can tell its
 //!   data directory was a primary's.
@@ -14,6 +15,7 @@
 use crate::report::{DataDir, MemberKind, PgStatus};
 use crate::slot_name;
 use crate::state::ClusterState;
+use crate::sync;
 use serde::{Deserialize, Serialize};
 
 #[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
@@ -39,6 +41,8 @@ pub struct AgentInput<'a> {
     /// The lease is held for `state.epoch`.
     pub lease_valid: bool,
     pub local: &'a LocalMemory,
+    /// Why this standby's data cannot follow the primary's timeline (it forked), if it cannot.
+    pub diverged: Option<&'a str>,
 }
 
 #[derive(Clone, Debug, PartialEq, Eq)]
@@ -47,17 +51,29 @@ pub enum AgentAction {
     Wait(String),
     /// Stop PostgreSQL at once (immediate shutdown): it must not accept writes.
     Fence(String),
-    /// Keep PostgreSQL down and say so in reports, until a rewind or re-clone (later issue).
+    /// Keep PostgreSQL down and say so in reports: it cannot rejoin now.
     NeedsRejoin(String),
+    /// While stopped: make the data directory a standby of `from` again: `pg_rewind`, or if that
+    /// fails, move it aside and clone. Reported as needing a rejoin until done.
+    Rejoin {
+        from: Upstream,
+        slot: String,
+        reason: String,
+    },
     /// Remember locally that this data directory acts as primary of `epoch` (before acting).
     MarkPrimary(u64),
     InitDb,
     /// Start PostgreSQL with the data directory's own configuration.
     Start,
-    Promote,
-    /// On the running primary: roles, and a physical slot for every other PostgreSQL member.
+    /// Set `synchronous_standby_names` to `sync`, then promote.
+    Promote {
+        sync: String,
+    },
+    /// On the running primary: roles, a physical slot for every other PostgreSQL member, and
+    /// `synchronous_standby_names` = `sync`.
     PrimaryHousekeeping {
         slots: Vec<String>,
+        sync: String,
     },
     /// Copy the primary into the empty data directory, through this member's slot.
     Clone {
@@ -78,7 +94,7 @@ pub enum AgentAction {
 
 pub fn reconcile(input: &AgentInput<'_>) -> Vec<AgentAction> {
     use AgentAction::*;
-    let AgentInput { me, kind, state, pg, lease_valid, local } = *input;
+    let AgentInput { me, kind, state, pg, lease_valid, local, diverged } = *input;
     if kind == MemberKind::Witness {
         return Vec::new();
     }
@@ -86,20 +102,31 @@ pub fn reconcile(input: &AgentInput<'_>) -> Vec<AgentAction> {
         return vec![Wait("no primary decided yet".into())];
     };
     let epoch = state.epoch;
+    if state.paused {
+        return paused(me, primary, epoch, pg, lease_valid);
+    }
 
     if primary != me {
         let why = format!("{primary} is the primary at epoch {epoch}");
+        let from = state.members.get(primary).map(|m| Upstream { host: m.pg_host.clone(), port: m.pg_port });
+        let slot = slot_name(me);
+        let rejoin = |reason: String| match &from {
+            Some(from) => Rejoin { from: from.clone(), slot: slot.clone(), reason },
+            None => NeedsRejoin(format!("{reason}; no address known for {primary}")),
+        };
         if pg.running && !pg.in_recovery {
-            return vec![Fence(format!("running as a primary but {why}")), NeedsRejoin(why)];
+            return vec![Fence(format!("running as a primary but {why}")), rejoin(format!("was a primary and {why}"))];
         }
         if pg.data_dir == DataDir::Primary {
-            return vec![NeedsRejoin(format!("the data directory was a primary's and {why}"))];
+            return vec![rejoin(format!("the data directory was a primary's and {why}"))];
         }
-        let Some(m) = state.members.get(primary) else {
+        if let Some(d) = diverged.filter(|_| pg.data_dir == DataDir::Standby) {
+            let reason = format!("its timeline forked from {primary}'s: {d}");
+            return if pg.running { vec![Fence(reason.clone()), rejoin(reason)] } else { vec![rejoin(reason)] };
+        }
+        let Some(from) = from else {
             return vec![Wait(format!("no address known for {primary}"))];
         };
-        let from = Upstream { host: m.pg_host.clone(), port: m.pg_port };
-        let slot = slot_name(me);
         return match (pg.data_dir, pg.running) {
             (DataDir::Empty, _) => vec![Clone { from, slot }],
             (DataDir::Standby, false) => vec![ConfigureStandby { from, slot }, Start],
@@ -144,7 +171,7 @@ pub fn reconcile(input: &AgentInput<'_>) -> Vec<AgentAction> {
         }
         (_, true, true) => {
             out.extend(mark);
-            out.push(Promote);
+            out.push(Promote { sync: sync::setting(&state.sync) });
         }
         (_, true, false) => {
             out.extend(mark);
@@ -154,10 +181,51 @@ pub fn reconcile(input: &AgentInput<'_>) -> Vec<AgentAction> {
                 .filter(|(name, m)| name.as_str() != me && m.kind == MemberKind::Postgres)
                 .map(|(name, _)| slot_name(name))
                 .collect();
-            out.push(PrimaryHousekeeping { slots });
+            out.push(PrimaryHousekeeping { slots, sync: sync::setting(&state.sync) });
         }
     }
     out
+}
+
+/// Why a standby on timeline `tli` with WAL up to `lsn` cannot follow a primary on `primary_tli`
+/// whose timeline history is `history` (`(timeline, where it ended)`), if it cannot: it has WAL
+/// the primary's timeline never had.
+pub fn divergence(tli: u32, lsn: u64, primary_tli: u32, history: &[(u32, u64)]) -> Option<String> {
+    if tli == 0 || primary_tli == 0 || tli == primary_tli {
+        return None;
+    }
+    if tli > primary_tli {
+        return Some(format!("it is on timeline {tli}, the primary on the older {primary_tli}"));
+    }
+    match history.iter().find(|(t, _)| *t == tli) {
+        None => Some(format!("timeline {tli} is not in the primary's history")),
+        Some((_, end)) if lsn > *end => Some(format!(
+            "it has WAL up to {} on timeline {tli}, which the primary left at {}",
+            crate::format_lsn(lsn),
+            crate::format_lsn(*end)
+        )),
+        Some(_) => None,
+    }
+}
+
+/// Maintenance mode: PostgreSQL is left as it is (no start, promote, follow, clone), except that
+/// nothing stays writable without the right to: a writable non-primary and a primary without its
+/// lease are still fenced.
+fn paused(me: &str, primary: &str, epoch: u64, pg: &PgStatus, lease_valid: bool) -> Vec<AgentAction> {
+    use AgentAction::*;
+    let writable = pg.running && !pg.in_recovery;
+    if primary != me {
+        let why = format!("{primary} is the primary at epoch {epoch}");
+        if writable {
+            return vec![Fence(format!("running as a primary but {why}")), NeedsRejoin(why)];
+        }
+        if pg.data_dir == DataDir::Primary {
+            return vec![NeedsRejoin(format!("the data directory was a primary's and {why}"))];
+        }
+    } else if writable && !lease_valid {
+        return vec![Fence(format!("no lease for epoch {epoch}"))];
+    }
+    vec![Wait("paused: PostgreSQL is left as it is".into())]
 }
 
 #[cfg(test)]

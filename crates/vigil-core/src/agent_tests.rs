@@ -25,7 +25,15 @@ fn pg(data_dir: DataDir, running: bool, in_recovery: bool) -> PgStatus {
 }
 
 fn run(me: &str, s: &ClusterState, pg: PgStatus, lease: bool, local: LocalMemory) -> Vec<AgentAction> {
-    reconcile(&AgentInput { me, kind: MemberKind::Postgres, state: s, pg: &pg, lease_valid: lease, local: &local })
+    reconcile(&AgentInput {
+        me,
+        kind: MemberKind::Postgres,
+        state: s,
+        pg: &pg,
+        lease_valid: lease,
+        local: &local,
+        diverged: None,
+    })
 }
 
 fn up(port: u16) -> Upstream {
@@ -45,7 +53,7 @@ fn bootstrap_primary_inits_only_with_the_lease() {
     let slots = vec!["pgvigil_b".to_string(), "pgvigil_c".to_string()];
     assert_eq!(
         run("a", &s, pg(DataDir::Primary, true, false), true, mem(Some(1), None)),
-        vec![PrimaryHousekeeping { slots }]
+        vec![PrimaryHousekeeping { slots, sync: String::new() }]
     );
 }
 
@@ -65,7 +73,10 @@ fn primary_without_lease_is_fenced() {
 fn promoted_standby_marks_then_promotes() {
     let s = cluster("b", 2);
     let local = mem(None, Some(up(5000)));
-    assert_eq!(run("b", &s, pg(DataDir::Standby, true, true), true, local.clone()), vec![MarkPrimary(2), Promote]);
+    assert_eq!(
+        run("b", &s, pg(DataDir::Standby, true, true), true, local.clone()),
+        vec![MarkPrimary(2), Promote { sync: String::new() }]
+    );
     assert_eq!(run("b", &s, pg(DataDir::Standby, false, false), true, local), vec![MarkPrimary(2), Start]);
     assert!(matches!(run("b", &s, pg(DataDir::Standby, true, true), false, mem(None, None))[..], [Wait(_)]));
 }
@@ -91,18 +102,62 @@ fn standbys_clone_start_and_follow() {
     );
 }
 
+fn rejoins_from(acts: &[AgentAction], port: u16) -> bool {
+    acts.iter().any(|a| matches!(a, Rejoin { from, slot, .. } if *from == up(port) && slot == "pgvigil_a"))
+}
+
 #[test]
-fn old_primary_never_runs_as_primary_again() {
+fn old_primary_never_runs_as_primary_again_and_rejoins() {
     let s = cluster("b", 2);
-    // Its PostgreSQL still runs writable: fence and report.
+    // Its PostgreSQL still runs writable: fence first, then rejoin (rewind or re-clone) from b.
     let acts = run("a", &s, pg(DataDir::Primary, true, false), true, mem(Some(1), None));
-    assert!(matches!(acts[..], [Fence(_), NeedsRejoin(_)]), "{acts:?}");
-    // Down, primary data directory: stays down.
+    assert!(matches!(acts[..], [Fence(_), Rejoin { .. }]) && rejoins_from(&acts, 5001), "{acts:?}");
+    // Down, primary data directory: rejoin, never a plain start.
     let acts = run("a", &s, pg(DataDir::Primary, false, false), false, mem(Some(1), None));
-    assert!(matches!(acts[..], [NeedsRejoin(_)]), "{acts:?}");
+    assert!(matches!(acts[..], [Rejoin { .. }]) && rejoins_from(&acts, 5001), "{acts:?}");
     // Even without local memory (state dir lost), a primary data dir is not started as a standby.
     let acts = run("a", &s, pg(DataDir::Primary, false, false), false, mem(None, None));
+    assert!(matches!(acts[..], [Rejoin { .. }]), "{acts:?}");
+    // With no address for the primary it cannot rejoin: it stays down and says so.
+    let mut unknown = s.clone();
+    unknown.members.remove("b");
+    let acts = run("a", &unknown, pg(DataDir::Primary, false, false), false, mem(Some(1), None));
     assert!(matches!(acts[..], [NeedsRejoin(_)]), "{acts:?}");
+}
+
+#[test]
+fn a_diverged_standby_is_fenced_and_rejoined() {
+    let s = cluster("b", 2);
+    let p = pg(DataDir::Standby, true, true);
+    let local = mem(None, Some(up(5001)));
+    let input = AgentInput {
+        me: "a",
+        kind: MemberKind::Postgres,
+        state: &s,
+        pg: &p,
+        lease_valid: false,
+        local: &local,
+        diverged: Some("timeline 1 ends before 0/5000000"),
+    };
+    let acts = reconcile(&input);
+    assert!(matches!(acts[..], [Fence(_), Rejoin { .. }]) && rejoins_from(&acts, 5001), "{acts:?}");
+    let p = pg(DataDir::Standby, false, true);
+    let acts = reconcile(&AgentInput { pg: &p, ..input });
+    assert!(matches!(acts[..], [Rejoin { .. }]), "{acts:?}");
+}
+
+#[test]
+fn the_primary_runs_with_the_committed_synchronous_standbys() {
+    use crate::sync::{SyncMode, SyncState};
+    let mut s = cluster("a", 1);
+    s.sync = SyncState {
+        mode: SyncMode::Strict,
+        count: 1,
+        holders: ["b".to_string()].into(),
+        standbys: ["b".to_string()].into(),
+    };
+    let acts = run("a", &s, pg(DataDir::Primary, true, false), true, mem(Some(1), None));
+    assert!(matches!(&acts[..], [PrimaryHousekeeping { sync, .. }] if sync == "ANY 1 (\"b\")"), "{acts:?}");
 }
 
 #[test]
@@ -121,6 +176,48 @@ fn nothing_before_bootstrap_and_nothing_for_witnesses() {
     let s = cluster("a", 1);
     let p = pg(DataDir::Unknown, false, false);
     let local = LocalMemory::default();
-    let input = AgentInput { me: "w", kind: MemberKind::Witness, state: &s, pg: &p, lease_valid: false, local: &local };
+    let input = AgentInput {
+        me: "w",
+        kind: MemberKind::Witness,
+        state: &s,
+        pg: &p,
+        lease_valid: false,
+        local: &local,
+        diverged: None,
+    };
     assert!(reconcile(&input).is_empty());
+}
+
+#[test]
+fn divergence_from_the_primary_timeline_history() {
+    let history = [(1, 0x5000000), (2, 0x7000000)];
+    assert_eq!(divergence(3, 0x9000000, 3, &history), None, "same timeline");
+    assert_eq!(divergence(1, 0x5000000, 3, &history), None, "exactly at the fork: can follow");
+    assert_eq!(divergence(2, 0x6000000, 3, &history), None, "behind on an ancestor: can follow");
+    assert!(divergence(1, 0x5000001, 3, &history).is_some_and(|d| d.contains("0/5000000")));
+    assert!(divergence(4, 1, 3, &history).is_some());
+    assert!(divergence(5, 1, 6, &history).is_some_and(|d| d.contains("not in the primary's history")));
+    assert_eq!(divergence(0, 1, 3, &history), None, "unknown: no verdict");
+}
+
+#[test]
+fn paused_leaves_postgres_alone_but_still_fences() {
+    let mut s = cluster("a", 1);
+    s.apply(&Command::SetPaused { paused: true, reason: String::new(), at_unix_ms: 0 }).expect("pause");
+    let paused = |acts: Vec<AgentAction>| matches!(acts[..], [Wait(ref w)] if w.starts_with("paused"));
+    // The primary's PostgreSQL is down: not restarted.
+    assert!(paused(run("a", &s, pg(DataDir::Primary, false, false), true, mem(Some(1), None))));
+    // A standby that is down, or points elsewhere, or has an empty data directory: left alone.
+    assert!(paused(run("b", &s, pg(DataDir::Standby, false, true), false, mem(None, Some(up(5000))))));
+    assert!(paused(run("b", &s, pg(DataDir::Standby, true, true), false, mem(None, Some(up(9))))));
+    assert!(paused(run("b", &s, pg(DataDir::Empty, false, false), false, mem(None, None))));
+    // Safety first: a primary without its lease, and a writable non-primary, are fenced.
+    assert!(matches!(run("a", &s, pg(DataDir::Primary, true, false), false, mem(Some(1), None))[..], [Fence(_)]));
+    let acts = run("b", &s, pg(DataDir::Standby, true, false), false, mem(None, None));
+    assert!(matches!(acts[..], [Fence(_), NeedsRejoin(_)]), "{acts:?}");
+    let acts = run("b", &s, pg(DataDir::Primary, false, false), false, mem(None, None));
+    assert!(matches!(acts[..], [NeedsRejoin(_)]), "{acts:?}");
+    // Resumed: back to normal.
+    s.apply(&Command::SetPaused { paused: false, reason: String::new(), at_unix_ms: 0 }).expect("resume");
+    assert_eq!(run("a", &s, pg(DataDir::Primary, false, false), true, mem(Some(1), None)), vec![Start]);
 }

@@ -13,6 +13,7 @@
 use crate::candidate::{self, Seen};
 use crate::report::{DataDir, HealthReport, MemberKind};
 use crate::state::{ClusterState, Command, Member};
+use crate::sync::{self, Applied, SyncMode, Wanted};
 use crate::timing::Timings;
 use std::collections::{BTreeMap, BTreeSet};
 use std::time::Instant;
@@ -50,6 +51,10 @@ pub struct Coordinator {
     epoch_seen: Option<(u64, Instant)>,
     reports: BTreeMap<String, Received>,
     last_grant: Option<Grant>,
+    /// The configured synchronous mode, which this coordinator brings the committed state to.
+    wanted_sync: Wanted,
+    /// Since when the primary runs with the committed synchronous standbys named.
+    sync_applied: Option<Applied>,
 }
 
 impl Coordinator {
@@ -62,7 +67,15 @@ impl Coordinator {
             epoch_seen: None,
             reports: BTreeMap::new(),
             last_grant: None,
+            wanted_sync: Wanted { mode: SyncMode::Off, count: 1 },
+            sync_applied: None,
         }
+    }
+
+    /// The synchronous mode and standby count from this member's configuration.
+    pub fn with_sync(mut self, mode: SyncMode, count: u32) -> Self {
+        self.wanted_sync = Wanted { mode, count: count.max(1) };
+        self
     }
 
     pub fn is_leader(&self) -> bool {
@@ -88,6 +101,7 @@ impl Coordinator {
         self.leader_since = None;
         self.epoch_seen = None;
         self.last_grant = None;
+        self.sync_applied = None;
         self.reports.clear();
     }
 
@@ -101,10 +115,12 @@ impl Coordinator {
         if !self.is_leader() || !self.expected.contains(&report.member) {
             return LeaseAnswer { grant: false, epoch };
         }
+        // While paused no failover follows a long PostgreSQL outage, so the lease is not withheld
+        // for one: a primary the operator restarts by hand is not fenced on the spot.
         let grant = state.is_primary(&report.member)
             && report.kind == MemberKind::Postgres
             && !report.pg.needs_rejoin
-            && report.pg.down_for < self.timings.pg_restart_timeout;
+            && (state.paused || report.pg.down_for < self.timings.pg_restart_timeout);
         self.reports.insert(report.member.clone(), Received { report, at: now });
         LeaseAnswer { grant, epoch }
     }
@@ -153,19 +169,72 @@ impl Coordinator {
             Some(_) => {}
         }
         let mut out = self.member_updates(state, wall_ms);
+        out.extend(self.rejoin_records(state));
         match &state.primary {
             None => {
                 if let Some(member) = self.bootstrap_choice(now, leader_since, state) {
                     out.push(Command::Bootstrap { member, at_unix_ms: wall_ms });
                 }
             }
-            Some(primary) => {
-                if let Some(cmd) = self.failover_choice(now, state, primary, wall_ms) {
-                    out.push(cmd);
-                }
-            }
+            // Paused (maintenance): no automatic failover and no synchronous changes (the primary's
+            // agent leaves PostgreSQL as it is); member records and bootstrap go on.
+            Some(_) if state.paused => {}
+            Some(primary) => match self.failover_choice(now, state, primary, wall_ms) {
+                Some(cmd) => out.push(cmd),
+                None => out.extend(self.sync_change(now, state, primary, wall_ms)),
+            },
         }
         out
+    }
+
+    /// Rewinds and re-clones the agents report that the history does not have yet.
+    fn rejoin_records(&self, state: &ClusterState) -> Vec<Command> {
+        self.reports
+            .values()
+            .filter_map(|r| {
+                let record = r.report.pg.last_rejoin.as_ref()?;
+                let known = state.rejoins_recorded.get(&r.report.member).copied();
+                (known < Some(record.started_unix_ms))
+                    .then(|| Command::RecordRejoin { member: r.report.member.clone(), record: record.clone() })
+            })
+            .collect()
+    }
+
+    /// The next step of the synchronous set, planned from the primary's current report.
+    fn sync_change(&mut self, now: Instant, state: &ClusterState, primary: &str, wall_ms: u64) -> Option<Command> {
+        let p = self.reports.get(primary).filter(|r| self.is_current(now, r))?;
+        let others: Vec<&HealthReport> = self
+            .reports
+            .values()
+            .filter(|r| r.report.member != primary && self.is_current(now, r))
+            .map(|r| &r.report)
+            .collect();
+        let change = sync::plan(state, &p.report, &others, self.wanted_sync, &mut self.sync_applied)?;
+        Some(Command::Sync { epoch: state.epoch, sync: change.sync, reason: change.reason, at_unix_ms: wall_ms })
+    }
+
+    /// Why no failover is possible now in a synchronous mode, if it is not (for the logs).
+    pub fn sync_failover_blocked(&self, now: Instant, state: &ClusterState) -> Option<String> {
+        let sync = &state.sync;
+        if !sync.mode.is_sync() {
+            return None;
+        }
+        let primary = state.primary.as_deref()?;
+        if sync.holders.contains(primary) {
+            return Some(format!(
+                "synchronous mode: only the primary {primary} is known to hold every acknowledged commit"
+            ));
+        }
+        for h in &sync.holders {
+            let Some(r) = self.reports.get(h) else {
+                return Some(format!("synchronous mode: no report from {h}, which may hold acknowledged commits"));
+            };
+            let seen = Seen { report: &r.report, current: self.is_current(now, r) };
+            if let Some(why) = candidate::exclusion(state, &seen, None, u64::MAX) {
+                return Some(format!("synchronous mode: holder {h} cannot be compared ({why:?})"));
+            }
+        }
+        None
     }
 
     /// Where to hand Raft leadership when this coordinator (`me`) sits on the primary's host: a
@@ -238,8 +307,18 @@ impl Coordinator {
         let seen: Vec<Seen> =
             self.reports.values().map(|r| Seen { report: &r.report, current: self.is_current(now, r) }).collect();
         let last = self.reports.get(primary);
-        let primary_lsn = last.map(|r| r.report.wal_position()).filter(|l| *l > 0);
-        let chosen = candidate::choose(state, &seen, primary_lsn, self.timings.maximum_lag_on_failover)?;
+        let chosen = if state.sync.mode.is_sync() {
+            // Only from the holders of every acknowledged commit, all of them heard, most WAL first.
+            if self.sync_failover_blocked(now, state).is_some() {
+                return None;
+            }
+            let holders: Vec<Seen> =
+                seen.into_iter().filter(|s| state.sync.holders.contains(&s.report.member)).collect();
+            candidate::choose(state, &holders, None, u64::MAX)?
+        } else {
+            let primary_lsn = last.map(|r| r.report.wal_position()).filter(|l| *l > 0);
+            candidate::choose(state, &seen, primary_lsn, self.timings.maximum_lag_on_failover)?
+        };
         let why = match last {
             None => "no report from it since this coordinator took over".to_string(),
             Some(r) if !self.is_current(now, r) => {

@@ -281,3 +281,36 @@ fn leadership_moves_off_the_primary_to_a_current_standby() {
     assert_eq!(c.leadership_target(t, &s, "a").as_deref(), Some("c"), "only to a running standby");
     assert_eq!(c.leadership_target(t + ms(5000), &s, "a"), None, "not to members with stale reports");
 }
+
+#[test]
+fn paused_no_failover_however_long_the_primary_is_gone_and_resume_lets_it_happen() {
+    let (mut c, mut s, t0) = running_cluster();
+    s.apply(&Command::SetPaused { paused: true, reason: String::new(), at_unix_ms: 0 }).expect("pause");
+    let mut t = t0 + ms(250);
+    round(&mut c, &s, t, &[primary_r("a", 500), standby_r("b", 500), standby_r("c", 400)]);
+    // a dies: long past lease + margin, nothing but reports.
+    while t < t0 + ms(30_000) {
+        t += ms(250);
+        round(&mut c, &s, t, &[standby_r("b", 500), standby_r("c", 400)]);
+        assert!(failover_target(&c.decide(t, &s, 0)).is_none(), "paused at {:?}", t - t0);
+    }
+    s.apply(&Command::SetPaused { paused: false, reason: String::new(), at_unix_ms: 0 }).expect("resume");
+    assert_eq!(failover_target(&c.decide(t, &s, 0)).as_deref(), Some("b"));
+}
+
+#[test]
+fn paused_the_primary_keeps_its_lease_while_postgres_is_down_and_member_records_go_on() {
+    let (mut c, mut s, t0) = running_cluster();
+    s.apply(&Command::SetPaused { paused: true, reason: String::new(), at_unix_ms: 0 }).expect("pause");
+    let mut down = primary_r("a", 0);
+    down.pg.running = false;
+    down.pg.down_for = ms(60_000);
+    assert!(c.on_report(t0 + ms(100), down.clone(), &s).grant, "paused: no failover follows, so no fencing");
+    let mut moved = standby_r("b", 500);
+    moved.pg_port = 6000;
+    c.on_report(t0 + ms(100), moved, &s);
+    let cmds = c.decide(t0 + ms(100), &s, 0);
+    assert!(matches!(&cmds[..], [Command::UpsertMember { name, .. }] if name == "b"), "{cmds:?}");
+    s.apply(&Command::SetPaused { paused: false, reason: String::new(), at_unix_ms: 0 }).expect("resume");
+    assert!(!c.on_report(t0 + ms(200), down, &s).grant, "unpaused: down too long, lease withheld");
+}

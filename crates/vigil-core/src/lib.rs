@@ -57,6 +57,11 @@ pub fn node_id(member: &str) -> u64 {
     }
 }
 
+/// A WAL position as PostgreSQL writes it (`16/B374D848`).
+pub fn format_lsn(lsn: u64) -> String {
+    format!("{:X}/{:X}", lsn >> 32, lsn & 0xFFFF_FFFF)
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;

@@ -41,6 +41,43 @@ pub struct PgStatus {
     /// How long PostgreSQL has been continuously not running, as the agent measured it.
     #[serde(with = "duration_ms")]
     pub down_for: Duration,
+    /// Primary: the members streaming from it (`pg_stat_replication`, by application name).
+    #[serde(default)]
+    pub replicas: Vec<ReplicaStatus>,
+    /// Primary: the members its `synchronous_standby_names` names now (None: not known).
+    #[serde(default)]
+    pub sync_names: Option<std::collections::BTreeSet<String>>,
+    /// The latest rewind or re-clone this agent did, so the coordinator records it in the history.
+    #[serde(default)]
+    pub last_rejoin: Option<RejoinRecord>,
+}
+
+/// One standby as the primary sees it.
+#[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize, Default)]
+pub struct ReplicaStatus {
+    pub member: String,
+    /// WAL the standby has written to disk (what counts for a synchronous commit).
+    pub flush_lsn: u64,
+    pub streaming: bool,
+}
+
+#[derive(Clone, Copy, Debug, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(rename_all = "lowercase")]
+pub enum RejoinMethod {
+    Rewind,
+    Reclone,
+}
+
+/// A rewind or re-clone of this member's data directory, done or failed.
+#[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
+pub struct RejoinRecord {
+    /// When it started (wall clock, for people; also what makes the record unique).
+    pub started_unix_ms: u64,
+    pub method: RejoinMethod,
+    pub ok: bool,
+    pub took_ms: u64,
+    /// Why it was needed, and what happened (the error, or where the old data went).
+    pub detail: String,
 }
 
 #[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]

@@ -4,9 +4,10 @@
 //! was decided under (e.g. the epoch it fails over from), so a stale proposal is rejected instead of
 //! acting twice.
 
-use crate::report::MemberKind;
+use crate::report::{MemberKind, RejoinMethod, RejoinRecord};
+use crate::sync::SyncState;
 use serde::{Deserialize, Serialize};
-use std::collections::BTreeMap;
+use std::collections::{BTreeMap, BTreeSet};
 
 /// How many events the history keeps; older ones are dropped so snapshots stay small.
 pub const HISTORY_LIMIT: usize = 500;
@@ -27,6 +28,15 @@ pub enum EventKind {
     Failover,
     MemberJoined,
     MemberChanged,
+    /// The synchronous set or mode changed (degrading to asynchronous included).
+    Synchronous,
+    /// A member's data directory was rewound (`pg_rewind`) to follow the primary.
+    Rewind,
+    /// A member's data directory was moved aside and cloned again.
+    Reclone,
+    /// Maintenance mode on: no automatic failover, agents leave PostgreSQL as it is.
+    Paused,
+    Resumed,
 }
 
 #[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
@@ -49,6 +59,15 @@ pub struct ClusterState {
     pub bootstrapped_by: Option<String>,
     pub members: BTreeMap<String, Member>,
     pub history: Vec<Event>,
+    #[serde(default)]
+    pub sync: SyncState,
+    /// Per member, the start time of the last rejoin recorded (so a re-sent record is not recorded twice).
+    #[serde(default)]
+    pub rejoins_recorded: BTreeMap<String, u64>,
+    /// Maintenance mode: the coordinator proposes no failover and agents leave PostgreSQL as it
+    /// is (a primary that loses its lease is still fenced).
+    #[serde(default)]
+    pub paused: bool,
 }
 
 #[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
@@ -60,14 +79,30 @@ pub enum Command {
     Bootstrap { member: String, at_unix_ms: u64 },
     /// Replace the primary of `from_epoch` by `to`.
     Failover { from_epoch: u64, to: String, reason: String, at_unix_ms: u64 },
+    /// Replace the synchronous state of `epoch`.
+    Sync { epoch: u64, sync: SyncState, reason: String, at_unix_ms: u64 },
+    /// Record a member's rewind or re-clone in the history.
+    RecordRejoin { member: String, record: RejoinRecord },
+    /// Turn maintenance mode on or off (an operator's request); `reason` goes into the history.
+    SetPaused {
+        paused: bool,
+        #[serde(default, skip_serializing_if = "String::is_empty")]
+        reason: String,
+        at_unix_ms: u64,
+    },
 }
 
 #[derive(Clone, Debug, PartialEq, Eq)]
 pub enum Rejected {
     AlreadyBootstrapped,
-    StaleEpoch { expected: u64, current: u64 },
+    StaleEpoch {
+        expected: u64,
+        current: u64,
+    },
     NotAPostgresMember(String),
     AlreadyPrimary(String),
+    /// A synchronous state that breaks `standbys ⊆ holders` or names the primary as a standby.
+    BadSyncState(String),
     Undecodable(String),
 }
 
@@ -80,6 +115,7 @@ impl std::fmt::Display for Rejected {
             }
             Rejected::NotAPostgresMember(m) => write!(f, "{m} is not a known PostgreSQL member"),
             Rejected::AlreadyPrimary(m) => write!(f, "{m} is already the primary"),
+            Rejected::BadSyncState(why) => write!(f, "bad synchronous state: {why}"),
             Rejected::Undecodable(e) => write!(f, "undecodable command: {e}"),
         }
     }
@@ -120,6 +156,7 @@ impl ClusterState {
                 self.epoch += 1;
                 self.primary = Some(member.clone());
                 self.bootstrapped_by = Some(member.clone());
+                self.reset_sync(member);
                 self.record(*at_unix_ms, EventKind::Bootstrap, member, "first primary".into());
                 Ok(())
             }
@@ -133,7 +170,50 @@ impl ClusterState {
                 }
                 self.epoch += 1;
                 self.primary = Some(to.clone());
+                self.reset_sync(to);
                 self.record(*at_unix_ms, EventKind::Failover, to, reason.clone());
+                Ok(())
+            }
+            Command::Sync { epoch, sync, reason, at_unix_ms } => {
+                if *epoch != self.epoch {
+                    return Err(Rejected::StaleEpoch { expected: *epoch, current: self.epoch });
+                }
+                self.check_sync(sync)?;
+                if self.sync == *sync {
+                    return Ok(());
+                }
+                self.sync = sync.clone();
+                let primary = self.primary.clone().unwrap_or_default();
+                self.record(*at_unix_ms, EventKind::Synchronous, &primary, reason.clone());
+                Ok(())
+            }
+            Command::RecordRejoin { member, record } => {
+                if self.rejoins_recorded.get(member) >= Some(&record.started_unix_ms) {
+                    return Ok(());
+                }
+                self.rejoins_recorded.insert(member.clone(), record.started_unix_ms);
+                let kind = match record.method {
+                    RejoinMethod::Rewind => EventKind::Rewind,
+                    RejoinMethod::Reclone => EventKind::Reclone,
+                };
+                let outcome = if record.ok { "done" } else { "failed" };
+                let detail = format!("{outcome} in {} ms: {}", record.took_ms, record.detail);
+                self.record(record.started_unix_ms, kind, member, detail);
+                Ok(())
+            }
+            Command::SetPaused { paused, reason, at_unix_ms } => {
+                // Idempotent: asking twice records one event.
+                if self.paused == *paused {
+                    return Ok(());
+                }
+                self.paused = *paused;
+                let (kind, what) = if *paused {
+                    (EventKind::Paused, "automatic failover off")
+                } else {
+                    (EventKind::Resumed, "automatic failover on")
+                };
+                let detail = if reason.is_empty() { what.to_string() } else { format!("{what}: {reason}") };
+                self.record(*at_unix_ms, kind, "", detail);
                 Ok(())
             }
         }
@@ -147,6 +227,27 @@ impl ClusterState {
 
     pub fn is_primary(&self, member: &str) -> bool {
         self.primary.as_deref() == Some(member)
+    }
+
+    /// A new primary holds every acknowledged commit and names no standby yet.
+    fn reset_sync(&mut self, primary: &str) {
+        if self.sync.mode.is_sync() {
+            self.sync.holders = BTreeSet::from([primary.to_string()]);
+            self.sync.standbys.clear();
+        }
+    }
+
+    fn check_sync(&self, sync: &SyncState) -> Result<(), Rejected> {
+        if !sync.standbys.is_subset(&sync.holders) {
+            return Err(Rejected::BadSyncState("a named standby is not a holder".into()));
+        }
+        if let Some(p) = self.primary.as_deref().filter(|p| sync.standbys.contains(*p)) {
+            return Err(Rejected::BadSyncState(format!("the primary {p} cannot be its own standby")));
+        }
+        for m in &sync.holders {
+            self.require_postgres(m)?;
+        }
+        Ok(())
     }
 
     fn require_postgres(&self, member: &str) -> Result<(), Rejected> {
@@ -221,6 +322,30 @@ mod tests {
         let cmd = Command::Bootstrap { member: "a".into(), at_unix_ms: 1 };
         assert_eq!(Command::decode(&cmd.encode()), Ok(cmd));
         assert!(matches!(s.apply_bytes(b"nonsense"), Err(Rejected::Undecodable(_))));
+    }
+
+    #[test]
+    fn pause_and_resume_are_recorded_once_and_old_states_decode_unpaused() {
+        let mut s = with_members();
+        let pause = Command::SetPaused { paused: true, reason: "upgrade".into(), at_unix_ms: 3 };
+        s.apply(&pause).expect("pause");
+        assert!(s.paused);
+        let n = s.history.len();
+        s.apply(&pause).expect("pausing twice is fine");
+        assert_eq!(s.history.len(), n, "no second event");
+        assert_eq!(
+            s.history.last().map(|e| (e.kind, e.detail.as_str())),
+            Some((EventKind::Paused, "automatic failover off: upgrade"))
+        );
+        assert_eq!(Command::decode(&pause.encode()), Ok(pause));
+        s.apply(&Command::SetPaused { paused: false, reason: String::new(), at_unix_ms: 4 }).expect("resume");
+        assert!(!s.paused);
+        assert_eq!(s.history.last().map(|e| e.kind), Some(EventKind::Resumed));
+        // A state (snapshot) written before these fields existed.
+        let old: ClusterState =
+            serde_json::from_str(r#"{"epoch":1,"primary":"a","bootstrapped_by":"a","members":{},"history":[]}"#)
+                .expect("old snapshot");
+        assert!(!old.paused && old.sync.standbys.is_empty());
     }
 
     #[test]

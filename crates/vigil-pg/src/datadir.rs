@@ -154,9 +154,6 @@ impl Postgres {
         data_dir_state(&self.settings().data_dir)
     }
 
-    /// Rename the data directory to `<data_dir>.old-<YYYYmmddTHHMMSS>` (UTC; `-1`, `-2`, ... appended if
-    /// that name is taken) and return the new path. Never deletes anything. Refuses while a postmaster
-    /// runs on it.
     /// The precondition of offline changes (standby configuration, rewind): a cluster exists in
     /// the data directory and no postmaster runs on it.
     pub(crate) fn require_stopped_cluster(&self) -> anyhow::Result<()> {
@@ -172,6 +169,9 @@ impl Postgres {
         Ok(())
     }
 
+    /// Rename the data directory to `<data_dir>.old-<YYYYmmddTHHMMSS>` (UTC; `-1`, `-2`, ... appended if
+    /// that name is taken) and return the new path. Never deletes anything. Refuses while a postmaster
+    /// runs on it.
     pub fn move_aside(&self) -> anyhow::Result<PathBuf> {
         let data_dir = &self.settings().data_dir;
         if self.fencer().pid().is_some() || crate::process::live_postmaster(data_dir).is_some() {
@@ -193,6 +193,40 @@ impl Postgres {
     }
 }
 
+/// Remove all but the newest `keep` data directories that [`Postgres::move_aside`] made next to
+/// `data_dir` (their names sort by time). Returns the removed paths.
+pub fn prune_moved(data_dir: &Path, keep: usize) -> anyhow::Result<Vec<PathBuf>> {
+    let (Some(parent), Some(name)) = (data_dir.parent(), data_dir.file_name()) else {
+        return Ok(Vec::new());
+    };
+    let prefix = format!("{}.old-", name.to_string_lossy());
+    let mut moved: Vec<PathBuf> = std::fs::read_dir(parent)
+        .with_context(|| format!("list {}", parent.display()))?
+        .filter_map(|e| e.ok())
+        .filter(|e| e.file_name().to_string_lossy().starts_with(&prefix))
+        .map(|e| e.path())
+        .collect();
+    moved.sort_by_key(|p| moved_key(p));
+    let excess = moved.len().saturating_sub(keep);
+    let removed: Vec<PathBuf> = moved.into_iter().take(excess).collect();
+    for p in &removed {
+        std::fs::remove_dir_all(p).with_context(|| format!("remove {}", p.display()))?;
+        tracing::info!(path = %p.display(), "removed an old moved-aside data directory");
+    }
+    Ok(removed)
+}
+
+/// Sort key of a moved directory: its timestamp, then the `-N` suffix as a number.
+fn moved_key(p: &Path) -> (String, u32) {
+    let name = p.file_name().map(|n| n.to_string_lossy().into_owned()).unwrap_or_default();
+    let stamp_at = name.rfind(".old-").map_or(0, |i| i + 5);
+    let rest = &name[stamp_at..];
+    match rest.split_once('-') {
+        Some((stamp, n)) => (stamp.to_string(), n.parse().unwrap_or(0)),
+        None => (rest.to_string(), 0),
+    }
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
@@ -207,6 +241,23 @@ mod tests {
         // 2000-03-01 00:00:00 UTC
         let t = UNIX_EPOCH + Duration::from_secs(951_868_800);
         assert_eq!(utc_timestamp(t), "20000301T000000");
+    }
+
+    #[test]
+    fn prune_keeps_the_newest() {
+        let dir = tempfile::tempdir().expect("tempdir");
+        let data = dir.path().join("pgdata");
+        for n in ["pgdata.old-20240101T000000", "pgdata.old-20240101T000000-1", "pgdata.old-20240101T000000-10"] {
+            std::fs::create_dir(dir.path().join(n)).expect("mkdir");
+        }
+        std::fs::create_dir(dir.path().join("pgdata.old-20250101T000000")).expect("mkdir");
+        std::fs::create_dir(dir.path().join("other")).expect("mkdir");
+        let removed = prune_moved(&data, 2).expect("prune");
+        let names: Vec<String> =
+            removed.iter().map(|p| p.file_name().unwrap_or_default().to_string_lossy().into_owned()).collect();
+        assert_eq!(names, ["pgdata.old-20240101T000000", "pgdata.old-20240101T000000-1"]);
+        assert!(dir.path().join("pgdata.old-20240101T000000-10").exists());
+        assert!(dir.path().join("other").exists());
     }
 
     #[test]

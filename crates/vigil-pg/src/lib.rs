@@ -35,7 +35,7 @@ pub mod tool;
 pub use datadir::DataDirState;
 pub use error::PgError;
 pub use lsn::{format_lsn, parse_lsn};
-pub use observe::Observation;
+pub use observe::{Observation, Replica};
 pub use postgres::Postgres;
 pub use process::{Fencer, StopMode};
 pub use settings::{PgSettings, RunAs, Upstream};

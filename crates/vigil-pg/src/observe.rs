@@ -32,9 +32,25 @@ pub struct Observation {
     pub streaming: bool,
     /// Standby: host/port it streams from (`pg_stat_wal_receiver.sender_host/sender_port`).
     pub upstream: Option<(String, u16)>,
+    /// Primary: `synchronous_standby_names` as this server runs with it now.
+    pub sync_standby_names: Option<String>,
+    /// Primary: its WAL senders (`pg_stat_replication`).
+    pub replicas: Vec<Replica>,
 }
 
-const PRIMARY_QUERY: &str = "SELECT pg_current_wal_lsn()::text, pg_walfile_name(pg_current_wal_lsn())";
+/// One WAL sender of a primary.
+#[derive(Clone, Debug, Default, PartialEq, Eq)]
+pub struct Replica {
+    /// The standby's `application_name` (pgvigil sets it to the member name).
+    pub name: String,
+    pub flush_lsn: u64,
+    pub streaming: bool,
+}
+
+const PRIMARY_QUERY: &str = "SELECT pg_current_wal_lsn()::text, pg_walfile_name(pg_current_wal_lsn()), \
+                             current_setting('synchronous_standby_names')";
+
+const REPLICAS_QUERY: &str = "SELECT application_name, flush_lsn::text, state FROM pg_stat_replication";
 
 /// One row whether or not a WAL receiver runs (the view has 0 or 1 rows). The timeline falls back to
 /// the newest WAL segment in pg_wal (names start with the timeline in hex, so max() is the newest)
@@ -61,6 +77,9 @@ impl Postgres {
             .user(&s.superuser)
             .dbname("postgres")
             .application_name("pgvigil")
+            // The daemon's own writes (roles, after a promotion) must not wait for a synchronous
+            // standby: none can connect before the daemon has made its slot.
+            .options("-c synchronous_commit=local")
             .connect_timeout(CONNECT_TIMEOUT);
         let (client, connection) = tokio::time::timeout(CONNECT_TIMEOUT, config.connect(NoTls))
             .await
@@ -101,6 +120,16 @@ impl Postgres {
             let row = client.query_one(PRIMARY_QUERY, &[]).await?;
             let lsn = lsn_column(row.try_get(0)?)?;
             let walfile: String = row.try_get(1)?;
+            let sync: String = row.try_get(2)?;
+            let mut replicas = Vec::new();
+            for r in client.query(REPLICAS_QUERY, &[]).await? {
+                let state: Option<String> = r.try_get(2)?;
+                replicas.push(Replica {
+                    name: r.try_get::<_, Option<String>>(0)?.unwrap_or_default(),
+                    flush_lsn: lsn_column(r.try_get(1)?)?,
+                    streaming: state.as_deref() == Some("streaming"),
+                });
+            }
             return Ok(Observation {
                 running: true,
                 in_recovery: false,
@@ -111,6 +140,8 @@ impl Postgres {
                 replay_lsn: lsn,
                 streaming: false,
                 upstream: None,
+                sync_standby_names: Some(sync),
+                replicas,
             });
         }
         let row = client.query_one(STANDBY_QUERY, &[]).await?;
@@ -143,6 +174,8 @@ impl Postgres {
             replay_lsn,
             streaming: status.as_deref() == Some("streaming"),
             upstream,
+            sync_standby_names: None,
+            replicas: Vec::new(),
         })
     }
 }

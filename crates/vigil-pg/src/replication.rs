@@ -37,6 +37,34 @@ impl Postgres {
         Ok(())
     }
 
+    /// Set `synchronous_standby_names` (ALTER SYSTEM, works on a standby too) and reload; returns
+    /// once this session sees the new value. The WAL senders take it on the same reload.
+    pub async fn set_sync_standby_names(&self, value: &str) -> anyhow::Result<()> {
+        let client = self.connect().await?;
+        quiet_session(&client).await?;
+        client
+            .batch_execute(&format!("ALTER SYSTEM SET synchronous_standby_names = {}", quote_literal(value)))
+            .await
+            .context("ALTER SYSTEM SET synchronous_standby_names")?;
+        client.batch_execute("SELECT pg_reload_conf()").await.context("reload configuration")?;
+        let deadline = Instant::now() + Duration::from_secs(5);
+        loop {
+            // A backend applies a reload before its next command: ask with a fresh one.
+            let now: String = self
+                .connect()
+                .await?
+                .query_one("SELECT current_setting('synchronous_standby_names')", &[])
+                .await?
+                .try_get(0)?;
+            if now == value {
+                tracing::info!(member = %self.settings().member, synchronous_standby_names = %value, "set");
+                return Ok(());
+            }
+            anyhow::ensure!(Instant::now() < deadline, "synchronous_standby_names still {now:?} after reload");
+            tokio::time::sleep(Duration::from_millis(20)).await;
+        }
+    }
+
     /// Drop a slot if it exists. Errors if a walsender is using it right now.
     pub async fn drop_slot(&self, name: &str) -> anyhow::Result<()> {
         let client = self.connect().await?;

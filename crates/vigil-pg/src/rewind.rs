@@ -35,6 +35,13 @@ impl Postgres {
             quote_conninfo(&format!("pgvigil_rewind_{}", s.member)),
             SOURCE_CONNECT_TIMEOUT.as_secs(),
         );
+        // pg_rewind first runs crash recovery in single-user mode, which refuses standby mode: a
+        // fenced standby (a diverged one) must lose its standby.signal first. configure_standby
+        // below writes it again.
+        let signal = s.data_dir.join("standby.signal");
+        if signal.exists() {
+            std::fs::remove_file(&signal).with_context(|| format!("remove {}", signal.display()))?;
+        }
         let mut cmd = tool::command(s, "pg_rewind");
         cmd.arg("--target-pgdata")
             .arg(&s.data_dir)
@@ -54,7 +61,42 @@ impl Postgres {
         Ok(())
     }
 
+    /// The rewind source must be promoted already (else the rewind would target its old timeline),
+    /// and must have written its new timeline into pg_control (a CHECKPOINT).
     async fn checkpoint_source(&self, primary: &Upstream) -> anyhow::Result<()> {
+        let client = self.connect_source(primary).await?;
+        let in_recovery: bool = client.query_one("SELECT pg_is_in_recovery()", &[]).await?.try_get(0)?;
+        anyhow::ensure!(!in_recovery, "{}:{} is not a primary (yet)", primary.host, primary.port);
+        client.batch_execute("CHECKPOINT").await?;
+        Ok(())
+    }
+
+    /// The timeline `primary` is on and its history: `(timeline, where it ended)` for each
+    /// ancestor, read from its `pg_wal/<tli>.history` (which the replication user may read).
+    pub async fn timeline_history(&self, primary: &Upstream) -> anyhow::Result<(u32, Vec<(u32, u64)>)> {
+        let client = self.connect_source(primary).await?;
+        let row = client
+            .query_one("SELECT pg_is_in_recovery(), substr(pg_walfile_name(pg_current_wal_lsn()), 1, 8)", &[])
+            .await
+            .with_context(|| format!("ask {}:{} for its timeline", primary.host, primary.port))?;
+        let in_recovery: bool = row.try_get(0)?;
+        anyhow::ensure!(!in_recovery, "{}:{} is not a primary", primary.host, primary.port);
+        let hex: String = row.try_get(1)?;
+        let tli = u32::from_str_radix(&hex, 16).with_context(|| format!("timeline {hex:?}"))?;
+        if tli <= 1 {
+            return Ok((tli, Vec::new()));
+        }
+        let file = format!("pg_wal/{tli:08X}.history");
+        let bytes: Vec<u8> = client
+            .query_one("SELECT pg_read_binary_file($1)", &[&file])
+            .await
+            .with_context(|| format!("read {file} on {}:{}", primary.host, primary.port))?
+            .try_get(0)?;
+        Ok((tli, parse_history(&String::from_utf8_lossy(&bytes))))
+    }
+
+    /// A connection to another member's server as the replication user.
+    async fn connect_source(&self, primary: &Upstream) -> anyhow::Result<tokio_postgres::Client> {
         let s = self.settings();
         let mut config = tokio_postgres::Config::new();
         config
@@ -69,10 +111,30 @@ impl Postgres {
             config.connect(NoTls).await.with_context(|| format!("connect to {}:{}", primary.host, primary.port))?;
         tokio::spawn(async move {
             if let Err(e) = connection.await {
-                tracing::debug!(error = %e, "rewind source connection ended");
+                tracing::debug!(error = %e, "source connection ended");
             }
         });
-        client.batch_execute("CHECKPOINT").await?;
-        Ok(())
+        Ok(client)
+    }
+}
+
+/// Lines of a timeline history file: `parent_tli <tab> switch_lsn <tab> reason`.
+pub fn parse_history(text: &str) -> Vec<(u32, u64)> {
+    text.lines()
+        .filter_map(|line| {
+            let mut f = line.split_whitespace();
+            let tli = f.next()?.parse().ok()?;
+            let lsn = crate::lsn::parse_lsn(f.next()?)?;
+            Some((tli, lsn))
+        })
+        .collect()
+}
+
+#[cfg(test)]
+mod tests {
+    #[test]
+    fn history_lines() {
+        let text = "1\t0/3000158\tno recovery target specified\n\n2\t0/5000000\tx\n# junk\n";
+        assert_eq!(super::parse_history(text), vec![(1, 0x3000158), (2, 0x5000000)]);
     }
 }

@@ -14,7 +14,9 @@ use tokio_stream::wrappers::TcpListenerStream;
 use tokio_util::sync::CancellationToken;
 use tonic::{Request, Response, Status};
 use vigil_raft::proto::peer_server::{Peer, PeerServer};
-use vigil_raft::proto::{HealthReport, RaftAck, RaftMessage, ReportAck, StateReply, StateRequest};
+use vigil_raft::proto::{
+    AdminReply, AdminRequest, HealthReport, RaftAck, RaftMessage, ReportAck, StateReply, StateRequest,
+};
 use vigil_raft::{RaftConfig, RaftError, RaftHandle, RaftStatus, StateMachine};
 
 pub const DEADLINE: Duration = Duration::from_secs(15);
@@ -71,6 +73,10 @@ impl Peer for TestPeer {
     }
 
     async fn get_state(&self, _: Request<StateRequest>) -> Result<Response<StateReply>, Status> {
+        Err(Status::unimplemented("test peer"))
+    }
+
+    async fn admin(&self, _: Request<AdminRequest>) -> Result<Response<AdminReply>, Status> {
         Err(Status::unimplemented("test peer"))
     }
 }

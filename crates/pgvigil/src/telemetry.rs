@@ -1,0 +1,172 @@
+//! Prometheus metrics (`GET /metrics`) through the `metrics` facade.
+//!
+//! Gauges that mirror state (role, epoch, lease, ...) are set from the current state at each
+//! scrape; the health-check histogram is recorded by the agent as it observes PostgreSQL; the
+//! failover duration is measured by the coordinator, from when the failed primary was last seen
+//! healthy until the new primary first reports that it accepts writes.
+
+use crate::daemon::Shared;
+use crate::http_api::Snapshot;
+use metrics_exporter_prometheus::{PrometheusBuilder, PrometheusHandle};
+use std::sync::Mutex;
+use std::time::{Duration, Instant};
+use vigil_core::{ClusterState, EventKind, HealthReport};
+
+const ROLES: [&str; 4] = ["primary", "replica", "witness", "uninitialized"];
+
+/// Histogram buckets (seconds) for the PostgreSQL health check.
+const BUCKETS: [f64; 12] = [0.0005, 0.001, 0.0025, 0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1.0, 2.5];
+
+pub struct Telemetry {
+    handle: Option<PrometheusHandle>,
+    /// A failover in progress: the epoch it replaces and when the old primary was last healthy.
+    failover: Mutex<Option<(u64, Instant)>>,
+}
+
+/// Record how long one observation of the local PostgreSQL took.
+pub fn health_check_took(d: Duration) {
+    metrics::histogram!("pgvigil_health_check_duration_seconds").record(d.as_secs_f64());
+}
+
+impl Telemetry {
+    /// Install the process's recorder (once per process; a second daemon in the same process
+    /// gets no metrics and a warning).
+    pub fn install() -> Telemetry {
+        let handle = match PrometheusBuilder::new().set_buckets(&BUCKETS).and_then(|b| b.install_recorder()) {
+            Ok(h) => Some(h),
+            Err(e) => {
+                tracing::warn!("no metrics: {e}");
+                None
+            }
+        };
+        describe();
+        Telemetry { handle, failover: Mutex::new(None) }
+    }
+
+    /// Drain histogram samples; call now and then.
+    pub fn upkeep(&self) {
+        if let Some(h) = &self.handle {
+            h.run_upkeep();
+        }
+    }
+
+    /// The coordinator proposes replacing the primary of `from_epoch`.
+    pub fn failover_proposed(&self, now: Instant, shared: &Shared, from_epoch: u64) {
+        let state = shared.committed();
+        let last = state.primary.as_ref().and_then(|p| shared.coordinator().reports().get(p).cloned());
+        let since = match last {
+            Some(r) if r.report.pg.running => r.at,
+            Some(r) => r.at.checked_sub(r.report.pg.down_for).unwrap_or(r.at),
+            None => now,
+        };
+        let mut f = self.failover.lock().unwrap_or_else(|p| p.into_inner());
+        if !matches!(*f, Some((e, _)) if e == from_epoch) {
+            *f = Some((from_epoch, since));
+        }
+    }
+
+    /// A report reached the coordinator: the first writable report of the new primary ends the
+    /// failover being measured.
+    pub fn on_report(&self, state: &ClusterState, r: &HealthReport) {
+        let mut f = self.failover.lock().unwrap_or_else(|p| p.into_inner());
+        let Some((from_epoch, since)) = *f else { return };
+        if state.epoch > from_epoch && state.is_primary(&r.member) && r.pg.running && !r.pg.in_recovery {
+            metrics::gauge!("pgvigil_last_failover_duration_seconds").set(since.elapsed().as_secs_f64());
+            *f = None;
+        }
+    }
+
+    /// The Prometheus text, with the state gauges brought up to date.
+    pub fn render(&self, shared: &Shared) -> String {
+        let Some(handle) = &self.handle else { return String::new() };
+        let snap = Snapshot::take(shared);
+        let local = snap.local(shared);
+        let role = local.role();
+        for r in ROLES {
+            metrics::gauge!("pgvigil_role", "role" => r).set(if r == role { 1.0 } else { 0.0 });
+        }
+        let s = &snap.state;
+        metrics::gauge!("pgvigil_epoch").set(s.epoch as f64);
+        metrics::gauge!("pgvigil_timeline").set(if snap.pg.running { f64::from(snap.pg.timeline) } else { 0.0 });
+        metrics::gauge!("pgvigil_postgres_running").set(bool_f(snap.pg.running));
+        let raft = shared.raft.status().borrow().clone();
+        metrics::gauge!("pgvigil_raft_term").set(raft.term as f64);
+        metrics::gauge!("pgvigil_raft_is_leader").set(bool_f(raft.is_leader));
+        metrics::gauge!("pgvigil_raft_leader_known").set(bool_f(raft.leader_id != 0));
+        let lag = if role == "replica" { local.lag().unwrap_or(0) } else { 0 };
+        metrics::gauge!("pgvigil_replication_lag_bytes", "member" => shared.name().to_string()).set(lag as f64);
+        let remaining = shared.lease_remaining(s.epoch, Instant::now());
+        metrics::gauge!("pgvigil_lease_remaining_seconds").set(remaining.as_secs_f64());
+        metrics::gauge!("pgvigil_fenced").set(bool_f(local.fenced()));
+        metrics::gauge!("pgvigil_paused").set(bool_f(s.paused));
+        let (failovers, switchovers) = event_counts(s);
+        metrics::counter!("pgvigil_failovers_total").absolute(failovers);
+        metrics::counter!("pgvigil_switchovers_total").absolute(switchovers);
+        handle.render()
+    }
+}
+
+fn bool_f(b: bool) -> f64 {
+    if b {
+        1.0
+    } else {
+        0.0
+    }
+}
+
+/// Failovers and switchovers in the committed history (its last `HISTORY_LIMIT` events).
+fn event_counts(s: &ClusterState) -> (u64, u64) {
+    let failovers = s.history.iter().filter(|e| e.kind == EventKind::Failover).count() as u64;
+    // Planned switchovers are not a command yet: none so far.
+    (failovers, 0)
+}
+
+fn describe() {
+    use metrics::{describe_counter, describe_gauge, describe_histogram, Unit};
+    describe_gauge!("pgvigil_role", "1 for this member's role (label role), 0 for the others");
+    describe_gauge!("pgvigil_epoch", "The committed epoch (bumped at each change of primary)");
+    describe_gauge!("pgvigil_timeline", "PostgreSQL's timeline (0 when it is not running)");
+    describe_gauge!("pgvigil_postgres_running", "1 when PostgreSQL accepts connections");
+    describe_gauge!("pgvigil_raft_term", "The Raft term");
+    describe_gauge!("pgvigil_raft_is_leader", "1 when this member is the Raft leader (the coordinator)");
+    describe_gauge!("pgvigil_raft_leader_known", "1 when this member knows a Raft leader");
+    describe_gauge!(
+        "pgvigil_replication_lag_bytes",
+        Unit::Bytes,
+        "How far this standby is behind the primary's last known WAL position"
+    );
+    describe_histogram!("pgvigil_health_check_duration_seconds", Unit::Seconds, "Time to observe the local PostgreSQL");
+    describe_counter!("pgvigil_failovers_total", "Failovers in the committed history");
+    describe_counter!("pgvigil_switchovers_total", "Switchovers in the committed history");
+    describe_gauge!(
+        "pgvigil_last_failover_duration_seconds",
+        Unit::Seconds,
+        "Measured by the coordinator: from the failed primary's last healthy report to the new primary's first writable one"
+    );
+    describe_gauge!("pgvigil_lease_remaining_seconds", Unit::Seconds, "Time left on this member's primary lease");
+    describe_gauge!(
+        "pgvigil_fenced",
+        "1 when this member is kept from writing (no lease as primary, or needs a rejoin)"
+    );
+    describe_gauge!("pgvigil_paused", "1 when automatic failover is paused");
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use vigil_core::{Command, Member, MemberKind};
+
+    #[test]
+    fn failovers_are_counted_from_the_history() {
+        let mut s = ClusterState::default();
+        for n in ["a", "b"] {
+            let m = Member { kind: MemberKind::Postgres, ..Default::default() };
+            s.apply(&Command::UpsertMember { name: n.into(), member: m, at_unix_ms: 0 }).ok();
+        }
+        s.apply(&Command::Bootstrap { member: "a".into(), at_unix_ms: 0 }).ok();
+        assert_eq!(event_counts(&s), (0, 0));
+        s.apply(&Command::Failover { from_epoch: 1, to: "b".into(), reason: String::new(), at_unix_ms: 0 }).ok();
+        s.apply(&Command::Failover { from_epoch: 2, to: "a".into(), reason: String::new(), at_unix_ms: 0 }).ok();
+        assert_eq!(event_counts(&s), (2, 0));
+    }
+}
