@@ -36,6 +36,8 @@ pub struct Settings {
     pub logs: PathBuf,
     pub write_interval: Duration,
     pub write_timeout: Duration,
+    /// Copy the logs of every run, not only of failed ones.
+    pub save_logs: bool,
 }
 
 impl Default for Settings {
@@ -49,6 +51,7 @@ impl Default for Settings {
             logs: std::env::temp_dir().join("pgvigil-fault-logs"),
             write_interval: Duration::from_millis(50),
             write_timeout: Duration::from_secs(1),
+            save_logs: false,
         }
     }
 }
@@ -198,14 +201,24 @@ async fn ids_on(ep: &Endpoints, host: &str) -> anyhow::Result<HashSet<i64>> {
     Ok(rows.iter().map(|r| r.get::<_, i64>(0)).collect())
 }
 
-/// Who is primary (checker) and coordinator (daemons); waits up to 30 s for the coordinator to
-/// be known and, if `off_primary`, to sit off the primary's host.
-async fn roles(c: &NsCluster, primary: &str, off_primary: bool) -> anyhow::Result<Roles> {
+/// Who is primary (checker) and coordinator (daemons). With `steady`, waits up to 30 s for the
+/// steady state a measured run starts from: the coordinator off the primary's host and, in a
+/// synchronous mode, a committed synchronous standby that holds every acknowledged commit (the
+/// primary no longer in `sync.holders`; until then the daemons refuse any failover by design).
+/// This reads the daemons' state, but only to aim and to time the fault, never for a verdict.
+async fn roles(c: &NsCluster, primary: &str, steady: bool, mode: Mode) -> anyhow::Result<Roles> {
     let deadline = Instant::now() + Duration::from_secs(30);
     loop {
-        let coordinator = c.view().await.map(|v| v.coordinator).unwrap_or_default();
-        let good = !coordinator.is_empty() && (!off_primary || coordinator != primary);
+        let view = c.view().await.ok();
+        let coordinator = view.as_ref().map(|v| v.coordinator.clone()).unwrap_or_default();
+        let sync_ready = view.as_ref().is_some_and(|v| {
+            !mode.synchronous() || (!v.state.sync.standbys.is_empty() && !v.state.sync.holders.contains(primary))
+        });
+        let good = !coordinator.is_empty() && (!steady || (coordinator != primary && sync_ready));
         if good || (Instant::now() >= deadline && !coordinator.is_empty()) {
+            if !good {
+                println!("  (not in steady state after 30 s: coordinator {coordinator}, sync ready {sync_ready})");
+            }
             return Ok(Roles { primary: primary.to_string(), coordinator, members: c.names() });
         }
         anyhow::ensure!(Instant::now() < deadline, "no coordinator known after 30 s");
@@ -339,7 +352,7 @@ async fn save_logs(c: &NsCluster, s: &Settings, what: &str, violations: &mut Vec
 /// One fault of `kind` on a fresh cluster.
 pub async fn run_fault(c: Arc<NsCluster>, kind: FaultKind, s: Settings) -> anyhow::Result<RunReport> {
     let (mut w, primary) = start(&c, &s).await?;
-    let roles = roles(&c, &primary, true).await?;
+    let roles = roles(&c, &primary, true, s.mode).await?;
     let fault = Fault::aim(kind, Target::Primary, &roles, s.flap_period);
     let old = primary.clone();
 
@@ -370,6 +383,11 @@ pub async fn run_fault(c: Arc<NsCluster>, kind: FaultKind, s: Settings) -> anyho
     let events = events_since(&c, wall_fault).await;
     if !violations.is_empty() {
         save_logs(&c, &s, kind.name(), &mut violations).await;
+    } else if s.save_logs {
+        let dest = s.logs.join(format!("{}-{}", c.net.id, kind.name()));
+        if let Err(e) = c.save_logs(&dest) {
+            println!("  could not save the logs: {e:#}");
+        }
     }
     let moved = final_primary.as_deref().is_some_and(|p| p != old);
     Ok(RunReport {
@@ -420,7 +438,7 @@ pub async fn run_random(
             break;
         }
         steps = i + 1;
-        let roles = roles(&c, &primary, step.kind == FaultKind::CutPrimaryCoordinator).await?;
+        let roles = roles(&c, &primary, step.kind == FaultKind::CutPrimaryCoordinator, s.mode).await?;
         let fault = Fault::aim(step.kind, step.target, &roles, step.flap_period);
         let old = primary.clone();
         println!("step {i}: {step} -> {fault}");

@@ -43,6 +43,9 @@ struct Common {
     /// Where logs of failed runs are copied.
     #[arg(long)]
     logs: Option<std::path::PathBuf>,
+    /// Copy the logs of every run, not only of failed ones.
+    #[arg(long)]
+    save_logs: bool,
 }
 
 #[derive(Subcommand)]
@@ -94,6 +97,7 @@ fn settings(c: &Common) -> anyhow::Result<Settings> {
         hold: c.hold,
         flap_period: c.flap_period,
         converge_bound: c.converge_bound,
+        save_logs: c.save_logs,
         ..Settings::default()
     };
     if let Some(l) = &c.logs {
