@@ -85,6 +85,8 @@ pub struct RunReport {
     pub min_handover_ms: Option<i64>,
     pub converge: Result<Duration, String>,
     pub rejoin: Option<Duration>,
+    /// How the old primary rejoined, as the daemons recorded it (`rewind: done in 2725 ms`).
+    pub rejoin_how: Option<String>,
     /// The committed history since the fault, as the daemons recorded it.
     pub events: Vec<String>,
     pub violations: Vec<String>,
@@ -98,7 +100,7 @@ impl RunReport {
     pub fn summary(&self) -> String {
         let secs = |d: Option<Duration>| d.map(|d| format!("{:.2}s", d.as_secs_f64())).unwrap_or_else(|| "-".into());
         format!(
-            "{} mode={}: failover {} ({}), outage {}, acked {}, lost {}, overlaps {}, min handover {}, converged {}, old primary rejoined {}",
+            "{} mode={}: failover {} ({}), outage {}, acked {}, lost {}, overlaps {}, min handover {}, converged {}, old primary rejoined {}{}",
             self.fault,
             self.mode.name(),
             secs(self.failover),
@@ -113,6 +115,7 @@ impl RunReport {
                 Err(_) => "NO".into(),
             },
             secs(self.rejoin),
+            self.rejoin_how.as_ref().map(|h| format!(" ({h})")).unwrap_or_default(),
         )
     }
 
@@ -238,28 +241,34 @@ pub async fn start(c: &Arc<NsCluster>, s: &Settings) -> anyhow::Result<(Writer, 
     Ok((w, primary))
 }
 
-/// The history since `since_unix_ms` (minus a second of clock slack), one line per event.
-async fn events_since(c: &NsCluster, since_unix_ms: u64) -> Vec<String> {
-    match c.view().await {
-        Ok(v) => v
-            .state
-            .history
-            .iter()
-            .filter(|e| e.at_unix_ms + 1000 >= since_unix_ms)
-            .map(|e| {
-                let kind = serde_json::to_value(e.kind).ok().and_then(|k| k.as_str().map(str::to_string));
-                format!(
-                    "+{:.2}s {} {} (epoch {}): {}",
-                    (e.at_unix_ms as f64 - since_unix_ms as f64) / 1000.0,
-                    kind.unwrap_or_else(|| format!("{:?}", e.kind)),
-                    e.member,
-                    e.epoch,
-                    e.detail
-                )
-            })
-            .collect(),
-        Err(e) => vec![format!("(history unavailable: {e:#})")],
-    }
+/// The committed history since `since_unix_ms` (minus a second of clock slack).
+async fn history_since(c: &NsCluster, since_unix_ms: u64) -> anyhow::Result<Vec<vigil_core::Event>> {
+    let v = c.view().await?;
+    Ok(v.state.history.into_iter().filter(|e| e.at_unix_ms + 1000 >= since_unix_ms).collect())
+}
+
+/// An event kind's name as the daemons write it (`rewind`, `reclone`, ...).
+fn kind_name(kind: vigil_core::EventKind) -> String {
+    serde_json::to_value(kind).ok().and_then(|k| k.as_str().map(str::to_string)).unwrap_or_else(|| format!("{kind:?}"))
+}
+
+fn event_line(e: &vigil_core::Event, since_unix_ms: u64) -> String {
+    format!(
+        "+{:.2}s {} {} (epoch {}): {}",
+        (e.at_unix_ms as f64 - since_unix_ms as f64) / 1000.0,
+        kind_name(e.kind),
+        e.member,
+        e.epoch,
+        e.detail
+    )
+}
+
+/// How `old` rejoined, from the history: the first rewind/re-clone event of it.
+fn rejoin_how(history: &[vigil_core::Event], old: &str) -> Option<String> {
+    history
+        .iter()
+        .find(|e| e.member == old && matches!(e.kind, vigil_core::EventKind::Rewind | vigil_core::EventKind::Reclone))
+        .map(|e| format!("{}: {}", kind_name(e.kind), e.detail.split(':').next().unwrap_or("")))
 }
 
 fn unix_ms() -> u64 {
@@ -380,7 +389,10 @@ pub async fn run_fault(c: Arc<NsCluster>, kind: FaultKind, s: Settings) -> anyho
     }
     let (lost, overlaps, min_handover_ms) = judge(&c, &s, &acks, final_primary.as_deref(), &mut violations).await;
     let (failover, new_primary, outage) = fault_figures(&acks, &old, t_fault);
-    let events = events_since(&c, wall_fault).await;
+    let (events, rejoin_how) = match history_since(&c, wall_fault).await {
+        Ok(h) => (h.iter().map(|e| event_line(e, wall_fault)).collect(), rejoin_how(&h, &old)),
+        Err(e) => (vec![format!("(history unavailable: {e:#})")], None),
+    };
     if !violations.is_empty() {
         save_logs(&c, &s, kind.name(), &mut violations).await;
     } else if s.save_logs {
@@ -404,6 +416,7 @@ pub async fn run_fault(c: Arc<NsCluster>, kind: FaultKind, s: Settings) -> anyho
         min_handover_ms,
         converge: conv.result.map(|(_, d)| d),
         rejoin: if moved { conv.rejoin } else { None },
+        rejoin_how,
         events,
         violations,
     })
@@ -531,7 +544,7 @@ pub fn figures_row(reports: &[RunReport]) -> String {
     let Some(first) = reports.first() else { return String::new() };
     let pick = |f: &dyn Fn(&RunReport) -> Option<Duration>| reports.iter().map(f).collect::<Vec<_>>();
     format!(
-        "| {} | {} | {} | {} | {} | {} / {} | {} | {} | {} |",
+        "| {} | {} | {} | {} | {} | {} / {} | {} | {} | {} | {} |",
         first.kind.name(),
         first.mode.name(),
         reports.len(),
@@ -541,8 +554,21 @@ pub fn figures_row(reports: &[RunReport]) -> String {
         reports.iter().map(|r| r.acked).sum::<usize>(),
         spread(&pick(&|r| r.converge.as_ref().ok().copied())),
         spread(&pick(&|r| r.rejoin)),
+        rejoin_counts(reports),
         reports.iter().filter(|r| !r.ok()).count(),
     )
 }
 
-pub const FIGURES_HEADER: &str = "| fault | mode | runs | failover min/median/max | outage min/median/max | lost / acked | converge after heal | old primary rejoin | failed runs |\n|---|---|---|---|---|---|---|---|---|";
+/// `rewind 4, reclone 1`: how the old primaries rejoined.
+fn rejoin_counts(reports: &[RunReport]) -> String {
+    let mut counts: std::collections::BTreeMap<String, usize> = std::collections::BTreeMap::new();
+    for how in reports.iter().filter_map(|r| r.rejoin_how.as_deref()) {
+        *counts.entry(how.split(':').next().unwrap_or(how).to_string()).or_default() += 1;
+    }
+    if counts.is_empty() {
+        return "-".into();
+    }
+    counts.iter().map(|(k, n)| format!("{k} {n}")).collect::<Vec<_>>().join(", ")
+}
+
+pub const FIGURES_HEADER: &str = "| fault | mode | runs | failover min/median/max | outage min/median/max | lost / acked | converge after heal | old primary rejoin | rejoined by | failed runs |\n|---|---|---|---|---|---|---|---|---|---|";
