@@ -1,4 +1,4 @@
-# Sourced by test.sh and demo.sh: make sure PostgreSQL 15 and cargo are there.
+# Sourced by test.sh and demo.sh: make sure PostgreSQL 15, cargo, ip and nft are there.
 if ! command -v cargo >/dev/null 2>&1; then
   echo "cargo is missing: install Rust (https://rustup.rs), then run this again" >&2
   exit 69
@@ -38,4 +38,17 @@ if ! command -v wrk >/dev/null 2>&1; then
   export DEBIAN_FRONTEND=noninteractive
   apt-get update -qq
   apt-get install -y -qq wrk >/dev/null
+fi
+
+# The fault-injection suite (tests/tests/faults.rs, the `faults` runner) builds hosts as network
+# namespaces: it needs `ip` (iproute2) and `nft` (nftables).
+if ! command -v ip >/dev/null 2>&1 || ! command -v nft >/dev/null 2>&1; then
+  if [ "$(id -u)" -ne 0 ]; then
+    echo "iproute2/nftables are missing: run as root, or apt-get install -y iproute2 nftables" >&2
+    exit 69
+  fi
+  echo "Installing iproute2 and nftables ..." >&2
+  export DEBIAN_FRONTEND=noninteractive
+  apt-get update -qq
+  apt-get install -y -qq iproute2 nftables >/dev/null
 fi

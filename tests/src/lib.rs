@@ -8,8 +8,25 @@
 //! - HTTP helpers on [`TestCluster`]: ask a member's API, wait for an answer, run the CLI.
 //! - [`certs`]: a CA and certificates made at test time, for clusters with TLS
 //!   ([`TestCluster::prepare_tls`]).
+//!
+//! The fault-injection suite (hosts as network namespaces, needs root):
+//! - [`netns`]: the private network (one namespace per host, a client, a switch) and its faults
+//!   on links and paths.
+//! - [`nscluster`]: a cluster whose members run in those namespaces.
+//! - [`faults`]: the fault kinds (inject and heal) and the seeded random schedule.
+//! - The independent checker: [`writer`] (writes to every host, records acknowledgements),
+//!   [`probe`] (asks each PostgreSQL who it is and what it streams from), [`verdict`] (one
+//!   writable primary, nothing acknowledged lost).
+//! - [`scenario`]: a run from start to verdicts, and its figures.
 
 pub mod certs;
+pub mod faults;
+pub mod netns;
+pub mod nscluster;
+pub mod probe;
+pub mod scenario;
+pub mod verdict;
+pub mod writer;
 
 use anyhow::Context;
 use std::path::{Path, PathBuf};
@@ -20,10 +37,20 @@ pub use pgvigil::client::Reply;
 pub use pgvigil::launch::{healthy, ClusterSpec, LocalCluster, MemberSpec, TlsSpec};
 pub use pgvigil::list::{ClusterView, View};
 
-/// The `pgvigil` binary: `$PGVIGIL_BIN`, else the workspace's target dir (debug, then release).
+/// The `pgvigil` binary: `$PGVIGIL_BIN`, else beside the running executable, else the workspace's
+/// target dir (debug, then release).
 pub fn pgvigil_bin() -> PathBuf {
     if let Ok(p) = std::env::var("PGVIGIL_BIN") {
         return PathBuf::from(p);
+    }
+    // Beside this executable: target/<profile>/ for binaries, target/<profile>/deps/ for tests.
+    if let Ok(exe) = std::env::current_exe() {
+        for dir in exe.ancestors().skip(1).take(2) {
+            let p = dir.join("pgvigil");
+            if p.is_file() {
+                return p;
+            }
+        }
     }
     let root = Path::new(env!("CARGO_MANIFEST_DIR")).parent().unwrap_or(Path::new(".")).to_path_buf();
     let target = std::env::var("CARGO_TARGET_DIR").map(PathBuf::from).unwrap_or_else(|_| root.join("target"));

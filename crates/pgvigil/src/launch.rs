@@ -16,6 +16,10 @@ use vigil_raft::PeerClients;
 pub struct MemberSpec {
     pub name: String,
     pub kind: MemberKind,
+    /// The address the member listens on (peer gRPC and PostgreSQL); `127.0.0.1` for local clusters.
+    pub host: String,
+    /// Words put before `pgvigil run ...` when the member is started (e.g. `ip netns exec NS`).
+    pub launcher: Vec<String>,
     pub peer_port: u16,
     pub pg_port: u16,
     /// The HTTP API's port.
@@ -39,6 +43,8 @@ pub struct ClusterSpec {
     /// `key = value` lines for a `[hooks]` table (none: no table).
     pub hooks: Vec<String>,
     pub superuser_password: String,
+    /// `postgres.hba_extra` of every member.
+    pub hba_extra: Vec<String>,
     pub log_level: String,
     /// Every member's `api.token`.
     pub api_token: String,
@@ -82,6 +88,8 @@ impl ClusterSpec {
             members.push(MemberSpec {
                 name,
                 kind,
+                host: "127.0.0.1".into(),
+                launcher: Vec::new(),
                 peer_port: free_port()?,
                 pg_port: free_port()?,
                 api_port: free_port()?,
@@ -98,6 +106,7 @@ impl ClusterSpec {
             replication: Vec::new(),
             hooks: Vec::new(),
             superuser_password: "pgvigil".into(),
+            hba_extra: vec!["host all all 127.0.0.1/32 scram-sha-256".into()],
             log_level: "info".into(),
             api_token: "pgvigil-local-token".into(),
             tls: None,
@@ -121,7 +130,7 @@ impl ClusterSpec {
     }
 
     pub fn peer_address(&self, name: &str) -> Option<String> {
-        self.member(name).map(|m| format!("127.0.0.1:{}", m.peer_port))
+        self.member(name).map(|m| format!("{}:{}", m.host, m.peer_port))
     }
 
     /// The HTTP API endpoint of a member: `host:port`, or `https://host:port` when it serves TLS.
@@ -181,24 +190,27 @@ impl ClusterSpec {
         let members: Vec<String> = self
             .members
             .iter()
-            .map(|o| format!("  {{ name = \"{}\", address = \"127.0.0.1:{}\" }},", o.name, o.peer_port))
+            .map(|o| format!("  {{ name = \"{}\", address = \"{}:{}\" }},", o.name, o.host, o.peer_port))
             .collect();
         let mut t = format!(
-            "name = \"{name}\"\nkind = \"{kind}\"\nstate_dir = {state:?}\nlisten = \"127.0.0.1:{port}\"\nmembers = [\n{members}\n]\n\n",
+            "name = \"{name}\"\nkind = \"{kind}\"\nstate_dir = {state:?}\nlisten = \"{host}:{port}\"\nmembers = [\n{members}\n]\n\n",
             name = m.name,
             kind = crate::convert::kind_name(m.kind),
             state = self.state_dir(&m.name).display().to_string(),
+            host = m.host,
             port = m.peer_port,
             members = members.join("\n"),
         );
         if m.kind == MemberKind::Postgres {
             t.push_str(&format!(
-                "[postgres]\nbin_dir = {bin:?}\ndata_dir = {data:?}\nlisten_address = \"127.0.0.1\"\nport = {port}\n\
+                "[postgres]\nbin_dir = {bin:?}\ndata_dir = {data:?}\nlisten_address = {host:?}\nport = {port}\n\
                  replication_password = \"replication-secret\"\nsuperuser_password = {su:?}\n\
-                 hba_extra = [\"host all all 127.0.0.1/32 scram-sha-256\"]\n\n",
+                 hba_extra = {hba:?}\n\n",
                 bin = self.pg_bin_dir.display().to_string(),
                 data = self.data_dir(&m.name).display().to_string(),
+                host = m.host,
                 port = m.pg_port,
+                hba = self.hba_extra,
                 su = self.superuser_password,
             ));
         }
@@ -263,7 +275,16 @@ impl LocalCluster {
     pub fn start(&mut self, name: &str) -> anyhow::Result<()> {
         let log_path = self.spec.state_dir(name).join("pgvigil.log");
         let log = std::fs::OpenOptions::new().create(true).append(true).open(&log_path)?;
-        let child = Command::new(&self.spec.bin)
+        let launcher = self.spec.member(name).map(|m| m.launcher.clone()).unwrap_or_default();
+        let mut cmd = match launcher.split_first() {
+            Some((program, args)) => {
+                let mut c = Command::new(program);
+                c.args(args).arg(&self.spec.bin);
+                c
+            }
+            None => Command::new(&self.spec.bin),
+        };
+        let child = cmd
             .arg("run")
             .arg("--config")
             .arg(self.spec.config_path(name))

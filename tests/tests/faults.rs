@@ -1,0 +1,46 @@
+//! The quick subset of the fault-injection suite (CI): three members in network namespaces,
+//! synchronous mode `on`, one fault each, judged by the independent checker (writer on every
+//! host, direct PostgreSQL probes). Needs root, `ip` and `nft`.
+//!
+//! The long runs are `cargo run -p vigil-tests --bin faults -- all|random ...` (README, "Fault suite").
+
+use std::time::Duration;
+use vigil_tests::faults::FaultKind;
+use vigil_tests::nscluster::{Mode, NsCluster};
+use vigil_tests::scenario::{self, RunReport, Settings};
+
+/// A failover must show the first write on the new primary within this (lease 2 s + margin
+/// 0.5 s + promotion + the writer's reconnect, with room for a loaded 2-core machine).
+const FAILOVER_BOUND: Duration = Duration::from_secs(10);
+
+fn run(kind: FaultKind) -> RunReport {
+    let s = Settings { mode: Mode::On, ..Settings::default() };
+    let c = NsCluster::prepare(s.members, s.mode).expect("build the namespaces and the cluster");
+    let r = c.run(move |c| scenario::run_fault(c, kind, s)).expect("run the scenario");
+    println!("{}", r.details());
+    r
+}
+
+fn assert_failover(r: &RunReport) {
+    assert!(r.ok(), "verdicts failed:\n{}", r.details());
+    let new = r.new_primary.as_deref().expect("a write was acknowledged on another host");
+    assert_ne!(new, r.old_primary);
+    let took = r.failover.expect("failover time");
+    assert!(took <= FAILOVER_BOUND, "failover took {took:?}:\n{}", r.details());
+    assert!(r.rejoin.is_some(), "the old primary did not rejoin:\n{}", r.details());
+}
+
+#[test]
+fn kill_9_of_the_primary_daemon() {
+    assert_failover(&run(FaultKind::KillDaemon));
+}
+
+#[test]
+fn isolating_the_primary_host_and_healing() {
+    assert_failover(&run(FaultKind::Isolate));
+}
+
+#[test]
+fn cutting_only_the_primary_coordinator_path() {
+    assert_failover(&run(FaultKind::CutPrimaryCoordinator));
+}
