@@ -262,10 +262,20 @@ async fn cli_verbs_over_http() -> anyhow::Result<()> {
         .stdout(std::process::Stdio::piped())
         .kill_on_drop(true)
         .spawn()?;
-    tokio::time::sleep(Duration::from_millis(1500)).await;
+    // Wait for the second table on its output (with a deadline), not for a fixed time.
+    let stdout = watch.stdout.take().expect("piped stdout");
+    let mut lines = tokio::io::AsyncBufReadExt::lines(tokio::io::BufReader::new(stdout));
+    let (mut tables, mut seen) = (0, String::new());
+    let deadline = tokio::time::Instant::now() + Duration::from_secs(20);
+    while tables < 2 {
+        let line = tokio::time::timeout_at(deadline, lines.next_line()).await;
+        let Ok(Ok(Some(line))) = line else { anyhow::bail!("--watch drew {tables} table(s):\n{seen}") };
+        tables += usize::from(line.contains("| Member"));
+        seen.push_str(&line);
+        seen.push('\n');
+    }
     watch.start_kill()?;
-    let out = watch.wait_with_output().await?;
-    assert!(text(&out).matches("| Member").count() >= 2, "{}", text(&out));
+    watch.wait().await?;
 
     // A bad config file is a usage error.
     let out = t.cli(&["list", "--config", "/nonexistent.toml"], "").await?;
