@@ -33,6 +33,19 @@ async fn cluster_view(t: &TestCluster, member: &str) -> anyhow::Result<ClusterVi
     Ok(serde_json::from_value(r.json)?)
 }
 
+/// `GET /cluster` on `member` once every member's report is in it (reports live in the
+/// coordinator's memory, so a view taken right after a leader change has none for a moment).
+async fn reported_cluster_view(t: &TestCluster, member: &str) -> anyhow::Result<ClusterView> {
+    let deadline = Instant::now() + Duration::from_secs(20);
+    loop {
+        let c = cluster_view(t, member).await?;
+        if c.members.iter().all(|r| r.state != "no report") || Instant::now() >= deadline {
+            return Ok(c);
+        }
+        tokio::time::sleep(Duration::from_millis(200)).await;
+    }
+}
+
 /// Within `window`, the primary and the epoch never change.
 async fn assert_no_failover(t: &TestCluster, primary: &str, epoch: u64, window: Duration) -> anyhow::Result<()> {
     let end = Instant::now() + window;
@@ -111,7 +124,7 @@ async fn health_checks_read_endpoints_tokens_and_metrics() -> anyhow::Result<()>
 
     // The cluster view, the same through every member (non-coordinators ask the coordinator).
     for m in t.spec().members.iter().map(|m| m.name.clone()) {
-        let c = cluster_view(&t, &m).await?;
+        let c = reported_cluster_view(&t, &m).await?;
         assert_eq!((c.epoch, c.primary.as_deref(), c.paused), (1, Some(primary.as_str()), false), "via {m}");
         assert_eq!(c.coordinator.as_deref(), Some(v.coordinator.as_str()), "via {m}");
         assert_eq!(c.members.len(), 3);
@@ -213,10 +226,19 @@ async fn cli_verbs_over_http() -> anyhow::Result<()> {
     let text = |o: &std::process::Output| String::from_utf8_lossy(&o.stdout).to_string();
     let err = |o: &std::process::Output| String::from_utf8_lossy(&o.stderr).to_string();
 
-    let out = t.cli(&["list", "--endpoint", &api], "").await?;
-    assert!(out.status.success(), "{}", err(&out));
-    let table = text(&out);
-    assert!(table.contains("| Member") && table.contains("Primary") && table.contains("streaming"), "{table}");
+    // Reports live in the coordinator's memory: right after a Raft leader change the table says
+    // "no report" until each member reported again, so poll (with a deadline) for the full table.
+    let deadline = tokio::time::Instant::now() + Duration::from_secs(20);
+    let table = loop {
+        let out = t.cli(&["list", "--endpoint", &api], "").await?;
+        assert!(out.status.success(), "{}", err(&out));
+        let table = text(&out);
+        if table.contains("| Member") && table.contains("Primary") && table.contains("streaming") {
+            break table;
+        }
+        anyhow::ensure!(tokio::time::Instant::now() < deadline, "no streaming member listed:\n{table}");
+        tokio::time::sleep(Duration::from_millis(200)).await;
+    };
     for m in &t.spec().members {
         assert!(table.contains(&m.name), "{table}");
     }
