@@ -187,6 +187,59 @@ impl TestCluster {
         }
     }
 
+    /// Within `window`, every view taken shows `primary` at `epoch` (views that fail, e.g. while a
+    /// coordinator is being elected, are skipped; at least one must succeed).
+    pub async fn assert_no_failover(&self, primary: &str, epoch: u64, window: Duration) -> anyhow::Result<()> {
+        let end = Instant::now() + window;
+        let mut seen = 0;
+        while Instant::now() < end {
+            if let Ok(v) = self.view().await {
+                anyhow::ensure!(
+                    v.state.primary.as_deref() == Some(primary) && v.state.epoch == epoch,
+                    "unexpected change: primary {:?} epoch {}",
+                    v.state.primary,
+                    v.state.epoch
+                );
+                seen += 1;
+            }
+            tokio::time::sleep(Duration::from_millis(200)).await;
+        }
+        anyhow::ensure!(seen > 0, "no view of the cluster within {window:?}");
+        Ok(())
+    }
+
+    /// HAProxy (Debian's package) in front of every member's PostgreSQL, sending connections to
+    /// the member whose API answers 200 to `GET /primary`, the way Patroni users configure it.
+    /// `check_options` is appended to every server line (e.g. `check-ssl verify required ...`).
+    pub fn haproxy_primary(&self, check_options: &str) -> anyhow::Result<HaProxy> {
+        let port = pgvigil::launch::free_port()?;
+        let mut cfg = format!(
+            "global\n    maxconn 100\n\ndefaults\n    mode tcp\n    timeout connect 2s\n    timeout client 60s\n    \
+             timeout server 60s\n    timeout check 1s\n\nlisten postgres_primary\n    bind 127.0.0.1:{port}\n    \
+             option httpchk GET /primary\n    http-check expect status 200\n    \
+             default-server inter 300ms fall 2 rise 1 on-marked-down shutdown-sessions\n"
+        );
+        for m in &self.spec().members {
+            cfg.push_str(&format!(
+                "    server {} 127.0.0.1:{} check port {} {check_options}\n",
+                m.name, m.pg_port, m.api_port
+            ));
+        }
+        let path = self.spec().dir.join("haproxy.cfg");
+        std::fs::write(&path, cfg)?;
+        let bin = ["/usr/sbin/haproxy", "haproxy"].into_iter().find(|b| Path::new(b).exists()).unwrap_or("haproxy");
+        let log = std::fs::File::create(self.spec().dir.join("haproxy.log"))?;
+        let child = std::process::Command::new(bin)
+            .arg("-f")
+            .arg(&path)
+            .arg("-db")
+            .stdout(log.try_clone()?)
+            .stderr(log)
+            .spawn()
+            .map_err(|e| anyhow::anyhow!("run {bin} (install it: apt-get install haproxy): {e}"))?;
+        Ok(HaProxy { child, port })
+    }
+
     /// `kill -9` the member's daemon and its PostgreSQL: the host is gone.
     pub fn kill_host(&mut self, member: &str) {
         let pg = self.postmaster_pid(member);
@@ -365,5 +418,18 @@ impl Drop for TestCluster {
         for n in names {
             self.kill_postgres(&n);
         }
+    }
+}
+
+/// HAProxy as a child process ([`TestCluster::haproxy_primary`]), listening on `port`; killed on drop.
+pub struct HaProxy {
+    child: std::process::Child,
+    pub port: u16,
+}
+
+impl Drop for HaProxy {
+    fn drop(&mut self) {
+        let _ = self.child.kill();
+        let _ = self.child.wait();
     }
 }

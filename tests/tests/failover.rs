@@ -21,22 +21,6 @@ fn streaming_from_new_primary(v: &View, old: &str) -> bool {
     }
 }
 
-/// Within `window`, the primary and the epoch never change.
-async fn assert_no_failover(t: &TestCluster, primary: &str, epoch: u64, window: Duration) -> anyhow::Result<()> {
-    let end = Instant::now() + window;
-    while Instant::now() < end {
-        let v = t.view().await?;
-        anyhow::ensure!(
-            v.state.primary.as_deref() == Some(primary) && v.state.epoch == epoch,
-            "unexpected change: primary {:?} epoch {}",
-            v.state.primary,
-            v.state.epoch
-        );
-        tokio::time::sleep(Duration::from_millis(200)).await;
-    }
-    Ok(())
-}
-
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn bootstrap_three_members_and_replicate_rows() -> anyhow::Result<()> {
     let t = TestCluster::start(3, 0).await?;
@@ -85,7 +69,7 @@ async fn killing_a_standby_host_changes_nothing() -> anyhow::Result<()> {
     let standby = t.other_pg_members(&primary).remove(0);
     t.kill_host(&standby);
     // Longer than lease + margin + report timeout: any wrong failover would have happened.
-    assert_no_failover(&t, &primary, v.state.epoch, Duration::from_secs(6)).await?;
+    t.assert_no_failover(&primary, v.state.epoch, Duration::from_secs(6)).await?;
     t.execute(&primary, "CREATE TABLE still_writable (id int)").await?;
     Ok(())
 }
@@ -107,7 +91,7 @@ async fn killing_the_coordinator_elects_another_without_failover() -> anyhow::Re
         })
         .await?;
     assert_eq!(v.state.primary.as_deref(), Some(primary.as_str()));
-    assert_no_failover(&t, &primary, 1, Duration::from_secs(4)).await?;
+    t.assert_no_failover(&primary, 1, Duration::from_secs(4)).await?;
     t.execute(&primary, "CREATE TABLE still_writable (id int)").await?;
     Ok(())
 }

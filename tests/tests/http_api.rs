@@ -46,23 +46,6 @@ async fn reported_cluster_view(t: &TestCluster, member: &str) -> anyhow::Result<
     }
 }
 
-/// Within `window`, the primary and the epoch never change.
-async fn assert_no_failover(t: &TestCluster, primary: &str, epoch: u64, window: Duration) -> anyhow::Result<()> {
-    let end = Instant::now() + window;
-    while Instant::now() < end {
-        if let Ok(v) = t.view().await {
-            anyhow::ensure!(
-                v.state.primary.as_deref() == Some(primary) && v.state.epoch == epoch,
-                "unexpected change: primary {:?} epoch {}",
-                v.state.primary,
-                v.state.epoch
-            );
-        }
-        tokio::time::sleep(Duration::from_millis(200)).await;
-    }
-    Ok(())
-}
-
 fn coordinator_other_than(v: &View, not: &str) -> bool {
     !v.coordinator.is_empty() && v.coordinator != not
 }
@@ -322,12 +305,12 @@ async fn pause_stops_automatic_failover_and_resume_lets_it_happen() -> anyhow::R
     let m = parse_metrics(&t.get(&old, "/metrics").await?.text);
     assert_eq!(metric(&m, "pgvigil_paused"), 1.0);
     assert_eq!(metric(&m, "pgvigil_postgres_running"), 0.0);
-    assert_no_failover(&t, &old, 1, Duration::from_secs(4)).await?;
+    t.assert_no_failover(&old, 1, Duration::from_secs(4)).await?;
     assert!(t.postmaster_pid(&old).is_none(), "paused: the agent leaves PostgreSQL down");
 
     // The whole primary host goes: still no failover, however long.
     t.kill_host(&old);
-    assert_no_failover(&t, &old, 1, Duration::from_secs(6)).await?;
+    t.assert_no_failover(&old, 1, Duration::from_secs(6)).await?;
 
     let out = t.cli(&["resume", "--endpoint", &t.api(&standby), "--token", &t.token()], "").await?;
     assert!(out.status.success(), "{}", String::from_utf8_lossy(&out.stderr));
@@ -410,16 +393,6 @@ async fn a_primary_cut_off_from_the_quorum_is_fenced_and_never_answers_primary()
     Ok(())
 }
 
-/// HAProxy as a child process; killed on drop.
-struct HaProxy(std::process::Child);
-
-impl Drop for HaProxy {
-    fn drop(&mut self) {
-        let _ = self.0.kill();
-        let _ = self.0.wait();
-    }
-}
-
 /// The port of the PostgreSQL server a connection through `port` lands on, and whether it takes
 /// a write there.
 async fn through(port: u16, password: &str) -> anyhow::Result<i32> {
@@ -435,30 +408,8 @@ async fn through(port: u16, password: &str) -> anyhow::Result<i32> {
 async fn haproxy_with_httpchk_primary_routes_writes_to_the_new_primary() -> anyhow::Result<()> {
     let mut t = TestCluster::start(3, 0).await?;
     let old = t.primary().await?;
-    let port = pgvigil::launch::free_port()?;
-    let mut cfg = format!(
-        "global\n    maxconn 100\n\ndefaults\n    mode tcp\n    timeout connect 2s\n    timeout client 60s\n    \
-         timeout server 60s\n    timeout check 1s\n\nlisten postgres_primary\n    bind 127.0.0.1:{port}\n    \
-         option httpchk GET /primary\n    http-check expect status 200\n    \
-         default-server inter 300ms fall 2 rise 1 on-marked-down shutdown-sessions\n"
-    );
-    for m in &t.spec().members {
-        cfg.push_str(&format!("    server {} 127.0.0.1:{} check port {}\n", m.name, m.pg_port, m.api_port));
-    }
-    let path = t.spec().dir.join("haproxy.cfg");
-    std::fs::write(&path, cfg)?;
-    let bin =
-        ["/usr/sbin/haproxy", "haproxy"].into_iter().find(|b| std::path::Path::new(b).exists()).unwrap_or("haproxy");
-    let log = std::fs::File::create(t.spec().dir.join("haproxy.log"))?;
-    let child = std::process::Command::new(bin)
-        .arg("-f")
-        .arg(&path)
-        .arg("-db")
-        .stdout(log.try_clone()?)
-        .stderr(log)
-        .spawn()
-        .map_err(|e| anyhow::anyhow!("run {bin} (install it: apt-get install haproxy): {e}"))?;
-    let _haproxy = HaProxy(child);
+    let haproxy = t.haproxy_primary("")?;
+    let port = haproxy.port;
     t.execute(&old, "CREATE TABLE routed (port int)").await?;
     let password = t.spec().superuser_password.clone();
     let ports: BTreeMap<String, i32> =

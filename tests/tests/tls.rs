@@ -63,49 +63,6 @@ async fn peer_handshake(addr: &str, ca: &[u8], identity: Option<&certs::Leaf>) -
     }
 }
 
-/// HAProxy as a child process; killed on drop.
-struct HaProxy(std::process::Child);
-
-impl Drop for HaProxy {
-    fn drop(&mut self) {
-        let _ = self.0.kill();
-        let _ = self.0.wait();
-    }
-}
-
-/// HAProxy in front of every member's PostgreSQL, checking `GET /primary` over https (verifying
-/// the API's certificate against the cluster's CA); returns it and its port.
-fn haproxy_over_https(t: &TestCluster) -> anyhow::Result<(HaProxy, u16)> {
-    let port = pgvigil::launch::free_port()?;
-    let mut cfg = format!(
-        "global\n    maxconn 100\n\ndefaults\n    mode tcp\n    timeout connect 2s\n    timeout client 60s\n    \
-         timeout server 60s\n    timeout check 1s\n\nlisten postgres_primary\n    bind 127.0.0.1:{port}\n    \
-         option httpchk GET /primary\n    http-check expect status 200\n    \
-         default-server inter 300ms fall 2 rise 1 on-marked-down shutdown-sessions\n"
-    );
-    let ca = t.spec().ca_file().display().to_string();
-    for m in &t.spec().members {
-        cfg.push_str(&format!(
-            "    server {} 127.0.0.1:{} check port {} check-ssl verify required ca-file {ca}\n",
-            m.name, m.pg_port, m.api_port
-        ));
-    }
-    let path = t.spec().dir.join("haproxy.cfg");
-    std::fs::write(&path, cfg)?;
-    let bin =
-        ["/usr/sbin/haproxy", "haproxy"].into_iter().find(|b| std::path::Path::new(b).exists()).unwrap_or("haproxy");
-    let log = std::fs::File::create(t.spec().dir.join("haproxy.log"))?;
-    let child = std::process::Command::new(bin)
-        .arg("-f")
-        .arg(&path)
-        .arg("-db")
-        .stdout(log.try_clone()?)
-        .stderr(log)
-        .spawn()
-        .map_err(|e| anyhow::anyhow!("run {bin} (install it: apt-get install haproxy): {e}"))?;
-    Ok((HaProxy(child), port))
-}
-
 /// Wait until a connection through HAProxy at `port` lands on the PostgreSQL at `want`.
 async fn wait_routed_to(port: u16, want: u16) -> anyhow::Result<()> {
     let conn = format!(
@@ -221,7 +178,9 @@ async fn mutual_tls_cluster_fails_over_refuses_strangers_and_hides_secrets() -> 
 
     // HAProxy checks /primary over https (check-ssl, verifying the certificate).
     let pg_port = |m: &str| spec.member(m).map_or(0, |m| m.pg_port);
-    let (_haproxy, lb_port) = haproxy_over_https(&t)?;
+    let ca = spec.ca_file().display().to_string();
+    let haproxy = t.haproxy_primary(&format!("check-ssl verify required ca-file {ca}"))?;
+    let lb_port = haproxy.port;
     wait_routed_to(lb_port, pg_port(&primary)).await?;
 
     // Failover with TLS on: the primary's host dies, a standby is promoted, the other follows,

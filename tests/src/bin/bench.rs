@@ -19,6 +19,7 @@
 //! the endpoint takes flat out (20 connections, no wait, 10 s). `tls`: the cluster runs with
 //! mutual TLS between members and https on the API.
 
+use std::sync::atomic::{AtomicBool, Ordering};
 use std::sync::{Arc, Mutex};
 use std::time::{Duration, Instant};
 use vigil_core::EventKind;
@@ -32,11 +33,11 @@ struct Log {
     failed: Vec<Instant>,
 }
 
-async fn writer(t: Arc<TestCluster>, log: Arc<Mutex<Log>>, stop: Arc<std::sync::atomic::AtomicBool>) {
+async fn writer(t: Arc<TestCluster>, log: Arc<Mutex<Log>>, stop: Arc<AtomicBool>) {
     let members: Vec<String> = t.spec().members.iter().map(|m| m.name.clone()).collect();
     let mut id: i64 = 0;
     let mut current: Option<(String, tokio_postgres::Client)> = None;
-    while !stop.load(std::sync::atomic::Ordering::Relaxed) {
+    while !stop.load(Ordering::Relaxed) {
         if current.is_none() {
             for m in &members {
                 if let Ok(c) = t.client(m).await {
@@ -66,23 +67,67 @@ async fn writer(t: Arc<TestCluster>, log: Arc<Mutex<Log>>, stop: Arc<std::sync::
     }
 }
 
-async fn failover_run() -> anyhow::Result<(Duration, usize, usize)> {
-    let t = Arc::new(TestCluster::start(3, 0).await?);
-    let old = t.primary().await?;
-    t.execute(&old, "CREATE TABLE bench (id bigint primary key)").await?;
-    // Let the coordinator settle off the primary's host, as it does in steady state.
-    t.wait_for("coordinator off the primary", Duration::from_secs(20), |v| {
-        healthy(v) && !v.coordinator.is_empty() && v.state.primary.as_deref() != Some(v.coordinator.as_str())
-    })
-    .await?;
-    let log = Arc::new(Mutex::new(Log::default()));
-    let stop = Arc::new(std::sync::atomic::AtomicBool::new(false));
-    let w = tokio::spawn(writer(t.clone(), log.clone(), stop.clone()));
-    let warm = Instant::now() + Duration::from_secs(10);
-    while log.lock().unwrap_or_else(|p| p.into_inner()).acked.len() < 50 {
-        anyhow::ensure!(Instant::now() < warm, "the writer does not get going");
-        tokio::time::sleep(Duration::from_millis(20)).await;
+/// The cluster as it runs in steady state: healthy, the coordinator off the primary's host.
+fn settled(v: &vigil_tests::View) -> bool {
+    healthy(v) && !v.coordinator.is_empty() && v.state.primary.as_deref() != Some(v.coordinator.as_str())
+}
+
+/// A fresh, settled three-member cluster with a `bench` table and the writer warmed up (50
+/// acknowledged rows).
+struct Running {
+    t: Arc<TestCluster>,
+    primary: String,
+    log: Arc<Mutex<Log>>,
+    stop: Arc<AtomicBool>,
+    writer: tokio::task::JoinHandle<()>,
+}
+
+impl Running {
+    async fn start() -> anyhow::Result<Running> {
+        let t = Arc::new(TestCluster::start(3, 0).await?);
+        let primary = t.primary().await?;
+        t.execute(&primary, "CREATE TABLE bench (id bigint primary key)").await?;
+        t.wait_for("coordinator off the primary", Duration::from_secs(20), settled).await?;
+        let log = Arc::new(Mutex::new(Log::default()));
+        let stop = Arc::new(AtomicBool::new(false));
+        let writer = tokio::spawn(writer(t.clone(), log.clone(), stop.clone()));
+        let r = Running { t, primary, log, stop, writer };
+        r.wait_acked("the writer getting going", Duration::from_secs(10), |acked| acked.len() >= 50).await?;
+        Ok(r)
     }
+
+    async fn wait_acked(
+        &self,
+        what: &str,
+        timeout: Duration,
+        done: impl Fn(&[(i64, String, Instant)]) -> bool,
+    ) -> anyhow::Result<()> {
+        let deadline = Instant::now() + timeout;
+        while !done(&self.log.lock().unwrap_or_else(|p| p.into_inner()).acked) {
+            anyhow::ensure!(Instant::now() < deadline, "no {what} within {timeout:?}");
+            tokio::time::sleep(Duration::from_millis(20)).await;
+        }
+        Ok(())
+    }
+
+    /// Stop the writer; its log and how many acknowledged rows `member` lacks.
+    async fn finish(self, member: &str) -> anyhow::Result<(Log, usize)> {
+        self.stop.store(true, Ordering::Relaxed);
+        let _ = self.writer.await;
+        let log = std::mem::take(&mut *self.log.lock().unwrap_or_else(|p| p.into_inner()));
+        let client = self.t.client(member).await?;
+        let mut missing = 0;
+        for (id, _, _) in &log.acked {
+            let row = client.query_one("SELECT count(*) FROM bench WHERE id = $1", &[id]).await?;
+            missing += usize::from(row.get::<_, i64>(0) == 0);
+        }
+        Ok((log, missing))
+    }
+}
+
+async fn failover_run() -> anyhow::Result<(Duration, usize, usize)> {
+    let r = Running::start().await?;
+    let (t, old) = (r.t.clone(), r.primary.clone());
     // The host dies: daemon and PostgreSQL, SIGKILL.
     let pg = t.postmaster_pid(&old);
     let kill_at = Instant::now();
@@ -92,25 +137,11 @@ async fn failover_run() -> anyhow::Result<(Duration, usize, usize)> {
     if let Some(pid) = pg {
         let _ = nix::sys::signal::kill(nix::unistd::Pid::from_raw(pid), nix::sys::signal::Signal::SIGKILL);
     }
-    let deadline = Instant::now() + Duration::from_secs(60);
-    while !log.lock().unwrap_or_else(|p| p.into_inner()).acked.iter().any(|(_, m, _)| *m != old) {
-        anyhow::ensure!(Instant::now() < deadline, "no write on a new primary within 60 s");
-        tokio::time::sleep(Duration::from_millis(20)).await;
-    }
-    stop.store(true, std::sync::atomic::Ordering::Relaxed);
-    let _ = w.await;
+    r.wait_acked("write on a new primary", Duration::from_secs(60), |a| a.iter().any(|(_, m, _)| *m != old)).await?;
     let new = t.primary().await?;
-    let client = t.client(&new).await?;
-    let acked = log.lock().unwrap_or_else(|p| p.into_inner()).acked.clone();
-    let first_new = acked.iter().find(|(_, m, _)| *m != old).map(|(_, _, at)| *at - kill_at).unwrap_or_default();
-    let mut missing = 0;
-    for (id, _, _) in &acked {
-        let row = client.query_one("SELECT count(*) FROM bench WHERE id = $1", &[id]).await?;
-        if row.get::<_, i64>(0) == 0 {
-            missing += 1;
-        }
-    }
-    Ok((first_new, missing, acked.len()))
+    let (log, missing) = r.finish(&new).await?;
+    let first_new = log.acked.iter().find(|(_, m, _)| *m != old).map(|(_, _, at)| *at - kill_at).unwrap_or_default();
+    Ok((first_new, missing, log.acked.len()))
 }
 
 struct SwitchoverRun {
@@ -126,31 +157,15 @@ struct SwitchoverRun {
 }
 
 async fn switchover_run() -> anyhow::Result<SwitchoverRun> {
-    let t = Arc::new(TestCluster::start(3, 0).await?);
-    let old = t.primary().await?;
-    t.execute(&old, "CREATE TABLE bench (id bigint primary key)").await?;
-    t.wait_for("coordinator off the primary", Duration::from_secs(20), |v| {
-        healthy(v) && !v.coordinator.is_empty() && v.state.primary.as_deref() != Some(v.coordinator.as_str())
-    })
-    .await?;
-    let candidate = t.other_pg_members(&old).remove(0);
-    let log = Arc::new(Mutex::new(Log::default()));
-    let stop = Arc::new(std::sync::atomic::AtomicBool::new(false));
-    let w = tokio::spawn(writer(t.clone(), log.clone(), stop.clone()));
-    let warm = Instant::now() + Duration::from_secs(10);
-    while log.lock().unwrap_or_else(|p| p.into_inner()).acked.len() < 50 {
-        anyhow::ensure!(Instant::now() < warm, "the writer does not get going");
-        tokio::time::sleep(Duration::from_millis(20)).await;
-    }
+    let r = Running::start().await?;
+    let t = r.t.clone();
+    let candidate = t.other_pg_members(&r.primary).remove(0);
     let asked = Instant::now();
-    let r = t.post(&candidate, "/switchover", &format!(r#"{{"candidate": "{candidate}"}}"#)).await?;
+    let reply = t.post(&candidate, "/switchover", &format!(r#"{{"candidate": "{candidate}"}}"#)).await?;
     let answered = asked.elapsed();
-    anyhow::ensure!(r.status == 200, "switchover refused: {r:?}");
-    let deadline = Instant::now() + Duration::from_secs(60);
-    while !log.lock().unwrap_or_else(|p| p.into_inner()).acked.iter().any(|(_, m, _)| *m == candidate) {
-        anyhow::ensure!(Instant::now() < deadline, "no write on the new primary within 60 s");
-        tokio::time::sleep(Duration::from_millis(20)).await;
-    }
+    anyhow::ensure!(reply.status == 200, "switchover refused: {reply:?}");
+    r.wait_acked("write on the new primary", Duration::from_secs(60), |a| a.iter().any(|(_, m, _)| *m == candidate))
+        .await?;
     let v = t
         .wait_for("the old primary streaming from the new one", Duration::from_secs(60), |v| {
             healthy(v) && v.state.primary.as_deref() == Some(candidate.as_str())
@@ -158,23 +173,18 @@ async fn switchover_run() -> anyhow::Result<SwitchoverRun> {
         .await?;
     let rejoined = asked.elapsed();
     let rewound = v.state.history.iter().any(|e| matches!(e.kind, EventKind::Rewind | EventKind::Reclone));
-    tokio::time::sleep(Duration::from_millis(500)).await;
-    stop.store(true, std::sync::atomic::Ordering::Relaxed);
-    let _ = w.await;
-    let log = std::mem::take(&mut *log.lock().unwrap_or_else(|p| p.into_inner()));
+    // A few more writes after the switch, so the new primary's writes are counted too.
+    let after = Instant::now() + Duration::from_millis(500);
+    r.wait_acked("writes after the switch", Duration::from_secs(10), |a| {
+        a.last().is_some_and(|(_, _, at)| *at >= after)
+    })
+    .await?;
+    let (log, missing) = r.finish(&candidate).await?;
     let first_failed = log.failed.iter().copied().filter(|f| *f >= asked).min();
     let window = match first_failed {
         Some(f) => log.acked.iter().map(|(_, _, at)| *at).filter(|at| *at > f).min().map_or(Duration::MAX, |a| a - f),
         None => Duration::ZERO,
     };
-    let client = t.client(&candidate).await?;
-    let mut missing = 0;
-    for (id, _, _) in &log.acked {
-        let row = client.query_one("SELECT count(*) FROM bench WHERE id = $1", &[id]).await?;
-        if row.get::<_, i64>(0) == 0 {
-            missing += 1;
-        }
-    }
     Ok(SwitchoverRun { window, answered, rejoined, rewound, missing, acked: log.acked.len() })
 }
 
@@ -298,11 +308,7 @@ fn wrk(url: &str, seconds: u64, connections: u32, delay_ms: Option<u32>) -> anyh
 async fn health(tls: bool, seconds: u64) -> anyhow::Result<()> {
     let t =
         if tls { TestCluster::start_tls(3, 0, TlsSpec::default()).await? } else { TestCluster::start(3, 0).await? };
-    let v = t
-        .wait_for("coordinator off the primary", Duration::from_secs(20), |v| {
-            healthy(v) && !v.coordinator.is_empty() && v.state.primary.as_deref() != Some(v.coordinator.as_str())
-        })
-        .await?;
+    let v = t.wait_for("coordinator off the primary", Duration::from_secs(20), settled).await?;
     let primary = v.state.primary.clone().unwrap_or_default();
     let standby = t.other_pg_members(&primary).remove(0);
     t.wait_http(&primary, "/primary", 200, Duration::from_secs(30)).await?;
