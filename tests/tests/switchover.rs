@@ -153,11 +153,7 @@ async fn a_forced_failover_to_a_chosen_standby_then_failback_returns_the_origina
     let mut t = TestCluster::prepare(3, 0, with_hooks)?;
     t.cluster.start_all()?;
     // As in steady state, the coordinator is off the primary's host: the request is taken at once.
-    let v = t
-        .wait_for("a coordinator off the primary", CONVERGE, |v| {
-            healthy(v) && !v.coordinator.is_empty() && v.state.primary.as_deref() != Some(v.coordinator.as_str())
-        })
-        .await?;
+    let v = t.wait_for("a coordinator off the primary", CONVERGE, vigil_tests::settled).await?;
     let old = v.state.primary.clone().expect("primary");
     t.execute(&old, "CREATE TABLE items (id int); INSERT INTO items SELECT generate_series(1, 100)").await?;
     // Automatic failover would pick the first standby by name; the operator wants the last one.

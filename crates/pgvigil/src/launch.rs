@@ -69,10 +69,40 @@ impl Default for TlsSpec {
     }
 }
 
-/// A free TCP port on 127.0.0.1 (bound and released; good enough for tests and the demo).
+/// A free TCP port on 127.0.0.1, for tests and the demo: bound and released, so not guaranteed to
+/// stay free, hence chosen to make a clash unlikely. It is picked at random below the kernel's
+/// ephemeral range (`bind(:0)` and outgoing connections take ports from that range, so a port
+/// from it can be handed out twice or taken by a client socket before the server binds it), and
+/// never returned twice by this process.
 pub fn free_port() -> anyhow::Result<u16> {
+    use std::hash::{BuildHasher, Hasher};
+    static GIVEN: std::sync::Mutex<std::collections::BTreeSet<u16>> =
+        std::sync::Mutex::new(std::collections::BTreeSet::new());
+    let (low, high) = port_range();
+    let mut given = GIVEN.lock().unwrap_or_else(|p| p.into_inner());
+    let random = std::collections::hash_map::RandomState::new();
+    for attempt in 0u64..1000 {
+        let mut h = random.build_hasher();
+        h.write_u64(attempt);
+        let port = low + (h.finish() % u64::from(high - low)) as u16;
+        if !given.contains(&port) && std::net::TcpListener::bind(("127.0.0.1", port)).is_ok() {
+            given.insert(port);
+            return Ok(port);
+        }
+    }
     let l = std::net::TcpListener::bind("127.0.0.1:0").context("bind 127.0.0.1:0")?;
-    Ok(l.local_addr()?.port())
+    let port = l.local_addr()?.port();
+    given.insert(port);
+    Ok(port)
+}
+
+/// Where [`free_port`] picks from: 10000 up to the start of the kernel's ephemeral range.
+fn port_range() -> (u16, u16) {
+    let ephemeral_low = std::fs::read_to_string("/proc/sys/net/ipv4/ip_local_port_range")
+        .ok()
+        .and_then(|s| s.split_whitespace().next()?.parse::<u16>().ok())
+        .unwrap_or(32768);
+    (10_000, ephemeral_low.max(20_000))
 }
 
 impl ClusterSpec {
@@ -397,4 +427,22 @@ pub fn healthy(v: &View) -> bool {
                 r.pg.running && if *n == p { !r.pg.in_recovery } else { r.pg.in_recovery && r.pg.streaming }
             })
         })
+}
+
+/// [`healthy`], and the coordinator has moved off the primary's host (it hands itself off as
+/// soon as a standby runs): the steady state, after which no leader change is expected.
+pub fn settled(v: &View) -> bool {
+    healthy(v) && !v.coordinator.is_empty() && v.state.primary.as_deref() != Some(v.coordinator.as_str())
+}
+
+#[cfg(test)]
+mod tests {
+    #[test]
+    fn free_ports_are_distinct_and_below_the_ephemeral_range() {
+        let ports: Vec<u16> = (0..300).map(|_| super::free_port().expect("a free port")).collect();
+        let distinct: std::collections::BTreeSet<u16> = ports.iter().copied().collect();
+        assert_eq!(distinct.len(), ports.len(), "a port handed out twice");
+        let (low, high) = super::port_range();
+        assert!(ports.iter().all(|p| (low..high).contains(p)), "{ports:?}");
+    }
 }

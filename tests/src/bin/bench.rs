@@ -23,7 +23,7 @@ use std::sync::atomic::{AtomicBool, Ordering};
 use std::sync::{Arc, Mutex};
 use std::time::{Duration, Instant};
 use vigil_core::EventKind;
-use vigil_tests::{healthy, TestCluster, TlsSpec};
+use vigil_tests::{healthy, settled, TestCluster, TlsSpec};
 
 #[derive(Default)]
 struct Log {
@@ -65,11 +65,6 @@ async fn writer(t: Arc<TestCluster>, log: Arc<Mutex<Log>>, stop: Arc<AtomicBool>
         }
         tokio::time::sleep(Duration::from_millis(10)).await;
     }
-}
-
-/// The cluster as it runs in steady state: healthy, the coordinator off the primary's host.
-fn settled(v: &vigil_tests::View) -> bool {
-    healthy(v) && !v.coordinator.is_empty() && v.state.primary.as_deref() != Some(v.coordinator.as_str())
 }
 
 /// A fresh, settled three-member cluster with a `bench` table and the writer warmed up (50
