@@ -23,6 +23,10 @@ async fn an_old_primary_that_cannot_rewind_is_recloned_with_its_data_moved_aside
     let mut t = TestCluster::start(3, 0).await?;
     let old = t.primary().await?;
     t.execute(&old, "CREATE TABLE before (id int); INSERT INTO before VALUES (1)").await?;
+    // Asynchronous replication: only a row the standbys have is sure to outlive the host.
+    for s in t.other_pg_members(&old) {
+        t.wait_rows(&s, "before", 1, Duration::from_secs(10)).await?;
+    }
     t.kill_host(&old);
     let v = t.wait_for("failover", CONVERGE, |v| v.state.epoch == 2).await?;
     let new = v.state.primary.clone().expect("primary");

@@ -96,6 +96,16 @@ async fn switchover_under_a_writer_loses_nothing_and_the_old_primary_follows_wit
     );
     let m = t.get(&candidate, "/metrics").await?.text;
     assert!(m.contains("pgvigil_switchovers_total 1"), "{m}");
+    // The duration goes to the switchover gauge, never to the failover one (it is set by the
+    // coordinator that proposed the change, if it still coordinates when the new primary reports).
+    for member in t.spec().members.iter().map(|m| m.name.clone()) {
+        let m = t.get(&member, "/metrics").await?.text;
+        assert!(!m.contains("\npgvigil_last_failover_duration_seconds "), "{member}: {m}");
+        if let Some(line) = m.lines().find(|l| l.starts_with("pgvigil_last_switchover_duration_seconds ")) {
+            let d: f64 = line.split_whitespace().nth(1).and_then(|v| v.parse().ok()).unwrap_or(-1.0);
+            assert!(d > 0.0 && d < 60.0, "{member}: {line}");
+        }
+    }
     Ok(())
 }
 

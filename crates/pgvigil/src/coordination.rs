@@ -126,10 +126,12 @@ async fn propose(shared: &Shared, cmd: Command) {
     }
     let timeout = shared.settings.timings.lease_timeout;
     if let Command::Failover { from_epoch, .. } = &cmd {
-        shared.telemetry.failover_proposed(Instant::now(), shared, *from_epoch);
+        shared.telemetry.change_proposed(Instant::now(), shared, *from_epoch, false);
     }
     if let Command::CompleteSwitchover { .. } = &cmd {
-        shared.telemetry.failover_proposed(Instant::now(), shared, shared.committed().epoch);
+        let state = shared.committed();
+        let planned = state.switchover.as_ref().is_some_and(|s| !s.forced);
+        shared.telemetry.change_proposed(Instant::now(), shared, state.epoch, planned);
     }
     match shared.raft.propose(cmd.encode(), timeout).await {
         Ok(index) => {

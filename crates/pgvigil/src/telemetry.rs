@@ -2,8 +2,8 @@
 //!
 //! Gauges that mirror state (role, epoch, lease, ...) are set from the current state at each
 //! scrape; the health-check histogram is recorded by the agent as it observes PostgreSQL; the
-//! failover duration is measured by the coordinator, from when the failed primary was last seen
-//! healthy until the new primary first reports that it accepts writes.
+//! duration of a failover (or of a planned switchover) is measured by the coordinator, from when
+//! the old primary was last seen taking writes until the new primary first reports that it does.
 
 use crate::daemon::Shared;
 use crate::http_api::Snapshot;
@@ -19,8 +19,9 @@ const BUCKETS: [f64; 12] = [0.0005, 0.001, 0.0025, 0.005, 0.01, 0.025, 0.05, 0.1
 
 pub struct Telemetry {
     handle: Option<PrometheusHandle>,
-    /// A failover in progress: the epoch it replaces and when the old primary was last healthy.
-    failover: Mutex<Option<(u64, Instant)>>,
+    /// A change of primary in progress: the epoch it replaces, when the old primary was last
+    /// healthy, and the gauge that gets its duration.
+    failover: Mutex<Option<(u64, Instant, &'static str)>>,
 }
 
 /// Record how long one observation of the local PostgreSQL took.
@@ -50,8 +51,9 @@ impl Telemetry {
         }
     }
 
-    /// The coordinator proposes replacing the primary of `from_epoch`.
-    pub fn failover_proposed(&self, now: Instant, shared: &Shared, from_epoch: u64) {
+    /// The coordinator proposes replacing the primary of `from_epoch`: by a failover (automatic
+    /// or forced), or by a planned switchover (`planned`), measured apart.
+    pub fn change_proposed(&self, now: Instant, shared: &Shared, from_epoch: u64, planned: bool) {
         let state = shared.committed();
         let last = state.primary.as_ref().and_then(|p| shared.coordinator().reports().get(p).cloned());
         let since = match last {
@@ -60,18 +62,23 @@ impl Telemetry {
             None => now,
         };
         let mut f = self.failover.lock().unwrap_or_else(|p| p.into_inner());
-        if !matches!(*f, Some((e, _)) if e == from_epoch) {
-            *f = Some((from_epoch, since));
+        if !matches!(*f, Some((e, _, _)) if e == from_epoch) {
+            let gauge = if planned {
+                "pgvigil_last_switchover_duration_seconds"
+            } else {
+                "pgvigil_last_failover_duration_seconds"
+            };
+            *f = Some((from_epoch, since, gauge));
         }
     }
 
     /// A report reached the coordinator: the first writable report of the new primary ends the
-    /// failover being measured.
+    /// change being measured.
     pub fn on_report(&self, state: &ClusterState, r: &HealthReport) {
         let mut f = self.failover.lock().unwrap_or_else(|p| p.into_inner());
-        let Some((from_epoch, since)) = *f else { return };
+        let Some((from_epoch, since, gauge)) = *f else { return };
         if state.epoch > from_epoch && state.is_primary(&r.member) && r.pg.running && !r.pg.in_recovery {
-            metrics::gauge!("pgvigil_last_failover_duration_seconds").set(since.elapsed().as_secs_f64());
+            metrics::gauge!(gauge).set(since.elapsed().as_secs_f64());
             *f = None;
         }
     }
@@ -141,6 +148,11 @@ fn describe() {
         "pgvigil_last_failover_duration_seconds",
         Unit::Seconds,
         "Measured by the coordinator: from the failed primary's last healthy report to the new primary's first writable one"
+    );
+    describe_gauge!(
+        "pgvigil_last_switchover_duration_seconds",
+        Unit::Seconds,
+        "Measured by the coordinator: from the old primary's clean stop to the new primary's first writable report"
     );
     describe_gauge!("pgvigil_lease_remaining_seconds", Unit::Seconds, "Time left on this member's primary lease");
     describe_gauge!(
