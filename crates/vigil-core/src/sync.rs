@@ -211,11 +211,11 @@ pub fn plan(
     }
 
     let healthy: Vec<&HealthReport> = current.iter().copied().filter(|r| healthy_standby(state, primary, r)).collect();
-    let is_healthy = |m: &str| healthy.iter().any(|r| r.member == m);
+    let is_fit = |m: &str| current.iter().any(|r| r.member == m && fit_to_stay_named(state, primary, r));
     let flush = |m: &str| primary.pg.replicas.iter().find(|r| r.member == m).map_or(0, |r| r.flush_lsn);
 
     // Add standbys until `count` healthy ones are named: holders first, then PostgreSQL.
-    let good = sync.standbys.iter().filter(|m| is_healthy(m)).count();
+    let good = sync.standbys.iter().filter(|m| is_fit(m)).count();
     let want = sync.count.max(1) as usize;
     if good < want {
         let mut extra: Vec<&HealthReport> =
@@ -233,9 +233,9 @@ pub fn plan(
     }
 
     // Stop naming unhealthy standbys (strict: only while enough stay named).
-    let bad: Vec<String> = sync.standbys.iter().filter(|m| !is_healthy(m)).cloned().collect();
+    let bad: Vec<String> = sync.standbys.iter().filter(|m| !is_fit(m)).cloned().collect();
     if !bad.is_empty() {
-        let keep: BTreeSet<String> = sync.standbys.iter().filter(|m| is_healthy(m)).cloned().collect();
+        let keep: BTreeSet<String> = sync.standbys.iter().filter(|m| is_fit(m)).cloned().collect();
         let allowed = match sync.mode {
             SyncMode::Strict => keep.len() >= want,
             _ => true,
@@ -272,15 +272,22 @@ fn join(s: &BTreeSet<String>) -> String {
 }
 
 /// A standby that can confirm commits: a known, failover-eligible PostgreSQL member, streaming
-/// from the primary on its timeline.
+/// from the primary on its timeline (by its own report and by the primary's).
 fn healthy_standby(state: &ClusterState, primary: &HealthReport, r: &HealthReport) -> bool {
+    r.pg.streaming && fit_to_stay_named(state, primary, r)
+}
+
+/// A named standby stays named while it is [`healthy_standby`], except that whether it streams
+/// is the primary's word alone (its latest report lists it as streaming). When the primary dies,
+/// its standbys lose the connection and say so before its last report goes stale: that is no
+/// reason to stop naming them (it would only commit a needless "degraded" change).
+fn fit_to_stay_named(state: &ClusterState, primary: &HealthReport, r: &HealthReport) -> bool {
     let known = state.members.get(&r.member).is_some_and(|m| m.kind == MemberKind::Postgres && !m.nofailover);
     known
         && r.member != primary.member
         && !r.nofailover
         && r.pg.running
         && r.pg.in_recovery
-        && r.pg.streaming
         && !r.pg.needs_rejoin
         && r.pg.timeline == primary.pg.timeline
         && primary.pg.replicas.iter().any(|x| x.member == r.member && x.streaming)

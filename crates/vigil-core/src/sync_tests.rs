@@ -42,6 +42,8 @@ struct World {
     primary_lsn: u64,
     /// Flush position and liveness of each standby.
     standbys: Vec<(String, u64, bool)>,
+    /// Whether the primary's host lives (reports, and its standbys stream from it).
+    primary_alive: bool,
 }
 
 impl World {
@@ -57,7 +59,7 @@ impl World {
         s.apply(&Command::Bootstrap { member: "a".into(), at_unix_ms: 0 }).expect("bootstrap");
         // The standbys are a little behind: what they flushed is not yet all that was written.
         let standbys = vec![("b".into(), 90, true), ("c".into(), 90, true)];
-        World { c, s, t, named: BTreeSet::new(), primary_lsn: 100, standbys }
+        World { c, s, t, named: BTreeSet::new(), primary_lsn: 100, standbys, primary_alive: true }
     }
 
     fn report(&self, name: &str) -> HealthReport {
@@ -82,7 +84,7 @@ impl World {
                 received_lsn: lsn,
                 replay_lsn: lsn,
                 data_dir: if primary { DataDir::Primary } else { DataDir::Standby },
-                streaming: !primary && alive,
+                streaming: !primary && alive && self.primary_alive,
                 replicas: if primary {
                     self.standbys
                         .iter()
@@ -103,7 +105,7 @@ impl World {
     /// primary's PostgreSQL takes the committed setting. Returns the sync commands committed.
     fn step(&mut self) -> Vec<SyncState> {
         self.t += Duration::from_millis(250);
-        let mut names = vec!["a".to_string()];
+        let mut names: Vec<String> = self.primary_alive.then(|| "a".to_string()).into_iter().collect();
         names.extend(self.standbys.iter().filter(|(_, _, a)| *a).map(|(n, ..)| n.clone()));
         for n in names {
             let r = self.report(&n);
@@ -277,4 +279,42 @@ fn turning_sync_off_stops_naming_before_forgetting_the_holders() {
     assert_eq!((first[0].mode, first[0].standbys.clone()), (SyncMode::On, set(&[])));
     w.settle();
     assert_eq!(w.s.sync, SyncState::default());
+}
+
+#[test]
+fn a_dead_primary_does_not_degrade_the_synchronous_set() {
+    for mode in [SyncMode::On, SyncMode::Strict] {
+        let mut w = World::new(mode);
+        w.settle();
+        w.advance(10);
+        w.settle();
+        let before = w.s.sync.clone();
+        assert_eq!(before.standbys, set(&["b"]));
+        // The primary's host dies: its last report stays current for report_timeout while its
+        // standbys report that they no longer stream.
+        w.primary_alive = false;
+        let mut seen = Vec::new();
+        for _ in 0..6 {
+            seen.extend(w.step());
+        }
+        assert!(seen.is_empty(), "{mode:?}: {seen:?}");
+        assert_eq!(w.s.sync, before);
+    }
+}
+
+#[test]
+fn a_standby_the_primary_no_longer_sees_is_dropped() {
+    let mut w = World::new(SyncMode::On);
+    w.settle();
+    w.advance(10);
+    w.settle();
+    assert_eq!(w.s.sync.standbys, set(&["b"]));
+    // b's PostgreSQL is gone from the primary's view while b's daemon still reports recently.
+    w.kill("b");
+    let mut seen = Vec::new();
+    for _ in 0..4 {
+        seen.extend(w.step());
+    }
+    assert_eq!(seen.first().map(|s| s.standbys.clone()), Some(set(&["b", "c"])), "{seen:?}");
+    assert_eq!(w.s.sync.standbys, set(&["c"]));
 }
