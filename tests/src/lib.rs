@@ -63,6 +63,12 @@ pub fn pgvigil_bin() -> PathBuf {
     panic!("no pgvigil binary under {}: run `cargo build --workspace` first", target.display());
 }
 
+/// A primary other than `old` is committed and its PostgreSQL reports taking writes.
+pub fn new_primary_writable(v: &View, old: &str) -> bool {
+    let primary = v.state.primary.as_deref().filter(|p| *p != old);
+    primary.and_then(|p| v.reports.get(p)).is_some_and(|r| r.pg.running && !r.pg.in_recovery)
+}
+
 pub struct TestCluster {
     pub cluster: LocalCluster,
     // Dropped after `cluster` (fields drop in order): processes stop before the files go.

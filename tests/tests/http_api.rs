@@ -4,7 +4,7 @@
 
 use std::collections::BTreeMap;
 use std::time::{Duration, Instant};
-use vigil_tests::{ClusterView, Reply, TestCluster, View};
+use vigil_tests::{new_primary_writable, ClusterView, Reply, TestCluster, View};
 
 const CONVERGE: Duration = Duration::from_secs(60);
 
@@ -315,15 +315,7 @@ async fn pause_stops_automatic_failover_and_resume_lets_it_happen() -> anyhow::R
     let out = t.cli(&["resume", "--endpoint", &t.api(&standby), "--token", &t.token()], "").await?;
     assert!(out.status.success(), "{}", String::from_utf8_lossy(&out.stderr));
     let v = t
-        .wait_for("a failover after resume", CONVERGE, |v| {
-            v.state.epoch == 2
-                && v.state.primary.as_deref().is_some_and(|p| p != old)
-                && v.state
-                    .primary
-                    .as_ref()
-                    .and_then(|p| v.reports.get(p))
-                    .is_some_and(|r| r.pg.running && !r.pg.in_recovery)
-        })
+        .wait_for("a failover after resume", CONVERGE, |v| v.state.epoch == 2 && new_primary_writable(v, &old))
         .await?;
     let new = v.state.primary.clone().expect("primary");
     t.wait_http(&new, "/primary", 200, CONVERGE).await?;
@@ -433,16 +425,7 @@ async fn haproxy_with_httpchk_primary_routes_writes_to_the_new_primary() -> anyh
     wait_routed_to(port_of(&old), CONVERGE).await?;
 
     t.kill_host(&old);
-    let v = t
-        .wait_for("a new primary", CONVERGE, |v| {
-            v.state.epoch == 2
-                && v.state
-                    .primary
-                    .as_ref()
-                    .and_then(|p| v.reports.get(p))
-                    .is_some_and(|r| r.pg.running && !r.pg.in_recovery)
-        })
-        .await?;
+    let v = t.wait_for("a new primary", CONVERGE, |v| v.state.epoch == 2 && new_primary_writable(v, &old)).await?;
     let new = v.state.primary.clone().expect("primary");
     wait_routed_to(port_of(&new), CONVERGE).await?;
     let rows = t.count(&new, "routed").await?;

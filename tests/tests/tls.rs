@@ -9,7 +9,7 @@ use std::time::Duration;
 use tonic::transport::{Certificate, ClientTlsConfig, Identity};
 use vigil_raft::{proto, PeerClients};
 use vigil_tests::certs::{self, Ca};
-use vigil_tests::{pgvigil_bin, ClusterSpec, TestCluster, TlsSpec, View};
+use vigil_tests::{new_primary_writable, pgvigil_bin, ClusterSpec, TestCluster, TlsSpec};
 
 const CONVERGE: Duration = Duration::from_secs(60);
 const SUPERUSER_PASSWORD: &str = "su-pw-5f1c2b";
@@ -86,12 +86,6 @@ async fn wait_routed_to(port: u16, want: u16) -> anyhow::Result<()> {
 
 fn read(path: impl AsRef<std::path::Path>) -> Vec<u8> {
     std::fs::read(path.as_ref()).unwrap_or_else(|e| panic!("read {}: {e}", path.as_ref().display()))
-}
-
-fn new_primary(v: &View, old: &str) -> bool {
-    v.state.epoch >= 2
-        && v.state.primary.as_deref().is_some_and(|p| p != old)
-        && v.state.primary.as_ref().and_then(|p| v.reports.get(p)).is_some_and(|r| r.pg.running && !r.pg.in_recovery)
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
@@ -186,7 +180,9 @@ async fn mutual_tls_cluster_fails_over_refuses_strangers_and_hides_secrets() -> 
     // Failover with TLS on: the primary's host dies, a standby is promoted, the other follows,
     // and HAProxy sends connections to it.
     t.kill_host(&primary);
-    let v = t.wait_for("a new primary over TLS", CONVERGE, |v| new_primary(v, &primary)).await?;
+    let v = t
+        .wait_for("a new primary over TLS", CONVERGE, |v| v.state.epoch >= 2 && new_primary_writable(v, &primary))
+        .await?;
     let new = v.state.primary.clone().expect("checked");
     t.execute(&new, "CREATE TABLE after_failover (id int)").await?;
     t.wait_http(&new, "/primary", 200, CONVERGE).await?;
