@@ -296,6 +296,14 @@ async fn pause_stops_automatic_failover_and_resume_lets_it_happen() -> anyhow::R
     let out = t.cli(&["pause", "--endpoint", &t.api(&standby), "--token", &t.token(), "--force"], "").await?;
     assert!(out.status.success(), "{}", String::from_utf8_lossy(&out.stderr));
 
+    // Each member pauses once it has applied the committed entry (the answer comes when the
+    // coordinator committed it): wait for the primary's own view, or its agent may still
+    // restart a crashed PostgreSQL in place.
+    let deadline = Instant::now() + CONVERGE;
+    while t.get(&old, "/health").await?.json["paused"] != true {
+        anyhow::ensure!(Instant::now() < deadline, "{old} does not know it is paused");
+        tokio::time::sleep(Duration::from_millis(100)).await;
+    }
     // Paused and down: PostgreSQL is not restarted, and the member is not a primary to anyone.
     t.kill_postgres(&old);
     let r = t.wait_http(&old, "/health", 503, CONVERGE).await?;
