@@ -245,7 +245,7 @@ impl TestCluster {
             .stderr(log)
             .spawn()
             .map_err(|e| anyhow::anyhow!("run {bin} (install it: apt-get install haproxy): {e}"))?;
-        Ok(HaProxy { child, port })
+        Ok(HaProxy { child, port, password: self.spec().superuser_password.clone() })
     }
 
     /// `kill -9` the member's daemon and its PostgreSQL: the host is gone.
@@ -433,6 +433,36 @@ impl Drop for TestCluster {
 pub struct HaProxy {
     child: std::process::Child,
     pub port: u16,
+    /// The cluster's superuser password, to connect through it.
+    password: String,
+}
+
+impl HaProxy {
+    /// Wait until a connection through HAProxy lands on the PostgreSQL listening on `want` and,
+    /// if given, runs `sql` there first (a write shows the route leads to a writable primary).
+    pub async fn wait_routed_to(&self, want: u16, sql: Option<&str>, timeout: Duration) -> anyhow::Result<()> {
+        let conn = format!(
+            "host=127.0.0.1 port={} user=postgres password={} dbname=postgres connect_timeout=2",
+            self.port, self.password
+        );
+        let deadline = Instant::now() + timeout;
+        loop {
+            let got = async {
+                let (client, connection) = tokio_postgres::connect(&conn, NoTls).await?;
+                tokio::spawn(connection);
+                if let Some(sql) = sql {
+                    client.batch_execute(sql).await?;
+                }
+                anyhow::Ok(client.query_one("SELECT inet_server_port()", &[]).await?.get::<_, i32>(0))
+            }
+            .await;
+            if matches!(got, Ok(p) if p == i32::from(want)) {
+                return Ok(());
+            }
+            anyhow::ensure!(Instant::now() < deadline, "through haproxy: {got:?}, wanted port {want}");
+            tokio::time::sleep(Duration::from_millis(200)).await;
+        }
+    }
 }
 
 impl Drop for HaProxy {

@@ -393,49 +393,21 @@ async fn a_primary_cut_off_from_the_quorum_is_fenced_and_never_answers_primary()
     Ok(())
 }
 
-/// The port of the PostgreSQL server a connection through `port` lands on, and whether it takes
-/// a write there.
-async fn through(port: u16, password: &str) -> anyhow::Result<i32> {
-    let conn =
-        format!("host=127.0.0.1 port={port} user=postgres password={password} dbname=postgres connect_timeout=2");
-    let (client, connection) = tokio_postgres::connect(&conn, tokio_postgres::NoTls).await?;
-    tokio::spawn(connection);
-    client.batch_execute("INSERT INTO routed VALUES (inet_server_port())").await?;
-    Ok(client.query_one("SELECT inet_server_port()", &[]).await?.get(0))
-}
-
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn haproxy_with_httpchk_primary_routes_writes_to_the_new_primary() -> anyhow::Result<()> {
     let mut t = TestCluster::start(3, 0).await?;
     let old = t.primary().await?;
     let haproxy = t.haproxy_primary("")?;
-    let port = haproxy.port;
     t.execute(&old, "CREATE TABLE routed (port int)").await?;
-    let password = t.spec().superuser_password.clone();
-    let ports: BTreeMap<String, i32> =
-        t.spec().members.iter().map(|m| (m.name.clone(), i32::from(m.pg_port))).collect();
+    let ports: BTreeMap<String, u16> = t.spec().members.iter().map(|m| (m.name.clone(), m.pg_port)).collect();
     let port_of = |name: &str| ports.get(name).copied().unwrap_or(0);
-
-    let wait_routed_to = |want: i32, timeout: Duration| {
-        let password = password.clone();
-        async move {
-            let deadline = Instant::now() + timeout;
-            loop {
-                let got = through(port, &password).await;
-                if matches!(got, Ok(p) if p == want) {
-                    return anyhow::Ok(());
-                }
-                anyhow::ensure!(Instant::now() < deadline, "through haproxy: {got:?}, wanted port {want}");
-                tokio::time::sleep(Duration::from_millis(200)).await;
-            }
-        }
-    };
-    wait_routed_to(port_of(&old), CONVERGE).await?;
+    let write = Some("INSERT INTO routed VALUES (inet_server_port())");
+    haproxy.wait_routed_to(port_of(&old), write, CONVERGE).await?;
 
     t.kill_host(&old);
     let v = t.wait_for("a new primary", CONVERGE, |v| v.state.epoch == 2 && new_primary_writable(v, &old)).await?;
     let new = v.state.primary.clone().expect("primary");
-    wait_routed_to(port_of(&new), CONVERGE).await?;
+    haproxy.wait_routed_to(port_of(&new), write, CONVERGE).await?;
     let rows = t.count(&new, "routed").await?;
     assert!(rows >= 2, "writes through haproxy landed on the old, then the new primary: {rows}");
     Ok(())

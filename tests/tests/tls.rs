@@ -63,27 +63,6 @@ async fn peer_handshake(addr: &str, ca: &[u8], identity: Option<&certs::Leaf>) -
     }
 }
 
-/// Wait until a connection through HAProxy at `port` lands on the PostgreSQL at `want`.
-async fn wait_routed_to(port: u16, want: u16) -> anyhow::Result<()> {
-    let conn = format!(
-        "host=127.0.0.1 port={port} user=postgres password={SUPERUSER_PASSWORD} dbname=postgres connect_timeout=2"
-    );
-    let deadline = std::time::Instant::now() + CONVERGE;
-    loop {
-        let got = async {
-            let (client, connection) = tokio_postgres::connect(&conn, tokio_postgres::NoTls).await?;
-            tokio::spawn(connection);
-            anyhow::Ok(client.query_one("SELECT inet_server_port()", &[]).await?.get::<_, i32>(0))
-        }
-        .await;
-        if matches!(got, Ok(p) if p == i32::from(want)) {
-            return Ok(());
-        }
-        anyhow::ensure!(std::time::Instant::now() < deadline, "through haproxy: {got:?}, wanted port {want}");
-        tokio::time::sleep(Duration::from_millis(200)).await;
-    }
-}
-
 fn read(path: impl AsRef<std::path::Path>) -> Vec<u8> {
     std::fs::read(path.as_ref()).unwrap_or_else(|e| panic!("read {}: {e}", path.as_ref().display()))
 }
@@ -174,8 +153,7 @@ async fn mutual_tls_cluster_fails_over_refuses_strangers_and_hides_secrets() -> 
     let pg_port = |m: &str| spec.member(m).map_or(0, |m| m.pg_port);
     let ca = spec.ca_file().display().to_string();
     let haproxy = t.haproxy_primary(&format!("check-ssl verify required ca-file {ca}"))?;
-    let lb_port = haproxy.port;
-    wait_routed_to(lb_port, pg_port(&primary)).await?;
+    haproxy.wait_routed_to(pg_port(&primary), None, CONVERGE).await?;
 
     // Failover with TLS on: the primary's host dies, a standby is promoted, the other follows,
     // and HAProxy sends connections to it.
@@ -186,7 +164,7 @@ async fn mutual_tls_cluster_fails_over_refuses_strangers_and_hides_secrets() -> 
     let new = v.state.primary.clone().expect("checked");
     t.execute(&new, "CREATE TABLE after_failover (id int)").await?;
     t.wait_http(&new, "/primary", 200, CONVERGE).await?;
-    wait_routed_to(lb_port, pg_port(&new)).await?;
+    haproxy.wait_routed_to(pg_port(&new), None, CONVERGE).await?;
 
     // No secret in /config ...
     let r = t.get(&new, "/config").await?;
