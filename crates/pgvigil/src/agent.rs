@@ -77,6 +77,11 @@ fn pg_settings(shared: &Shared) -> anyhow::Result<PgSettings> {
         log_file: s.pg_log_file(),
         hba_extra: pg.hba_extra.clone(),
         parameters: pg.parameters.iter().map(|(k, v)| (k.clone(), v.clone())).collect(),
+        keeper: vigil_pg::KeeperCommand {
+            program: std::env::current_exe().context("locate the pgvigil binary (for its keeper)")?,
+            args: vec!["keeper".into()],
+            socket: s.raw.state_dir.join("keeper.sock"),
+        },
     })
 }
 
@@ -85,7 +90,24 @@ pub async fn run(shared: Arc<Shared>, shutdown: CancellationToken) -> anyhow::Re
     prepare_dirs(&settings)?;
     let local = LocalFile::new(&shared.settings.raw.state_dir);
     let memory = local.load()?;
-    let pg = Postgres::new(settings);
+    let mut pg = Postgres::new(settings);
+    // The keeper holds PostgreSQL across a restart of this daemon: leave it running when the
+    // agent ends (the stop mode decides what a stop does), and take over one left running.
+    pg.leave_running_on_drop();
+    let adopted = pg.adopt().await;
+    let mut lease = Lease::default();
+    match adopted.as_ref().and_then(|a| a.lease) {
+        // Still the lease that was granted before the restart: the coordinator's wait covers it.
+        Some(l) if Some(l.epoch) == memory.primary_epoch && l.epoch != 0 => {
+            lease.restore(l.epoch, vigil_pg::keeper::ns_to_instant(l.deadline_ns));
+        }
+        _ => {}
+    }
+    if adopted.is_none() {
+        // Not writable until a lease says so (stored for the next start).
+        let _ = pg.fencer().set_lease(None).await;
+    }
+    *shared.lease.lock().unwrap_or_else(|p| p.into_inner()) = lease;
     // Published through `Shared`, so the HTTP API and the metrics see it too.
     let status_tx = shared.pg_status.clone();
     status_tx.send_replace(PgStatus { data_dir: data_dir(pg.data_dir_state()), ..Default::default() });
@@ -322,7 +344,10 @@ impl Agent {
             }
             AgentAction::Fence(why) => {
                 tracing::warn!(epoch, "fencing PostgreSQL: {why}");
+                // SIGKILL to every process of the server: works on a hung or stopped one too.
+                self.pg.fencer().fence_now();
                 self.pg.stop(StopMode::Immediate).await.context("fence (immediate stop)")?;
+                let _ = self.pg.fencer().set_lease(None).await;
                 self.shared.hooks.fire(
                     Event::Fence,
                     Details {
@@ -340,16 +365,19 @@ impl Agent {
                     m.upstream = None;
                 })?;
                 self.acting_epoch.store(e, Ordering::SeqCst);
+                self.arm_keeper(state).await?;
             }
             AgentAction::InitDb => {
                 self.pg.initdb().await.context("initdb")?;
                 tracing::info!(epoch, took_ms = started.elapsed().as_millis() as u64, "initialised a new cluster");
             }
             AgentAction::Start => {
+                self.arm_keeper(state).await?;
                 self.pg.start().await.context("start PostgreSQL")?;
                 tracing::info!(epoch, took_ms = started.elapsed().as_millis() as u64, "PostgreSQL started");
             }
             AgentAction::Promote { sync } => {
+                self.arm_keeper(state).await?;
                 // Named before promotion, so the first commit on the new primary already waits for them.
                 self.pg.set_sync_standby_names(&sync).await.context("set synchronous_standby_names")?;
                 self.pg.promote(Duration::from_secs(60)).await.context("promote")?;
@@ -411,6 +439,18 @@ impl Agent {
             AgentAction::Reinit { from, slot, id } => self.reinit(&from, &slot, id, epoch).await?,
         }
         Ok(())
+    }
+
+    /// Give the keeper this member's lease (the committed primary) or none (anyone else) before
+    /// the server starts or may become writable: a writable server without a lease is killed.
+    async fn arm_keeper(&self, state: &ClusterState) -> anyhow::Result<()> {
+        let lease = if state.is_primary(self.shared.name()) {
+            let until = self.lease.lock().unwrap_or_else(|p| p.into_inner()).expires_at(state.epoch);
+            Some((state.epoch, until.context("acting as primary without a lease")?))
+        } else {
+            None
+        };
+        self.pg.fencer().set_lease(lease).await.context("give the lease to the keeper")
     }
 
     /// The old primary of switchover `id`: promise (locally, durably) not to start as primary of
@@ -634,11 +674,15 @@ async fn reporter(shared: Arc<Shared>, link: Link, shutdown: CancellationToken) 
     let base = shared.settings.timings.loop_interval;
     let mut state_rx = shared.raft.state();
     let mut next = Instant::now();
+    // The lease the keeper was last given, and the epoch whose lapse was already fenced (once:
+    // a stopped server does not go away faster for being signalled again).
+    let mut pushed: Option<Option<(u64, Instant)>> = None;
+    let mut fenced_epoch = 0;
     loop {
         shared.alive.mark_reporter();
         let acting = link.acting_epoch.load(Ordering::SeqCst);
         let lease_end = link.lease.lock().unwrap_or_else(|p| p.into_inner()).expires_at(acting);
-        let wake = lease_end.filter(|_| acting != 0).map_or(next, |e| e.min(next));
+        let wake = lease_end.filter(|_| acting != 0 && fenced_epoch != acting).map_or(next, |e| e.min(next));
         // A new committed state is reported at once: a new primary is waiting for its lease.
         let force = tokio::select! {
             _ = shutdown.cancelled() => return,
@@ -659,8 +703,26 @@ async fn reporter(shared: Arc<Shared>, link: Link, shutdown: CancellationToken) 
             }
         }
         let acting = link.acting_epoch.load(Ordering::SeqCst);
-        let lease_ok = link.lease.lock().unwrap_or_else(|p| p.into_inner()).valid(acting, Instant::now());
-        if acting != 0 && !lease_ok && link.fencer.as_ref().is_some_and(|f| f.fence_now()) {
+        let (lease_ok, lease_end) = {
+            let l = link.lease.lock().unwrap_or_else(|p| p.into_inner());
+            (l.valid(acting, Instant::now()), l.expires_at(acting))
+        };
+        if let Some(fencer) = &link.fencer {
+            // The keeper enforces the same deadline on its own, should this daemon stall.
+            let wanted = if acting != 0 { lease_end.map(|t| (acting, t)) } else { None };
+            if pushed != Some(wanted) && fencer.set_lease(wanted).await.is_ok() {
+                pushed = Some(wanted);
+            }
+        }
+        if lease_ok {
+            fenced_epoch = 0;
+        }
+        if acting != 0 && !lease_ok && fenced_epoch != acting {
+            fenced_epoch = acting;
+        } else {
+            continue;
+        }
+        if link.fencer.as_ref().is_some_and(|f| f.fence_now()) {
             tracing::warn!(epoch = acting, "lease expired: PostgreSQL fenced (immediate shutdown)");
             shared.hooks.fire(
                 Event::Fence,

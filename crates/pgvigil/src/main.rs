@@ -41,10 +41,27 @@ enum Cmd {
     Failback(cli::FailbackArgs),
     /// Re-clone a standby (its data directory is moved aside first).
     Reinit(cli::ReinitArgs),
+    /// Internal: the keeper that holds a member's postmaster and enforces its lease (started by
+    /// the daemon; see ARCHITECTURE.md).
+    #[command(hide = true)]
+    Keeper {
+        #[arg(trailing_var_arg = true, allow_hyphen_values = true)]
+        args: Vec<std::ffi::OsString>,
+    },
 }
 
 fn main() -> ExitCode {
     let cli = Cli::parse();
+    // The keeper runs no async runtime: nothing of it may stall behind a scheduler.
+    if let Cmd::Keeper { args } = cli.cmd {
+        return match vigil_pg::keeper::KeeperArgs::parse(args) {
+            Ok(args) => ExitCode::from(vigil_pg::keeper::main(args).clamp(0, 255) as u8),
+            Err(e) => {
+                eprintln!("pgvigil keeper: {e}");
+                ExitCode::from(EXIT_CONFIG)
+            }
+        };
+    }
     let runtime = match tokio::runtime::Builder::new_multi_thread().enable_all().build() {
         Ok(r) => r,
         Err(e) => {
@@ -86,6 +103,7 @@ fn main() -> ExitCode {
         Cmd::Failover(args) => runtime.block_on(report(cli::failover(args))),
         Cmd::Failback(args) => runtime.block_on(report(cli::failback(args))),
         Cmd::Reinit(args) => runtime.block_on(report(cli::reinit(args))),
+        Cmd::Keeper { .. } => unreachable!("handled before the runtime starts"),
     }
 }
 

@@ -15,14 +15,22 @@ impl Lease {
     /// Take an ack for a report sent at `sent_at`. A refusal does not shorten a lease already
     /// held: the coordinator waits out what it granted. Grants for an older epoch are ignored.
     pub fn on_ack(&mut self, sent_at: Instant, granted: bool, epoch: u64, lease_timeout: Duration) {
-        if !granted || epoch < self.epoch {
-            return;
+        if granted {
+            self.extend(epoch, sent_at + lease_timeout);
         }
-        let until = sent_at + lease_timeout;
+    }
+
+    /// Take over a lease held before a restart of the daemon (the keeper kept its deadline): the
+    /// same grant, so the coordinator's wait already covers it.
+    pub fn restore(&mut self, epoch: u64, expires_at: Instant) {
+        self.extend(epoch, expires_at);
+    }
+
+    fn extend(&mut self, epoch: u64, until: Instant) {
         if epoch > self.epoch {
             self.epoch = epoch;
             self.expires_at = Some(until);
-        } else {
+        } else if epoch == self.epoch {
             self.expires_at = Some(self.expires_at.map_or(until, |e| e.max(until)));
         }
     }

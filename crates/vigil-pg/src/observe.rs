@@ -96,8 +96,8 @@ impl Postgres {
 
     /// What the server is doing now. Never errors: down, or no answer within ~1s, is `running: false`.
     pub async fn observe(&mut self) -> Observation {
-        if let ChildState::Exited(status) = self.child_state() {
-            tracing::warn!(member = %self.settings().member, %status, "postmaster exited");
+        if let ChildState::Exited = self.child_state() {
+            tracing::warn!(member = %self.settings().member, "postmaster exited");
             return Observation::default();
         }
         match tokio::time::timeout(OBSERVE_TIMEOUT, self.query_observation()).await {

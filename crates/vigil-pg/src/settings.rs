@@ -48,6 +48,8 @@ pub struct PgSettings {
     pub hba_extra: Vec<String>,
     /// Extra GUCs written into `postgresql.conf` at initdb (so clones inherit them).
     pub parameters: Vec<(String, String)>,
+    /// How to start the keeper that holds the postmaster (see [`crate::keeper`]).
+    pub keeper: crate::process::KeeperCommand,
 }
 
 impl std::fmt::Debug for PgSettings {
@@ -68,6 +70,7 @@ impl std::fmt::Debug for PgSettings {
             .field("log_file", &self.log_file)
             .field("hba_extra", &self.hba_extra)
             .field("parameters", &self.parameters)
+            .field("keeper", &self.keeper)
             .finish()
     }
 }

@@ -28,15 +28,22 @@ pub fn command(settings: &PgSettings, program: &str) -> tokio::process::Command 
 /// The environment, user and working directory every PostgreSQL program gets.
 pub fn scrub(cmd: &mut std::process::Command, settings: &PgSettings) {
     use std::os::unix::process::CommandExt as _;
-    for (key, _) in std::env::vars_os() {
-        if key.to_string_lossy().starts_with("PG") {
-            cmd.env_remove(&key);
-        }
-    }
+    scrub_env(cmd);
     cmd.current_dir("/");
     cmd.stdin(Stdio::null());
     if let Some(r) = settings.run_as {
         cmd.uid(r.uid).gid(r.gid);
+    }
+}
+
+/// Remove the daemon's `PG*` variables (`PGDATA`, `PGHOST`, ... would silently change what a
+/// PostgreSQL program does). `PG_OOM_ADJUST_*` are meant for the postmaster and stay.
+pub fn scrub_env(cmd: &mut std::process::Command) {
+    for (key, _) in std::env::vars_os() {
+        let key_text = key.to_string_lossy();
+        if key_text.starts_with("PG") && !key_text.starts_with("PG_OOM_ADJUST_") {
+            cmd.env_remove(&key);
+        }
     }
 }
 

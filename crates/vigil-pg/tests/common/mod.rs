@@ -76,6 +76,11 @@ pub fn settings_in(base: &Path, member: &str, port: u16) -> PgSettings {
         replication_user: "replicator".to_string(),
         replication_password: REPLICATION_PASSWORD.to_string(),
         log_file: base.join("postgres.log"),
+        keeper: vigil_pg::KeeperCommand {
+            program: PathBuf::from(env!("CARGO_BIN_EXE_vigil-keeper")),
+            args: Vec::new(),
+            socket: base.join("keeper.sock"),
+        },
         hba_extra: vec!["host all postgres 127.0.0.1/32 scram-sha-256".to_string()],
         parameters: vec![
             // Small, so parallel tests with three servers each stay light.
