@@ -343,7 +343,15 @@ impl TestCluster {
 /// acknowledged. Standbys refuse; a fenced or blocked primary times out: neither is acknowledged.
 pub struct Writer {
     stop: tokio_util::sync::CancellationToken,
-    task: tokio::task::JoinHandle<Vec<(i64, String)>>,
+    task: tokio::task::JoinHandle<Vec<Ack>>,
+}
+
+/// One acknowledged write: its id (increasing with time), the member that acknowledged it, when.
+#[derive(Clone, Debug)]
+pub struct Ack {
+    pub id: i64,
+    pub member: String,
+    pub at: Instant,
 }
 
 impl Writer {
@@ -389,7 +397,7 @@ impl Writer {
                     let params: [&(dyn tokio_postgres::types::ToSql + Sync); 2] = [&id, name];
                     let insert = c.execute("INSERT INTO acked_writes VALUES ($1, $2)", &params);
                     match tokio::time::timeout(Duration::from_secs(1), insert).await {
-                        Ok(Ok(_)) => acked.push((id, name.clone())),
+                        Ok(Ok(_)) => acked.push(Ack { id, member: name.clone(), at: Instant::now() }),
                         Ok(Err(_)) => {}
                         // An answer may still come: this commit is not acknowledged to us.
                         Err(_) => {
@@ -406,6 +414,11 @@ impl Writer {
 
     /// Stop and return the acknowledged ids with the member that acknowledged each.
     pub async fn stop(self) -> anyhow::Result<Vec<(i64, String)>> {
+        Ok(self.stop_timed().await?.into_iter().map(|a| (a.id, a.member)).collect())
+    }
+
+    /// [`Self::stop`], with when each write was acknowledged.
+    pub async fn stop_timed(self) -> anyhow::Result<Vec<Ack>> {
         self.stop.cancel();
         Ok(self.task.await?)
     }

@@ -143,7 +143,12 @@ pub async fn run(shared: Arc<Shared>, shutdown: CancellationToken) -> anyhow::Re
     };
     let reporter = tokio::spawn(reporter(shared.clone(), link, shutdown.clone()));
     agent.reconcile_loop(&shutdown).await;
-    if let Err(e) = agent.pg.stop(StopMode::Fast).await {
+    if shared.settings.raw.stop.mode == crate::config::StopModeConfig::LeavePostgres {
+        tracing::warn!(
+            pid = agent.pg.fencer().pid(),
+            "leaving PostgreSQL running under its keeper (stop.mode = leave-postgres)"
+        );
+    } else if let Err(e) = agent.pg.stop(StopMode::Fast).await {
         tracing::error!("stopping PostgreSQL on shutdown: {e:#}");
     }
     let _ = reporter.await;
@@ -237,6 +242,9 @@ impl Agent {
         let now = Instant::now();
         let am_primary = state.is_primary(&me);
         let healthy = obs.running && (obs.in_recovery != am_primary);
+        // Its postmaster runs, yet it did not answer: hung, not starting up. Never "started"
+        // again (that would wait on it), reported so the coordinator fails over sooner.
+        let unresponsive = !obs.running && self.pg.is_running_child();
         self.unhealthy_since = if healthy { None } else { Some(self.unhealthy_since.unwrap_or(now)) };
         if !(am_primary && obs.running && !obs.in_recovery) {
             self.roles_ready = false;
@@ -261,6 +269,7 @@ impl Agent {
             needs_rejoin: self.needs_rejoin,
             streaming: obs.streaming,
             down_for: self.unhealthy_since.map_or(Duration::ZERO, |t| now - t),
+            unresponsive,
             replicas: obs
                 .replicas
                 .iter()
@@ -370,6 +379,11 @@ impl Agent {
             AgentAction::InitDb => {
                 self.pg.initdb().await.context("initdb")?;
                 tracing::info!(epoch, took_ms = started.elapsed().as_millis() as u64, "initialised a new cluster");
+            }
+            AgentAction::Start if self.pg.is_running_child() => {
+                // It runs but did not answer the last check: hung or still recovering. Waiting
+                // on it here would freeze the agent; the coordinator judges it from the reports.
+                self.note(tracing::Level::WARN, "PostgreSQL runs but does not answer".into());
             }
             AgentAction::Start => {
                 self.arm_keeper(state).await?;

@@ -58,6 +58,32 @@ pub struct Config {
     /// Commands run on events (role change, failover, switchover, fence).
     #[serde(default)]
     pub hooks: HooksConfig,
+    /// What stopping the daemon (SIGTERM, SIGINT) does to this member's PostgreSQL.
+    #[serde(default)]
+    pub stop: StopConfig,
+}
+
+/// The `[stop]` table.
+#[derive(Debug, Clone, Deserialize, Serialize, Default)]
+#[serde(deny_unknown_fields)]
+pub struct StopConfig {
+    #[serde(default)]
+    pub mode: StopModeConfig,
+}
+
+/// What a stop of the daemon does.
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq, Deserialize, Serialize)]
+#[serde(rename_all = "kebab-case")]
+pub enum StopModeConfig {
+    /// The primary hands over first (a planned switchover to a healthy standby, bounded by
+    /// `timing.switchover_timeout`), then PostgreSQL is stopped cleanly. Standbys stop cleanly.
+    #[default]
+    Switchover,
+    /// PostgreSQL is stopped cleanly at once (a primary's stop then costs a failover).
+    StopPostgres,
+    /// PostgreSQL keeps running under its keeper, for a quick restart of the daemon (an upgrade):
+    /// a standby runs on, a primary runs until its lease runs out unless the daemon is back first.
+    LeavePostgres,
 }
 
 /// The `[hooks]` table: commands run in the background when something happens to this member.
@@ -281,6 +307,8 @@ pub struct TimingConfig {
     #[serde(default, deserialize_with = "duration_opt")]
     pub pg_restart_timeout: Option<Duration>,
     #[serde(default, deserialize_with = "duration_opt")]
+    pub pg_unresponsive_timeout: Option<Duration>,
+    #[serde(default, deserialize_with = "duration_opt")]
     pub report_timeout: Option<Duration>,
     #[serde(default, deserialize_with = "duration_opt")]
     pub bootstrap_wait: Option<Duration>,
@@ -392,6 +420,7 @@ impl Settings {
             "lease_timeout": d(t.lease_timeout),
             "lease_margin": d(t.lease_margin),
             "pg_restart_timeout": d(t.pg_restart_timeout),
+            "pg_unresponsive_timeout": d(t.pg_unresponsive_timeout),
             "report_timeout": d(t.report_timeout),
             "bootstrap_wait": d(t.bootstrap_wait),
             "raft_tick": d(t.raft_tick),
@@ -498,6 +527,7 @@ pub fn check(raw: Config) -> Result<Settings, ConfigError> {
         lease_timeout: t.lease_timeout.unwrap_or(d.lease_timeout),
         lease_margin: t.lease_margin.unwrap_or(d.lease_margin),
         pg_restart_timeout: t.pg_restart_timeout.unwrap_or(d.pg_restart_timeout),
+        pg_unresponsive_timeout: t.pg_unresponsive_timeout.unwrap_or(d.pg_unresponsive_timeout),
         report_timeout: t.report_timeout.unwrap_or(d.report_timeout),
         bootstrap_wait: t.bootstrap_wait.unwrap_or(d.bootstrap_wait),
         raft_tick: t.raft_tick.unwrap_or(d.raft_tick),

@@ -41,6 +41,7 @@ pub fn to_proto(r: &HealthReport) -> proto::HealthReport {
             needs_rejoin: p.needs_rejoin,
             streaming: p.streaming,
             down_for_ms: u64::try_from(p.down_for.as_millis()).unwrap_or(u64::MAX),
+            unresponsive: p.unresponsive,
             replicas: p
                 .replicas
                 .iter()
@@ -107,6 +108,7 @@ pub fn from_proto(r: proto::HealthReport) -> Result<HealthReport, String> {
             needs_rejoin: p.needs_rejoin,
             streaming: p.streaming,
             down_for: Duration::from_millis(p.down_for_ms),
+            unresponsive: p.unresponsive,
             replicas: p
                 .replicas
                 .into_iter()
@@ -163,6 +165,7 @@ mod tests {
                 needs_rejoin: false,
                 streaming: true,
                 down_for: Duration::from_millis(1500),
+                unresponsive: true,
                 replicas: vec![ReplicaStatus { member: "b".into(), flush_lsn: 5, streaming: true }],
                 sync_names: Some(["b".to_string()].into()),
                 last_rejoin: Some(RejoinRecord {

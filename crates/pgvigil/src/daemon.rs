@@ -3,7 +3,7 @@
 //! One `Shared` holds what the tasks have in common; a tree of cancellation tokens stops them, and
 //! `run` joins them before a deadline.
 
-use crate::config::Settings;
+use crate::config::{Settings, StopModeConfig};
 use crate::replicated::Replicated;
 use crate::{agent, coordination, hooks, http_api, logging, peer_service, telemetry};
 use anyhow::Context;
@@ -121,7 +121,7 @@ pub async fn run(settings: Settings, shutdown: CancellationToken) -> anyhow::Res
         heartbeat_ticks: t.heartbeat_ticks as usize,
         snapshot_threshold: 1000,
     };
-    let raft_token = shutdown.child_token();
+    let raft_token = CancellationToken::new();
     let (raft, raft_task) =
         vigil_raft::start(cfg, Replicated::default(), raft_token.clone()).await.context("start the raft node")?;
     let coordinator = Coordinator::new(raw.members.iter().map(|m| m.name.clone()), t.clone())
@@ -146,11 +146,11 @@ pub async fn run(settings: Settings, shutdown: CancellationToken) -> anyhow::Res
     let listener = tokio::net::TcpListener::bind(&raw.listen)
         .await
         .with_context(|| format!("listen on {} (config key `listen`)", raw.listen))?;
-    let server_token = shutdown.child_token();
+    let server_token = CancellationToken::new();
     let server = tokio::spawn(peer_service::serve(shared.clone(), listener, server_token.clone()));
-    let tasks_token = shutdown.child_token();
+    let tasks_token = CancellationToken::new();
     let coord = tokio::spawn(coordination::run(shared.clone(), tasks_token.clone()));
-    let api_token = shutdown.child_token();
+    let api_token = CancellationToken::new();
     let api = match &raw.api {
         Some(api) => {
             let listener = tokio::net::TcpListener::bind(&api.listen)
@@ -183,9 +183,15 @@ pub async fn run(settings: Settings, shutdown: CancellationToken) -> anyhow::Res
     tracing::info!(listen = %raw.listen, api = %api_listen, api_scheme, "pgvigil started ({security})");
 
     shutdown.cancelled().await;
-    tracing::info!("shutting down");
-    // The agent stops PostgreSQL; give it time for a clean (fast) shutdown before anything else.
-    let deadline = Duration::from_secs(30);
+    tracing::info!(mode = ?raw.stop.mode, "shutting down");
+    // In order, each step with a deadline: hand the primary over while everything still runs;
+    // stop the agent (it stops PostgreSQL, or leaves it to the keeper); hand the coordinator role
+    // to another member; then the servers and Raft.
+    if raw.stop.mode == StopModeConfig::Switchover {
+        hand_over_primary(&shared).await;
+    }
+    tasks_token.cancel();
+    let deadline = Duration::from_secs(60);
     for (what, task) in [("agent", agent), ("coordinator", coord)] {
         match tokio::time::timeout(deadline, task).await {
             Ok(Ok(Ok(()))) => {}
@@ -194,14 +200,61 @@ pub async fn run(settings: Settings, shutdown: CancellationToken) -> anyhow::Res
             Err(_) => tracing::error!("{what} did not stop within {deadline:?}"),
         }
     }
+    hand_over_coordinator(&shared).await;
     server_token.cancel();
     api_token.cancel();
-    raft_token.cancel();
     let _ = tokio::time::timeout(Duration::from_secs(5), server).await;
     if let Some(api) = api {
         let _ = tokio::time::timeout(Duration::from_secs(5), api).await;
     }
+    raft_token.cancel();
     let _ = tokio::time::timeout(Duration::from_secs(5), raft_task).await;
     tracing::info!("stopped");
     Ok(())
+}
+
+/// The committed primary stopping: a planned switchover to a healthy standby first (the zero-loss
+/// path), bounded by `switchover_timeout` and then some. Nothing to do on other members, while
+/// paused, or when no standby can take over (the coordinator refuses: logged, and the stop goes on).
+async fn hand_over_primary(shared: &Arc<Shared>) {
+    let state = shared.committed();
+    if !state.is_primary(shared.name()) || state.paused {
+        return;
+    }
+    let started = Instant::now();
+    tracing::warn!("stopping the primary: switching over to a standby first");
+    let body = serde_json::json!({ "primary": shared.name() }).to_string();
+    let limit = shared.settings.timings.switchover_timeout + shared.settings.timings.promotion_wait() * 2;
+    let answer =
+        tokio::time::timeout(limit, crate::admin::run(shared, crate::admin::Action::Switchover, body.as_bytes())).await;
+    let took_ms = started.elapsed().as_millis() as u64;
+    match answer {
+        Ok(a) if a.status == 200 => tracing::warn!(took_ms, "switched over before stopping: {}", a.body),
+        Ok(a) => tracing::error!(took_ms, status = a.status, "no switchover before stopping: {}", a.body),
+        Err(_) => tracing::error!(took_ms, "no switchover before stopping: no answer within {limit:?}"),
+    }
+}
+
+/// The coordinator stopping: ask Raft to hand leadership to another voter and wait (bounded) for
+/// it, so the cluster does not wait out an election timeout first.
+async fn hand_over_coordinator(shared: &Arc<Shared>) {
+    let mut status = shared.raft.status();
+    if !status.borrow().is_leader {
+        return;
+    }
+    let me = vigil_core::node_id(shared.name());
+    let started = Instant::now();
+    // Raft refuses a target that lags; try each other voter in turn.
+    for id in shared.peers.keys().copied().filter(|id| *id != me) {
+        shared.raft.transfer_leader(id);
+        let moved = tokio::time::timeout(Duration::from_millis(700), status.wait_for(|s| !s.is_leader))
+            .await
+            .map(|r| r.map(|s| s.leader_id));
+        if let Ok(Ok(leader)) = moved {
+            let to = shared.peers.get(&leader).map(|(n, _)| n.clone()).unwrap_or_default();
+            tracing::info!(%to, took_ms = started.elapsed().as_millis() as u64, "handed the coordinator role over");
+            return;
+        }
+    }
+    tracing::warn!("could not hand the coordinator role over; the others will elect one");
 }

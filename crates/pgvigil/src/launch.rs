@@ -42,6 +42,9 @@ pub struct ClusterSpec {
     pub replication: Vec<String>,
     /// `key = value` lines for a `[hooks]` table (none: no table).
     pub hooks: Vec<String>,
+    /// Every member's `stop.mode`. Local clusters (demo, tests) stop every member at once, where
+    /// a switchover first would only wait for standbys that are stopping too: `stop-postgres`.
+    pub stop_mode: String,
     pub superuser_password: String,
     /// `postgres.hba_extra` of every member.
     pub hba_extra: Vec<String>,
@@ -135,6 +138,7 @@ impl ClusterSpec {
             timing: Vec::new(),
             replication: Vec::new(),
             hooks: Vec::new(),
+            stop_mode: "stop-postgres".into(),
             superuser_password: "pgvigil".into(),
             hba_extra: vec!["host all all 127.0.0.1/32 scram-sha-256".into()],
             log_level: "info".into(),
@@ -262,6 +266,7 @@ impl ClusterSpec {
                 t.push('\n');
             }
         }
+        t.push_str(&format!("\n[stop]\nmode = {:?}\n", self.stop_mode));
         t.push_str(&format!("\n[log]\nlevel = {:?}\n", self.log_level));
         t.push_str(&format!("\n[api]\nlisten = \"127.0.0.1:{}\"\ntoken = {:?}\n", m.api_port, self.api_token));
         if let Some(tls) = &self.tls {

@@ -59,6 +59,10 @@ pub struct Coordinator {
     pub(crate) preferred_primary: Option<String>,
     /// The started switchover this coordinator is driving, and when it first saw it started.
     pub(crate) switchover_seen: Option<(u64, Instant)>,
+    /// The epoch whose primary lost its lease for a hung server, and when: killed by its keeper,
+    /// it would restart in place and win the lease back before a standby could be promoted, so
+    /// it gets none for `pg_restart_timeout` (a failover goes first, when one is possible).
+    hung: Option<(u64, Instant)>,
 }
 
 impl Coordinator {
@@ -75,6 +79,7 @@ impl Coordinator {
             sync_applied: None,
             preferred_primary: None,
             switchover_seen: None,
+            hung: None,
         }
     }
 
@@ -135,9 +140,26 @@ impl Coordinator {
             && report.kind == MemberKind::Postgres
             && !report.pg.needs_rejoin
             && !forced_out
-            && (state.paused || report.pg.down_for < self.timings.pg_restart_timeout);
+            && (state.paused || report.pg.down_for < self.down_limit(&report.pg));
+        if state.is_primary(&report.member) && report.pg.unresponsive && !grant && !state.paused {
+            self.hung.get_or_insert((epoch, now));
+        }
+        let hung_recently = self
+            .hung
+            .is_some_and(|(e, at)| e == epoch && now.saturating_duration_since(at) < self.timings.pg_restart_timeout);
+        let grant = grant && (state.paused || !hung_recently);
         self.reports.insert(report.member.clone(), Received { report, at: now });
         LeaseAnswer { grant, epoch }
+    }
+
+    /// How long the primary's PostgreSQL may be down before its lease is withheld: a hung server
+    /// (postmaster alive, not answering) is not one that is restarting.
+    fn down_limit(&self, pg: &crate::report::PgStatus) -> std::time::Duration {
+        if pg.unresponsive {
+            self.timings.pg_unresponsive_timeout
+        } else {
+            self.timings.pg_restart_timeout
+        }
     }
 
     /// Record a grant that was sent, after the quorum confirmed this coordinator's leadership.
@@ -347,6 +369,9 @@ impl Coordinator {
             None => "no report from it since this coordinator took over".to_string(),
             Some(r) if !self.is_current(now, r) => {
                 format!("no report for {} ms", now.saturating_duration_since(r.at).as_millis())
+            }
+            Some(r) if r.report.pg.unresponsive => {
+                format!("its PostgreSQL has not answered for {} ms", r.report.pg.down_for.as_millis())
             }
             Some(r) => format!("its PostgreSQL has been down for {} ms", r.report.pg.down_for.as_millis()),
         };

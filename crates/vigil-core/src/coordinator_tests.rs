@@ -93,6 +93,21 @@ fn grants_go_to_the_healthy_primary_only() {
     assert!(c.on_report(t, down.clone(), &s).grant, "a restart within pg_restart_timeout keeps the lease");
     down.pg.down_for = ms(20_000);
     assert!(!c.on_report(t, down, &s).grant);
+    // A hung server (postmaster alive, not answering) is not restarting: a shorter limit.
+    let mut hung = primary_r("a", 1);
+    hung.pg.running = false;
+    hung.pg.unresponsive = true;
+    hung.pg.down_for = ms(2_999);
+    assert!(c.on_report(t, hung.clone(), &s).grant, "within pg_unresponsive_timeout");
+    hung.pg.down_for = ms(3_000);
+    assert!(!c.on_report(t, hung, &s).grant, "not answering for pg_unresponsive_timeout");
+    // Killed by its keeper, it would restart in place: no lease for pg_restart_timeout, so a
+    // standby is promoted first.
+    let mut restarting = primary_r("a", 1);
+    restarting.pg.running = false;
+    restarting.pg.down_for = ms(3_500);
+    assert!(!c.on_report(t + ms(500), restarting.clone(), &s).grant, "no lease right after hanging");
+    assert!(c.on_report(t + ms(20_000), primary_r("a", 1), &s).grant, "back after pg_restart_timeout");
     let mut rejoin = primary_r("a", 1);
     rejoin.pg.needs_rejoin = true;
     assert!(!c.on_report(t, rejoin, &s).grant);

@@ -41,6 +41,11 @@ pub struct PgStatus {
     /// How long PostgreSQL has been continuously not running, as the agent measured it.
     #[serde(with = "duration_ms")]
     pub down_for: Duration,
+    /// Not answering although its postmaster runs (hung: a stuck disk, a stopped process). Such a
+    /// primary loses its lease after `pg_unresponsive_timeout`, not `pg_restart_timeout`: it is
+    /// not starting up.
+    #[serde(default)]
+    pub unresponsive: bool,
     /// Primary: the members streaming from it (`pg_stat_replication`, by application name).
     #[serde(default)]
     pub replicas: Vec<ReplicaStatus>,

@@ -12,6 +12,9 @@ pub struct Timings {
     pub lease_margin: Duration,
     /// How long the primary's PostgreSQL may stay down (its daemon alive) before a failover.
     pub pg_restart_timeout: Duration,
+    /// How long the primary's PostgreSQL may run without answering (postmaster alive, queries time
+    /// out: a hung server) before a failover.
+    pub pg_unresponsive_timeout: Duration,
     /// How long a report counts as current for candidate choice.
     pub report_timeout: Duration,
     /// How long a new coordinator waits for every member's first report before bootstrapping anyway.
@@ -33,6 +36,7 @@ impl Default for Timings {
             lease_timeout: Duration::from_secs(2),
             lease_margin: Duration::from_millis(500),
             pg_restart_timeout: Duration::from_secs(20),
+            pg_unresponsive_timeout: Duration::from_secs(3),
             report_timeout: Duration::from_secs(2),
             bootstrap_wait: Duration::from_secs(10),
             raft_tick: Duration::from_millis(50),
@@ -108,6 +112,17 @@ impl Timings {
         if self.pg_restart_timeout < self.loop_interval * 2 {
             return err("pg_restart_timeout", "must be at least 2 x loop_interval".into());
         }
+        if self.pg_unresponsive_timeout < self.loop_interval * 2
+            || self.pg_unresponsive_timeout > self.pg_restart_timeout
+        {
+            return err(
+                "pg_unresponsive_timeout",
+                format!(
+                    "{:?} must be at least 2 x loop_interval and at most pg_restart_timeout ({:?})",
+                    self.pg_unresponsive_timeout, self.pg_restart_timeout
+                ),
+            );
+        }
         // A forced failover waits out the lease within it; a stopped old primary must not be taken
         // for a dead one (a failover) before the switchover has ended.
         if self.switchover_timeout <= self.promotion_wait() + self.loop_interval * 2 {
@@ -154,6 +169,7 @@ mod tests {
             ("loop_interval", Box::new(|t| t.loop_interval = Duration::from_millis(1))),
             ("report_timeout", Box::new(|t| t.report_timeout = Duration::from_millis(100))),
             ("pg_restart_timeout", Box::new(|t| t.pg_restart_timeout = Duration::ZERO)),
+            ("pg_unresponsive_timeout", Box::new(|t| t.pg_unresponsive_timeout = Duration::from_secs(21))),
             ("switchover_timeout", Box::new(|t| t.switchover_timeout = Duration::from_secs(2))),
             ("switchover_timeout", Box::new(|t| t.switchover_timeout = Duration::from_secs(30))),
         ];

@@ -355,8 +355,9 @@ fn supervise(pm: i32, data_dir: &Path, socket: &Path, shared: &(Mutex<Shared>, C
         if let Some(reason) = reason {
             drop(guard);
             if !killed {
+                log(&format!("{reason}: killing the postmaster and its processes"));
                 let n = kill_tree(&[pm], Some(me), Duration::from_secs(2));
-                log(&format!("{reason}: killed the postmaster and its processes ({n} signalled)"));
+                log(&format!("killed the postmaster and its processes ({n} signalled)"));
                 killed = true;
             } else {
                 kill_tree(&[pm], Some(me), Duration::from_millis(100));

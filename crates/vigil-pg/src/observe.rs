@@ -14,6 +14,24 @@ const CONNECT_TIMEOUT: Duration = Duration::from_secs(1);
 /// `observe` gives up (running = false) after this long, connection included.
 const OBSERVE_TIMEOUT: Duration = Duration::from_secs(1);
 
+/// Every short exchange with a server (local or another member's) ends within this: a server that
+/// stops answering (a frozen process still answers TCP keepalives) must never hold up the agent.
+pub const QUERY_DEADLINE: Duration = Duration::from_secs(5);
+/// A CHECKPOINT may legitimately take longer.
+pub const CHECKPOINT_DEADLINE: Duration = Duration::from_secs(60);
+
+/// `fut`, or an error naming `what` once `deadline` has passed.
+pub async fn within<T>(
+    deadline: Duration,
+    what: &str,
+    fut: impl std::future::Future<Output = anyhow::Result<T>>,
+) -> anyhow::Result<T> {
+    match tokio::time::timeout(deadline, fut).await {
+        Ok(r) => r,
+        Err(_) => Err(anyhow::anyhow!("{what}: no answer within {deadline:?}")),
+    }
+}
+
 #[derive(Clone, Debug, Default, PartialEq, Eq)]
 pub struct Observation {
     /// Accepts connections right now.

@@ -9,6 +9,7 @@ use crate::conf::{quote_literal, set_auto_conf, standby_settings, write_passfile
 use crate::datadir::{create_dir_owned, ensure_empty, fsync_parent, sibling, write_file_atomic};
 use crate::error::PgError;
 use crate::initdb::quiet_session;
+use crate::observe::QUERY_DEADLINE;
 use crate::postgres::Postgres;
 use crate::settings::Upstream;
 use crate::tool;
@@ -17,99 +18,114 @@ impl Postgres {
     /// On a running primary: create each missing physical slot, reserving WAL at once (so nothing the
     /// standby needs is recycled before it first connects). Drops nothing.
     pub async fn ensure_slots(&self, names: &[String]) -> anyhow::Result<()> {
-        let client = self.connect().await?;
-        let existing: Vec<String> = client
-            .query("SELECT slot_name::text FROM pg_replication_slots", &[])
-            .await
-            .context("list replication slots")?
-            .iter()
-            .map(|row| row.try_get(0))
-            .collect::<Result<_, _>>()?;
-        for name in names.iter().filter(|n| !existing.contains(n)) {
-            let created = client.execute("SELECT pg_create_physical_replication_slot($1, true)", &[name]).await;
-            match created {
-                Ok(_) => tracing::info!(slot = %name, "created replication slot"),
-                // Created concurrently since we listed: that is what we wanted.
-                Err(e) if e.code() == Some(&tokio_postgres::error::SqlState::DUPLICATE_OBJECT) => {}
-                Err(e) => return Err(e).with_context(|| format!("create replication slot {name:?}")),
+        crate::observe::within(QUERY_DEADLINE, "create replication slots", async move {
+            let client = self.connect().await?;
+            let existing: Vec<String> = client
+                .query("SELECT slot_name::text FROM pg_replication_slots", &[])
+                .await
+                .context("list replication slots")?
+                .iter()
+                .map(|row| row.try_get(0))
+                .collect::<Result<_, _>>()?;
+            for name in names.iter().filter(|n| !existing.contains(n)) {
+                let created = client.execute("SELECT pg_create_physical_replication_slot($1, true)", &[name]).await;
+                match created {
+                    Ok(_) => tracing::info!(slot = %name, "created replication slot"),
+                    // Created concurrently since we listed: that is what we wanted.
+                    Err(e) if e.code() == Some(&tokio_postgres::error::SqlState::DUPLICATE_OBJECT) => {}
+                    Err(e) => return Err(e).with_context(|| format!("create replication slot {name:?}")),
+                }
             }
-        }
-        Ok(())
+            Ok(())
+        })
+        .await
     }
 
     /// Set `synchronous_standby_names` (ALTER SYSTEM, works on a standby too) and reload; returns
     /// once this session sees the new value. The WAL senders take it on the same reload.
     pub async fn set_sync_standby_names(&self, value: &str) -> anyhow::Result<()> {
-        let client = self.connect().await?;
-        quiet_session(&client).await?;
-        client
-            .batch_execute(&format!("ALTER SYSTEM SET synchronous_standby_names = {}", quote_literal(value)))
-            .await
-            .context("ALTER SYSTEM SET synchronous_standby_names")?;
-        client.batch_execute("SELECT pg_reload_conf()").await.context("reload configuration")?;
-        let deadline = Instant::now() + Duration::from_secs(5);
-        loop {
-            // A backend applies a reload before its next command: ask with a fresh one.
-            let now: String = self
-                .connect()
-                .await?
-                .query_one("SELECT current_setting('synchronous_standby_names')", &[])
-                .await?
-                .try_get(0)?;
-            if now == value {
-                tracing::info!(member = %self.settings().member, synchronous_standby_names = %value, "set");
-                return Ok(());
+        crate::observe::within(QUERY_DEADLINE, "set synchronous_standby_names", async move {
+            let client = self.connect().await?;
+            quiet_session(&client).await?;
+            client
+                .batch_execute(&format!("ALTER SYSTEM SET synchronous_standby_names = {}", quote_literal(value)))
+                .await
+                .context("ALTER SYSTEM SET synchronous_standby_names")?;
+            client.batch_execute("SELECT pg_reload_conf()").await.context("reload configuration")?;
+            let deadline = Instant::now() + Duration::from_secs(5);
+            loop {
+                // A backend applies a reload before its next command: ask with a fresh one.
+                let now: String = self
+                    .connect()
+                    .await?
+                    .query_one("SELECT current_setting('synchronous_standby_names')", &[])
+                    .await?
+                    .try_get(0)?;
+                if now == value {
+                    tracing::info!(member = %self.settings().member, synchronous_standby_names = %value, "set");
+                    return Ok(());
+                }
+                anyhow::ensure!(Instant::now() < deadline, "synchronous_standby_names still {now:?} after reload");
+                tokio::time::sleep(Duration::from_millis(20)).await;
             }
-            anyhow::ensure!(Instant::now() < deadline, "synchronous_standby_names still {now:?} after reload");
-            tokio::time::sleep(Duration::from_millis(20)).await;
-        }
+        })
+        .await
     }
 
     /// Drop a slot if it exists. Errors if a walsender is using it right now.
     pub async fn drop_slot(&self, name: &str) -> anyhow::Result<()> {
-        let client = self.connect().await?;
-        let dropped = client
-            .execute(
-                "SELECT pg_drop_replication_slot(slot_name) FROM pg_replication_slots WHERE slot_name = $1",
-                &[&name],
-            )
-            .await
-            .with_context(|| format!("drop replication slot {name:?}"))?;
-        if dropped > 0 {
-            tracing::info!(slot = %name, "dropped replication slot");
-        }
-        Ok(())
+        crate::observe::within(QUERY_DEADLINE, "drop a replication slot", async move {
+            let client = self.connect().await?;
+            let dropped = client
+                .execute(
+                    "SELECT pg_drop_replication_slot(slot_name) FROM pg_replication_slots WHERE slot_name = $1",
+                    &[&name],
+                )
+                .await
+                .with_context(|| format!("drop replication slot {name:?}"))?;
+            if dropped > 0 {
+                tracing::info!(slot = %name, "dropped replication slot");
+            }
+            Ok(())
+        })
+        .await
     }
 
     /// Promote a standby (`pg_promote(true, wait)`), then check it accepts writes. Already a primary:
     /// only the write check. [`PgError::PromoteTimeout`] if promotion does not finish within `wait`.
     pub async fn promote(&self, wait: Duration) -> anyhow::Result<()> {
-        let started = Instant::now();
-        let client = self.connect().await?;
-        let in_recovery: bool =
-            client.query_one("SELECT pg_is_in_recovery()", &[]).await.context("check recovery state")?.try_get(0)?;
-        let wait_secs = i32::try_from(wait.as_secs().max(1)).unwrap_or(i32::MAX);
-        if in_recovery {
-            let promoted: bool = client
-                .query_one("SELECT pg_promote(true, $1)", &[&wait_secs])
+        crate::observe::within(wait + QUERY_DEADLINE, "promote", async move {
+            let started = Instant::now();
+            let client = self.connect().await?;
+            let in_recovery: bool = client
+                .query_one("SELECT pg_is_in_recovery()", &[])
                 .await
-                .context("pg_promote")?
+                .context("check recovery state")?
                 .try_get(0)?;
-            if !promoted {
-                return Err(PgError::PromoteTimeout(wait_secs as u64).into());
+            let wait_secs = i32::try_from(wait.as_secs().max(1)).unwrap_or(i32::MAX);
+            if in_recovery {
+                let promoted: bool = client
+                    .query_one("SELECT pg_promote(true, $1)", &[&wait_secs])
+                    .await
+                    .context("pg_promote")?
+                    .try_get(0)?;
+                if !promoted {
+                    return Err(PgError::PromoteTimeout(wait_secs as u64).into());
+                }
             }
-        }
-        let promoted_at = started.elapsed();
-        // pg_promote returning true means recovery ended; a transaction id proves writes work.
-        client.query_one("SELECT txid_current()", &[]).await.context("promoted server does not accept writes")?;
-        tracing::info!(
-            member = %self.settings().member,
-            was_standby = in_recovery,
-            promote_ms = promoted_at.as_millis() as u64,
-            total_ms = started.elapsed().as_millis() as u64,
-            "promoted"
-        );
-        Ok(())
+            let promoted_at = started.elapsed();
+            // pg_promote returning true means recovery ended; a transaction id proves writes work.
+            client.query_one("SELECT txid_current()", &[]).await.context("promoted server does not accept writes")?;
+            tracing::info!(
+                member = %self.settings().member,
+                was_standby = in_recovery,
+                promote_ms = promoted_at.as_millis() as u64,
+                total_ms = started.elapsed().as_millis() as u64,
+                "promoted"
+            );
+            Ok(())
+        })
+        .await
     }
 
     /// Clone `primary` into the (empty) data directory with `pg_basebackup` streaming through `slot`,
@@ -180,24 +196,27 @@ impl Postgres {
     /// a hot standby (it only writes `postgresql.auto.conf`), and since PostgreSQL 13 both settings
     /// take effect on reload: the WAL receiver restarts with them. No restart.
     pub async fn follow(&self, primary: &Upstream, slot: &str) -> anyhow::Result<()> {
-        let s = self.settings();
-        let client = self.connect().await?;
-        let in_recovery: bool =
-            client.query_one("SELECT pg_is_in_recovery()", &[]).await.context("check recovery state")?.try_get(0)?;
-        if !in_recovery {
-            return Err(PgError::NotStandby.into());
-        }
-        quiet_session(&client).await?;
-        write_passfile(s)?;
-        // One statement per call: ALTER SYSTEM refuses to run inside a (multi-statement) transaction.
-        for (name, value) in standby_settings(s, primary, slot) {
-            client
-                .batch_execute(&format!("ALTER SYSTEM SET {name} = {}", quote_literal(&value)))
-                .await
-                .with_context(|| format!("ALTER SYSTEM SET {name}"))?;
-        }
-        client.batch_execute("SELECT pg_reload_conf()").await.context("reload configuration")?;
-        tracing::info!(member = %s.member, primary = %format!("{}:{}", primary.host, primary.port), slot, "following");
-        Ok(())
+        crate::observe::within(QUERY_DEADLINE, "follow a new primary", async move {
+            let s = self.settings();
+            let client = self.connect().await?;
+            let in_recovery: bool =
+                client.query_one("SELECT pg_is_in_recovery()", &[]).await.context("check recovery state")?.try_get(0)?;
+            if !in_recovery {
+                return Err(PgError::NotStandby.into());
+            }
+            quiet_session(&client).await?;
+            write_passfile(s)?;
+            // One statement per call: ALTER SYSTEM refuses to run inside a (multi-statement) transaction.
+            for (name, value) in standby_settings(s, primary, slot) {
+                client
+                    .batch_execute(&format!("ALTER SYSTEM SET {name} = {}", quote_literal(&value)))
+                    .await
+                    .with_context(|| format!("ALTER SYSTEM SET {name}"))?;
+            }
+            client.batch_execute("SELECT pg_reload_conf()").await.context("reload configuration")?;
+            tracing::info!(member = %s.member, primary = %format!("{}:{}", primary.host, primary.port), slot, "following");
+            Ok(())
+        })
+        .await
     }
 }

@@ -6,6 +6,7 @@ use anyhow::Context as _;
 use tokio_postgres::NoTls;
 
 use crate::conf::quote_conninfo;
+use crate::observe::{CHECKPOINT_DEADLINE, QUERY_DEADLINE};
 use crate::postgres::Postgres;
 use crate::settings::Upstream;
 use crate::tool;
@@ -64,35 +65,41 @@ impl Postgres {
     /// The rewind source must be promoted already (else the rewind would target its old timeline),
     /// and must have written its new timeline into pg_control (a CHECKPOINT).
     async fn checkpoint_source(&self, primary: &Upstream) -> anyhow::Result<()> {
-        let client = self.connect_source(primary).await?;
-        let in_recovery: bool = client.query_one("SELECT pg_is_in_recovery()", &[]).await?.try_get(0)?;
-        anyhow::ensure!(!in_recovery, "{}:{} is not a primary (yet)", primary.host, primary.port);
-        client.batch_execute("CHECKPOINT").await?;
-        Ok(())
+        crate::observe::within(CHECKPOINT_DEADLINE, "CHECKPOINT on the rewind source", async move {
+            let client = self.connect_source(primary).await?;
+            let in_recovery: bool = client.query_one("SELECT pg_is_in_recovery()", &[]).await?.try_get(0)?;
+            anyhow::ensure!(!in_recovery, "{}:{} is not a primary (yet)", primary.host, primary.port);
+            client.batch_execute("CHECKPOINT").await?;
+            Ok(())
+        })
+        .await
     }
 
     /// The timeline `primary` is on and its history: `(timeline, where it ended)` for each
     /// ancestor, read from its `pg_wal/<tli>.history` (which the replication user may read).
     pub async fn timeline_history(&self, primary: &Upstream) -> anyhow::Result<(u32, Vec<(u32, u64)>)> {
-        let client = self.connect_source(primary).await?;
-        let row = client
-            .query_one("SELECT pg_is_in_recovery(), substr(pg_walfile_name(pg_current_wal_lsn()), 1, 8)", &[])
-            .await
-            .with_context(|| format!("ask {}:{} for its timeline", primary.host, primary.port))?;
-        let in_recovery: bool = row.try_get(0)?;
-        anyhow::ensure!(!in_recovery, "{}:{} is not a primary", primary.host, primary.port);
-        let hex: String = row.try_get(1)?;
-        let tli = u32::from_str_radix(&hex, 16).with_context(|| format!("timeline {hex:?}"))?;
-        if tli <= 1 {
-            return Ok((tli, Vec::new()));
-        }
-        let file = format!("pg_wal/{tli:08X}.history");
-        let bytes: Vec<u8> = client
-            .query_one("SELECT pg_read_binary_file($1)", &[&file])
-            .await
-            .with_context(|| format!("read {file} on {}:{}", primary.host, primary.port))?
-            .try_get(0)?;
-        Ok((tli, parse_history(&String::from_utf8_lossy(&bytes))))
+        crate::observe::within(QUERY_DEADLINE, "ask the primary for its timeline", async move {
+            let client = self.connect_source(primary).await?;
+            let row = client
+                .query_one("SELECT pg_is_in_recovery(), substr(pg_walfile_name(pg_current_wal_lsn()), 1, 8)", &[])
+                .await
+                .with_context(|| format!("ask {}:{} for its timeline", primary.host, primary.port))?;
+            let in_recovery: bool = row.try_get(0)?;
+            anyhow::ensure!(!in_recovery, "{}:{} is not a primary", primary.host, primary.port);
+            let hex: String = row.try_get(1)?;
+            let tli = u32::from_str_radix(&hex, 16).with_context(|| format!("timeline {hex:?}"))?;
+            if tli <= 1 {
+                return Ok((tli, Vec::new()));
+            }
+            let file = format!("pg_wal/{tli:08X}.history");
+            let bytes: Vec<u8> = client
+                .query_one("SELECT pg_read_binary_file($1)", &[&file])
+                .await
+                .with_context(|| format!("read {file} on {}:{}", primary.host, primary.port))?
+                .try_get(0)?;
+            Ok((tli, parse_history(&String::from_utf8_lossy(&bytes))))
+        })
+        .await
     }
 
     /// A connection to another member's server as the replication user.

@@ -115,8 +115,10 @@ async fn keeper_kills_a_frozen_server_at_the_deadline() {
         wait_for!("every process of the server to die", Duration::from_secs(5), (!pid_alive(*p)).then_some(()));
     }
     wait_for!("the keeper to exit", Duration::from_secs(5), (!pid_alive(keeper)).then_some(()));
-    let log = std::fs::read_to_string(&pg.settings().log_file).expect("log");
-    assert!(log.contains("the lease for epoch 7 ran out"), "the keeper says why:\n{log}");
+    wait_for!("the keeper's reason in the log", Duration::from_secs(5), {
+        let log = std::fs::read_to_string(&pg.settings().log_file).expect("log");
+        log.contains("the lease for epoch 7 ran out").then_some(())
+    });
     assert!(!pg.observe().await.running);
     // Crash recovery on the next start (with a lease that does not run out).
     pg.fencer().set_lease(Some((8, Instant::now() + Duration::from_secs(3600)))).await.expect("lease");
@@ -131,8 +133,10 @@ async fn a_writable_server_without_a_lease_is_killed() {
     pg.fencer().set_lease(None).await.expect("no lease");
     let err = pg.start().await.expect_err("a primary without a lease must not run");
     assert!(matches!(err.downcast_ref::<PgError>(), Some(PgError::StartFailed { .. })), "{err:#}");
-    let log = std::fs::read_to_string(&pg.settings().log_file).expect("log");
-    assert!(log.contains("no lease, and the server is not a standby"), "{log}");
+    wait_for!("the keeper's reason in the log", Duration::from_secs(5), {
+        let log = std::fs::read_to_string(&pg.settings().log_file).expect("log");
+        log.contains("no lease, and the server is not a standby").then_some(())
+    });
 }
 
 #[tokio::test]
