@@ -180,3 +180,53 @@ async fn the_daemon_speaks_sd_notify_and_nothing_else_does() -> anyhow::Result<(
     assert_eq!(all.iter().filter(|d| d.has("READY=1")).count(), 1);
     Ok(())
 }
+
+/// `systemd/pgvigil.service` with ExecStart pointing at the built binary, in a fresh directory
+/// (so `verify` checks a program that exists); None, with the reason printed, without
+/// systemd-analyze.
+fn unit_copy() -> Option<(tempfile::TempDir, std::path::PathBuf)> {
+    if std::process::Command::new("systemd-analyze").arg("--version").output().is_err() {
+        eprintln!("skipped: systemd-analyze is not installed (apt-get install systemd)");
+        return None;
+    }
+    let root = std::path::Path::new(env!("CARGO_MANIFEST_DIR")).parent().expect("workspace root");
+    let text = std::fs::read_to_string(root.join("systemd/pgvigil.service")).expect("read the unit");
+    let bin = vigil_tests::pgvigil_bin();
+    assert!(text.contains("ExecStart=/usr/bin/pgvigil run --config /etc/pgvigil/pgvigil.toml\n"), "{text}");
+    let dir = tempfile::tempdir().expect("tempdir");
+    let path = dir.path().join("pgvigil.service");
+    std::fs::write(&path, text.replace("ExecStart=/usr/bin/pgvigil ", &format!("ExecStart={} ", bin.display())))
+        .expect("write the unit");
+    Some((dir, path))
+}
+
+#[test]
+fn the_unit_file_verifies_without_a_warning() {
+    let Some((_dir, unit)) = unit_copy() else { return };
+    let out = std::process::Command::new("systemd-analyze").arg("verify").arg(&unit).output().expect("run");
+    let stderr = String::from_utf8_lossy(&out.stderr);
+    assert!(out.status.success() && stderr.trim().is_empty(), "systemd-analyze verify: {:?}\n{stderr}", out.status);
+    let text = std::fs::read_to_string(&unit).expect("read");
+    for line in ["Type=notify", "KillMode=process", "NotifyAccess=main", "ExecReload=/bin/kill -HUP $MAINPID"] {
+        assert!(text.lines().any(|l| l == line), "the unit has {line}");
+    }
+}
+
+#[test]
+fn the_unit_file_exposure_is_at_most_2() {
+    let Some((_dir, unit)) = unit_copy() else { return };
+    let out = std::process::Command::new("systemd-analyze")
+        .args(["security", "--offline=true", "--no-pager"])
+        .arg(&unit)
+        .output()
+        .expect("run");
+    let stdout = String::from_utf8_lossy(&out.stdout);
+    let line = stdout.lines().find(|l| l.contains("Overall exposure level")).unwrap_or_default();
+    let level: f64 = line
+        .split(':')
+        .nth(1)
+        .and_then(|rest| rest.split_whitespace().next())
+        .and_then(|n| n.parse().ok())
+        .unwrap_or_else(|| panic!("no exposure level in {stdout}\n{}", String::from_utf8_lossy(&out.stderr)));
+    assert!(level <= 2.0, "exposure {level} > 2.0:\n{stdout}");
+}

@@ -29,7 +29,7 @@ pub fn command(settings: &PgSettings, program: &str) -> tokio::process::Command 
 pub fn scrub(cmd: &mut std::process::Command, settings: &PgSettings) {
     use std::os::unix::process::CommandExt as _;
     for (key, _) in std::env::vars_os() {
-        if key.to_string_lossy().starts_with("PG") {
+        if removed_from_environment(&key.to_string_lossy()) {
             cmd.env_remove(&key);
         }
     }
@@ -38,6 +38,13 @@ pub fn scrub(cmd: &mut std::process::Command, settings: &PgSettings) {
     if let Some(r) = settings.run_as {
         cmd.uid(r.uid).gid(r.gid);
     }
+}
+
+/// The daemon's `PG*` variables are not passed on, except `PG_OOM_ADJUST_FILE` and
+/// `PG_OOM_ADJUST_VALUE`: the systemd unit sets them so that PostgreSQL's backends reset the OOM
+/// score the daemon (and the postmaster) got from `OOMScoreAdjust=`.
+fn removed_from_environment(key: &str) -> bool {
+    key.starts_with("PG") && !matches!(key, "PG_OOM_ADJUST_FILE" | "PG_OOM_ADJUST_VALUE")
 }
 
 /// Run `cmd` to completion; error (with the end of its output) unless it exits 0.
@@ -80,4 +87,17 @@ pub fn file_tail(path: &Path, lines: usize) -> String {
         return String::new();
     }
     tail(&String::from_utf8_lossy(&buf), lines)
+}
+
+#[cfg(test)]
+mod tests {
+    #[test]
+    fn pg_variables_are_removed_but_the_oom_adjustment_passes() {
+        for key in ["PGDATA", "PGHOST", "PGPASSWORD"] {
+            assert!(super::removed_from_environment(key), "{key}");
+        }
+        for key in ["PG_OOM_ADJUST_FILE", "PG_OOM_ADJUST_VALUE", "PATH", "LANG"] {
+            assert!(!super::removed_from_environment(key), "{key}");
+        }
+    }
 }
