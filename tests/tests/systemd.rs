@@ -149,10 +149,9 @@ async fn the_daemon_speaks_sd_notify_and_nothing_else_does() -> anyhow::Result<(
         .await?;
     let epoch = t.view().await?.state.epoch;
     t.kill_host(&old);
-    let want = format!("primary, epoch {}", epoch + 1);
-    let promoted =
-        manager.wait(&want, Duration::from_secs(60), |d| d.status().is_some_and(|s| s.starts_with(&want))).await?;
-    assert!(promoted.status().is_some_and(|s| s.contains("lease held")), "{promoted:?}");
+    // First committed (perhaps "no lease" while it is promoted), then holding the lease, writable.
+    let want = format!("primary, epoch {}, lease held, PostgreSQL writable", epoch + 1);
+    manager.wait(&want, Duration::from_secs(60), |d| d.status() == Some(want.as_str())).await?;
 
     // SIGTERM: STOPPING=1, and the daemon exits.
     t.cluster.signal(watched, Signal::SIGTERM)?;
