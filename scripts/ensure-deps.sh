@@ -38,3 +38,8 @@ fi
 if ! command -v ip >/dev/null 2>&1 || ! command -v nft >/dev/null 2>&1; then
   apt_install "iproute2/nftables" iproute2 nftables
 fi
+# The unit-file checks (tests/tests/systemd.rs: systemd-analyze verify / security) need
+# systemd-analyze, from the systemd package (absent from minimal Debian images).
+if ! command -v systemd-analyze >/dev/null 2>&1; then
+  apt_install systemd-analyze systemd
+fi

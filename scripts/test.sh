@@ -5,4 +5,14 @@ set -euo pipefail
 cd "$(dirname "$0")/.."
 source scripts/ensure-deps.sh
 cargo build --workspace --locked
-cargo test --workspace --locked -- --test-threads="${PGVIGIL_TEST_THREADS:-2}"
+# --no-fail-fast: every test binary runs even after one fails; the failures are listed at the end.
+log=$(mktemp)
+trap 'rm -f "$log"' EXIT
+status=0
+cargo test --workspace --locked --no-fail-fast -- --test-threads="${PGVIGIL_TEST_THREADS:-2}" 2>&1 | tee "$log" || status=$?
+if [ "$status" -ne 0 ]; then
+  echo
+  echo "== failed tests =="
+  grep -E '^test .* FAILED$|^error: test failed' "$log" || true
+fi
+exit "$status"

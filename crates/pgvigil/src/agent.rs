@@ -754,14 +754,15 @@ async fn reporter(shared: Arc<Shared>, link: Link, shutdown: CancellationToken) 
 async fn send_report(shared: &Shared, link: &Link, epoch: u64) {
     let s = &shared.settings;
     let pg = link.status.borrow().clone();
+    let tags = shared.runtime.borrow().tags.clone();
     let (pg_host, pg_port) = s.raw.postgres.as_ref().map_or((String::new(), 0), |p| (p.listen_address.clone(), p.port));
     let report = HealthReport {
         member: s.raw.name.clone(),
         kind: s.raw.kind,
         pg_host,
         pg_port,
-        nofailover: s.raw.tags.nofailover,
-        priority: s.raw.tags.priority,
+        nofailover: tags.nofailover,
+        priority: tags.priority,
         pg,
         epoch_seen: epoch,
     };

@@ -374,6 +374,8 @@ pub struct Settings {
     pub api_token: Option<Secret>,
     /// The `[tls]` table with its files read and checked. None: plain text.
     pub tls: Option<crate::tls::Tls>,
+    /// The file these settings were read from ([`load`]), read again on SIGHUP.
+    pub path: Option<PathBuf>,
 }
 
 impl std::fmt::Debug for Settings {
@@ -386,6 +388,7 @@ impl std::fmt::Debug for Settings {
             .field("superuser_password", &self.superuser_password.as_ref().map(|_| REDACTED))
             .field("api_token", &self.api_token)
             .field("tls", &self.tls)
+            .field("path", &self.path)
             .finish()
     }
 }
@@ -451,7 +454,9 @@ pub fn load(path: &Path) -> Result<Settings, ConfigError> {
         .build()
         .map_err(from_config_error)?;
     let raw: Config = built.try_deserialize().map_err(from_config_error)?;
-    check(raw)
+    let mut settings = check(raw)?;
+    settings.path = Some(path.to_path_buf());
+    Ok(settings)
 }
 
 /// Environment variables the command line reads for itself; they are not config keys.
@@ -605,7 +610,7 @@ pub fn check(raw: Config) -> Result<Settings, ConfigError> {
         }
         (MemberKind::Witness, _) => (String::new(), None),
     };
-    Ok(Settings { raw, timings, advertise, replication_password, superuser_password, api_token, tls })
+    Ok(Settings { raw, timings, advertise, replication_password, superuser_password, api_token, tls, path: None })
 }
 
 #[cfg(test)]

@@ -5,7 +5,7 @@
 
 use crate::config::{Settings, StopModeConfig};
 use crate::replicated::Replicated;
-use crate::{agent, coordination, hooks, http_api, logging, peer_service, telemetry};
+use crate::{agent, coordination, hooks, http_api, logging, notify, peer_service, reload, telemetry};
 use anyhow::Context;
 use std::collections::{BTreeMap, HashMap};
 use std::sync::atomic::{AtomicU64, Ordering};
@@ -37,6 +37,9 @@ pub struct Shared {
     pub wake_coordinator: tokio::sync::Notify,
     /// The `[hooks]` commands.
     pub hooks: hooks::Hooks,
+    /// What a configuration reload (SIGHUP) may change: tags, the API token, ... (`reload.rs`).
+    /// Read it where it is used, never from `settings`.
+    pub runtime: watch::Sender<reload::Runtime>,
 }
 
 /// When the daemon's periodic loops last went round, for `GET /liveness`.
@@ -140,7 +143,9 @@ pub async fn run(settings: Settings, shutdown: CancellationToken) -> anyhow::Res
         telemetry: telemetry::Telemetry::install(),
         wake_coordinator: tokio::sync::Notify::new(),
         hooks: hooks::Hooks::new(&raw.name, &raw.hooks),
+        runtime: watch::Sender::new(reload::Runtime::of(&settings)),
     });
+    tokio::spawn(reload::run(shared.clone(), shutdown.child_token()));
     tokio::spawn(logging::follow_epoch(shared.raft.state(), shutdown.child_token()));
 
     let listener = tokio::net::TcpListener::bind(&raw.listen)
@@ -181,6 +186,9 @@ pub async fn run(settings: Settings, shutdown: CancellationToken) -> anyhow::Res
     };
     let api_scheme = if tls.is_some_and(|t| t.api) { "https" } else { "http" };
     tracing::info!(listen = %raw.listen, api = %api_listen, api_scheme, "pgvigil started ({security})");
+    // The config is valid, the Raft storage open, the API listens: ready (PostgreSQL may still
+    // be recovering; the agent goes on). The task keeps STATUS, WATCHDOG and STOPPING.
+    tokio::spawn(notify::run(shared.clone(), shutdown.clone()));
 
     shutdown.cancelled().await;
     tracing::info!(mode = ?raw.stop.mode, "shutting down");

@@ -43,31 +43,38 @@ pub struct Details {
     pub reason: String,
 }
 
-#[derive(Clone, Debug)]
+/// The hooks of one member; the commands may be replaced while the daemon runs (SIGHUP).
+#[derive(Debug)]
 pub struct Hooks {
     member: String,
-    config: HooksConfig,
+    config: std::sync::RwLock<HooksConfig>,
 }
 
 impl Hooks {
     pub fn new(member: &str, config: &HooksConfig) -> Hooks {
-        Hooks { member: member.to_string(), config: config.clone() }
+        Hooks { member: member.to_string(), config: std::sync::RwLock::new(config.clone()) }
     }
 
-    fn command(&self, event: Event) -> Option<&HookCommand> {
-        let c = &self.config;
-        match event {
+    /// Use `config` for the hooks fired from now on (a configuration reload).
+    pub fn set(&self, config: &HooksConfig) {
+        *self.config.write().unwrap_or_else(|p| p.into_inner()) = config.clone();
+    }
+
+    /// The command for `event` and the timeout, if a hook is configured for it.
+    fn command(&self, event: Event) -> Option<(HookCommand, Duration)> {
+        let c = self.config.read().unwrap_or_else(|p| p.into_inner());
+        let hook = match event {
             Event::RoleChange => c.on_role_change.as_ref(),
             Event::Failover => c.on_failover.as_ref(),
             Event::Switchover => c.on_switchover.as_ref(),
             Event::Fence => c.on_fence.as_ref(),
-        }
+        };
+        hook.map(|h| (h.clone(), c.timeout.unwrap_or(DEFAULT_TIMEOUT)))
     }
 
     /// Start the hook for `event`, if one is configured, and return at once. Needs a tokio runtime.
     pub fn fire(&self, event: Event, details: Details) {
-        let Some(hook) = self.command(event).cloned() else { return };
-        let timeout = self.config.timeout.unwrap_or(DEFAULT_TIMEOUT);
+        let Some((hook, timeout)) = self.command(event) else { return };
         let member = self.member.clone();
         tokio::spawn(async move {
             let started = Instant::now();

@@ -111,7 +111,7 @@ impl Snapshot {
         let now = Instant::now();
         let state = shared.committed();
         let t = &shared.settings.timings;
-        let tags = &shared.settings.raw.tags;
+        let tags = shared.runtime.borrow().tags.clone();
         Snapshot {
             lease_valid: shared.lease_valid(state.epoch, now),
             pg: shared.pg_status.borrow().clone(),
@@ -211,7 +211,9 @@ async fn history(State(shared): State<Shr>) -> Response {
 }
 
 async fn config(State(shared): State<Shr>) -> Response {
-    Json(shared.settings.redacted_json()).into_response()
+    let mut settings = shared.settings.clone();
+    shared.runtime.borrow().overlay(&mut settings);
+    Json(settings.redacted_json()).into_response()
 }
 
 async fn metrics(State(shared): State<Shr>) -> Response {
@@ -220,7 +222,8 @@ async fn metrics(State(shared): State<Shr>) -> Response {
 }
 
 async fn mutate(State(shared): State<Shr>, headers: HeaderMap, body: Bytes, action: Action) -> Response {
-    if let Err(why) = authorize(shared.settings.api_token.as_ref().map(|t| t.0.as_str()), &headers) {
+    let token = shared.runtime.borrow().api_token.clone();
+    if let Err(why) = authorize(token.as_ref().map(|t| t.0.as_str()), &headers) {
         tracing::warn!("refused {} request: {why}", action.name());
         return reply(Answer::new(401, why));
     }

@@ -289,6 +289,8 @@ impl ClusterSpec {
 pub struct LocalCluster {
     pub spec: ClusterSpec,
     children: BTreeMap<String, Child>,
+    /// Extra environment variables of a member's daemon ([`Self::set_env`]).
+    env: BTreeMap<String, Vec<(String, String)>>,
 }
 
 impl LocalCluster {
@@ -303,7 +305,13 @@ impl LocalCluster {
             std::fs::set_permissions(&dir, std::fs::Permissions::from_mode(0o755))?;
             std::fs::write(spec.config_path(&m.name), spec.config_text(m))?;
         }
-        Ok(LocalCluster { spec, children: BTreeMap::new() })
+        Ok(LocalCluster { spec, children: BTreeMap::new(), env: BTreeMap::new() })
+    }
+
+    /// Give `member`'s daemon `key=value` in its environment, from its next start on (e.g.
+    /// `NOTIFY_SOCKET`, to act as its service manager).
+    pub fn set_env(&mut self, member: &str, key: &str, value: &str) {
+        self.env.entry(member.to_string()).or_default().push((key.to_string(), value.to_string()));
     }
 
     /// Start (or restart) one member's daemon; its output goes to `<state_dir>/pgvigil.log`.
@@ -323,6 +331,7 @@ impl LocalCluster {
             .arg("run")
             .arg("--config")
             .arg(self.spec.config_path(name))
+            .envs(self.env.get(name).into_iter().flatten().map(|(k, v)| (k, v)))
             .stdin(Stdio::null())
             .stdout(log.try_clone()?)
             .stderr(log)

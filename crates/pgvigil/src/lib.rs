@@ -3,6 +3,8 @@
 //! # Layout
 //! - [`config`]: the TOML file + `PGVIGIL_*` overrides, checked (bad config: exit 64).
 //! - [`daemon`]: wiring of one member (Raft node, peer server, coordinator, agent) and shutdown.
+//! - [`reload`]: SIGHUP reads the config file again and applies what may change at runtime;
+//!   [`notify`]: systemd's notification protocol (READY, STATUS, WATCHDOG, STOPPING).
 //! - `peer_service`: the peer gRPC service; [`convert`]: its messages to and from the core's types.
 //! - `coordination`: the coordinator's IO shell around `vigil_core::Coordinator`.
 //! - `agent`: the agent's IO shell (observe, report, lease, fence, act).
@@ -32,7 +34,9 @@ pub mod launch;
 pub mod list;
 mod local;
 pub mod logging;
+pub mod notify;
 mod peer_service;
+pub mod reload;
 mod replicated;
 mod requests;
 mod telemetry;

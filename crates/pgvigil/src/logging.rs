@@ -4,6 +4,9 @@
 //! Both come from process-wide values (one daemon per process): the name is set once, the epoch
 //! follows the committed state ([`follow_epoch`]). A formatter wraps tracing-subscriber's own and
 //! adds them to every line, also to lines from tasks that no span reaches (tonic, raft-rs).
+//!
+//! The daemon's filter and formatter sit behind `tracing_subscriber::reload` handles, so a
+//! configuration reload (SIGHUP) changes `log.level` and `log.format` in place ([`reconfigure`]).
 
 use crate::config::{LogConfig, LogFormat};
 use std::fmt::Write as _;
@@ -12,46 +15,78 @@ use std::sync::OnceLock;
 use tokio_util::sync::CancellationToken;
 use tracing_subscriber::fmt::format::Writer;
 use tracing_subscriber::fmt::{FmtContext, FormatEvent, FormatFields};
+use tracing_subscriber::layer::{Layered, SubscriberExt as _};
 use tracing_subscriber::registry::LookupSpan;
-use tracing_subscriber::EnvFilter;
+use tracing_subscriber::util::SubscriberInitExt as _;
+use tracing_subscriber::{reload, EnvFilter, Layer, Registry};
 
 static MEMBER: OnceLock<String> = OnceLock::new();
 static EPOCH: AtomicU64 = AtomicU64::new(0);
+/// The daemon's filter and formatter, replaceable on a configuration reload.
+static RELOAD: OnceLock<Reload> = OnceLock::new();
+
+type Base = Layered<reload::Layer<EnvFilter, Registry>, Registry>;
+type Output = Box<dyn Layer<Base> + Send + Sync>;
+
+struct Reload {
+    filter: reload::Handle<EnvFilter, Registry>,
+    output: reload::Handle<Output, Base>,
+    /// RUST_LOG was set at start: it wins over `log.level`, also after a reload.
+    env_filter: bool,
+}
 
 /// Set up logging for the command line (no member, no epoch on the lines).
 pub fn init(cfg: &LogConfig) {
-    init_inner(cfg, None);
-}
-
-/// Set up logging for the daemon of `member`.
-pub fn init_member(cfg: &LogConfig, member: &str) {
-    init_inner(cfg, Some(member));
-}
-
-fn init_inner(cfg: &LogConfig, member: Option<&str>) {
-    // RUST_LOG wins over the config, for debugging a running setup.
-    let filter = EnvFilter::try_from_default_env()
-        .or_else(|_| EnvFilter::try_new(&cfg.level))
-        .unwrap_or_else(|_| EnvFilter::new("info"));
-    let builder = tracing_subscriber::fmt().with_env_filter(filter).with_writer(std::io::stderr);
-    let Some(member) = member else {
-        let _ = match cfg.format {
-            LogFormat::Json => builder.json().with_current_span(true).try_init(),
-            LogFormat::Text => builder.try_init(),
-        };
-        return;
-    };
-    let _ = MEMBER.set(member.to_string());
+    let builder = tracing_subscriber::fmt().with_env_filter(filter(cfg).0).with_writer(std::io::stderr);
     let _ = match cfg.format {
+        LogFormat::Json => builder.json().with_current_span(true).try_init(),
+        LogFormat::Text => builder.try_init(),
+    };
+}
+
+/// Set up logging for the daemon of `member`; [`reconfigure`] changes its level and format later.
+pub fn init_member(cfg: &LogConfig, member: &str) {
+    let _ = MEMBER.set(member.to_string());
+    let (filter, env_filter) = filter(cfg);
+    let (filter, filter_handle) = reload::Layer::new(filter);
+    let (output, output_handle) = reload::Layer::new(output(cfg.format));
+    if tracing_subscriber::registry().with(filter).with(output).try_init().is_ok() {
+        let _ = RELOAD.set(Reload { filter: filter_handle, output: output_handle, env_filter });
+    }
+}
+
+/// RUST_LOG wins over the config, for debugging a running setup; true when it is used.
+fn filter(cfg: &LogConfig) -> (EnvFilter, bool) {
+    match EnvFilter::try_from_default_env() {
+        Ok(f) => (f, true),
+        Err(_) => (EnvFilter::try_new(&cfg.level).unwrap_or_else(|_| EnvFilter::new("info")), false),
+    }
+}
+
+/// The daemon's lines, tagged with member and epoch, in `format`.
+fn output(format: LogFormat) -> Output {
+    let layer = tracing_subscriber::fmt::layer().with_writer(std::io::stderr);
+    match format {
         LogFormat::Json => {
             let inner = tracing_subscriber::fmt::format().json().with_current_span(true);
-            builder.json().event_format(Tagged { inner, json: true }).try_init()
+            Box::new(layer.json().event_format(Tagged { inner, json: true }))
         }
         LogFormat::Text => {
             let inner = tracing_subscriber::fmt::format();
-            builder.event_format(Tagged { inner, json: false }).try_init()
+            Box::new(layer.event_format(Tagged { inner, json: false }))
         }
-    };
+    }
+}
+
+/// Change the daemon's log level and format (a configuration reload). `log.level` was checked when
+/// the file was loaded; RUST_LOG, when set at start, still wins over it.
+pub fn reconfigure(cfg: &LogConfig) -> Result<(), String> {
+    let r = RELOAD.get().ok_or("logging was not set up by init_member")?;
+    if !r.env_filter {
+        let filter = EnvFilter::try_new(&cfg.level).map_err(|e| format!("log.level: {e}"))?;
+        r.filter.reload(filter).map_err(|e| format!("log.level: {e}"))?;
+    }
+    r.output.reload(output(cfg.format)).map_err(|e| format!("log.format: {e}"))
 }
 
 /// Keep the epoch on the log lines equal to the committed state's.

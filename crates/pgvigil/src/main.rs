@@ -1,7 +1,7 @@
 //! The `pgvigil` binary: the command line over the `pgvigil` library.
 
 use clap::{Parser, Subcommand};
-use pgvigil::{cli, config, daemon, demo, logging};
+use pgvigil::{cli, config, daemon, demo, logging, notify, reload};
 use std::path::PathBuf;
 use std::process::ExitCode;
 use tokio_util::sync::CancellationToken;
@@ -51,6 +51,8 @@ enum Cmd {
 }
 
 fn main() -> ExitCode {
+    // First of all, while this is the only thread: PostgreSQL and hooks must not see these.
+    notify::take_environment();
     let cli = Cli::parse();
     // The keeper runs no async runtime: nothing of it may stall behind a scheduler.
     if let Cmd::Keeper { args } = cli.cmd {
@@ -80,6 +82,10 @@ fn main() -> ExitCode {
             };
             logging::init_member(&settings.raw.log, &settings.raw.name);
             runtime.block_on(async {
+                // Before anything else: SIGHUP's default action would end the process.
+                if let Err(e) = reload::install() {
+                    tracing::error!("cannot handle SIGHUP (configuration reload): {e}");
+                }
                 let shutdown = CancellationToken::new();
                 tokio::spawn(stop_on_signal(shutdown.clone()));
                 match daemon::run(settings, shutdown).await {

@@ -37,14 +37,20 @@ pub fn scrub(cmd: &mut std::process::Command, settings: &PgSettings) {
 }
 
 /// Remove the daemon's `PG*` variables (`PGDATA`, `PGHOST`, ... would silently change what a
-/// PostgreSQL program does). `PG_OOM_ADJUST_*` are meant for the postmaster and stay.
+/// PostgreSQL program does).
 pub fn scrub_env(cmd: &mut std::process::Command) {
     for (key, _) in std::env::vars_os() {
-        let key_text = key.to_string_lossy();
-        if key_text.starts_with("PG") && !key_text.starts_with("PG_OOM_ADJUST_") {
+        if removed_from_environment(&key.to_string_lossy()) {
             cmd.env_remove(&key);
         }
     }
+}
+
+/// The daemon's `PG*` variables are not passed on, except `PG_OOM_ADJUST_FILE` and
+/// `PG_OOM_ADJUST_VALUE`: the systemd unit sets them so that PostgreSQL's backends reset the OOM
+/// score the daemon (and the postmaster) got from `OOMScoreAdjust=`.
+fn removed_from_environment(key: &str) -> bool {
+    key.starts_with("PG") && !matches!(key, "PG_OOM_ADJUST_FILE" | "PG_OOM_ADJUST_VALUE")
 }
 
 /// Run `cmd` to completion; error (with the end of its output) unless it exits 0.
@@ -87,4 +93,17 @@ pub fn file_tail(path: &Path, lines: usize) -> String {
         return String::new();
     }
     tail(&String::from_utf8_lossy(&buf), lines)
+}
+
+#[cfg(test)]
+mod tests {
+    #[test]
+    fn pg_variables_are_removed_but_the_oom_adjustment_passes() {
+        for key in ["PGDATA", "PGHOST", "PGPASSWORD"] {
+            assert!(super::removed_from_environment(key), "{key}");
+        }
+        for key in ["PG_OOM_ADJUST_FILE", "PG_OOM_ADJUST_VALUE", "PATH", "LANG"] {
+            assert!(!super::removed_from_environment(key), "{key}");
+        }
+    }
 }
