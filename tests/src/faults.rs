@@ -3,7 +3,7 @@
 //! | kind | inject | heal |
 //! |---|---|---|
 //! | `kill-postgres` | `kill -9` the target's postmaster (pid from `postmaster.pid`) | none: its daemon restarts it |
-//! | `kill-daemon` | `kill -9` the target's daemon (PostgreSQL dies with it: PDEATHSIG) | start the daemon again |
+//! | `kill-daemon` | `kill -9` the target's daemon (its keeper kills PostgreSQL when the lease runs out) | start the daemon again |
 //! | `freeze` | SIGSTOP every process of the target host | SIGCONT them |
 //! | `isolate` | the target's switch port down | up |
 //! | `cut-primary-coordinator` | nftables drop between the primary and the coordinator (both hosts) | delete the rules |

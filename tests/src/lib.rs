@@ -434,7 +434,7 @@ pub async fn missing_writes(t: &TestCluster, member: &str, acked: &[(i64, String
 impl Drop for TestCluster {
     fn drop(&mut self) {
         self.cluster.stop_all(Duration::from_secs(10));
-        // A postmaster whose daemon was killed dies with it (PDEATHSIG); make sure anyway.
+        // A postmaster outlives a killed daemon (its keeper holds it): stop what is left.
         let names: Vec<String> = self.spec().members.iter().map(|m| m.name.clone()).collect();
         for n in names {
             self.kill_postgres(&n);

@@ -160,7 +160,7 @@ impl NsCluster {
         self.cluster().start(name)
     }
 
-    /// `kill -9` the daemon (its PostgreSQL follows through PDEATHSIG).
+    /// `kill -9` the daemon (its keeper kills PostgreSQL when the lease runs out).
     pub fn kill_daemon(&self, name: &str) {
         self.cluster().kill_daemon(name);
     }
