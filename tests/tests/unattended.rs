@@ -35,6 +35,23 @@ fn first_write_elsewhere(acks: &[Ack], old: &str, since: Instant) -> Duration {
     acks.iter().find(|a| a.member != old && a.at > since).expect("a write on the new primary").at - since
 }
 
+/// A settled cluster of three, its primary, the primary's daemon pid and postmaster pid.
+async fn three_members() -> anyhow::Result<(TestCluster, String, i32, i32)> {
+    let t = TestCluster::start(3, 0).await?;
+    let primary = t.primary().await?;
+    let daemon = t.cluster.daemon_pid(&primary).expect("daemon") as i32;
+    let pm = t.postmaster_pid(&primary).expect("postmaster");
+    Ok((t, primary, daemon, pm))
+}
+
+async fn rejoined_as_standby(t: &TestCluster, member: &str) -> anyhow::Result<()> {
+    t.wait_for("the old primary rejoined as a standby", Duration::from_secs(60), |v| {
+        healthy(v) && v.reports.get(member).is_some_and(|r| r.pg.running && r.pg.in_recovery)
+    })
+    .await
+    .map(drop)
+}
+
 /// CPU time (user + system) of a process, in clock ticks.
 fn cpu_ticks(pid: i32) -> u64 {
     let stat = std::fs::read_to_string(format!("/proc/{pid}/stat")).unwrap_or_default();
@@ -94,10 +111,7 @@ async fn restarting_a_daemon_leaves_postgres_running() -> anyhow::Result<()> {
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_stalled_primary_daemon_is_fenced_by_its_keeper() -> anyhow::Result<()> {
-    let t = TestCluster::start(3, 0).await?;
-    let primary = t.primary().await?;
-    let daemon = t.cluster.daemon_pid(&primary).expect("daemon") as i32;
-    let pm = t.postmaster_pid(&primary).expect("postmaster");
+    let (t, primary, daemon, pm) = three_members().await?;
     let writer = Writer::start(&t).await?;
     tokio::time::sleep(Duration::from_millis(500)).await; // some writes before the fault
 
@@ -116,10 +130,7 @@ async fn a_stalled_primary_daemon_is_fenced_by_its_keeper() -> anyhow::Result<()
     signal(daemon, Signal::SIGCONT);
     let v = result?;
     let new = v.state.primary.clone().expect("new primary");
-    t.wait_for("the old primary rejoined as a standby", Duration::from_secs(60), |v| {
-        healthy(v) && v.reports.get(&primary).is_some_and(|r| r.pg.running && r.pg.in_recovery)
-    })
-    .await?;
+    rejoined_as_standby(&t, &primary).await?;
     let acks = writer.stop_timed().await?;
     assert_no_overlap(&acks, &primary);
     let lost =
@@ -138,10 +149,7 @@ async fn a_stalled_primary_daemon_is_fenced_by_its_keeper() -> anyhow::Result<()
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_frozen_postgres_is_failed_over_and_its_daemon_stays_quiet() -> anyhow::Result<()> {
-    let t = TestCluster::start(3, 0).await?;
-    let primary = t.primary().await?;
-    let daemon = t.cluster.daemon_pid(&primary).expect("daemon") as i32;
-    let pm = t.postmaster_pid(&primary).expect("postmaster");
+    let (t, primary, daemon, pm) = three_members().await?;
     let log_path = t.spec().state_dir(&primary).join("pgvigil.log");
     let writer = Writer::start(&t).await?;
     tokio::time::sleep(Duration::from_millis(500)).await;
@@ -172,10 +180,7 @@ async fn a_frozen_postgres_is_failed_over_and_its_daemon_stays_quiet() -> anyhow
     // 30 s at 100 ticks/s is 3000 ticks for one busy core; a quiet daemon uses a few percent.
     assert!(cpu < 600, "the old primary's daemon used {cpu} ticks of CPU in 30 s");
     assert!(!alive(pm), "the frozen server was killed");
-    t.wait_for("the old primary rejoined as a standby", Duration::from_secs(60), |v| {
-        healthy(v) && v.reports.get(&primary).is_some_and(|r| r.pg.running && r.pg.in_recovery)
-    })
-    .await?;
+    rejoined_as_standby(&t, &primary).await?;
     let acks = writer.stop_timed().await?;
     assert_no_overlap(&acks, &primary);
     eprintln!(
