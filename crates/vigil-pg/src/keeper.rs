@@ -5,7 +5,7 @@
 //! postmaster, tells the daemon its pid on stdout, and then serves a unix socket (mode 0600, in the
 //! daemon's state directory) with three one-line requests:
 //!
-//! - `lease <epoch> <deadline>`: the server may be writable until `deadline`, nanoseconds of
+//! - `lease <epoch>:<deadline>`: the server may be writable until `deadline`, nanoseconds of
 //!   `CLOCK_MONOTONIC` (the same clock as the daemon's `Instant`), for `epoch`;
 //! - `lease none`: the server must not be writable (a standby);
 //! - `status`: `pm=<postmaster pid> keeper=<own pid> lease=<epoch>:<deadline>|none`.
@@ -194,7 +194,7 @@ pub fn main(args: KeeperArgs) -> i32 {
         cmd.uid(u).gid(g);
     }
     // The postmaster writes where we write: the server's log file.
-    match std::io::stderr().as_fd_dup() {
+    match std::os::fd::AsFd::as_fd(&std::io::stderr()).try_clone_to_owned() {
         Ok(fd) => {
             cmd.stdout(fd);
         }
@@ -224,17 +224,6 @@ pub fn main(args: KeeperArgs) -> i32 {
         let _ = std::thread::Builder::new().name("keeper-socket".into()).spawn(move || serve(listener, pm, shared));
     }
     supervise(pm, &args.data_dir, &args.socket, &shared)
-}
-
-trait DupFd {
-    fn as_fd_dup(&self) -> std::io::Result<std::os::fd::OwnedFd>;
-}
-
-impl DupFd for std::io::Stderr {
-    fn as_fd_dup(&self) -> std::io::Result<std::os::fd::OwnedFd> {
-        use std::os::fd::AsFd as _;
-        self.as_fd().try_clone_to_owned()
-    }
 }
 
 fn redirect_stdout_to_null() {
@@ -292,10 +281,6 @@ fn answer(request: &str, pm: i32, shared: &(Mutex<Shared>, Condvar)) -> String {
             format!("pm={pm} keeper={} lease={}\n", std::process::id(), format_lease(s.lease))
         }
         (Some("lease"), Some(v), None) => match parse_lease(v) {
-            Some(l) => set_lease(lock, cvar, l),
-            None => "error bad lease\n".into(),
-        },
-        (Some("lease"), Some(e), Some(d)) => match parse_lease(&format!("{e}:{d}")) {
             Some(l) => set_lease(lock, cvar, l),
             None => "error bad lease\n".into(),
         },
