@@ -3,7 +3,8 @@
 #   failover time (kill -9 of the primary's daemon + PostgreSQL -> first committed write on the new
 #   primary) over RUNS runs, with the count of acknowledged writes missing afterwards; the planned
 #   switchover's write-unavailability window over RUNS runs (and acknowledged writes missing); then
-#   the idle daemon's RSS and CPU over SECONDS.
+#   the daemon's own failures (stalled daemon, frozen PostgreSQL, SIGTERM, restarts) over RUNS runs;
+#   the idle daemons' and keepers' RSS and CPU over SECONDS.
 # Usage: bash bench/run.sh [RUNS=5] [SECONDS=60]
 set -euo pipefail
 cd "$(dirname "$0")/.."
@@ -13,4 +14,5 @@ target="${CARGO_TARGET_DIR:-$PWD/target}"
 export PGVIGIL_BIN="$target/release/pgvigil"
 "$target/release/bench" failover "${1:-5}"
 "$target/release/bench" switchover "${1:-5}"
+"$target/release/bench" unattended "${1:-5}"
 "$target/release/bench" idle "${2:-60}"

@@ -25,6 +25,7 @@ pub mod netns;
 pub mod nscluster;
 pub mod probe;
 pub mod scenario;
+pub mod unattended;
 pub mod verdict;
 pub mod writer;
 

@@ -11,7 +11,12 @@
 //! long until the old primary streams from the new one (and whether it needed a rewind), and how
 //! many acknowledged rows are missing on the new primary afterwards.
 //!
-//! `... -- idle [SECONDS]`: RSS and CPU of one idle daemon of a healthy cluster over SECONDS (60).
+//! `... -- unattended [RUNS]`: the daemon's own failures (`vigil_tests::unattended`), RUNS times
+//! each: the primary's daemon stopped 12 s, its PostgreSQL frozen 30 s (write gap, writes missing,
+//! the old daemon's log and CPU), SIGTERM on the primary (write gap), a daemon restart on a standby
+//! and on the primary (PostgreSQL downtime).
+//!
+//! `... -- idle [SECONDS]`: RSS and CPU of each idle daemon and keeper of a healthy cluster over SECONDS (60).
 //!
 //! `... -- health [plain|tls] [SECONDS]`: latency of the health endpoints (`/primary` on the
 //! primary, `/replica` on a standby) under about 200 requests/s from `wrk` (20 connections, each
@@ -190,11 +195,7 @@ fn stats(xs: &mut [Duration]) -> String {
 }
 
 fn proc_cpu_ticks(pid: u32) -> anyhow::Result<u64> {
-    let stat = std::fs::read_to_string(format!("/proc/{pid}/stat"))?;
-    let after = stat.rsplit_once(')').map(|(_, r)| r).unwrap_or_default();
-    let f: Vec<&str> = after.split_whitespace().collect();
-    Ok(f.get(11).and_then(|v| v.parse::<u64>().ok()).unwrap_or(0)
-        + f.get(12).and_then(|v| v.parse::<u64>().ok()).unwrap_or(0))
+    Ok(vigil_tests::unattended::cpu_ticks(pid as i32))
 }
 
 fn proc_rss_kb(pid: u32) -> anyhow::Result<u64> {
@@ -211,10 +212,20 @@ async fn idle(seconds: u64) -> anyhow::Result<()> {
         let pid = t.cluster.daemon_pid(n).ok_or_else(|| anyhow::anyhow!("no pid for {n}"))?;
         pids.push((n.clone(), pid, proc_cpu_ticks(pid)?, 0u64));
     }
+    // Each member's keeper: the parent of its postmaster.
+    let mut keepers = Vec::new();
+    for n in &names {
+        if let Some(pm) = t.postmaster_pid(n) {
+            let status = std::fs::read_to_string(format!("/proc/{pm}/status"))?;
+            let ppid: u32 =
+                status.lines().find_map(|l| l.strip_prefix("PPid:")).and_then(|p| p.trim().parse().ok()).unwrap_or(0);
+            keepers.push((format!("keeper of {n}"), ppid, proc_cpu_ticks(ppid)?, 0u64));
+        }
+    }
     let hz = 100.0; // USER_HZ on Linux
     let end = Instant::now() + Duration::from_secs(seconds);
     while Instant::now() < end {
-        for (_, pid, _, rss) in pids.iter_mut() {
+        for (_, pid, _, rss) in pids.iter_mut().chain(keepers.iter_mut()) {
             *rss = (*rss).max(proc_rss_kb(*pid)?);
         }
         tokio::time::sleep(Duration::from_secs(1)).await;
@@ -234,6 +245,75 @@ async fn idle(seconds: u64) -> anyhow::Result<()> {
             "idle daemon {name} ({role}) over {seconds} s: max RSS {:.1} MB, CPU {:.2} % of one core",
             *rss as f64 / 1024.0,
             100.0 * cpu / seconds as f64
+        );
+    }
+    for (label, pid, c0, rss) in &keepers {
+        let cpu = (proc_cpu_ticks(*pid)? - c0) as f64 / hz;
+        println!(
+            "idle {label} over {seconds} s: max RSS {:.1} MB, CPU {:.2} % of one core",
+            *rss as f64 / 1024.0,
+            100.0 * cpu / seconds as f64
+        );
+    }
+    Ok(())
+}
+
+/// The daemon's own failures, `runs` times each (see `vigil_tests::unattended`).
+async fn unattended(runs: usize) -> anyhow::Result<()> {
+    use vigil_tests::unattended as u;
+    let ms = |d: Duration| d.as_millis();
+    for (what, hold) in [("primary's daemon stopped 12 s", 12u64), ("primary's PostgreSQL frozen 30 s", 30)] {
+        let (mut firsts, mut lost, mut acked) = (Vec::new(), 0, 0);
+        let (mut log_max, mut cpu_max) = (0u64, 0u64);
+        for i in 1..=runs {
+            let r = if hold == 12 {
+                u::stalled_daemon(Duration::from_secs(hold)).await?
+            } else {
+                u::frozen_postgres(Duration::from_secs(hold)).await?
+            };
+            println!(
+                "{what}, run {i}: first write elsewhere {} ms; {} acknowledged, {} missing; old daemon: +{} bytes of log, {} CPU ticks",
+                ms(r.first_write), r.acked, r.missing, r.log_bytes, r.cpu_ticks
+            );
+            firsts.push(r.first_write);
+            (lost, acked) = (lost + r.missing, acked + r.acked);
+            (log_max, cpu_max) = (log_max.max(r.log_bytes), cpu_max.max(r.cpu_ticks));
+        }
+        println!(
+            "{what} over {runs} runs: write gap {}; missing {lost} of {acked}; old daemon at most +{log_max} bytes of log, {:.1} % of a core",
+            stats(&mut firsts),
+            cpu_max as f64 / hold as f64
+        );
+    }
+    let (mut gaps, mut lost, mut acked) = (Vec::new(), 0, 0);
+    for i in 1..=runs {
+        let r = u::sigterm_primary().await?;
+        println!(
+            "SIGTERM on the primary, run {i}: longest write gap {} ms; {} acknowledged, {} missing",
+            ms(r.gap),
+            r.acked,
+            r.missing
+        );
+        gaps.push(r.gap);
+        (lost, acked) = (lost + r.missing, acked + r.acked);
+    }
+    println!("SIGTERM on the primary over {runs} runs: write gap {}; missing {lost} of {acked}", stats(&mut gaps));
+    for role in ["standby", "primary"] {
+        let (mut refused, mut back, mut same) = (Vec::new(), Vec::new(), 0);
+        for i in 1..=runs {
+            let r = u::restart_daemon(role).await?;
+            println!(
+                "{role} daemon restart, run {i}: PostgreSQL refused queries for {} ms; same postmaster: {}; daemon back after {} ms",
+                ms(r.refused), r.same_postmaster, ms(r.back_after)
+            );
+            refused.push(r.refused);
+            back.push(r.back_after);
+            same += usize::from(r.same_postmaster);
+        }
+        println!(
+            "{role} daemon restart over {runs} runs: PostgreSQL downtime {}; same postmaster {same} of {runs}; daemon back {}",
+            stats(&mut refused),
+            stats(&mut back)
         );
     }
     Ok(())
@@ -382,6 +462,7 @@ async fn main() -> anyhow::Result<()> {
             println!("  old primary streaming again: {}; rewinds: {rewinds}", stats(&mut rejoins));
             println!("  acknowledged writes missing in all: {lost} of {acked_all}");
         }
+        Some("unattended") => unattended(args.get(1).and_then(|s| s.parse().ok()).unwrap_or(5)).await?,
         Some("idle") => idle(args.get(1).and_then(|s| s.parse().ok()).unwrap_or(60)).await?,
         Some("health") => {
             let tls = match args.get(1).map(String::as_str) {
@@ -391,7 +472,7 @@ async fn main() -> anyhow::Result<()> {
             };
             health(tls, args.get(2).and_then(|s| s.parse().ok()).unwrap_or(30)).await?
         }
-        _ => anyhow::bail!("usage: bench failover [RUNS] | bench switchover [RUNS] | bench idle [SECONDS] | bench health [plain|tls] [SECONDS]"),
+        _ => anyhow::bail!("usage: bench failover [RUNS] | bench switchover [RUNS] | bench unattended [RUNS] | bench idle [SECONDS] | bench health [plain|tls] [SECONDS]"),
     }
     Ok(())
 }
