@@ -54,10 +54,10 @@ impl Ca {
 }
 
 impl Leaf {
-    /// Write the certificate and the key (mode 0600).
+    /// Write the certificate and the key (mode 0600, also when the key file was there).
     pub fn write(&self, cert: &Path, key: &Path) -> anyhow::Result<()> {
         use std::io::Write;
-        use std::os::unix::fs::OpenOptionsExt;
+        use std::os::unix::fs::{OpenOptionsExt, PermissionsExt};
         std::fs::write(cert, &self.cert).with_context(|| format!("write {}", cert.display()))?;
         let mut f = std::fs::OpenOptions::new()
             .write(true)
@@ -66,6 +66,7 @@ impl Leaf {
             .mode(0o600)
             .open(key)
             .with_context(|| format!("write {}", key.display()))?;
+        f.set_permissions(std::fs::Permissions::from_mode(0o600))?;
         f.write_all(self.key.as_bytes())?;
         Ok(())
     }

@@ -72,6 +72,8 @@ pub fn new_primary_writable(v: &View, old: &str) -> bool {
 
 pub struct TestCluster {
     pub cluster: LocalCluster,
+    /// The cluster's CA when it runs with TLS ([`Self::prepare_tls`]), to issue more certificates.
+    pub ca: Option<certs::Ca>,
     // Dropped after `cluster` (fields drop in order): processes stop before the files go.
     _dir: tempfile::TempDir,
 }
@@ -82,7 +84,7 @@ impl TestCluster {
         let dir = tempfile::Builder::new().prefix("pgvigil-test-").tempdir()?;
         let mut spec = ClusterSpec::local(dir.path(), &pgvigil_bin(), n, witnesses)?;
         tweak(&mut spec);
-        Ok(TestCluster { cluster: LocalCluster::prepare(spec)?, _dir: dir })
+        Ok(TestCluster { cluster: LocalCluster::prepare(spec)?, ca: None, _dir: dir })
     }
 
     /// [`Self::prepare`] with TLS: a fresh CA and certificates for every member (and for the
@@ -93,11 +95,11 @@ impl TestCluster {
         tls: TlsSpec,
         tweak: impl FnOnce(&mut ClusterSpec),
     ) -> anyhow::Result<TestCluster> {
-        let t = Self::prepare(n, witnesses, |spec| {
+        let mut t = Self::prepare(n, witnesses, |spec| {
             spec.tls = Some(tls);
             tweak(spec);
         })?;
-        certs::write_cluster(t.spec())?;
+        t.ca = Some(certs::write_cluster(t.spec())?);
         Ok(t)
     }
 
@@ -430,6 +432,34 @@ pub async fn missing_writes(t: &TestCluster, member: &str, acked: &[(i64, String
     let rows = t.client(member).await?.query("SELECT id FROM acked_writes", &[]).await?;
     let have: std::collections::HashSet<i64> = rows.iter().map(|r| r.get(0)).collect();
     Ok(acked.iter().map(|(id, _)| *id).filter(|id| !have.contains(id)).collect())
+}
+
+/// Wait until the log at `path`, from byte `from` on, satisfies `ready`; the text read so far.
+pub async fn wait_log(
+    path: &std::path::Path,
+    from: usize,
+    timeout: Duration,
+    ready: impl Fn(&str) -> bool,
+) -> anyhow::Result<String> {
+    let deadline = Instant::now() + timeout;
+    loop {
+        let bytes = std::fs::read(path)?;
+        let text = String::from_utf8_lossy(bytes.get(from..).unwrap_or_default()).into_owned();
+        if ready(&text) {
+            return Ok(text);
+        }
+        anyhow::ensure!(
+            Instant::now() < deadline,
+            "{}: not seen within {timeout:?}; log since:\n{text}",
+            path.display()
+        );
+        tokio::time::sleep(Duration::from_millis(100)).await;
+    }
+}
+
+/// The length of the log at `path` now (0 if there is none yet): where to read new lines from.
+pub fn log_len(path: &std::path::Path) -> usize {
+    std::fs::metadata(path).map(|m| m.len() as usize).unwrap_or(0)
 }
 
 impl Drop for TestCluster {

@@ -3,31 +3,8 @@
 //! a broken file is refused, and neither the daemon nor its PostgreSQL restarts.
 
 use nix::sys::signal::Signal;
-use std::path::Path;
 use std::time::{Duration, Instant};
-use vigil_tests::{ClusterView, TestCluster};
-
-/// Wait until the log at `path`, from byte `from` on, satisfies `ready`; the text read so far.
-async fn wait_log(path: &Path, from: usize, timeout: Duration, ready: impl Fn(&str) -> bool) -> anyhow::Result<String> {
-    let deadline = Instant::now() + timeout;
-    loop {
-        let bytes = std::fs::read(path)?;
-        let text = String::from_utf8_lossy(bytes.get(from..).unwrap_or_default()).into_owned();
-        if ready(&text) {
-            return Ok(text);
-        }
-        anyhow::ensure!(
-            Instant::now() < deadline,
-            "{}: not seen within {timeout:?}; log since:\n{text}",
-            path.display()
-        );
-        tokio::time::sleep(Duration::from_millis(100)).await;
-    }
-}
-
-fn log_len(path: &Path) -> usize {
-    std::fs::metadata(path).map(|m| m.len() as usize).unwrap_or(0)
-}
+use vigil_tests::{log_len, wait_log, ClusterView, TestCluster};
 
 /// `member` in `GET /cluster` asked through `via`.
 async fn member_tags(t: &TestCluster, via: &str, member: &str) -> anyhow::Result<(bool, i32)> {
@@ -99,5 +76,76 @@ async fn sighup_applies_tags_and_log_level_and_refuses_a_broken_file() -> anyhow
     assert!(t.cluster.is_running(&member), "the daemon lives on");
     assert_eq!(t.cluster.daemon_pid(&member), Some(daemon));
     assert_eq!(t.postmaster_pid(&member), Some(postmaster), "PostgreSQL was not restarted");
+    Ok(())
+}
+
+/// SIGHUP of `pid` per `/proc/<pid>/status`: (its command name, ignored, caught).
+fn sighup_disposition(pid: i32) -> Option<(String, bool, bool)> {
+    let status = std::fs::read_to_string(format!("/proc/{pid}/status")).ok()?;
+    let name = status.lines().find_map(|l| l.strip_prefix("Name:"))?.trim().to_string();
+    let ignored = pgvigil::reload::sighup_in_mask(&status, "SigIgn")?;
+    let caught = pgvigil::reload::sighup_in_mask(&status, "SigCgt")?;
+    Some((name, ignored, caught))
+}
+
+/// A reload signal in the first milliseconds of a daemon (before its handler is installed) does
+/// not end it; and the SIGHUP it ignores meanwhile is not inherited by its keeper (which must die
+/// of nothing unexpected) nor by PostgreSQL (which installs its own handler).
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn sighup_at_start_is_survived_and_children_do_not_inherit_it_ignored() -> anyhow::Result<()> {
+    let mut t = TestCluster::prepare(2, 1, |_| {})?;
+    let names: Vec<String> = t.spec().members.iter().map(|m| m.name.clone()).collect();
+    let member = names[0].clone();
+    for n in &names[1..] {
+        t.cluster.start(n)?;
+    }
+    let log = t.spec().state_dir(&member).join("pgvigil.log");
+    // Start it, and wait (busy: it is a matter of milliseconds) until the new process runs
+    // pgvigil's main and has SIGHUP ignored (the start-up window) or handled; before exec it is
+    // the harness' fork. Seeing it ignored proves the window is covered; a poll that missed it (a
+    // busy machine) starts the daemon again, a few times.
+    let mut attempts = 0;
+    let (pid, deadline) = loop {
+        attempts += 1;
+        t.cluster.start(&member)?;
+        let pid = t.cluster.daemon_pid(&member).expect("started") as i32;
+        let deadline = Instant::now() + Duration::from_secs(10);
+        let ignored = loop {
+            match sighup_disposition(pid) {
+                Some((name, ignored, caught)) if name == "pgvigil" && (ignored || caught) => break ignored,
+                _ => anyhow::ensure!(Instant::now() < deadline, "pgvigil never handled SIGHUP"),
+            }
+            tokio::task::yield_now().await;
+        };
+        if ignored {
+            break (pid, deadline);
+        }
+        anyhow::ensure!(attempts < 5, "SIGHUP was never seen ignored at start-up ({attempts} starts)");
+        t.cluster.kill_daemon(&member);
+    };
+    // SIGHUP every 2 ms until the daemon says it started: before, during and after the handler
+    // is installed.
+    let mut sent = 0;
+    while !std::fs::read_to_string(&log).unwrap_or_default().contains("pgvigil started") {
+        anyhow::ensure!(t.cluster.is_running(&member), "the daemon died of an early SIGHUP (after {sent})");
+        anyhow::ensure!(Instant::now() < deadline, "the daemon did not start");
+        nix::sys::signal::kill(nix::unistd::Pid::from_raw(pid), Signal::SIGHUP)?;
+        sent += 1;
+        tokio::time::sleep(Duration::from_millis(2)).await;
+    }
+    eprintln!("{sent} SIGHUPs during start-up (start {attempts})");
+    t.wait_for("a healthy cluster", Duration::from_secs(60), vigil_tests::healthy).await?;
+    assert!(t.cluster.is_running(&member), "the daemon lives on");
+    let (_, ignored, caught) = sighup_disposition(pid).expect("running");
+    assert!(!ignored && caught, "the daemon handles SIGHUP once started");
+
+    // The keeper (the postmaster's parent) and PostgreSQL never had SIGHUP ignored.
+    let postmaster = t.postmaster_pid(&member).expect("PostgreSQL runs");
+    let status = std::fs::read_to_string(format!("/proc/{postmaster}/status"))?;
+    let keeper: i32 = status.lines().find_map(|l| l.strip_prefix("PPid:")).unwrap_or_default().trim().parse()?;
+    let (name, ignored, _) = sighup_disposition(keeper).expect("the keeper runs");
+    assert!(name == "pgvigil" && !ignored, "the keeper ({keeper}, {name}) must not ignore SIGHUP");
+    let (_, ignored, caught) = sighup_disposition(postmaster).expect("PostgreSQL runs");
+    assert!(!ignored && caught, "PostgreSQL handles SIGHUP itself");
     Ok(())
 }

@@ -4,12 +4,13 @@
 //! HAProxy checks `/primary` over https; no secret shows in a log or in `/config`. Certificates
 //! are made per cluster (rcgen).
 
+use nix::sys::signal::Signal;
 use std::process::Command;
 use std::time::Duration;
 use tonic::transport::{Certificate, ClientTlsConfig, Identity};
 use vigil_raft::{proto, PeerClients};
 use vigil_tests::certs::{self, Ca};
-use vigil_tests::{new_primary_writable, pgvigil_bin, ClusterSpec, TestCluster, TlsSpec};
+use vigil_tests::{log_len, new_primary_writable, pgvigil_bin, wait_log, ClusterSpec, TestCluster, TlsSpec};
 
 const CONVERGE: Duration = Duration::from_secs(60);
 const SUPERUSER_PASSWORD: &str = "su-pw-5f1c2b";
@@ -28,9 +29,28 @@ async fn get_state(clients: &PeerClients, addr: &str) -> anyhow::Result<proto::S
 /// TLS 1.3 the client's side of the handshake ends before the server has checked the client's
 /// certificate: a refusal arrives as an alert on that read. `Ok` means no alert within a second.
 async fn peer_handshake(addr: &str, ca: &[u8], identity: Option<&certs::Leaf>) -> Result<(), String> {
+    use tokio::io::AsyncReadExt;
+    let config = rustls_client(ca, identity, b"h2")?;
+    let tcp = tokio::net::TcpStream::connect(addr).await.map_err(|e| e.to_string())?;
+    let name = rustls::pki_types::ServerName::try_from("127.0.0.1").map_err(|e| e.to_string())?;
+    let mut tls =
+        tokio_rustls::TlsConnector::from(config).connect(name, tcp).await.map_err(|e| format!("handshake: {e}"))?;
+    let mut buf = [0u8; 64];
+    match tokio::time::timeout(Duration::from_secs(1), tls.read(&mut buf)).await {
+        Ok(Err(e)) => Err(format!("after the handshake: {e}")),
+        Ok(Ok(0)) => Err("closed after the handshake".into()),
+        _ => Ok(()),
+    }
+}
+
+/// A rustls client trusting `ca` (PEM), presenting `identity` if given, offering `alpn`.
+fn rustls_client(
+    ca: &[u8],
+    identity: Option<&certs::Leaf>,
+    alpn: &[u8],
+) -> Result<std::sync::Arc<rustls::ClientConfig>, String> {
     use rustls::pki_types::pem::PemObject;
     use rustls::pki_types::{CertificateDer, PrivateKeyDer};
-    use tokio::io::AsyncReadExt;
     let mut roots = rustls::RootCertStore::empty();
     for c in CertificateDer::pem_slice_iter(ca) {
         roots.add(c.map_err(|e| e.to_string())?).map_err(|e| e.to_string())?;
@@ -48,19 +68,31 @@ async fn peer_handshake(addr: &str, ca: &[u8], identity: Option<&certs::Leaf>) -
         }
         None => builder.with_no_client_auth(),
     };
-    config.alpn_protocols = vec![b"h2".to_vec()];
-    let tcp = tokio::net::TcpStream::connect(addr).await.map_err(|e| e.to_string())?;
-    let name = rustls::pki_types::ServerName::try_from("127.0.0.1").map_err(|e| e.to_string())?;
-    let mut tls = tokio_rustls::TlsConnector::from(std::sync::Arc::new(config))
-        .connect(name, tcp)
-        .await
-        .map_err(|e| format!("handshake: {e}"))?;
-    let mut buf = [0u8; 64];
-    match tokio::time::timeout(Duration::from_secs(1), tls.read(&mut buf)).await {
-        Ok(Err(e)) => Err(format!("after the handshake: {e}")),
-        Ok(Ok(0)) => Err("closed after the handshake".into()),
-        _ => Ok(()),
-    }
+    config.alpn_protocols = vec![alpn.to_vec()];
+    Ok(std::sync::Arc::new(config))
+}
+
+/// The certificate (DER of the leaf) a server at `addr` presents on a new connection, checked
+/// against the CA for 127.0.0.1.
+async fn served_cert(addr: &str, ca: &[u8], identity: Option<&certs::Leaf>, alpn: &[u8]) -> anyhow::Result<Vec<u8>> {
+    let config = rustls_client(ca, identity, alpn).map_err(anyhow::Error::msg)?;
+    let addr = addr.trim_start_matches("https://");
+    let tcp = tokio::time::timeout(Duration::from_secs(5), tokio::net::TcpStream::connect(addr)).await??;
+    let name = rustls::pki_types::ServerName::try_from("127.0.0.1")?;
+    let tls = tokio::time::timeout(Duration::from_secs(5), tokio_rustls::TlsConnector::from(config).connect(name, tcp))
+        .await??;
+    let chain = tls.get_ref().1.peer_certificates().ok_or_else(|| anyhow::anyhow!("{addr}: no certificate"))?;
+    Ok(chain.first().ok_or_else(|| anyhow::anyhow!("{addr}: empty chain"))?.to_vec())
+}
+
+/// The DER of the first certificate in a PEM text.
+fn der(pem: &str) -> Vec<u8> {
+    use rustls::pki_types::pem::PemObject;
+    rustls::pki_types::CertificateDer::pem_slice_iter(pem.as_bytes())
+        .next()
+        .and_then(Result::ok)
+        .map(|c| c.to_vec())
+        .unwrap_or_default()
 }
 
 fn read(path: impl AsRef<std::path::Path>) -> Vec<u8> {
@@ -226,6 +258,10 @@ async fn server_only_tls_on_the_peer_port_and_client_certificates_on_the_api() -
     Ok(())
 }
 
+fn read_text(path: &str) -> anyhow::Result<String> {
+    Ok(std::fs::read_to_string(path)?)
+}
+
 /// `pgvigil run` on a file whose `[tls]` table is bad: exit 64, one line naming the key.
 #[test]
 fn bad_tls_files_exit_64_naming_the_key() -> anyhow::Result<()> {
@@ -242,6 +278,11 @@ fn bad_tls_files_exit_64_naming_the_key() -> anyhow::Result<()> {
     let file = |name: &str, text: &str| -> anyhow::Result<String> {
         let p = dir.path().join(name);
         std::fs::write(&p, text)?;
+        // Key files are 0600: a key others may read is refused before anything else.
+        if name.ends_with("-key.pem") {
+            use std::os::unix::fs::PermissionsExt;
+            std::fs::set_permissions(&p, std::fs::Permissions::from_mode(0o600))?;
+        }
         Ok(p.display().to_string())
     };
     let other_ca = Ca::new("another CA")?.issue("pg1", &["127.0.0.1"])?;
@@ -261,6 +302,7 @@ fn bad_tls_files_exit_64_naming_the_key() -> anyhow::Result<()> {
         ("missing CA file", good.replace(&ca_path, "/nonexistent/ca.pem"), "tls.ca_file"),
         ("CA file not PEM", good.replace(&ca_path, &file("junk.pem", "not a certificate")?), "tls.ca_file"),
         ("missing key file", good.replace(&key_path, "/nonexistent/key.pem"), "tls.key_file"),
+        ("key readable by others", good.replace(&key_path, &file("open.pem", &read_text(&key_path)?)?), "tls.key_file"),
         ("key of another member", good.replace(&key_path, &pg2_key), "tls.key_file"),
         ("key file without a key", good.replace(&key_path, &cert_path), "tls.key_file"),
         ("cert file not PEM", good.replace(&cert_path, &file("junk2.pem", "-----BEGIN")?), "tls.cert_file"),
@@ -305,5 +347,116 @@ fn bad_tls_files_exit_64_naming_the_key() -> anyhow::Result<()> {
         .replace("peer_mtls = true", "peer_mtls = false");
     std::fs::write(&path, text)?;
     pgvigil::config::load(&path).map_err(|e| anyhow::anyhow!("server-only certificate without mTLS: {e}"))?;
+    Ok(())
+}
+
+/// Certificate renewal without a restart: new certificate and key written over one member's files
+/// (same CA, new key and serial), SIGHUP: new connections to its API and its peer port get the new
+/// certificate, the cluster goes on (and fails over, and a restarted member dials it afresh), the
+/// daemon and its PostgreSQL keep their pids. A key others may read, or a certificate from another
+/// CA, is refused with the key named and the running certificate stays.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn sighup_renews_certificates_for_new_connections_and_refuses_bad_ones() -> anyhow::Result<()> {
+    let mut t = TestCluster::start_tls(3, 0, TlsSpec::default()).await?;
+    let spec = t.spec().clone();
+    let ca_pem = read(spec.ca_file());
+    let (cert, key) = spec.client_cert_files();
+    let harness = certs::Leaf { cert: String::from_utf8(read(cert))?, key: String::from_utf8(read(key))? };
+    // The coordinator (off the primary's host once settled): every report comes to it.
+    let v = t.view().await?;
+    let (member, primary) = (v.coordinator.clone(), v.state.primary.clone().expect("settled"));
+    let daemon = t.cluster.daemon_pid(&member).expect("running");
+    let postmaster = t.postmaster_pid(&member).expect("PostgreSQL runs");
+    let api = spec.api_address(&member).expect("member");
+    let peer = spec.peer_address(&member).expect("member");
+    let log = spec.state_dir(&member).join("pgvigil.log");
+    let (cert_file, key_file) = (spec.cert_file(&member), spec.key_file(&member));
+    let served = |alpn: &'static [u8]| {
+        let (addr, ca, id) = (if alpn == b"h2" { peer.clone() } else { api.clone() }, ca_pem.clone(), &harness);
+        async move { served_cert(&addr, &ca, Some(id), alpn).await }
+    };
+    let old = der(&String::from_utf8(read(&cert_file))?);
+    assert_eq!(served(b"http/1.1").await?, old, "the API serves the start-up certificate");
+    assert_eq!(served(b"h2").await?, old, "so does the peer port");
+
+    // Renewed: same CA, new key, new serial, same paths.
+    let ca = t.ca.as_ref().expect("a TLS cluster has its CA");
+    let renewed = ca.issue(&member, &["127.0.0.1", "localhost"])?;
+    renewed.write(&cert_file, &key_file)?;
+    let new = der(&renewed.cert);
+    assert_ne!(new, old);
+    let from = log_len(&log);
+    t.cluster.signal(&member, Signal::SIGHUP)?;
+    let text = wait_log(&log, from, Duration::from_secs(20), |l| l.contains("configuration reloaded")).await?;
+    let applied = text.lines().find(|l| l.contains("configuration reloaded")).unwrap_or_default();
+    assert!(applied.contains("applied tls.cert_file, tls.key_file"), "{applied}");
+    assert!(!text.contains("needs a restart") && !text.contains("refused"), "{text}");
+    // New connections get the new certificate on both ports (wait on it, with a deadline).
+    let deadline = std::time::Instant::now() + Duration::from_secs(10);
+    loop {
+        let (a, p) = (served(b"http/1.1").await?, served(b"h2").await?);
+        if a == new && p == new {
+            break;
+        }
+        anyhow::ensure!(
+            std::time::Instant::now() < deadline,
+            "still the old certificate (api {}, peer {})",
+            a == old,
+            p == old
+        );
+        tokio::time::sleep(Duration::from_millis(100)).await;
+    }
+    // A fresh gRPC client is let in; every member answers /cluster (the renewed member's own
+    // channels were dropped and dialled again with its new client certificate).
+    assert_eq!(get_state(&spec.peer_clients()?, &peer).await?.member, member);
+    t.wait_for("a healthy cluster after the renewal", CONVERGE, vigil_tests::healthy).await?;
+    for m in &spec.members {
+        let r = t.wait_http(&m.name, "/cluster", 200, Duration::from_secs(20)).await?;
+        assert!(r.text.contains(&member), "{}: {}", m.name, r.text);
+    }
+
+    // Refused: a key others may read, then a certificate from another CA. The key is named, the
+    // renewed certificate stays in use.
+    let bad = ca.issue(&member, &["127.0.0.1", "localhost"])?;
+    let stranger = Ca::new("another CA")?.issue(&member, &["127.0.0.1", "localhost"])?;
+    for (what, leaf, open_key, named) in
+        [("key mode 0644", &bad, true, "tls.key_file"), ("another CA", &stranger, false, "tls.cert_file")]
+    {
+        leaf.write(&cert_file, &key_file)?;
+        if open_key {
+            use std::os::unix::fs::PermissionsExt;
+            std::fs::set_permissions(&key_file, std::fs::Permissions::from_mode(0o644))?;
+        }
+        let from = log_len(&log);
+        t.cluster.signal(&member, Signal::SIGHUP)?;
+        let text = wait_log(&log, from, Duration::from_secs(20), |l| l.contains("refused")).await?;
+        let refused = text.lines().find(|l| l.contains("refused")).unwrap_or_default();
+        assert!(refused.contains(&format!("`{named}`")), "{what}: the key is named: {refused}");
+        assert!(!text.contains("configuration reloaded"), "{what}: {text}");
+        assert_eq!(served(b"http/1.1").await?, new, "{what}: the API keeps the renewed certificate");
+        assert_eq!(served(b"h2").await?, new, "{what}: so does the peer port");
+    }
+    // The good files back: nothing changed from what runs.
+    renewed.write(&cert_file, &key_file)?;
+    let from = log_len(&log);
+    t.cluster.signal(&member, Signal::SIGHUP)?;
+    wait_log(&log, from, Duration::from_secs(20), |l| l.contains("configuration reloaded: no change")).await?;
+
+    // A failover with the renewed member in it, and the old primary's daemon back: it dials the
+    // renewed member afresh (its new server certificate) and rejoins.
+    t.kill_host(&primary);
+    t.wait_for("a new primary after the renewal", CONVERGE, |v| {
+        v.state.epoch >= 2 && new_primary_writable(v, &primary)
+    })
+    .await?;
+    t.cluster.start(&primary)?;
+    t.wait_for("the old primary back, healthy", CONVERGE, |v| {
+        vigil_tests::healthy(v) && v.reports.get(&primary).is_some_and(|r| r.pg.running)
+    })
+    .await?;
+
+    assert!(t.cluster.is_running(&member), "the daemon lives on");
+    assert_eq!(t.cluster.daemon_pid(&member), Some(daemon));
+    assert_eq!(t.postmaster_pid(&member), Some(postmaster), "PostgreSQL was not restarted");
     Ok(())
 }

@@ -115,7 +115,7 @@ pub enum HookCommand {
     Argv(Vec<String>),
 }
 
-/// The `[tls]` table. Files are PEM; they are read once, at start-up.
+/// The `[tls]` table. Files are PEM; they are read at start-up and again on SIGHUP.
 #[derive(Debug, Clone, Deserialize, Serialize)]
 #[serde(deny_unknown_fields)]
 pub struct TlsConfig {

@@ -5,6 +5,7 @@
 
 use crate::config::{Settings, StopModeConfig};
 use crate::replicated::Replicated;
+use crate::tls_live::LiveTls;
 use crate::{agent, coordination, hooks, http_api, logging, notify, peer_service, reload, telemetry};
 use anyhow::Context;
 use std::collections::{BTreeMap, HashMap};
@@ -40,6 +41,8 @@ pub struct Shared {
     /// What a configuration reload (SIGHUP) may change: tags, the API token, ... (`reload.rs`).
     /// Read it where it is used, never from `settings`.
     pub runtime: watch::Sender<reload::Runtime>,
+    /// The TLS material in use for new connections (a reload may renew it); None: plain text.
+    pub tls: Option<LiveTls>,
 }
 
 /// When the daemon's periodic loops last went round, for `GET /liveness`.
@@ -112,12 +115,18 @@ pub async fn run(settings: Settings, shutdown: CancellationToken) -> anyhow::Res
         raw.members.iter().map(|m| (vigil_core::node_id(&m.name), (m.name.clone(), m.address.clone()))).collect();
     let t = &settings.timings;
     crate::tls::install_provider();
-    // Plain or TLS, by the `[tls]` table; the Raft transport gets channels of its own.
+    // Plain or TLS, by the `[tls]` table; the Raft transport gets channels of its own. A reload
+    // renews the TLS material of both (clones share it).
     let peer_clients = || settings.tls.as_ref().map_or_else(PeerClients::new, |tls| tls.peer_clients());
+    let (raft_clients, clients) = (peer_clients(), peer_clients());
+    let tls = match &settings.tls {
+        Some(tls) => Some(LiveTls::new(tls, vec![raft_clients.clone(), clients.clone()]).map_err(anyhow::Error::msg)?),
+        None => None,
+    };
     let cfg = RaftConfig {
         id: vigil_core::node_id(&raw.name),
         peers: peers.iter().map(|(id, (_, addr))| (*id, addr.clone())).collect::<BTreeMap<_, _>>(),
-        clients: peer_clients(),
+        clients: raft_clients,
         dir: raw.state_dir.join("raft"),
         tick: t.raft_tick,
         election_ticks: t.election_ticks as usize,
@@ -134,7 +143,7 @@ pub async fn run(settings: Settings, shutdown: CancellationToken) -> anyhow::Res
         settings: settings.clone(),
         raft,
         coordinator: Mutex::new(coordinator),
-        clients: peer_clients(),
+        clients,
         peers,
         pg_status: watch::Sender::new(PgStatus::default()),
         lease: Default::default(),
@@ -144,6 +153,7 @@ pub async fn run(settings: Settings, shutdown: CancellationToken) -> anyhow::Res
         wake_coordinator: tokio::sync::Notify::new(),
         hooks: hooks::Hooks::new(&raw.name, &raw.hooks),
         runtime: watch::Sender::new(reload::Runtime::of(&settings)),
+        tls,
     });
     tokio::spawn(reload::run(shared.clone(), shutdown.child_token()));
     tokio::spawn(logging::follow_epoch(shared.raft.state(), shutdown.child_token()));

@@ -41,11 +41,12 @@ pub async fn serve(shared: Shr, listener: tokio::net::TcpListener, shutdown: Can
             }
         }
     });
-    let tls = shared.settings.tls.as_ref().filter(|t| t.api).map(|t| t.api_server_config());
+    // The certificate of each new connection is the one in effect then (a reload may renew it).
+    let tls = shared.tls.as_ref().and_then(|live| live.api());
     let app = router(shared);
     match tls {
-        Some(config) => {
-            let listener = crate::tls::TlsListener::new(listener, config.map_err(anyhow::Error::msg)?)?;
+        Some(configs) => {
+            let listener = crate::tls_live::TlsListener::new(listener, configs, "HTTP API")?;
             axum::serve(listener, app).with_graceful_shutdown(shutdown.cancelled_owned()).await?
         }
         None => axum::serve(listener, app).with_graceful_shutdown(shutdown.cancelled_owned()).await?,

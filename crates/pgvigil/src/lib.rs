@@ -14,7 +14,8 @@
 //!   `admin`: pause/resume, carried out by the coordinator (forwarded to it by other members);
 //!   `requests`: switchover, failover, failback, reinit; `hooks`: event hooks;
 //!   `telemetry`: Prometheus metrics.
-//! - [`tls`]: the `[tls]` table checked, TLS for the peer port and the API (rustls, ring).
+//! - [`tls`]: the `[tls]` table checked, TLS for the peer port and the API (rustls, ring);
+//!   [`tls_live`]: the acceptor both ports use and the material a reload replaces.
 //! - [`list`]: the cluster view and its table; [`cli`] + [`client`]: the verbs that talk to the
 //!   HTTP API; [`demo`]: the `demo` command. [`logging`]: tracing setup (member and epoch on every line).
 
@@ -41,3 +42,4 @@ mod replicated;
 mod requests;
 mod telemetry;
 pub mod tls;
+pub mod tls_live;

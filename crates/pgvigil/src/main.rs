@@ -51,7 +51,13 @@ enum Cmd {
 }
 
 fn main() -> ExitCode {
-    // First of all, while this is the only thread: PostgreSQL and hooks must not see these.
+    // First of all for the daemon: a reload signal (SIGHUP) from now on must not end it, until
+    // `reload::install` puts tokio's handler in place (and checks that SIGHUP is not left
+    // ignored: children would inherit that).
+    if std::env::args_os().nth(1).is_some_and(|a| a == "run") {
+        reload::ignore_until_installed();
+    }
+    // While this is the only thread: PostgreSQL and hooks must not see these.
     notify::take_environment();
     let cli = Cli::parse();
     // The keeper runs no async runtime: nothing of it may stall behind a scheduler.
@@ -82,7 +88,7 @@ fn main() -> ExitCode {
             };
             logging::init_member(&settings.raw.log, &settings.raw.name);
             runtime.block_on(async {
-                // Before anything else: SIGHUP's default action would end the process.
+                // Before anything else, before any child is started (SIGHUP is ignored until then).
                 if let Err(e) = reload::install() {
                     tracing::error!("cannot handle SIGHUP (configuration reload): {e}");
                 }

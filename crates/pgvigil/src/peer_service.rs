@@ -1,5 +1,6 @@
 //! The peer gRPC service: Raft messages, health reports, state queries, forwarded admin requests;
-//! over TLS (optionally mutual) when the `[tls]` table is there.
+//! over TLS (optionally mutual) when the `[tls]` table is there, through our own acceptor
+//! (`tls_live::TlsListener`) so that a reload can renew the certificate for new connections.
 
 use crate::admin;
 use crate::convert;
@@ -58,20 +59,21 @@ pub async fn serve(
     listener: tokio::net::TcpListener,
     shutdown: CancellationToken,
 ) -> anyhow::Result<()> {
-    let incoming = tokio_stream::wrappers::TcpListenerStream::new(listener);
-    let mut server = tonic::transport::Server::builder();
-    if let Some(tls) = &shared.settings.tls {
+    let tls = shared.tls.as_ref().map(|live| live.peer());
+    // A Raft snapshot travels in one message; the client side allows the same size.
+    let service =
+        PeerServer::new(PeerService { shared }).max_decoding_message_size(64 << 20).max_encoding_message_size(64 << 20);
+    let server = tonic::transport::Server::builder().add_service(service);
+    match tls {
         // With peer_mtls, a client without a certificate from the CA fails the handshake.
-        server = server.tls_config(tls.peer_server())?;
+        Some(configs) => {
+            let incoming = crate::tls_live::TlsListener::new(listener, configs, "peer port")?.into_incoming();
+            server.serve_with_incoming_shutdown(incoming, shutdown.cancelled_owned()).await?
+        }
+        None => {
+            let incoming = tokio_stream::wrappers::TcpListenerStream::new(listener);
+            server.serve_with_incoming_shutdown(incoming, shutdown.cancelled_owned()).await?
+        }
     }
-    server
-        .add_service(
-            // A Raft snapshot travels in one message; the client side allows the same size.
-            PeerServer::new(PeerService { shared })
-                .max_decoding_message_size(64 << 20)
-                .max_encoding_message_size(64 << 20),
-        )
-        .serve_with_incoming_shutdown(incoming, shutdown.cancelled_owned())
-        .await?;
     Ok(())
 }

@@ -1,8 +1,10 @@
 //! Reloading the configuration on SIGHUP.
 //!
 //! The file given to `run --config` is read again with [`config::load`] (the same `PGVIGIL_*`
-//! overrides, the same checks). What may change while the daemon runs ([`Runtime`]: log level and
-//! format, tags, hooks, the API token) is applied and logged with the keys that changed; any other
+//! overrides, the same checks, the `[tls]` files read and checked again). What may change while
+//! the daemon runs ([`Runtime`]: log level and format, tags, hooks, the API token; the `[tls]`
+//! files, which `tls_live::LiveTls` puts in use for new connections) is applied and logged with
+//! the keys that changed (a file counts as changed when its contents do); any other
 //! difference is logged once per reload as "needs a restart: <keys>" and not applied. A file that
 //! does not load is refused (the error names the key) and the running configuration stays. The
 //! daemon never exits on SIGHUP.
@@ -10,7 +12,7 @@
 //! Which keys changed and which of them need a restart are pure functions ([`changed_keys`],
 //! [`split`]); the task around them only reads the file, logs and publishes.
 
-use crate::config::{self, ApiConfig, HooksConfig, LogConfig, Secret, Settings, Tags};
+use crate::config::{self, ApiConfig, HooksConfig, LogConfig, Secret, Settings, Tags, TlsConfig};
 use crate::daemon::Shared;
 use std::collections::BTreeSet;
 use std::sync::{Arc, Mutex, OnceLock};
@@ -28,6 +30,8 @@ pub struct Runtime {
     pub api: Option<ApiConfig>,
     /// The bearer token mutating API requests must carry (read from `token_file` if set).
     pub api_token: Option<Secret>,
+    /// The `[tls]` table whose files are in use (for `GET /config`: the paths may change).
+    pub tls: Option<TlsConfig>,
 }
 
 impl Runtime {
@@ -38,6 +42,7 @@ impl Runtime {
             hooks: s.raw.hooks.clone(),
             api: s.raw.api.clone(),
             api_token: s.api_token.clone(),
+            tls: s.raw.tls.clone(),
         }
     }
 
@@ -51,13 +56,30 @@ impl Runtime {
             running.token_file = new.token_file.clone();
         }
         s.api_token = self.api_token.clone();
+        // The files only: the flags need a restart.
+        if let (Some(running), Some(new)) = (s.raw.tls.as_mut(), self.tls.as_ref()) {
+            running.ca_file = new.ca_file.clone();
+            running.cert_file = new.cert_file.clone();
+            running.key_file = new.key_file.clone();
+            running.api_cert_file = new.api_cert_file.clone();
+            running.api_key_file = new.api_key_file.clone();
+        }
     }
 }
 
 /// Keys that take effect without a restart: a changed key equal to one of these, or below it
-/// (`hooks.on_fence` is below `hooks`), is applied.
+/// (`hooks.on_fence` is below `hooks`), is applied; [`TLS_FILES`] too, under a condition.
 pub const RELOADABLE: &[&str] =
     &["log.level", "log.format", "tags.nofailover", "tags.priority", "hooks", "api.token", "api.token_file"];
+
+/// The `[tls]` files (their paths or their contents): applied for new connections, unless one of
+/// [`TLS_FILES_NEED`] changed too. The running flags and this member's address are those the
+/// new files were not checked against, so then every changed `[tls]` key needs a restart.
+pub const TLS_FILES: &[&str] =
+    &["tls.ca_file", "tls.cert_file", "tls.key_file", "tls.api_cert_file", "tls.api_key_file"];
+
+/// See [`TLS_FILES`]: `tls` itself changes when the table is added or removed (TLS on or off).
+pub const TLS_FILES_NEED: &[&str] = &["tls", "tls.peer_mtls", "tls.api", "tls.api_verify_client", "members", "name"];
 
 /// The dotted keys whose values differ between `old` and `new`: tables are compared one level
 /// deep (`timing.lease_timeout`, `postgres.parameters`), and secrets read from files by what they
@@ -74,6 +96,9 @@ pub fn changed_keys(old: &Settings, new: &Settings) -> Vec<String> {
     }
     if old.superuser_password != new.superuser_password {
         keys.insert("postgres.superuser_password".into());
+    }
+    if let (Some(a), Some(b)) = (&old.tls, &new.tls) {
+        keys.extend(crate::tls::changed_files(a, b).into_iter().map(String::from));
     }
     keys.into_iter().collect()
 }
@@ -99,20 +124,57 @@ fn flatten(v: &serde_json::Value) -> std::collections::BTreeMap<String, serde_js
 
 /// `keys` split into (applied at once, needs a restart).
 pub fn split(keys: &[String]) -> (Vec<String>, Vec<String>) {
-    keys.iter()
-        .cloned()
-        .partition(|k| RELOADABLE.iter().any(|r| k == r || k.strip_prefix(r).is_some_and(|rest| rest.starts_with('.'))))
+    let tls_files_apply = !keys.iter().any(|k| TLS_FILES_NEED.contains(&k.as_str()));
+    keys.iter().cloned().partition(|k| {
+        RELOADABLE.iter().any(|r| k == r || k.strip_prefix(r).is_some_and(|rest| rest.starts_with('.')))
+            || (tls_files_apply && TLS_FILES.contains(&k.as_str()))
+    })
 }
 
 /// The SIGHUP handler, installed by `main` before anything else runs (the default action of
 /// SIGHUP ends the process); [`run`] takes it. A signal that arrives in between is kept.
 static HANGUP: OnceLock<Mutex<Option<Signal>>> = OnceLock::new();
 
-/// Install the SIGHUP handler now. Needs a tokio runtime (call it inside `block_on`).
+/// Ignore SIGHUP: the first thing `main` does for `run`, so that a reload signal that arrives
+/// before [`install`] (while the config is read, the runtime built) does not end the daemon.
+/// [`install`] replaces it; an ignored SIGHUP must not outlive that (it is inherited across exec).
+pub fn ignore_until_installed() {
+    // SAFETY: SIG_IGN runs no handler code, and main calls this before it starts any thread.
+    #[allow(unsafe_code)]
+    let set =
+        unsafe { nix::sys::signal::signal(nix::sys::signal::Signal::SIGHUP, nix::sys::signal::SigHandler::SigIgn) };
+    if let Err(e) = set {
+        eprintln!("pgvigil: cannot ignore SIGHUP until its handler is installed: {e}");
+    }
+}
+
+/// Install the SIGHUP handler now (it replaces the ignored disposition of
+/// [`ignore_until_installed`]). Needs a tokio runtime (call it inside `block_on`), and must run
+/// before any child process is started: it checks that SIGHUP is not left ignored, since PostgreSQL,
+/// the keeper and hooks would inherit that, and restores the default action if it is.
 pub fn install() -> std::io::Result<()> {
-    let s = signal(SignalKind::hangup())?;
-    let _ = HANGUP.set(Mutex::new(Some(s)));
-    Ok(())
+    let installed = signal(SignalKind::hangup()).map(|s| {
+        let _ = HANGUP.set(Mutex::new(Some(s)));
+    });
+    let status = std::fs::read_to_string("/proc/self/status").unwrap_or_default();
+    if installed.is_err() || sighup_in_mask(&status, "SigIgn") == Some(true) {
+        // SAFETY: SIG_DFL runs no handler code.
+        #[allow(unsafe_code)]
+        let reset =
+            unsafe { nix::sys::signal::signal(nix::sys::signal::Signal::SIGHUP, nix::sys::signal::SigHandler::SigDfl) };
+        if let Err(e) = reset {
+            tracing::error!("SIGHUP stays ignored, and so it will be in PostgreSQL and hooks: {e}");
+        }
+    }
+    installed
+}
+
+/// Whether SIGHUP (signal 1, the lowest bit) is set in the mask `field` (`SigIgn`, `SigCgt`,
+/// ...) of a `/proc/<pid>/status` text; None if the field is not there.
+pub fn sighup_in_mask(status: &str, field: &str) -> Option<bool> {
+    let mask = status.lines().find_map(|l| l.strip_prefix(field)?.strip_prefix(':'))?.trim();
+    let last = u8::from_str_radix(mask.get(mask.len().checked_sub(1)?..)?, 16).ok()?;
+    Some(last & 1 == 1)
 }
 
 fn take_handler() -> std::io::Result<Signal> {
@@ -166,9 +228,28 @@ pub async fn run(shared: Arc<Shared>, stop: CancellationToken) {
 /// Apply what may change of `new` and log what changed; `current` becomes what runs.
 fn apply(shared: &Shared, current: &mut Settings, new: &Settings) {
     let keys = changed_keys(current, new);
-    let (now, restart) = split(&keys);
+    let (mut now, restart) = split(&keys);
+    let is_tls_file = |k: &String| TLS_FILES.contains(&k.as_str());
+    let tls_applied = now.iter().any(is_tls_file) && {
+        let replaced = match (&shared.tls, &new.tls) {
+            (Some(live), Some(tls)) => live.replace(tls),
+            _ => Err("TLS is off in the running daemon".to_string()),
+        };
+        if let Err(e) = &replaced {
+            let files: Vec<&String> = now.iter().filter(|k| is_tls_file(k)).collect();
+            tracing::error!("the new TLS files were not applied, the running ones stay ({files:?}): {e}");
+            now.retain(|k| !is_tls_file(k));
+        }
+        replaced.is_ok()
+    };
+    if tls_applied {
+        current.tls = new.tls.clone();
+    }
     if !now.is_empty() {
-        let runtime = Runtime::of(new);
+        let mut runtime = Runtime::of(new);
+        if !tls_applied {
+            runtime.tls = current.raw.tls.clone();
+        }
         if now.iter().any(|k| k.starts_with("log.")) {
             if let Err(e) = crate::logging::reconfigure(&runtime.log) {
                 tracing::error!("the new log settings were not applied: {e}");
@@ -262,6 +343,80 @@ mod tests {
         let (now, restart) = split(&keys);
         assert_eq!(now, ["hooks", "hooks.timeout"]);
         assert_eq!(restart, ["hooksx", "log", "tags"]);
+    }
+
+    #[test]
+    fn renewed_tls_files_are_named_by_contents_or_path_and_applied() {
+        let mut old = settings("");
+        old.tls = Some(crate::tls::Tls::fake("ca", "cert", "key", None));
+        let mut same_paths = old.clone();
+        same_paths.tls = Some(crate::tls::Tls::fake("ca", "cert-renewed", "key-renewed", None));
+        let keys = changed_keys(&old, &same_paths);
+        assert_eq!(keys, ["tls.cert_file", "tls.key_file"], "same paths, new contents");
+        assert_eq!(split(&keys), (keys.clone(), vec![]));
+        assert!(changed_keys(&old, &old.clone()).is_empty(), "same contents: no change");
+        // Another path with the same contents is a change too (it names what the daemon reads).
+        let tls = |path: &str| -> Option<TlsConfig> {
+            Some(TlsConfig {
+                ca_file: "/tls/ca.pem".into(),
+                cert_file: path.into(),
+                key_file: "/tls/key.pem".into(),
+                peer_mtls: true,
+                api: true,
+                api_cert_file: None,
+                api_key_file: None,
+                api_verify_client: false,
+            })
+        };
+        old.raw.tls = tls("/tls/cert.pem");
+        let mut moved = old.clone();
+        moved.raw.tls = tls("/tls/cert-2027.pem");
+        assert_eq!(changed_keys(&old, &moved), ["tls.cert_file"]);
+        // The overlay carries the new paths (for GET /config), never the flags.
+        let mut running = old.clone();
+        let mut flags = moved.clone();
+        if let Some(t) = flags.raw.tls.as_mut() {
+            t.peer_mtls = false;
+        }
+        Runtime::of(&flags).overlay(&mut running);
+        assert_eq!(changed_keys(&running, &flags), ["tls.peer_mtls"]);
+    }
+
+    #[test]
+    fn tls_files_need_a_restart_with_tls_switched_or_its_flags_or_the_address_changed() {
+        let keys = |ks: &[&str]| ks.iter().map(|k| k.to_string()).collect::<Vec<_>>();
+        let (now, restart) = split(&keys(&["log.level", "tls.ca_file", "tls.cert_file", "tls.key_file"]));
+        assert_eq!((now.len(), restart.len()), (4, 0));
+        for blocker in ["tls", "tls.peer_mtls", "tls.api", "tls.api_verify_client", "members"] {
+            let (now, restart) = split(&keys(&["log.level", "tls.cert_file", "tls.key_file", blocker]));
+            assert_eq!(now, ["log.level"], "with {blocker}");
+            assert_eq!(restart.len(), 3, "with {blocker}: {restart:?}");
+        }
+        // Adding the table (TLS on) shows as `tls` and its keys: all of it needs a restart.
+        let mut on = settings("");
+        on.raw.tls = Some(TlsConfig {
+            ca_file: "/ca".into(),
+            cert_file: "/c".into(),
+            key_file: "/k".into(),
+            peer_mtls: true,
+            api: true,
+            api_cert_file: None,
+            api_key_file: None,
+            api_verify_client: false,
+        });
+        let (now, restart) = split(&changed_keys(&settings(""), &on));
+        assert!(now.is_empty(), "{now:?}");
+        assert!(restart.contains(&"tls".to_string()) && restart.contains(&"tls.cert_file".to_string()), "{restart:?}");
+    }
+
+    #[test]
+    fn sighup_bit_of_proc_status_masks() {
+        let status =
+            "Name:\tpgvigil\nSigBlk:\t0000000000000000\nSigIgn:\t0000000000001001\nSigCgt:\t0000000180004a02\n";
+        assert_eq!(sighup_in_mask(status, "SigIgn"), Some(true));
+        assert_eq!(sighup_in_mask(status, "SigCgt"), Some(false));
+        assert_eq!(sighup_in_mask(status, "SigBlk"), Some(false));
+        assert_eq!(sighup_in_mask(status, "SigPnd"), None);
     }
 
     #[test]

@@ -1,11 +1,13 @@
 //! Transport security (the `[tls]` table): TLS for the peer gRPC port (optionally mutual) and for
 //! the HTTP API, with rustls and its `ring` provider.
 //!
-//! [`Tls::load`] reads and checks the PEM files once, at start-up, so that a missing file, a key
-//! that does not go with its certificate or a certificate the CA did not sign is a
-//! [`ConfigError`] naming the key (exit 64), not a handshake failure later. The rest builds the
-//! configurations each side needs: tonic's for the peer server and clients, rustls' for the API
-//! ([`TlsListener`]) and for the command line ([`client_config`]).
+//! [`Tls::load`] reads and checks the PEM files (at start-up, and again on SIGHUP), so that a
+//! missing file, a key others can read, a key that does not go with its certificate or a
+//! certificate the CA did not sign is a [`ConfigError`] naming the key (exit 64, or a refused
+//! reload), not a handshake failure later. The rest builds the configurations each side needs:
+//! rustls' for the peer server and the API (served through `tls_live::TlsListener`, which takes
+//! each new connection's configuration from a `watch`), tonic's for the peer clients, and rustls'
+//! for the command line ([`client_config`]). [`changed_files`] says which files a reload changed.
 
 use crate::config::{ConfigError, TlsConfig};
 use rustls::client::danger::ServerCertVerifier;
@@ -14,17 +16,14 @@ use rustls::pki_types::pem::PemObject;
 use rustls::pki_types::{CertificateDer, PrivateKeyDer, ServerName, UnixTime};
 use rustls::server::WebPkiClientVerifier;
 use rustls::RootCertStore;
-use std::net::SocketAddr;
 use std::path::Path;
 use std::sync::Arc;
 use std::time::Duration;
-use tokio::sync::mpsc;
-use tokio::task::JoinSet;
-use tonic::transport::{Certificate, ClientTlsConfig, Identity, ServerTlsConfig};
+use tonic::transport::{Certificate, ClientTlsConfig, Identity};
 use vigil_raft::PeerClients;
 
 /// How long a client may take over its TLS handshake, on either port.
-const HANDSHAKE_TIMEOUT: Duration = Duration::from_secs(5);
+pub const HANDSHAKE_TIMEOUT: Duration = Duration::from_secs(5);
 
 fn provider() -> Arc<CryptoProvider> {
     Arc::new(rustls::crypto::ring::default_provider())
@@ -52,7 +51,8 @@ struct Pem {
 pub struct Tls {
     ca: Vec<u8>,
     member: Pem,
-    api_identity: Pem,
+    /// `api_cert_file` / `api_key_file`; None: the API serves `member`.
+    api_identity: Option<Pem>,
     /// The peer port requires a client certificate that chains to the CA.
     pub peer_mtls: bool,
     /// The HTTP API serves https.
@@ -147,8 +147,8 @@ impl Tls {
             })?;
         }
         let api_identity = match (&cfg.api_cert_file, &cfg.api_key_file) {
-            (None, None) => member.clone(),
-            (Some(cert), Some(key)) => load_pair(("tls.api_cert_file", cert), ("tls.api_key_file", key))?,
+            (None, None) => None,
+            (Some(cert), Some(key)) => Some(load_pair(("tls.api_cert_file", cert), ("tls.api_key_file", key))?),
             (Some(_), None) => return Err(bad("tls.api_key_file", "missing: tls.api_cert_file needs it")),
             (None, Some(_)) => return Err(bad("tls.api_cert_file", "missing: tls.api_key_file needs it")),
         };
@@ -163,38 +163,59 @@ impl Tls {
         if tls.api {
             tls.api_server_config().map_err(|e| bad("tls.api_cert_file", e))?;
         }
+        tls.peer_server_config().map_err(|e| bad("tls.cert_file", e))?;
         Ok(tls)
     }
 
-    /// The peer gRPC server's TLS: this member's certificate; with `peer_mtls`, a client must
-    /// present a certificate that chains to the CA or the handshake fails.
-    pub fn peer_server(&self) -> ServerTlsConfig {
-        let config = ServerTlsConfig::new()
-            .identity(Identity::from_pem(&self.member.cert, &self.member.key))
-            .timeout(HANDSHAKE_TIMEOUT);
-        if self.peer_mtls {
-            config.client_ca_root(Certificate::from_pem(&self.ca))
-        } else {
-            config
+    /// The files' contents by their keys (`tls.api_*` only when they are set).
+    fn files(&self) -> Vec<(&'static str, &[u8])> {
+        let mut files = vec![
+            ("tls.ca_file", &self.ca[..]),
+            ("tls.cert_file", &self.member.cert),
+            ("tls.key_file", &self.member.key),
+        ];
+        if let Some(api) = &self.api_identity {
+            files.extend([("tls.api_cert_file", &api.cert[..]), ("tls.api_key_file", &api.key[..])]);
         }
+        files
+    }
+
+    /// The peer gRPC server's TLS (HTTP/2): this member's certificate; with `peer_mtls`, a client
+    /// must present a certificate that chains to the CA or the handshake fails.
+    pub fn peer_server_config(&self) -> Result<Arc<rustls::ServerConfig>, String> {
+        self.server_config(&self.member, self.peer_mtls, b"h2")
     }
 
     /// Channels to the other members: they must present a certificate that chains to the CA and
     /// names the host dialled; this member presents its own when asked (mutual TLS).
     pub fn peer_clients(&self) -> PeerClients {
-        PeerClients::with_tls(
-            ClientTlsConfig::new()
-                .ca_certificate(Certificate::from_pem(&self.ca))
-                .identity(Identity::from_pem(&self.member.cert, &self.member.key)),
-        )
+        PeerClients::with_tls(self.peer_client_config())
+    }
+
+    /// What [`Tls::peer_clients`] dial with (also for new material on a reload).
+    pub fn peer_client_config(&self) -> ClientTlsConfig {
+        ClientTlsConfig::new()
+            .ca_certificate(Certificate::from_pem(&self.ca))
+            .identity(Identity::from_pem(&self.member.cert, &self.member.key))
     }
 
     /// The HTTP API's server configuration (HTTP/1.1).
     pub fn api_server_config(&self) -> Result<Arc<rustls::ServerConfig>, String> {
+        self.server_config(self.api_identity.as_ref().unwrap_or(&self.member), self.api_verify_client, b"http/1.1")
+    }
+
+    /// A server presenting `identity`, speaking `alpn`; `verify_clients`: a client must present
+    /// a certificate that chains to the CA.
+    fn server_config(
+        &self,
+        identity: &Pem,
+        verify_clients: bool,
+        alpn: &[u8],
+    ) -> Result<Arc<rustls::ServerConfig>, String> {
         let builder = rustls::ServerConfig::builder_with_provider(provider())
             .with_safe_default_protocol_versions()
             .map_err(|e| e.to_string())?;
-        let builder = if self.api_verify_client {
+        let builder = if verify_clients {
             let ca =
                 CertificateDer::pem_slice_iter(&self.ca).collect::<Result<Vec<_>, _>>().map_err(|e| e.to_string())?;
             let verifier = WebPkiClientVerifier::builder_with_provider(roots(&ca)?, provider())
@@ -204,12 +225,11 @@ impl Tls {
         } else {
             builder.with_no_client_auth()
         };
-        let chain = CertificateDer::pem_slice_iter(&self.api_identity.cert)
-            .collect::<Result<Vec<_>, _>>()
-            .map_err(|e| e.to_string())?;
-        let key = PrivateKeyDer::from_pem_slice(&self.api_identity.key).map_err(|e| e.to_string())?;
+        let chain =
+            CertificateDer::pem_slice_iter(&identity.cert).collect::<Result<Vec<_>, _>>().map_err(|e| e.to_string())?;
+        let key = PrivateKeyDer::from_pem_slice(&identity.key).map_err(|e| e.to_string())?;
         let mut config = builder.with_single_cert(chain, key).map_err(|e| format!("the key does not fit: {e}"))?;
-        config.alpn_protocols = vec![b"http/1.1".to_vec()];
+        config.alpn_protocols = vec![alpn.to_vec()];
         Ok(Arc::new(config))
     }
 
@@ -220,8 +240,36 @@ impl Tls {
     }
 }
 
+/// The keys of the `[tls]` files whose contents differ between `old` and `new` (a file added or
+/// removed counts), in a fixed order. Paths are compared elsewhere (`reload::changed_keys`): a
+/// renewed certificate usually keeps its path.
+pub fn changed_files(old: &Tls, new: &Tls) -> Vec<&'static str> {
+    let (old, new) = (old.files(), new.files());
+    let keys = ["tls.ca_file", "tls.cert_file", "tls.key_file", "tls.api_cert_file", "tls.api_key_file"];
+    let get =
+        |files: &[(&'static str, &[u8])], key: &str| files.iter().find(|(k, _)| *k == key).map(|(_, b)| b.to_vec());
+    keys.into_iter().filter(|k| get(&old, k) != get(&new, k)).collect()
+}
+
+/// A private key file must not be open to group or others (PostgreSQL's rule for its own key).
+fn check_key_mode(key: &str, path: &Path) -> Result<(), ConfigError> {
+    use std::os::unix::fs::PermissionsExt;
+    let mode = std::fs::metadata(path)
+        .map_err(|e| bad(key, format!("cannot read {}: {e}", path.display())))?
+        .permissions()
+        .mode();
+    if mode & 0o077 != 0 {
+        return Err(bad(
+            key,
+            format!("{} has mode {:04o}: group or others may read it; chmod 600 it", path.display(), mode & 0o7777),
+        ));
+    }
+    Ok(())
+}
+
 /// Read a certificate file and its key file, and check that they go together.
 fn load_pair(cert: (&str, &Path), key: (&str, &Path)) -> Result<Pem, ConfigError> {
+    check_key_mode(key.0, key.1)?;
     let pem = Pem { cert: read(cert.0, cert.1)?, key: read(key.0, key.1)? };
     let chain = certs(cert.0, cert.1, &pem.cert)?;
     let private = private_key(key.0, key.1, &pem.key)?;
@@ -253,78 +301,57 @@ pub fn client_config(ca_pem: &[u8], identity: Option<(&[u8], &[u8])>) -> anyhow:
     Ok(Arc::new(config))
 }
 
-/// A listener for `axum::serve` that hands over TLS connections. TCP connections are accepted
-/// by a task of its own and each handshake runs in a task of its own (bounded by a timeout), so a
-/// slow or hostile client never holds up the others. Dropping the listener stops it all.
-pub struct TlsListener {
-    ready: mpsc::Receiver<(tokio_rustls::server::TlsStream<tokio::net::TcpStream>, SocketAddr)>,
-    local: SocketAddr,
-    task: tokio::task::JoinHandle<()>,
-}
-
-impl TlsListener {
-    pub fn new(listener: tokio::net::TcpListener, config: Arc<rustls::ServerConfig>) -> std::io::Result<TlsListener> {
-        let local = listener.local_addr()?;
-        let (tx, ready) = mpsc::channel(64);
-        let acceptor = tokio_rustls::TlsAcceptor::from(config);
-        let task = tokio::spawn(accept_loop(listener, acceptor, tx));
-        Ok(TlsListener { ready, local, task })
-    }
-}
-
-async fn accept_loop(
-    mut listener: tokio::net::TcpListener,
-    acceptor: tokio_rustls::TlsAcceptor,
-    ready: mpsc::Sender<(tokio_rustls::server::TlsStream<tokio::net::TcpStream>, SocketAddr)>,
-) {
-    let mut handshakes = JoinSet::new();
-    loop {
-        tokio::select! {
-            // axum's accept for a TcpListener retries (and logs) accept errors itself.
-            (tcp, peer) = axum::serve::Listener::accept(&mut listener) => {
-                let (acceptor, ready) = (acceptor.clone(), ready.clone());
-                handshakes.spawn(async move {
-                    match tokio::time::timeout(HANDSHAKE_TIMEOUT, acceptor.accept(tcp)).await {
-                        Ok(Ok(tls)) => {
-                            let _ = ready.send((tls, peer)).await;
-                        }
-                        Ok(Err(e)) => tracing::debug!(%peer, "HTTP API: TLS handshake failed: {e}"),
-                        Err(_) => tracing::debug!(%peer, "HTTP API: TLS handshake timed out"),
-                    }
-                });
-            }
-            Some(_) = handshakes.join_next(), if !handshakes.is_empty() => {}
-            _ = ready.closed() => return,
+#[cfg(test)]
+impl Tls {
+    /// Material of the given bytes (unchecked), for tests of what changed.
+    pub(crate) fn fake(ca: &str, cert: &str, key: &str, api: Option<(&str, &str)>) -> Tls {
+        let pem = |cert: &str, key: &str| Pem { cert: cert.into(), key: key.into() };
+        Tls {
+            ca: ca.into(),
+            member: pem(cert, key),
+            api_identity: api.map(|(c, k)| pem(c, k)),
+            peer_mtls: true,
+            api: true,
+            api_verify_client: false,
         }
-    }
-}
-
-impl Drop for TlsListener {
-    fn drop(&mut self) {
-        self.task.abort();
-    }
-}
-
-impl axum::serve::Listener for TlsListener {
-    type Io = tokio_rustls::server::TlsStream<tokio::net::TcpStream>;
-    type Addr = SocketAddr;
-
-    async fn accept(&mut self) -> (Self::Io, Self::Addr) {
-        match self.ready.recv().await {
-            Some(conn) => conn,
-            // The accept task ended (it only does when this listener goes): nothing comes.
-            None => std::future::pending().await,
-        }
-    }
-
-    fn local_addr(&self) -> std::io::Result<Self::Addr> {
-        Ok(self.local)
     }
 }
 
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn changed_files_compare_contents_and_name_the_keys() {
+        let running = Tls::fake("ca", "cert", "key", None);
+        assert!(changed_files(&running, &running.clone()).is_empty());
+        assert_eq!(changed_files(&running, &Tls::fake("ca", "cert2", "key2", None)), ["tls.cert_file", "tls.key_file"]);
+        assert_eq!(changed_files(&running, &Tls::fake("ca2", "cert", "key", None)), ["tls.ca_file"]);
+        // A separate API certificate added (the member's own files unchanged): only its keys.
+        let api = Tls::fake("ca", "cert", "key", Some(("api", "api-key")));
+        assert_eq!(changed_files(&running, &api), ["tls.api_cert_file", "tls.api_key_file"]);
+        assert_eq!(
+            changed_files(&api, &Tls::fake("ca", "cert", "key", Some(("api2", "api-key")))),
+            ["tls.api_cert_file"]
+        );
+    }
+
+    #[test]
+    fn a_key_open_to_group_or_others_is_refused() {
+        use std::os::unix::fs::PermissionsExt;
+        let dir = tempfile::tempdir().expect("tempdir");
+        let key = dir.path().join("key.pem");
+        std::fs::write(&key, "x").expect("write");
+        for (mode, ok) in [(0o600, true), (0o400, true), (0o640, false), (0o644, false), (0o604, false)] {
+            std::fs::set_permissions(&key, std::fs::Permissions::from_mode(mode)).expect("chmod");
+            let checked = check_key_mode("tls.key_file", &key);
+            assert_eq!(checked.is_ok(), ok, "mode {mode:o}: {checked:?}");
+            if let Err(e) = checked {
+                assert_eq!(e.key, "tls.key_file");
+                assert!(e.message.contains(&format!("{mode:04o}")), "{}", e.message);
+            }
+        }
+    }
 
     #[test]
     fn hosts_of_addresses() {

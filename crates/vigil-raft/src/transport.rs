@@ -31,10 +31,18 @@ const PEER_QUEUE: usize = 256;
 
 /// Lazily connected, cached tonic channels to peers by address, plain (`http`) or over TLS
 /// (`https`, see [`PeerClients::with_tls`]). Channels reconnect on their own after failures;
-/// clones share the cache. `client` must be called inside a tokio runtime.
+/// clones share the cache and the TLS configuration ([`PeerClients::set_tls`] changes both for
+/// every clone). `client` must be called inside a tokio runtime.
 #[derive(Clone, Default)]
 pub struct PeerClients {
-    channels: Arc<Mutex<HashMap<String, Channel>>>,
+    inner: Arc<Mutex<Inner>>,
+    /// Fixed at construction: plain text never turns into TLS or back.
+    tls: bool,
+}
+
+#[derive(Default)]
+struct Inner {
+    channels: HashMap<String, Channel>,
     tls: Option<ClientTlsConfig>,
 }
 
@@ -49,11 +57,30 @@ impl PeerClients {
     /// address (an IP address or a DNS name), unless `tls` sets one. The TLS handshake must end
     /// within the connect timeout.
     pub fn with_tls(tls: ClientTlsConfig) -> Self {
-        PeerClients { channels: Default::default(), tls: Some(tls.timeout(CONNECT_TIMEOUT)) }
+        let inner = Inner { channels: HashMap::new(), tls: Some(tls.timeout(CONNECT_TIMEOUT)) };
+        PeerClients { inner: Arc::new(Mutex::new(inner)), tls: true }
+    }
+
+    /// New TLS material (a renewed identity or CA) for every clone: cached channels are dropped,
+    /// so the next request dials again with it; requests in flight finish on their old channel.
+    /// Refused (false) on plain-text clients.
+    pub fn set_tls(&self, tls: ClientTlsConfig) -> bool {
+        if !self.tls {
+            return false;
+        }
+        let mut inner = self.lock();
+        inner.tls = Some(tls.timeout(CONNECT_TIMEOUT));
+        inner.channels.clear();
+        true
     }
 
     pub fn is_tls(&self) -> bool {
-        self.tls.is_some()
+        self.tls
+    }
+
+    /// A poisoned lock only means another thread panicked while inserting: the map is fine.
+    fn lock(&self) -> std::sync::MutexGuard<'_, Inner> {
+        self.inner.lock().unwrap_or_else(|poisoned| poisoned.into_inner())
     }
 
     /// The URL of the peer at `addr`: a bare `host:port` (how members are configured) gets the
@@ -71,13 +98,12 @@ impl PeerClients {
     /// Connect timeout 500 ms, request timeout 1 s. Fails only if `addr` is not a valid URI
     /// (or its scheme is not these clients').
     pub fn client(&self, addr: &str) -> anyhow::Result<PeerClient<Channel>> {
-        // A poisoned lock only means another thread panicked while inserting: the map is fine.
-        let mut channels = self.channels.lock().unwrap_or_else(|poisoned| poisoned.into_inner());
-        let channel = match channels.get(addr) {
+        let mut inner = self.lock();
+        let channel = match inner.channels.get(addr) {
             Some(ch) => ch.clone(),
             None => {
-                let ch = self.channel(addr, REQUEST_TIMEOUT)?;
-                channels.insert(addr.to_string(), ch.clone());
+                let ch = self.channel(addr, REQUEST_TIMEOUT, inner.tls.as_ref())?;
+                inner.channels.insert(addr.to_string(), ch.clone());
                 ch
             }
         };
@@ -87,16 +113,17 @@ impl PeerClients {
     /// A client on a channel of its own (not cached) whose requests may take up to `timeout`: for
     /// a forwarded operator's request that answers once a switchover is done.
     pub fn long_client(&self, addr: &str, timeout: Duration) -> anyhow::Result<PeerClient<Channel>> {
-        Ok(wrap(self.channel(addr, timeout)?))
+        let tls = self.lock().tls.clone();
+        Ok(wrap(self.channel(addr, timeout, tls.as_ref())?))
     }
 
-    fn channel(&self, addr: &str, timeout: Duration) -> anyhow::Result<Channel> {
+    fn channel(&self, addr: &str, timeout: Duration, tls: Option<&ClientTlsConfig>) -> anyhow::Result<Channel> {
         let mut endpoint = Endpoint::from_shared(self.url(addr)?)
             .with_context(|| format!("invalid peer address {addr:?}"))?
             .connect_timeout(CONNECT_TIMEOUT)
             .timeout(timeout)
             .tcp_nodelay(true);
-        if let Some(tls) = &self.tls {
+        if let Some(tls) = tls {
             endpoint = endpoint.tls_config(tls.clone()).with_context(|| format!("TLS for peer {addr:?}"))?;
         }
         Ok(endpoint.connect_lazy())
@@ -247,5 +274,18 @@ mod tests {
         let tls = PeerClients::with_tls(ClientTlsConfig::new());
         assert_eq!(tls.url("db1:7000").ok().as_deref(), Some("https://db1:7000"));
         assert!(tls.url("http://db1:7000").is_err(), "never plain text when TLS is on");
+    }
+
+    #[tokio::test]
+    async fn new_tls_material_drops_cached_channels_for_every_clone() {
+        let tls = PeerClients::with_tls(ClientTlsConfig::new());
+        let clone = tls.clone();
+        tls.client("127.0.0.1:7000").expect("a lazy channel");
+        clone.client("127.0.0.1:7001").expect("a lazy channel");
+        assert_eq!(tls.lock().channels.len(), 2, "clones share the cache");
+        assert!(clone.set_tls(ClientTlsConfig::new()));
+        assert!(tls.lock().channels.is_empty(), "the next request dials again");
+        assert!(!PeerClients::new().set_tls(ClientTlsConfig::new()), "plain text stays plain");
+        assert!(!PeerClients::new().is_tls() && tls.is_tls());
     }
 }
