@@ -191,7 +191,21 @@ pub async fn sigterm_primary() -> anyhow::Result<StopRun> {
     let last = v.state.history.iter().rev().find(|e| matches!(e.kind, EventKind::Failover | EventKind::Switchover));
     anyhow::ensure!(last.map(|e| e.kind) == Some(EventKind::Switchover), "a failover, not a switchover: {last:?}");
     anyhow::ensure!(t.postmaster_pid(&primary).is_none(), "the stopped member's PostgreSQL still runs");
+    let log = std::fs::read_to_string(t.spec().state_dir(&primary).join("pgvigil.log"))?;
+    check_order(&log, &["shutting down", "switchover: stopped", "switched over before stopping", " stopped member="])?;
     Ok(StopRun { gap: longest_gap(&acks, stopped), acked: acks.len(), missing: missing_on(&t, &new, &acks).await? })
+}
+
+/// Each of `steps` appears in `log`, in this order (the first line with each after the previous).
+pub fn check_order(log: &str, steps: &[&str]) -> anyhow::Result<()> {
+    let mut from = 0;
+    for step in steps {
+        let at = log[from..]
+            .find(step)
+            .ok_or_else(|| anyhow::anyhow!("{step:?} missing or out of order in:\n{}", &log[from..]))?;
+        from += at + step.len();
+    }
+    Ok(())
 }
 
 async fn wait_until(within: Duration, ready: impl Fn() -> bool) {
@@ -209,6 +223,8 @@ pub struct RestartRun {
     /// How long the member's PostgreSQL refused a query (`SELECT 1` every 20 ms) across the
     /// restart: its downtime.
     pub refused: Duration,
+    /// A standby: how long its WAL receiver was seen not streaming across the restart.
+    pub not_streaming: Duration,
     /// From the kill to the daemon reporting again.
     pub back_after: Duration,
 }
@@ -224,18 +240,22 @@ pub async fn restart_daemon(role: &str) -> anyhow::Result<RestartRun> {
     let killed = Instant::now();
     t.cluster.kill_daemon(&member);
     t.cluster.start(&member)?;
-    let mut refused = Duration::ZERO;
+    let (mut refused, mut not_streaming) = (Duration::ZERO, Duration::ZERO);
     let mut back_after = None;
+    // On a standby the probe also reads its WAL receiver's state.
+    let probe = if member == primary {
+        "SELECT 'streaming'"
+    } else {
+        "SELECT coalesce((SELECT status FROM pg_stat_wal_receiver), 'none')"
+    };
     // Probe PostgreSQL until the new daemon reports, and a second more.
     while back_after.is_none_or(|b: Duration| killed.elapsed() < b + Duration::from_secs(1)) {
         anyhow::ensure!(killed.elapsed() < Duration::from_secs(60), "the restarted daemon never reported");
         let tick = Instant::now();
-        let ok = matches!(
-            tokio::time::timeout(Duration::from_millis(500), client.simple_query("SELECT 1")).await,
-            Ok(Ok(_))
-        );
-        if !ok {
-            refused += tick.elapsed();
+        match tokio::time::timeout(Duration::from_millis(500), client.query_one(probe, &[])).await {
+            Ok(Ok(row)) if row.try_get::<_, String>(0).is_ok_and(|s| s == "streaming") => {}
+            Ok(Ok(_)) => not_streaming += tick.elapsed(),
+            _ => refused += tick.elapsed(),
         }
         // The new daemon's own health check answers once it has observed its server.
         if back_after.is_none() && t.get(&member, "/health").await.is_ok_and(|r| r.status == 200) {
@@ -249,6 +269,7 @@ pub async fn restart_daemon(role: &str) -> anyhow::Result<RestartRun> {
     Ok(RestartRun {
         same_postmaster: t.postmaster_pid(&member) == Some(pm),
         refused,
+        not_streaming,
         back_after: back_after.unwrap_or_default(),
     })
 }

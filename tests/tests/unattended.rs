@@ -14,6 +14,7 @@ async fn restarting_a_standby_daemon_leaves_postgres_running() -> anyhow::Result
     eprintln!("FIGURE standby daemon restart: {r:?}");
     assert!(r.same_postmaster, "the standby's PostgreSQL was restarted");
     assert_eq!(r.refused, Duration::ZERO, "the standby's PostgreSQL refused queries");
+    assert_eq!(r.not_streaming, Duration::ZERO, "the standby stopped streaming");
     Ok(())
 }
 
@@ -67,5 +68,27 @@ async fn stopping_the_primary_daemon_switches_over() -> anyhow::Result<()> {
     eprintln!("FIGURE SIGTERM on the primary: {r:?}");
     assert_eq!(r.missing, 0, "acknowledged writes lost: {r:?}");
     assert!(r.gap < Duration::from_millis(1500), "write gap {:?}", r.gap);
+    Ok(())
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn stopping_the_coordinator_hands_its_role_over_in_order() -> anyhow::Result<()> {
+    let (mut t, primary, _, _) = three_members().await?;
+    let coordinator = t.view().await?.coordinator;
+    assert_ne!(coordinator, primary, "the coordinator sits off the primary's host");
+    let stopped = Instant::now();
+    t.cluster.signal(&coordinator, nix::sys::signal::Signal::SIGTERM)?;
+    let deadline = Instant::now() + Duration::from_secs(30);
+    while t.cluster.is_running(&coordinator) {
+        anyhow::ensure!(Instant::now() < deadline, "the daemon did not exit");
+        tokio::time::sleep(Duration::from_millis(20)).await;
+    }
+    let exited = stopped.elapsed();
+    // Agent first (its PostgreSQL stops), then the Raft hand-off, then the servers.
+    let log = std::fs::read_to_string(t.spec().state_dir(&coordinator).join("pgvigil.log"))?;
+    unattended::check_order(&log, &["shutting down", "postmaster stopped", "handed the coordinator role over", " stopped member="])?;
+    let v = t.wait_for("another coordinator", Duration::from_secs(10), |v| v.coordinator != coordinator).await?;
+    eprintln!("FIGURE coordinator stop: exited after {exited:?}, coordinator now {}", v.coordinator);
+    assert_eq!(v.state.primary.as_deref(), Some(primary.as_str()), "no failover");
     Ok(())
 }
