@@ -61,3 +61,60 @@ fn environment_variables_override_the_file() {
     assert_eq!(code, Some(64), "{stderr}");
     assert!(stderr.contains("timing.lease_timeout"), "{stderr}");
 }
+
+fn check_config(text: &str) -> (Option<i32>, String, String) {
+    let dir = tempfile::tempdir().expect("tempdir");
+    let path = dir.path().join("pgvigil.toml");
+    std::fs::write(&path, text).expect("write config");
+    let out = Command::new(pgvigil_bin()).arg("check-config").arg(&path).output().expect("run pgvigil");
+    let text = |b: &[u8]| String::from_utf8_lossy(b).to_string();
+    (out.status.code(), text(&out.stdout), text(&out.stderr))
+}
+
+#[test]
+fn check_config_validates_a_file_without_starting_anything() {
+    let dir = tempfile::tempdir().expect("tempdir");
+    let spec = ClusterSpec::local(dir.path(), &pgvigil_bin(), 2, 0).expect("spec");
+    let good = spec.config_text(&spec.members[0]);
+    let (code, stdout, stderr) = check_config(&good);
+    assert_eq!(code, Some(0), "{stderr}");
+    assert!(stdout.starts_with("ok: ") && stdout.contains("member pg1"), "{stdout}");
+    assert!(!spec.state_dir("pg1").exists(), "check-config creates nothing");
+    let cases = [
+        ("a string for a boolean", good.replace("nofailover = false", "nofailover = \"yes\""), "tags.nofailover"),
+        (
+            "a string for a number",
+            good.replace("[tags]", "[tags]\npriority = \"2\"").replace("priority = 0\n", ""),
+            "tags.priority",
+        ),
+        ("a level that logs nothing", good.replace("level = \"info\"", "level = \"verbose!!\""), "log.level"),
+        (
+            "a relative state_dir",
+            good.replace(
+                &format!("state_dir = {:?}", spec.state_dir("pg1").display().to_string()),
+                "state_dir = \"pg1\"",
+            ),
+            "state_dir",
+        ),
+        (
+            "no PostgreSQL in bin_dir",
+            good.replace("/usr/lib/postgresql/15/bin", "/nonexistent/bin"),
+            "postgres.bin_dir",
+        ),
+        (
+            "a timing the user set",
+            good.replace("[timing]\n", "[timing]\nelection_ticks = 0\n"),
+            "timing.election_ticks",
+        ),
+    ];
+    for (what, text, key) in cases {
+        let (code, _, stderr) = check_config(&text);
+        assert_eq!(code, Some(64), "{what}: {stderr}");
+        assert!(stderr.contains(key), "{what}: stderr should name {key}: {stderr}");
+        assert_eq!(stderr.lines().count(), 1, "{what}: one line: {stderr}");
+    }
+    // `run` refuses the same file the same way, before starting anything.
+    let (code, stderr) = run_with(&good.replace("level = \"info\"", "level = \"verbose!!\""));
+    assert_eq!(code, Some(64), "{stderr}");
+    assert!(stderr.contains("log.level"), "{stderr}");
+}

@@ -247,6 +247,7 @@ async fn cli_verbs_over_http() -> anyhow::Result<()> {
     // A wrong token: refused with the server's reason, exit code 1.
     let out = t.cli(&["pause", "--endpoint", &api, "--token", "wrong", "--force"], "").await?;
     assert_eq!(out.status.code(), Some(1));
+    assert!(err(&out).contains("warning: --token"), "a token in argv is warned about: {}", err(&out));
     assert!(err(&out).contains("401") && err(&out).contains("wrong token"), "{}", err(&out));
     // "y" pauses; --force does not ask; the table says so.
     let out = t.cli(&["pause", "--endpoint", &api, "--token", &token, "--reason", "maintenance"], "y\n").await?;

@@ -103,9 +103,13 @@ async fn cli_switchover_failover_failback_reinit() -> anyhow::Result<()> {
     let token = t.token();
     let text = |o: &std::process::Output| String::from_utf8_lossy(&o.stdout).to_string();
     let err = |o: &std::process::Output| String::from_utf8_lossy(&o.stderr).to_string();
+    // The token from a file, never in the command line.
+    let token_dir = tempfile::tempdir()?;
+    let token_file = token_dir.path().join("token").display().to_string();
+    std::fs::write(&token_file, format!("{token}\n"))?;
     let with = |verb: &[&str]| {
         let mut v: Vec<String> = verb.iter().map(|s| s.to_string()).collect();
-        v.extend(["--endpoint".into(), api.clone(), "--token".into(), token.clone()]);
+        v.extend(["--endpoint".into(), api.clone(), "--token-file".into(), token_file.clone()]);
         v
     };
     let run = |args: Vec<String>, stdin: &'static str| {

@@ -86,7 +86,10 @@ async fn stopping_the_coordinator_hands_its_role_over_in_order() -> anyhow::Resu
     let exited = stopped.elapsed();
     // Agent first (its PostgreSQL stops), then the Raft hand-off, then the servers.
     let log = std::fs::read_to_string(t.spec().state_dir(&coordinator).join("pgvigil.log"))?;
-    unattended::check_order(&log, &["shutting down", "postmaster stopped", "handed the coordinator role over", " stopped member="])?;
+    unattended::check_order(
+        &log,
+        &["shutting down", "postmaster stopped", "handed the coordinator role over", " stopped member="],
+    )?;
     let v = t.wait_for("another coordinator", Duration::from_secs(10), |v| v.coordinator != coordinator).await?;
     eprintln!("FIGURE coordinator stop: exited after {exited:?}, coordinator now {}", v.coordinator);
     assert_eq!(v.state.primary.as_deref(), Some(primary.as_str()), "no failover");

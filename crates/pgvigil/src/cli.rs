@@ -1,7 +1,8 @@
 //! The command line's verbs that talk to the HTTP API of any member: `list`, `pause`, `resume`,
 //! `history`, `switchover`, `failover`, `failback`, `reinit`. The endpoint comes from `--endpoint`
 //! / `PGVIGIL_ENDPOINT`, else from a member's config file (`--config`, its `api.listen`), else
-//! `127.0.0.1:8008`; the token from `--token` / `PGVIGIL_TOKEN`, else from that config file. For
+//! `127.0.0.1:8008`; the token from `--token-file`, else `PGVIGIL_TOKEN`, else that config file
+//! (`--token VALUE` still works but warns: every user sees it in `ps`). For
 //! https the CA comes from `--cacert` (with `--cert`/`--key` to present a client certificate),
 //! else from that config file's `[tls]`. Verbs that change the cluster ask for confirmation
 //! unless `--force`.
@@ -25,8 +26,13 @@ pub struct ApiArgs {
     /// HTTP API of any member: host:port, http://host:port or https://host:port.
     #[arg(long, short = 'e', env = "PGVIGIL_ENDPOINT")]
     pub endpoint: Option<String>,
-    /// Bearer token for requests that change the cluster.
-    #[arg(long, env = "PGVIGIL_TOKEN", hide_env_values = true)]
+    /// A file holding the bearer token for requests that change the cluster (or set
+    /// PGVIGIL_TOKEN, or use --config).
+    #[arg(long, value_name = "FILE")]
+    pub token_file: Option<PathBuf>,
+    /// The token itself: avoid, every user of the machine sees it in `ps` (use --token-file or
+    /// PGVIGIL_TOKEN).
+    #[arg(long, value_name = "VALUE", conflicts_with = "token_file")]
     pub token: Option<String>,
     /// A member's config file: endpoint (`api.listen`), token and TLS (`[tls]`) from it.
     #[arg(long, short = 'c')]
@@ -142,7 +148,7 @@ fn read_flag(flag: &str, path: &Path) -> Result<Vec<u8>, config::ConfigError> {
 
 fn target(a: &ApiArgs) -> anyhow::Result<Target> {
     let from_file = match &a.config {
-        Some(path) => Some(config::load(path)?),
+        Some(path) => Some(config::load_file(path)?),
         None => None,
     };
     let file_tls = from_file.as_ref().and_then(|s| s.tls.as_ref()).filter(|t| t.api);
@@ -170,8 +176,38 @@ fn target(a: &ApiArgs) -> anyhow::Result<Target> {
         }
         (None, None) => None,
     };
-    let token = a.token.clone().or_else(|| from_file.and_then(|s| s.api_token).map(|t| t.0));
+    let token = match (&a.token, &a.token_file) {
+        (Some(t), _) => {
+            eprintln!(
+                "pgvigil: warning: --token puts the token in the command line, where every user sees it (ps); \
+                 use --token-file or PGVIGIL_TOKEN"
+            );
+            Some(t.clone())
+        }
+        (None, Some(path)) => Some(read_token_file(path)?),
+        (None, None) => std::env::var("PGVIGIL_TOKEN")
+            .ok()
+            .filter(|t| !t.is_empty())
+            .or_else(|| from_file.and_then(|s| s.api_token).map(|t| t.0)),
+    };
     Ok(Target { api: Api::new(&endpoint, tls)?, token, output: a.output })
+}
+
+/// The token in `--token-file`, without its trailing newline; missing, unreadable or empty: a usage
+/// error (exit 64).
+fn read_token_file(path: &Path) -> Result<String, config::ConfigError> {
+    let text = String::from_utf8(read_flag("--token-file", path)?).map_err(|_| config::ConfigError {
+        key: "--token-file".into(),
+        message: format!("{} is not text", path.display()),
+    })?;
+    let token = text.trim_end_matches(['\n', '\r']).to_string();
+    if token.trim().is_empty() {
+        return Err(config::ConfigError {
+            key: "--token-file".into(),
+            message: format!("{} is empty", path.display()),
+        });
+    }
+    Ok(token)
 }
 
 /// A listen address one can connect to: an unspecified IP becomes loopback.

@@ -437,26 +437,107 @@ impl Settings {
 }
 
 /// Load `path`, apply `PGVIGIL_*` overrides (nested keys with `__`, e.g. `PGVIGIL_POSTGRES__PORT`),
-/// and check everything.
+/// check everything, and check PostgreSQL's programs in `postgres.bin_dir` ([`check_install`]).
 pub fn load(path: &Path) -> Result<Settings, ConfigError> {
-    if !path.exists() {
-        return Err(bad("--config", format!("file {} does not exist", path.display())));
-    }
-    let built = config::Config::builder()
-        .add_source(config::File::from(path).format(config::FileFormat::Toml))
-        .add_source(
-            config::Environment::with_prefix("PGVIGIL")
-                .prefix_separator("_")
-                .separator("__")
-                .try_parsing(true)
-                .source(Some(env_overrides())),
-        )
-        .build()
-        .map_err(from_config_error)?;
-    let raw: Config = built.try_deserialize().map_err(from_config_error)?;
+    let settings = load_file(path)?;
+    check_install(&settings)?;
+    Ok(settings)
+}
+
+/// Check the PostgreSQL installation of a loaded config (`postgres.bin_dir`): see [`crate::install`].
+pub fn check_install(settings: &Settings) -> Result<(), ConfigError> {
+    crate::install::check(settings)
+}
+
+/// [`load`] without looking at the PostgreSQL installation: for the command line's verbs, which
+/// only read a member's endpoint, token and TLS from its file (possibly on another machine).
+pub fn load_file(path: &Path) -> Result<Settings, ConfigError> {
+    let text =
+        std::fs::read_to_string(path).map_err(|e| bad("--config", format!("cannot read {}: {e}", path.display())))?;
+    let raw = parse(&text, env_overrides())?;
     let mut settings = check(raw)?;
     settings.path = Some(path.to_path_buf());
     Ok(settings)
+}
+
+/// Parse a TOML text strictly (a string is never taken for a boolean or a number), then apply
+/// environment overrides (`PGVIGIL_A__B=value`), which are strings by nature and are parsed as the
+/// type of their key ([`ENV_BOOL_KEYS`], [`ENV_INTEGER_KEYS`], everything else a string).
+pub fn parse(text: &str, env: Vec<(String, String)>) -> Result<Config, ConfigError> {
+    let mut table: toml::Table = toml::from_str(text).map_err(|e| {
+        let line = e.span().map(|s| text[..s.start.min(text.len())].lines().count().max(1));
+        let at = line.map(|l| format!(" (line {l})")).unwrap_or_default();
+        bad("(file)", format!("not valid TOML{at}: {}", e.message().split_whitespace().collect::<Vec<_>>().join(" ")))
+    })?;
+    for (var, value) in env {
+        apply_env(&mut table, &var, &value)?;
+    }
+    serde_path_to_error::deserialize(toml::Value::Table(table)).map_err(|e| {
+        let path = e.path().to_string();
+        // One line: toml's own text adds the key's location on lines of their own.
+        let message = e.inner().message().split_whitespace().collect::<Vec<_>>().join(" ");
+        // A missing or unknown field is reported at its table: name the field itself.
+        let field = ["missing field `", "unknown field `"]
+            .iter()
+            .find_map(|p| message.strip_prefix(p))
+            .and_then(|r| r.split('`').next())
+            .filter(|f| !path.ends_with(*f));
+        let key = match (field, path.as_str()) {
+            (Some(f), "" | ".") => f.to_string(),
+            (Some(f), p) => format!("{p}.{f}"),
+            (None, "" | ".") => "(file)".to_string(),
+            (None, p) => p.to_string(),
+        };
+        bad(key, message)
+    })
+}
+
+/// Keys whose environment override is a boolean (`true`/`false`, also `yes`/`no`, `on`/`off`, `1`/`0`).
+pub const ENV_BOOL_KEYS: &[&str] = &["tags.nofailover", "tls.peer_mtls", "tls.api", "tls.api_verify_client"];
+/// Keys whose environment override is an integer.
+pub const ENV_INTEGER_KEYS: &[&str] = &[
+    "tags.priority",
+    "postgres.port",
+    "postgres.keep_moved_data_dirs",
+    "timing.election_ticks",
+    "timing.heartbeat_ticks",
+    "timing.maximum_lag_on_failover",
+    "replication.synchronous_node_count",
+];
+
+/// Set the key of `PGVIGIL_A__B` (`a.b`) in `table` to `value`, parsed as that key's type.
+fn apply_env(table: &mut toml::Table, var: &str, value: &str) -> Result<(), ConfigError> {
+    let name = var.strip_prefix("PGVIGIL_").unwrap_or(var).to_lowercase();
+    let parts: Vec<&str> = name.split("__").collect();
+    let key = parts.join(".");
+    if parts.iter().any(|p| p.is_empty()) {
+        return Err(bad(key, format!("{var} does not name a key (nested keys are joined by __)")));
+    }
+    let typed = if ENV_BOOL_KEYS.contains(&key.as_str()) {
+        match value.trim().to_ascii_lowercase().as_str() {
+            "true" | "yes" | "on" | "1" => toml::Value::Boolean(true),
+            "false" | "no" | "off" | "0" => toml::Value::Boolean(false),
+            _ => return Err(bad(key, format!("{var}={value:?} is not a boolean (true or false)"))),
+        }
+    } else if ENV_INTEGER_KEYS.contains(&key.as_str()) {
+        match value.trim().parse::<i64>() {
+            Ok(n) => toml::Value::Integer(n),
+            Err(_) => return Err(bad(key, format!("{var}={value:?} is not an integer"))),
+        }
+    } else {
+        toml::Value::String(value.to_string())
+    };
+    let (last, parents) = parts.split_last().ok_or_else(|| bad(key.clone(), "empty key"))?;
+    let mut here = table;
+    for (i, p) in parents.iter().enumerate() {
+        let entry = here.entry(p.to_string()).or_insert_with(|| toml::Value::Table(toml::Table::new()));
+        here = match entry {
+            toml::Value::Table(t) => t,
+            _ => return Err(bad(parts[..=i].join("."), format!("{var} sets a key inside it, but it is not a table"))),
+        };
+    }
+    here.insert(last.to_string(), typed);
+    Ok(())
 }
 
 /// Environment variables the command line reads for itself; they are not config keys.
@@ -470,24 +551,13 @@ pub const CLI_VARIABLES: &[&str] = &[
     "PGVIGIL_KEY",
 ];
 
-fn env_overrides() -> std::collections::HashMap<String, String> {
-    std::env::vars().filter(|(k, _)| k.starts_with("PGVIGIL_") && !CLI_VARIABLES.contains(&k.as_str())).collect()
-}
-
-/// Turn the `config` crate's message into key + message: it says "... for key `x.y`" where it knows.
-fn from_config_error(e: config::ConfigError) -> ConfigError {
-    let text = e.to_string();
-    if let Some((msg, rest)) = text.split_once(" for key `") {
-        let key = rest.split('`').next().unwrap_or_default();
-        // An unknown key inside a table is reported "for key `table`": name the key itself.
-        if let Some(field) = msg.strip_prefix("unknown field `").and_then(|r| r.split('`').next()) {
-            return bad(format!("{key}.{field}"), msg);
-        }
-        return bad(key, msg);
-    }
-    // "missing field `x`", "unknown field `x`, expected ...", "missing configuration field \"x\"".
-    let key = text.split('`').nth(1).or_else(|| text.split('"').nth(1)).unwrap_or("(file)").to_string();
-    bad(key, text)
+/// The `PGVIGIL_*` variables that override config keys, sorted (the result does not depend on the
+/// order of the environment).
+fn env_overrides() -> Vec<(String, String)> {
+    let mut vars: Vec<(String, String)> =
+        std::env::vars().filter(|(k, _)| k.starts_with("PGVIGIL_") && !CLI_VARIABLES.contains(&k.as_str())).collect();
+    vars.sort();
+    vars
 }
 
 fn read_secret(key: &str, inline: &Option<String>, file: &Option<PathBuf>) -> Result<Option<String>, ConfigError> {
@@ -501,15 +571,113 @@ fn read_secret(key: &str, inline: &Option<String>, file: &Option<PathBuf>) -> Re
     }
 }
 
+/// A path must be absolute: the daemon runs from `/` under systemd, PostgreSQL's programs from
+/// `/` too, so a relative path would depend on where the daemon happened to be started.
+fn absolute(key: &str, path: &Path) -> Result<(), ConfigError> {
+    if path.is_absolute() {
+        Ok(())
+    } else {
+        Err(bad(key, format!("{:?} must be an absolute path", path.display().to_string())))
+    }
+}
+
+/// A hook's program, if it is a path (has a `/`), must be absolute; a bare name is looked up in
+/// `PATH`. For a command line, its first word is the program.
+fn hook_program(key: &str, hook: &HookCommand) -> Result<(), ConfigError> {
+    let program = match hook {
+        HookCommand::Shell(s) => s.split_whitespace().next().unwrap_or_default(),
+        HookCommand::Argv(a) => a.first().map(String::as_str).unwrap_or_default(),
+    };
+    if program.contains('/') {
+        absolute(key, Path::new(program))?;
+    }
+    Ok(())
+}
+
+/// `log.level` must be a filter that logs something: comma-separated directives, each a level
+/// (`info`) or `target=level` (`pgvigil=debug`), targets made of letters, digits, `_`, `-` and
+/// `::`. tracing itself takes any word for a target (`verbose!!` would enable only that target,
+/// so nothing would be logged); a span filter (`[...]`) is left to tracing.
+fn check_log_level(level: &str) -> Result<(), ConfigError> {
+    const LEVELS: &[&str] = &["trace", "debug", "info", "warn", "error", "off"];
+    let is_level = |s: &str| LEVELS.contains(&s.trim().to_ascii_lowercase().as_str());
+    let is_target =
+        |s: &str| !s.is_empty() && s.chars().all(|c| c.is_ascii_alphanumeric() || matches!(c, '_' | '-' | ':' | '.'));
+    if level.trim().is_empty() {
+        return Err(bad("log.level", "is empty; write e.g. \"info\" or \"pgvigil=debug,info\""));
+    }
+    for directive in level.split(',').map(str::trim).filter(|d| !d.is_empty()) {
+        let ok = match directive.rsplit_once('=') {
+            _ if directive.contains('[') => true,
+            Some((target, lvl)) => is_target(target.trim()) && is_level(lvl),
+            None => is_level(directive),
+        };
+        if !ok {
+            return Err(bad(
+                "log.level",
+                format!(
+                    "{directive:?} is not a level (trace, debug, info, warn, error, off) nor target=level; \
+                     write e.g. \"info\" or \"pgvigil=debug,info\""
+                ),
+            ));
+        }
+    }
+    tracing_subscriber::EnvFilter::try_new(level).map(|_| ()).map_err(|e| bad("log.level", e.to_string()))
+}
+
+/// The config key of a broken timing rule: the keys of the rule the user set (in the file or the
+/// environment), the first named and the others after "with"; if none of them was set, the rule's
+/// own key.
+fn timing_key(t: &TimingConfig, e: &vigil_core::TimingError) -> String {
+    let set: Vec<&str> = std::iter::once(e.key).chain(e.with.iter().copied()).filter(|k| t.is_set(k)).collect();
+    match set.split_first() {
+        None => format!("timing.{}", e.key),
+        Some((first, [])) => format!("timing.{first}"),
+        Some((first, rest)) => {
+            let others: Vec<String> = rest.iter().map(|k| format!("timing.{k}")).collect();
+            format!("timing.{first} (with {})", others.join(", "))
+        }
+    }
+}
+
+impl TimingConfig {
+    /// Whether the key (e.g. `lease_timeout`) was given, in the file or the environment.
+    fn is_set(&self, key: &str) -> bool {
+        match key {
+            "loop_interval" => self.loop_interval.is_some(),
+            "lease_timeout" => self.lease_timeout.is_some(),
+            "lease_margin" => self.lease_margin.is_some(),
+            "pg_restart_timeout" => self.pg_restart_timeout.is_some(),
+            "pg_unresponsive_timeout" => self.pg_unresponsive_timeout.is_some(),
+            "report_timeout" => self.report_timeout.is_some(),
+            "bootstrap_wait" => self.bootstrap_wait.is_some(),
+            "raft_tick" => self.raft_tick.is_some(),
+            "election_ticks" => self.election_ticks.is_some(),
+            "heartbeat_ticks" => self.heartbeat_ticks.is_some(),
+            "maximum_lag_on_failover" => self.maximum_lag_on_failover.is_some(),
+            "switchover_timeout" => self.switchover_timeout.is_some(),
+            _ => false,
+        }
+    }
+}
+
 pub fn check(raw: Config) -> Result<Settings, ConfigError> {
     if raw.name.is_empty() {
         return Err(bad("name", "must not be empty"));
     }
+    absolute("state_dir", &raw.state_dir)?;
     let mut seen = BTreeSet::new();
     let mut ids = BTreeMap::new();
+    let mut addresses: BTreeMap<String, &str> = BTreeMap::new();
     for (i, m) in raw.members.iter().enumerate() {
         if !seen.insert(m.name.as_str()) {
             return Err(bad(format!("members[{i}].name"), format!("member {:?} is listed twice", m.name)));
+        }
+        if let Some(other) = addresses.insert(m.address.trim().to_ascii_lowercase(), m.name.as_str()) {
+            return Err(bad(
+                format!("members[{i}].address"),
+                format!("{:?} is also the address of member {other:?}", m.address),
+            ));
         }
         if let Some(other) = ids.insert(vigil_core::node_id(&m.name), m.name.as_str()) {
             return Err(bad(format!("members[{i}].name"), format!("{:?} hashes to the same id as {other:?}", m.name)));
@@ -541,7 +709,7 @@ pub fn check(raw: Config) -> Result<Settings, ConfigError> {
         maximum_lag_on_failover: t.maximum_lag_on_failover.unwrap_or(d.maximum_lag_on_failover),
         switchover_timeout: t.switchover_timeout.unwrap_or(d.switchover_timeout),
     };
-    timings.validate().map_err(|e| bad(format!("timing.{}", e.key), e.message))?;
+    timings.validate().map_err(|e| bad(timing_key(t, &e), e.message))?;
     if raw.replication.synchronous_node_count == 0 {
         return Err(bad("replication.synchronous_node_count", "must be at least 1"));
     }
@@ -563,18 +731,22 @@ pub fn check(raw: Config) -> Result<Settings, ConfigError> {
         if empty {
             return Err(bad(key, "the command is empty"));
         }
+        if let Some(hook) = hook {
+            hook_program(key, hook)?;
+        }
     }
     if h.timeout.is_some_and(|t| t.is_zero()) {
         return Err(bad("hooks.timeout", "must be more than 0"));
     }
-    if let Err(e) = tracing_subscriber::EnvFilter::try_new(&raw.log.level) {
-        return Err(bad("log.level", e.to_string()));
-    }
+    check_log_level(&raw.log.level)?;
     let api_token = match &raw.api {
         None => None,
         Some(api) => {
             if api.listen.parse::<std::net::SocketAddr>().is_err() {
                 return Err(bad("api.listen", format!("{:?} is not an ip:port address", api.listen)));
+            }
+            if let Some(f) = &api.token_file {
+                absolute("api.token_file", f)?;
             }
             let token = read_secret("api.token", &api.token, &api.token_file)?;
             if token.as_deref().is_some_and(|t| t.trim().is_empty()) {
@@ -585,7 +757,18 @@ pub fn check(raw: Config) -> Result<Settings, ConfigError> {
         }
     };
     let tls = match &raw.tls {
-        Some(cfg) => Some(crate::tls::Tls::load(cfg, &advertise)?),
+        Some(cfg) => {
+            absolute("tls.ca_file", &cfg.ca_file)?;
+            absolute("tls.cert_file", &cfg.cert_file)?;
+            absolute("tls.key_file", &cfg.key_file)?;
+            if let Some(f) = &cfg.api_cert_file {
+                absolute("tls.api_cert_file", f)?;
+            }
+            if let Some(f) = &cfg.api_key_file {
+                absolute("tls.api_key_file", f)?;
+            }
+            Some(crate::tls::Tls::load(cfg, &advertise)?)
+        }
         None => None,
     };
     let (replication_password, superuser_password) = match (&raw.kind, &raw.postgres) {
@@ -597,8 +780,17 @@ pub fn check(raw: Config) -> Result<Settings, ConfigError> {
             if pg.keep_moved_data_dirs == 0 {
                 return Err(bad("postgres.keep_moved_data_dirs", "must be at least 1: a re-clone keeps the old data"));
             }
-            if !pg.data_dir.is_absolute() {
-                return Err(bad("postgres.data_dir", "must be an absolute path"));
+            absolute("postgres.data_dir", &pg.data_dir)?;
+            absolute("postgres.bin_dir", &pg.bin_dir)?;
+            for (key, path) in [
+                ("postgres.socket_dir", &pg.socket_dir),
+                ("postgres.log_file", &pg.log_file),
+                ("postgres.superuser_password_file", &pg.superuser_password_file),
+                ("postgres.replication_password_file", &pg.replication_password_file),
+            ] {
+                if let Some(p) = path {
+                    absolute(key, p)?;
+                }
             }
             let repl =
                 read_secret("postgres.replication_password", &pg.replication_password, &pg.replication_password_file)?
@@ -608,7 +800,13 @@ pub fn check(raw: Config) -> Result<Settings, ConfigError> {
             let su = read_secret("postgres.superuser_password", &pg.superuser_password, &pg.superuser_password_file)?;
             (repl, su)
         }
-        (MemberKind::Witness, _) => (String::new(), None),
+        (MemberKind::Witness, Some(_)) => {
+            return Err(bad(
+                "postgres",
+                "a witness runs no PostgreSQL: remove the [postgres] table (or set kind = \"postgres\")",
+            ))
+        }
+        (MemberKind::Witness, None) => (String::new(), None),
     };
     Ok(Settings { raw, timings, advertise, replication_password, superuser_password, api_token, tls, path: None })
 }

@@ -60,7 +60,7 @@ fn bad_files_name_the_key() {
         (
             "inconsistent timings",
             GOOD.replace("lease_timeout = \"2s\"", "lease_timeout = \"300ms\""),
-            "timing.lease_timeout",
+            "timing.lease_timeout (with timing.loop_interval)",
         ),
         ("no password", GOOD.replace("replication_password = \"secret\"", ""), "postgres.replication_password"),
         ("relative data dir", GOOD.replace("\"/tmp/pgvigil-a/data\"", "\"data\""), "postgres.data_dir"),
@@ -157,4 +157,210 @@ fn the_api_token_comes_from_the_file_and_never_shows() {
     assert!(debug.contains("6001"), "{debug}");
     // No [api]: no HTTP API, no token.
     assert!(load_str(GOOD).expect("loads").api_token.is_none());
+}
+
+fn pg_table(extra: &str) -> String {
+    GOOD.replace("port = 6001", &format!("port = 6001\n{extra}"))
+}
+
+#[test]
+fn strings_are_not_taken_for_booleans_or_numbers() {
+    let cases = [
+        ("nofailover yes", format!("{GOOD}[tags]\nnofailover = \"yes\"\n"), "tags.nofailover"),
+        ("nofailover 1", format!("{GOOD}[tags]\nnofailover = 1\n"), "tags.nofailover"),
+        ("priority as a string", format!("{GOOD}[tags]\npriority = \"3\"\n"), "tags.priority"),
+        ("port as a string", GOOD.replace("port = 6001", "port = \"55501\""), "postgres.port"),
+        ("port out of range", GOOD.replace("port = 6001", "port = 70000"), "postgres.port"),
+        (
+            "ticks as a string",
+            GOOD.replace("lease_timeout = \"2s\"", "election_ticks = \"10\""),
+            "timing.election_ticks",
+        ),
+        (
+            "peer_mtls as a string",
+            GOOD.replace(
+                "[timing]",
+                "[tls]\nca_file = \"/x\"\ncert_file = \"/y\"\nkey_file = \"/z\"\npeer_mtls = \"no\"\n[timing]",
+            ),
+            "tls.peer_mtls",
+        ),
+        ("missing nested key", GOOD.replace("listen_address = \"127.0.0.1\"\n", ""), "postgres.listen_address"),
+    ];
+    for (what, text, key) in cases {
+        assert_eq!(key_of(&text), key, "case: {what}");
+    }
+}
+
+fn env(pairs: &[(&str, &str)]) -> Vec<(String, String)> {
+    pairs.iter().map(|(k, v)| (k.to_string(), v.to_string())).collect()
+}
+
+fn parse_env(pairs: &[(&str, &str)]) -> Result<Settings, ConfigError> {
+    check(parse(GOOD, env(pairs))?)
+}
+
+#[test]
+fn environment_overrides_are_parsed_as_their_key_type() {
+    let s = parse_env(&[("PGVIGIL_TAGS__NOFAILOVER", "yes"), ("PGVIGIL_POSTGRES__PORT", "5433")]).expect("loads");
+    assert!(s.raw.tags.nofailover);
+    assert_eq!(s.raw.postgres.as_ref().map(|p| p.port), Some(5433));
+    let s = parse_env(&[("PGVIGIL_TAGS__NOFAILOVER", "0"), ("PGVIGIL_TIMING__LEASE_TIMEOUT", "3s")]).expect("loads");
+    assert!(!s.raw.tags.nofailover);
+    assert_eq!(s.timings.lease_timeout, Duration::from_secs(3));
+    // A string key stays a string, even when it looks like a number.
+    let s = parse_env(&[("PGVIGIL_POSTGRES__REPLICATION_PASSWORD", "12345")]).expect("loads");
+    assert_eq!(s.replication_password, "12345");
+    let key = |pairs: &[(&str, &str)]| parse_env(pairs).err().map(|e| e.key).unwrap_or_else(|| "(accepted)".into());
+    assert_eq!(key(&[("PGVIGIL_POSTGRES__PORT", "many")]), "postgres.port");
+    assert_eq!(key(&[("PGVIGIL_TAGS__NOFAILOVER", "perhaps")]), "tags.nofailover");
+    assert_eq!(key(&[("PGVIGIL_NAME", "zz")]), "name");
+    assert_eq!(key(&[("PGVIGIL_TIMING__LEASE_TIMOUT", "2s")]), "timing.lease_timout");
+    assert_eq!(key(&[("PGVIGIL_NAME__X", "1")]), "name");
+}
+
+#[test]
+fn every_boolean_and_integer_key_has_a_type_for_the_environment() {
+    let text = format!(
+        "{}\n[tags]\nnofailover = true\npriority = 1\n[replication]\nsynchronous_node_count = 1\n",
+        GOOD.replace(
+            "lease_timeout = \"2s\"",
+            "lease_timeout = \"2s\"\nelection_ticks = 10\nheartbeat_ticks = 2\nmaximum_lag_on_failover = 1"
+        )
+        .replace("port = 6001", "port = 6001\nkeep_moved_data_dirs = 2")
+    );
+    let raw = parse(&text, Vec::new()).expect("parses");
+    let mut v = serde_json::to_value(&raw).expect("json");
+    v["tls"] = serde_json::json!({ "peer_mtls": true, "api": true, "api_verify_client": false });
+    let mut typed = Vec::new();
+    for (table, t) in v.as_object().into_iter().flatten() {
+        for (key, leaf) in t.as_object().into_iter().flatten() {
+            let key = format!("{table}.{key}");
+            if leaf.is_boolean() {
+                typed.push((key.clone(), ENV_BOOL_KEYS.contains(&key.as_str())));
+            }
+            if leaf.is_number() {
+                typed.push((key.clone(), ENV_INTEGER_KEYS.contains(&key.as_str())));
+            }
+        }
+    }
+    assert_eq!(typed.len(), ENV_BOOL_KEYS.len() + ENV_INTEGER_KEYS.len(), "{typed:?}");
+    assert!(typed.iter().all(|(_, listed)| *listed), "{typed:?}");
+}
+
+#[test]
+fn a_log_level_must_log_something() {
+    let with = |level: &str| key_of(&format!("{GOOD}[log]\nlevel = {level:?}\n"));
+    for bad in ["verbose!!", "", "pgvigil=loud", "debug,verbose", "x y=info"] {
+        assert_eq!(with(bad), "log.level", "{bad:?}");
+    }
+    for good in ["info", "WARN", "pgvigil=debug,info", "vigil_pg::keeper=trace,warn", "off"] {
+        assert_eq!(with(good), "(accepted)", "{good:?}");
+    }
+}
+
+#[test]
+fn paths_must_be_absolute() {
+    let api = "[api]\nlisten = \"127.0.0.1:8008\"\n";
+    let cases = [
+        ("state_dir", GOOD.replace("state_dir = \"/tmp/pgvigil-a\"", "state_dir = \"state\""), "state_dir"),
+        ("data_dir", GOOD.replace("\"/tmp/pgvigil-a/data\"", "\"./data\""), "postgres.data_dir"),
+        ("bin_dir", pg_table("bin_dir = \"bin\""), "postgres.bin_dir"),
+        ("socket_dir", pg_table("socket_dir = \"run\""), "postgres.socket_dir"),
+        ("log_file", pg_table("log_file = \"pg.log\""), "postgres.log_file"),
+        (
+            "password file",
+            GOOD.replace("replication_password = \"secret\"", "replication_password_file = \"pw\""),
+            "postgres.replication_password_file",
+        ),
+        ("superuser password file", pg_table("superuser_password_file = \"su\""), "postgres.superuser_password_file"),
+        ("token file", format!("{GOOD}{api}token_file = \"token\"\n"), "api.token_file"),
+        (
+            "tls file",
+            format!("{GOOD}[tls]\nca_file = \"ca.pem\"\ncert_file = \"/c.pem\"\nkey_file = \"/k.pem\"\n"),
+            "tls.ca_file",
+        ),
+        ("hook argv", format!("{GOOD}[hooks]\non_fence = [\"./page\", \"x\"]\n"), "hooks.on_fence"),
+        ("hook command line", format!("{GOOD}[hooks]\non_failover = \"bin/vip up\"\n"), "hooks.on_failover"),
+    ];
+    for (what, text, key) in cases {
+        assert_eq!(key_of(&text), key, "case: {what}");
+    }
+    // A bare program name is looked up in PATH.
+    assert_eq!(key_of(&format!("{GOOD}[hooks]\non_fence = \"logger fenced\"\n")), "(accepted)");
+}
+
+#[test]
+fn members_are_distinct_by_name_and_address() {
+    assert_eq!(key_of(&GOOD.replace("\"127.0.0.1:7002\"", "\"127.0.0.1:7001\"")), "members[1].address");
+    assert_eq!(key_of(&GOOD.replace("name = \"w\"", "name = \"b\"")), "members[2].name");
+}
+
+#[test]
+fn a_witness_with_a_postgres_table_is_refused() {
+    let text = GOOD.replace("name = \"a\"\n", "name = \"w\"\nkind = \"witness\"\n");
+    assert_eq!(key_of(&text), "postgres");
+}
+
+#[test]
+fn timing_errors_name_the_keys_the_user_set() {
+    let timing =
+        |lines: &str| {
+            key_of(&GOOD.replace(
+                "[timing]\nloop_interval = \"200ms\"\nlease_timeout = \"2s\"\n",
+                &format!("[timing]\n{lines}\n"),
+            ))
+        };
+    assert_eq!(timing("election_ticks = 0"), "timing.election_ticks");
+    assert_eq!(timing("heartbeat_ticks = 10"), "timing.heartbeat_ticks");
+    assert_eq!(
+        timing("heartbeat_ticks = 5\nelection_ticks = 5"),
+        "timing.heartbeat_ticks (with timing.election_ticks)"
+    );
+    assert_eq!(timing("pg_restart_timeout = \"1s\""), "timing.pg_restart_timeout");
+    assert_eq!(
+        timing("pg_restart_timeout = \"10s\"\nswitchover_timeout = \"12s\""),
+        "timing.switchover_timeout (with timing.pg_restart_timeout)"
+    );
+    assert_eq!(timing("switchover_timeout = \"25s\""), "timing.switchover_timeout");
+    assert_eq!(timing("lease_timeout = \"900ms\""), "timing.lease_timeout");
+    assert_eq!(timing("loop_interval = \"1s\""), "timing.loop_interval");
+}
+
+/// A fake `bin_dir`: every program a script; `postgres --version` answers `version`.
+fn fake_bin_dir(dir: &Path, version: &str) -> PathBuf {
+    use std::os::unix::fs::PermissionsExt;
+    let bin = dir.join("bin");
+    std::fs::create_dir_all(&bin).expect("mkdir");
+    for p in crate::install::PROGRAMS {
+        let path = bin.join(p);
+        std::fs::write(&path, format!("#!/bin/sh\necho 'postgres (PostgreSQL) {version}'\n")).expect("write");
+        std::fs::set_permissions(&path, std::fs::Permissions::from_mode(0o755)).expect("chmod");
+    }
+    bin
+}
+
+#[test]
+fn bin_dir_must_hold_the_programs_of_the_data_dirs_version() {
+    let dir = tempfile::tempdir().expect("tempdir");
+    let data = dir.path().join("data");
+    std::fs::create_dir_all(&data).expect("mkdir");
+    let with = |bin: &Path| {
+        pg_table(&format!("bin_dir = {:?}", bin.display().to_string()))
+            .replace("\"/tmp/pgvigil-a/data\"", &format!("{:?}", data.display().to_string()))
+    };
+    assert_eq!(key_of(&with(Path::new("/nonexistent/bin"))), "postgres.bin_dir");
+    let bin15 = fake_bin_dir(&dir.path().join("15"), "15.8 (Debian 15.8-0+deb12u1)");
+    assert_eq!(key_of(&with(&bin15)), "(accepted)", "no cluster yet: any version");
+    std::fs::write(data.join("PG_VERSION"), "15\n").expect("write");
+    assert_eq!(key_of(&with(&bin15)), "(accepted)");
+    let bin14 = fake_bin_dir(&dir.path().join("14"), "14.11");
+    assert_eq!(key_of(&with(&bin14)), "postgres.bin_dir");
+    let msg = load_str(&with(&bin14)).err().map(|e| e.message).unwrap_or_default();
+    assert!(msg.contains("14") && msg.contains("15"), "{msg}");
+    std::fs::remove_file(bin15.join("pg_rewind")).expect("rm");
+    assert_eq!(key_of(&with(&bin15)), "postgres.bin_dir");
+    // The command line's verbs read a member's file without looking at its installation.
+    let path = dir.path().join("c.toml");
+    std::fs::write(&path, with(&bin15)).expect("write");
+    assert!(load_file(&path).is_ok());
 }

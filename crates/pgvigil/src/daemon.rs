@@ -108,9 +108,29 @@ impl Shared {
     }
 }
 
+/// The state dir's mode: 0700, or 0711 when PostgreSQL's data or socket directory lies below it
+/// (PostgreSQL, running as its own user, must traverse it; it needs not list it). A wider mode is
+/// narrowed to that; the files below are the daemon's own (0600) or PostgreSQL's (0700 dirs).
+fn secure_state_dir(settings: &Settings) -> anyhow::Result<()> {
+    use std::os::unix::fs::PermissionsExt;
+    let dir = &settings.raw.state_dir;
+    let below = |p: &std::path::Path| p.starts_with(dir);
+    let pg_below =
+        settings.raw.postgres.as_ref().is_some_and(|pg| below(&pg.data_dir) || below(&settings.socket_dir()));
+    let target = if pg_below { 0o711 } else { 0o700 };
+    let mode = std::fs::metadata(dir).with_context(|| format!("stat {}", dir.display()))?.permissions().mode() & 0o777;
+    if mode & !target != 0 {
+        std::fs::set_permissions(dir, std::fs::Permissions::from_mode(target))
+            .with_context(|| format!("chmod {target:o} {}", dir.display()))?;
+        tracing::info!(dir = %dir.display(), "state directory mode {mode:o} narrowed to {target:o}");
+    }
+    Ok(())
+}
+
 pub async fn run(settings: Settings, shutdown: CancellationToken) -> anyhow::Result<()> {
     let raw = &settings.raw;
     std::fs::create_dir_all(&raw.state_dir).with_context(|| format!("create {}", raw.state_dir.display()))?;
+    secure_state_dir(&settings)?;
     let peers: HashMap<u64, (String, String)> =
         raw.members.iter().map(|m| (vigil_core::node_id(&m.name), (m.name.clone(), m.address.clone()))).collect();
     let t = &settings.timings;

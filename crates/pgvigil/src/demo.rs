@@ -69,8 +69,10 @@ async fn demo(args: DemoArgs) -> anyhow::Result<()> {
         let api = format!("http://127.0.0.1:{}", m.api_port);
         match m.kind {
             vigil_core::MemberKind::Postgres => println!(
-                "  {:<9} api {api}  psql \"host=127.0.0.1 port={} user=postgres password={}\"",
-                m.name, m.pg_port, cluster.spec.superuser_password
+                "  {:<9} api {api}  PGPASSFILE={} psql \"host=127.0.0.1 port={} user=postgres\"",
+                m.name,
+                cluster.spec.pgpass_file().display(),
+                m.pg_port
             ),
             vigil_core::MemberKind::Witness => println!("  {:<9} api {api}  (witness)", m.name),
         }
@@ -79,10 +81,11 @@ async fn demo(args: DemoArgs) -> anyhow::Result<()> {
     print!("{}", list::table(&view));
     let first = cluster.spec.api_address(&cluster.spec.members[0].name).unwrap_or_default();
     println!("\nWatch it: pgvigil list --endpoint {first} --watch   (kill a primary's processes to see a failover)");
-    println!("Pause it: pgvigil pause --endpoint {first} --token {}", cluster.spec.api_token);
+    let token_file = cluster.spec.token_file();
+    println!("Pause it: pgvigil pause --endpoint {first} --token-file {}", token_file.display());
     println!(
-        "Switch over (zero loss): pgvigil switchover --endpoint {first} --token {} [--candidate <member>]",
-        cluster.spec.api_token
+        "Switch over (zero loss): pgvigil switchover --config {} [--candidate <member>]",
+        cluster.spec.config_path(&cluster.spec.members[0].name).display()
     );
     println!("Ctrl-C stops the demo and everything it started.");
 

@@ -163,6 +163,16 @@ impl ClusterSpec {
         self.dir.join(name).join("pgvigil.toml")
     }
 
+    /// The API token in a file (mode 0600), for `pgvigil <verb> --token-file`.
+    pub fn token_file(&self) -> PathBuf {
+        self.dir.join("api-token")
+    }
+
+    /// A password file (mode 0600) for the superuser on every member, for `PGPASSFILE=... psql`.
+    pub fn pgpass_file(&self) -> PathBuf {
+        self.dir.join("pgpass")
+    }
+
     pub fn peer_address(&self, name: &str) -> Option<String> {
         self.member(name).map(|m| format!("{}:{}", m.host, m.peer_port))
     }
@@ -294,16 +304,23 @@ pub struct LocalCluster {
 }
 
 impl LocalCluster {
-    /// Write every member's config (and make the tree traversable for PostgreSQL's user).
+    /// Write every member's config, the token file and the password file (mode 0600: they hold
+    /// the passwords and the token). The directories are 0711: PostgreSQL's user (when the
+    /// daemons run as root) must traverse them to its data and socket directories, but needs
+    /// not list them.
     pub fn prepare(spec: ClusterSpec) -> anyhow::Result<LocalCluster> {
         use std::os::unix::fs::PermissionsExt;
         std::fs::create_dir_all(&spec.dir).with_context(|| format!("create {}", spec.dir.display()))?;
-        std::fs::set_permissions(&spec.dir, std::fs::Permissions::from_mode(0o755))?;
+        std::fs::set_permissions(&spec.dir, std::fs::Permissions::from_mode(0o711))?;
+        write_private(&spec.token_file(), &format!("{}\n", spec.api_token))?;
+        let pgpass =
+            format!("127.0.0.1:*:*:postgres:{}\n", spec.superuser_password.replace('\\', "\\\\").replace(':', "\\:"));
+        write_private(&spec.pgpass_file(), &pgpass)?;
         for m in &spec.members {
             let dir = spec.state_dir(&m.name);
             std::fs::create_dir_all(&dir).with_context(|| format!("create {}", dir.display()))?;
-            std::fs::set_permissions(&dir, std::fs::Permissions::from_mode(0o755))?;
-            std::fs::write(spec.config_path(&m.name), spec.config_text(m))?;
+            std::fs::set_permissions(&dir, std::fs::Permissions::from_mode(0o711))?;
+            write_private(&spec.config_path(&m.name), &spec.config_text(m))?;
         }
         Ok(LocalCluster { spec, children: BTreeMap::new(), env: BTreeMap::new() })
     }
@@ -427,6 +444,21 @@ impl Drop for LocalCluster {
     fn drop(&mut self) {
         self.stop_all(Duration::from_secs(10));
     }
+}
+
+/// Write `text` to `path` with mode 0600 (also when the file exists with a wider mode).
+fn write_private(path: &Path, text: &str) -> anyhow::Result<()> {
+    use std::io::Write;
+    use std::os::unix::fs::{OpenOptionsExt, PermissionsExt};
+    let mut f = std::fs::OpenOptions::new()
+        .write(true)
+        .create(true)
+        .truncate(true)
+        .mode(0o600)
+        .open(path)
+        .with_context(|| format!("create {}", path.display()))?;
+    f.set_permissions(std::fs::Permissions::from_mode(0o600))?;
+    f.write_all(text.as_bytes()).with_context(|| format!("write {}", path.display()))
 }
 
 /// A cluster where a primary is committed and every PostgreSQL member is running: the primary

@@ -1,7 +1,8 @@
 //! pgvigil: a daemon beside each PostgreSQL server that keeps the cluster writable.
 //!
 //! # Layout
-//! - [`config`]: the TOML file + `PGVIGIL_*` overrides, checked (bad config: exit 64).
+//! - [`config`]: the TOML file + `PGVIGIL_*` overrides, checked (bad config: exit 64);
+//!   [`install`]: the PostgreSQL programs of `postgres.bin_dir` checked.
 //! - [`daemon`]: wiring of one member (Raft node, peer server, coordinator, agent) and shutdown.
 //! - [`reload`]: SIGHUP reads the config file again and applies what may change at runtime;
 //!   [`notify`]: systemd's notification protocol (READY, STATUS, WATCHDOG, STOPPING).
@@ -31,6 +32,7 @@ pub mod demo;
 pub mod health;
 mod hooks;
 pub mod http_api;
+pub mod install;
 pub mod launch;
 pub mod list;
 mod local;

@@ -25,7 +25,13 @@ impl LocalFile {
     /// tmp + fsync + rename + fsync(dir): after a crash the file is the old or the new one, whole.
     pub fn save(&self, memory: &LocalMemory) -> anyhow::Result<()> {
         let tmp = self.path.with_extension("json.tmp");
-        let mut f = std::fs::File::create(&tmp).with_context(|| format!("create {}", tmp.display()))?;
+        // 0600: the daemon's own memory, no one else's business.
+        let mut f = std::os::unix::fs::OpenOptionsExt::mode(
+            std::fs::OpenOptions::new().write(true).create(true).truncate(true),
+            0o600,
+        )
+        .open(&tmp)
+        .with_context(|| format!("create {}", tmp.display()))?;
         f.write_all(&serde_json::to_vec_pretty(memory)?)?;
         f.sync_all()?;
         std::fs::rename(&tmp, &self.path).with_context(|| format!("rename to {}", self.path.display()))?;
@@ -53,6 +59,10 @@ mod tests {
             reinit_done: Some(4),
         };
         f.save(&m).expect("save");
+        let mode = std::os::unix::fs::PermissionsExt::mode(
+            &std::fs::metadata(dir.path().join("local.json")).expect("stat").permissions(),
+        );
+        assert_eq!(mode & 0o777, 0o600, "only the daemon reads its memory");
         assert_eq!(LocalFile::new(dir.path()).load().expect("load"), m);
         // A file written before the switchover and reinit fields existed.
         std::fs::write(dir.path().join("local.json"), r#"{"primary_epoch": 2, "upstream": null}"#).expect("write");

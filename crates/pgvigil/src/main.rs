@@ -23,6 +23,12 @@ enum Cmd {
         #[arg(long, short)]
         config: PathBuf,
     },
+    /// Check a config file (the same checks as `run`, PostgreSQL's programs included) without
+    /// starting anything: "ok: FILE" and exit 0, or the error and exit 64 (like `nginx -t`).
+    CheckConfig {
+        /// The member's config file.
+        file: PathBuf,
+    },
     /// Start a local demo cluster (PostgreSQL + pgvigil per member) until Ctrl-C.
     Demo(demo::DemoArgs),
     /// Show the cluster as a table (like `patronictl list`), asked through any member's HTTP API.
@@ -103,6 +109,22 @@ fn main() -> ExitCode {
                 }
             })
         }
+        Cmd::CheckConfig { file } => match config::load(&file) {
+            Ok(s) => {
+                println!(
+                    "ok: {} (member {}, {}, {} members)",
+                    file.display(),
+                    s.raw.name,
+                    pgvigil::convert::kind_name(s.raw.kind),
+                    s.raw.members.len()
+                );
+                ExitCode::SUCCESS
+            }
+            Err(e) => {
+                eprintln!("pgvigil: {}: {e}", file.display());
+                ExitCode::from(EXIT_CONFIG)
+            }
+        },
         Cmd::Demo(args) => {
             logging::init(&config::LogConfig { level: "warn".into(), ..Default::default() });
             runtime.block_on(demo::run(args))

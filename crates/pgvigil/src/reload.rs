@@ -281,11 +281,7 @@ mod tests {
              [postgres]\ndata_dir = \"/tmp/x/pgdata\"\nlisten_address = \"127.0.0.1\"\n\
              replication_password = \"r\"\n{toml_extra}"
         );
-        let raw: Config = ::config::Config::builder()
-            .add_source(::config::File::from_str(&text, ::config::FileFormat::Toml))
-            .build()
-            .and_then(|c| c.try_deserialize())
-            .expect("parses");
+        let raw: Config = crate::config::parse(&text, Vec::new()).expect("parses");
         check(raw).expect("valid")
     }
 

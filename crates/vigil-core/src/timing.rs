@@ -52,6 +52,8 @@ impl Default for Timings {
 #[derive(Clone, Debug, PartialEq, Eq)]
 pub struct TimingError {
     pub key: &'static str,
+    /// The other keys the broken rule relates `key` to (the config names the ones a user set).
+    pub with: &'static [&'static str],
     pub message: String,
 }
 
@@ -72,13 +74,15 @@ impl Timings {
     }
 
     pub fn validate(&self) -> Result<(), TimingError> {
-        let err = |key, message: String| Err(TimingError { key, message });
+        let err = |key, message: String| Err(TimingError { key, with: &[], message });
+        let rel = |key, with, message: String| Err(TimingError { key, with, message });
         if self.loop_interval < Duration::from_millis(10) {
             return err("loop_interval", "must be at least 10ms".into());
         }
         if self.lease_timeout < self.loop_interval * 3 {
-            return err(
+            return rel(
                 "lease_timeout",
+                &["loop_interval"],
                 format!(
                     "{:?} must be at least 3 x loop_interval ({:?}) so one lost report does not fence the primary",
                     self.lease_timeout, self.loop_interval
@@ -92,13 +96,18 @@ impl Timings {
             return err("raft_tick", "must be at least 10ms".into());
         }
         if self.heartbeat_ticks == 0 || self.heartbeat_ticks >= self.election_ticks {
-            return err("heartbeat_ticks", "must be at least 1 and less than election_ticks".into());
+            return rel(
+                "heartbeat_ticks",
+                &["election_ticks"],
+                "must be at least 1 and less than election_ticks".into(),
+            );
         }
         // raft-rs randomises the election timeout in [1x, 2x): the slowest election must still
         // end before the primary's lease, or a coordinator change fences a healthy primary.
         if self.election_timeout() * 2 >= self.lease_timeout {
-            return err(
+            return rel(
                 "election_ticks",
+                &["raft_tick", "lease_timeout"],
                 format!(
                     "2 x raft_tick x election_ticks ({:?}) must be shorter than lease_timeout ({:?}), or a coordinator change fences a healthy primary",
                     self.election_timeout() * 2,
@@ -107,16 +116,17 @@ impl Timings {
             );
         }
         if self.report_timeout < self.loop_interval * 2 {
-            return err("report_timeout", "must be at least 2 x loop_interval".into());
+            return rel("report_timeout", &["loop_interval"], "must be at least 2 x loop_interval".into());
         }
         if self.pg_restart_timeout < self.loop_interval * 2 {
-            return err("pg_restart_timeout", "must be at least 2 x loop_interval".into());
+            return rel("pg_restart_timeout", &["loop_interval"], "must be at least 2 x loop_interval".into());
         }
         if self.pg_unresponsive_timeout < self.loop_interval * 2
             || self.pg_unresponsive_timeout > self.pg_restart_timeout
         {
-            return err(
+            return rel(
                 "pg_unresponsive_timeout",
+                &["loop_interval", "pg_restart_timeout"],
                 format!(
                     "{:?} must be at least 2 x loop_interval and at most pg_restart_timeout ({:?})",
                     self.pg_unresponsive_timeout, self.pg_restart_timeout
@@ -126,8 +136,9 @@ impl Timings {
         // A forced failover waits out the lease within it; a stopped old primary must not be taken
         // for a dead one (a failover) before the switchover has ended.
         if self.switchover_timeout <= self.promotion_wait() + self.loop_interval * 2 {
-            return err(
+            return rel(
                 "switchover_timeout",
+                &["lease_timeout", "lease_margin", "loop_interval"],
                 format!(
                     "{:?} must be longer than lease_timeout + lease_margin + 2 x loop_interval ({:?})",
                     self.switchover_timeout,
@@ -136,8 +147,9 @@ impl Timings {
             );
         }
         if self.switchover_timeout >= self.pg_restart_timeout {
-            return err(
+            return rel(
                 "switchover_timeout",
+                &["pg_restart_timeout"],
                 format!(
                     "{:?} must be shorter than pg_restart_timeout ({:?}): the stopped old primary keeps its lease meanwhile",
                     self.switchover_timeout, self.pg_restart_timeout

@@ -11,7 +11,7 @@
 
 use std::ffi::OsString;
 use std::io;
-use std::os::unix::fs::PermissionsExt as _;
+use std::os::unix::fs::{OpenOptionsExt as _, PermissionsExt as _};
 use std::os::unix::process::CommandExt as _;
 use std::path::{Path, PathBuf};
 use std::process::Stdio;
@@ -319,9 +319,11 @@ impl Postgres {
         if let Some(parent) = s.log_file.parent() {
             std::fs::create_dir_all(parent).with_context(|| format!("create directory {}", parent.display()))?;
         }
+        // 0600 (then PostgreSQL's user's): the log can hold queries and their data.
         let log = std::fs::OpenOptions::new()
             .create(true)
             .append(true)
+            .mode(0o600)
             .open(&s.log_file)
             .with_context(|| format!("open log file {}", s.log_file.display()))?;
         chown(&s.log_file, s.run_as)?;

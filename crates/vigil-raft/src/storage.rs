@@ -14,6 +14,7 @@
 
 use std::fs::{File, OpenOptions};
 use std::io::{Read, Seek, SeekFrom, Write};
+use std::os::unix::fs::{OpenOptionsExt as _, PermissionsExt as _};
 use std::path::{Path, PathBuf};
 
 use anyhow::{bail, ensure, Context};
@@ -45,6 +46,9 @@ impl DiskStorage {
     /// Opens (creating if missing) the state directory and loads what it holds.
     pub(crate) fn open(dir: &Path) -> anyhow::Result<Self> {
         std::fs::create_dir_all(dir).with_context(|| format!("create raft state dir {}", dir.display()))?;
+        // 0700: the Raft log holds the cluster's state; only the daemon reads it.
+        std::fs::set_permissions(dir, std::fs::Permissions::from_mode(0o700))
+            .with_context(|| format!("chmod 700 {}", dir.display()))?;
         let snap_bytes = record::read_single(&dir.join(SNAPSHOT_FILE)).context("read snapshot")?;
         let initialized = snap_bytes.is_some();
         let snapshot = match snap_bytes {
@@ -61,6 +65,7 @@ impl DiskStorage {
             .read(true)
             .append(true)
             .create(true)
+            .mode(0o600)
             .open(&log_path)
             .with_context(|| format!("open {}", log_path.display()))?;
         // The file may have just been created: make its name durable before trusting appends.
