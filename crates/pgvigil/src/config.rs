@@ -460,106 +460,6 @@ pub fn load_file(path: &Path) -> Result<Settings, ConfigError> {
     Ok(settings)
 }
 
-/// Parse a TOML text strictly (a string is never taken for a boolean or a number), then apply
-/// environment overrides (`PGVIGIL_A__B=value`), which are strings by nature and are parsed as the
-/// type of their key ([`ENV_BOOL_KEYS`], [`ENV_INTEGER_KEYS`], everything else a string).
-pub fn parse(text: &str, env: Vec<(String, String)>) -> Result<Config, ConfigError> {
-    let mut table: toml::Table = toml::from_str(text).map_err(|e| {
-        let line = e.span().map(|s| text[..s.start.min(text.len())].lines().count().max(1));
-        let at = line.map(|l| format!(" (line {l})")).unwrap_or_default();
-        bad("(file)", format!("not valid TOML{at}: {}", e.message().split_whitespace().collect::<Vec<_>>().join(" ")))
-    })?;
-    for (var, value) in env {
-        apply_env(&mut table, &var, &value)?;
-    }
-    serde_path_to_error::deserialize(toml::Value::Table(table)).map_err(|e| {
-        let path = e.path().to_string();
-        // One line: toml's own text adds the key's location on lines of their own.
-        let message = e.inner().message().split_whitespace().collect::<Vec<_>>().join(" ");
-        // A missing or unknown field is reported at its table: name the field itself.
-        let field = ["missing field `", "unknown field `"]
-            .iter()
-            .find_map(|p| message.strip_prefix(p))
-            .and_then(|r| r.split('`').next())
-            .filter(|f| !path.ends_with(*f));
-        let key = match (field, path.as_str()) {
-            (Some(f), "" | ".") => f.to_string(),
-            (Some(f), p) => format!("{p}.{f}"),
-            (None, "" | ".") => "(file)".to_string(),
-            (None, p) => p.to_string(),
-        };
-        bad(key, message)
-    })
-}
-
-/// Keys whose environment override is a boolean (`true`/`false`, also `yes`/`no`, `on`/`off`, `1`/`0`).
-pub const ENV_BOOL_KEYS: &[&str] = &["tags.nofailover", "tls.peer_mtls", "tls.api", "tls.api_verify_client"];
-/// Keys whose environment override is an integer.
-pub const ENV_INTEGER_KEYS: &[&str] = &[
-    "tags.priority",
-    "postgres.port",
-    "postgres.keep_moved_data_dirs",
-    "timing.election_ticks",
-    "timing.heartbeat_ticks",
-    "timing.maximum_lag_on_failover",
-    "replication.synchronous_node_count",
-];
-
-/// Set the key of `PGVIGIL_A__B` (`a.b`) in `table` to `value`, parsed as that key's type.
-fn apply_env(table: &mut toml::Table, var: &str, value: &str) -> Result<(), ConfigError> {
-    let name = var.strip_prefix("PGVIGIL_").unwrap_or(var).to_lowercase();
-    let parts: Vec<&str> = name.split("__").collect();
-    let key = parts.join(".");
-    if parts.iter().any(|p| p.is_empty()) {
-        return Err(bad(key, format!("{var} does not name a key (nested keys are joined by __)")));
-    }
-    let typed = if ENV_BOOL_KEYS.contains(&key.as_str()) {
-        match value.trim().to_ascii_lowercase().as_str() {
-            "true" | "yes" | "on" | "1" => toml::Value::Boolean(true),
-            "false" | "no" | "off" | "0" => toml::Value::Boolean(false),
-            _ => return Err(bad(key, format!("{var}={value:?} is not a boolean (true or false)"))),
-        }
-    } else if ENV_INTEGER_KEYS.contains(&key.as_str()) {
-        match value.trim().parse::<i64>() {
-            Ok(n) => toml::Value::Integer(n),
-            Err(_) => return Err(bad(key, format!("{var}={value:?} is not an integer"))),
-        }
-    } else {
-        toml::Value::String(value.to_string())
-    };
-    let (last, parents) = parts.split_last().ok_or_else(|| bad(key.clone(), "empty key"))?;
-    let mut here = table;
-    for (i, p) in parents.iter().enumerate() {
-        let entry = here.entry(p.to_string()).or_insert_with(|| toml::Value::Table(toml::Table::new()));
-        here = match entry {
-            toml::Value::Table(t) => t,
-            _ => return Err(bad(parts[..=i].join("."), format!("{var} sets a key inside it, but it is not a table"))),
-        };
-    }
-    here.insert(last.to_string(), typed);
-    Ok(())
-}
-
-/// Environment variables the command line reads for itself; they are not config keys.
-pub const CLI_VARIABLES: &[&str] = &[
-    "PGVIGIL_PEER",
-    "PGVIGIL_BIN",
-    "PGVIGIL_ENDPOINT",
-    "PGVIGIL_TOKEN",
-    "PGVIGIL_CACERT",
-    "PGVIGIL_CERT",
-    "PGVIGIL_KEY",
-];
-
-/// The `PGVIGIL_*` variables that override config keys, sorted (the result does not depend on the
-/// order of the environment).
-fn env_overrides() -> Vec<(String, String)> {
-    let mut vars: Vec<(String, String)> =
-        std::env::vars().filter(|(k, _)| k.starts_with("PGVIGIL_") && !CLI_VARIABLES.contains(&k.as_str())).collect();
-    vars.sort();
-    vars
-}
-
 fn read_secret(key: &str, inline: &Option<String>, file: &Option<PathBuf>) -> Result<Option<String>, ConfigError> {
     match (inline, file) {
         (Some(_), Some(_)) => Err(bad(key, "set either the value or the _file, not both")),
@@ -814,3 +714,8 @@ pub fn check(raw: Config) -> Result<Settings, ConfigError> {
 #[cfg(test)]
 #[path = "config_tests.rs"]
 mod tests;
+
+#[path = "config_parse.rs"]
+mod parse;
+use parse::env_overrides;
+pub use parse::{parse, CLI_VARIABLES, ENV_BOOL_KEYS, ENV_INTEGER_KEYS};
