@@ -99,6 +99,11 @@ async fn killing_the_coordinator_elects_another_without_failover() -> anyhow::Re
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn two_postgres_members_and_a_witness_survive_the_primary_host() -> anyhow::Result<()> {
     let mut t = TestCluster::start(2, 1).await?;
+    // A voting witness is healthy and ready for generic monitoring (it runs no PostgreSQL).
+    for path in ["/health", "/readiness", "/liveness"] {
+        t.wait_http("witness1", path, 200, Duration::from_secs(10)).await?;
+    }
+    t.wait_http("witness1", "/primary", 503, Duration::from_secs(10)).await?;
     let old = t.primary().await?;
     t.execute(&old, "CREATE TABLE items (id int); INSERT INTO items SELECT generate_series(1, 10)").await?;
     let standby = t.other_pg_members(&old).remove(0);

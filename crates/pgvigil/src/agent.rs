@@ -157,7 +157,12 @@ pub async fn run(shared: Arc<Shared>, shutdown: CancellationToken) -> anyhow::Re
 
 /// The socket dir and the data dir's parent must exist; PostgreSQL's user must own the socket dir.
 fn prepare_dirs(s: &PgSettings) -> anyhow::Result<()> {
-    std::fs::create_dir_all(&s.socket_dir).with_context(|| format!("create {}", s.socket_dir.display()))?;
+    // 0700 and PostgreSQL's: the superuser is trusted over this socket, so no other local user may
+    // reach it. One that exists already is left as it is (it may be shared, like
+    // /var/run/postgresql; starting PostgreSQL warns if others can reach it).
+    if !s.socket_dir.exists() {
+        vigil_pg::datadir::create_dir_owned(&s.socket_dir, 0o700, s.run_as)?;
+    }
     if let Some(parent) = s.data_dir.parent() {
         std::fs::create_dir_all(parent).with_context(|| format!("create {}", parent.display()))?;
     }

@@ -41,6 +41,8 @@ pub struct Local<'a> {
     /// This member's configured tags, as strings (`nofailover`, `priority`).
     pub tags: &'a [(&'a str, String)],
     pub loops_alive: bool,
+    /// A coordinator (Raft leader) is known: for a witness, the sign it is a working voter.
+    pub hears_coordinator: bool,
     /// `maximum_lag_on_failover`: the default lag bound of `/readiness`.
     pub max_lag_default: u64,
 }
@@ -213,6 +215,17 @@ impl Local<'_> {
                     (true, false, true) => no("a synchronous standby"),
                 }
             }
+            // A witness runs no PostgreSQL: it is healthy (and ready) while it votes, that is,
+            // its loops go round and it hears a coordinator. Generic monitoring then sees 200.
+            Check::Health | Check::Readiness if self.kind == MemberKind::Witness => {
+                if self.loops_alive && self.hears_coordinator {
+                    yes("a voting witness that hears the coordinator")
+                } else if self.loops_alive {
+                    no("a witness that hears no coordinator")
+                } else {
+                    no("the daemon's loops are stuck")
+                }
+            }
             Check::Health => {
                 if self.pg.running {
                     yes("PostgreSQL is running")
@@ -318,6 +331,7 @@ mod tests {
             primary_lsn: Some(100_000),
             tags: TAGS,
             loops_alive: true,
+            hears_coordinator: true,
             max_lag_default: 1 << 20,
         }
     }
@@ -414,7 +428,11 @@ mod tests {
         let pg = PgStatus::default();
         let mut l = local("w", &s, &pg, false);
         l.kind = MemberKind::Witness;
-        assert_eq!(oks(&l, &Filters::default()), vec![Check::Liveness]);
+        let voting = vec![Check::Health, Check::Liveness, Check::Readiness];
+        assert_eq!(oks(&l, &Filters::default()), voting, "a voting witness is healthy and ready");
+        l.hears_coordinator = false;
+        assert_eq!(oks(&l, &Filters::default()), vec![Check::Liveness], "no coordinator: alive only");
+        l.hears_coordinator = true;
         l.loops_alive = false;
         assert!(oks(&l, &Filters::default()).is_empty());
         assert_eq!((l.role(), l.pg_state()), ("witness", "voting"));

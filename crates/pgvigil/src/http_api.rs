@@ -105,6 +105,8 @@ pub struct Snapshot {
     pub primary_lsn: Option<u64>,
     pub tags: Vec<(&'static str, String)>,
     pub loops_alive: bool,
+    /// A Raft leader (the coordinator) is known to this member.
+    pub hears_coordinator: bool,
 }
 
 impl Snapshot {
@@ -120,6 +122,7 @@ impl Snapshot {
             tags: vec![("nofailover", tags.nofailover.to_string()), ("priority", tags.priority.to_string())],
             // Both loops go round every loop interval; a report or a proposal may take a lease.
             loops_alive: shared.alive.alive(now, t.lease_timeout * 3),
+            hears_coordinator: shared.raft.status().borrow().leader_id != 0,
             state,
         }
     }
@@ -134,6 +137,7 @@ impl Snapshot {
             primary_lsn: self.primary_lsn,
             tags: &self.tags,
             loops_alive: self.loops_alive,
+            hears_coordinator: self.hears_coordinator,
             max_lag_default: shared.settings.timings.maximum_lag_on_failover,
         }
     }

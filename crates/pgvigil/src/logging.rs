@@ -37,7 +37,10 @@ struct Reload {
 
 /// Set up logging for the command line (no member, no epoch on the lines).
 pub fn init(cfg: &LogConfig) {
-    let builder = tracing_subscriber::fmt().with_env_filter(filter(cfg).0).with_writer(std::io::stderr);
+    let builder = tracing_subscriber::fmt()
+        .with_env_filter(filter(cfg).0)
+        .with_writer(std::io::stderr)
+        .with_ansi(stderr_is_terminal());
     let _ = match cfg.format {
         LogFormat::Json => builder.json().with_current_span(true).try_init(),
         LogFormat::Text => builder.try_init(),
@@ -63,9 +66,15 @@ fn filter(cfg: &LogConfig) -> (EnvFilter, bool) {
     }
 }
 
+fn stderr_is_terminal() -> bool {
+    use std::io::IsTerminal as _;
+    std::io::stderr().is_terminal()
+}
+
 /// The daemon's lines, tagged with member and epoch, in `format`.
 fn output(format: LogFormat) -> Output {
-    let layer = tracing_subscriber::fmt::layer().with_writer(std::io::stderr);
+    // Colours only for a person at a terminal: a log file or journald gets plain text.
+    let layer = tracing_subscriber::fmt::layer().with_writer(std::io::stderr).with_ansi(stderr_is_terminal());
     match format {
         LogFormat::Json => {
             let inner = tracing_subscriber::fmt::format().json().with_current_span(true);
