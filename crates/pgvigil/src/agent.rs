@@ -76,6 +76,7 @@ fn pg_settings(shared: &Shared) -> anyhow::Result<PgSettings> {
         replication_password: s.replication_password.clone(),
         log_file: s.pg_log_file(),
         hba_extra: pg.hba_extra.clone(),
+        replication_sources: replication_sources(s),
         parameters: pg.parameters.iter().map(|(k, v)| (k.clone(), v.clone())).collect(),
         keeper: vigil_pg::KeeperCommand {
             program: std::env::current_exe().context("locate the pgvigil binary (for its keeper)")?,
@@ -153,6 +154,22 @@ pub async fn run(shared: Arc<Shared>, shutdown: CancellationToken) -> anyhow::Re
     }
     let _ = reporter.await;
     Ok(())
+}
+
+/// The hosts of every member (from `members`), this member's PostgreSQL address, and the
+/// operator's `postgres.replication_networks`, without repeats.
+fn replication_sources(s: &crate::config::Settings) -> Vec<String> {
+    let mut out: Vec<String> = Vec::new();
+    let hosts = s.raw.members.iter().filter_map(|m| m.address.rsplit_once(':').map(|(h, _)| h.to_string()));
+    let own = s.raw.postgres.iter().flat_map(|p| p.listen_address.split(',').map(|a| a.trim().to_string()));
+    let extra = s.raw.postgres.iter().flat_map(|p| p.replication_networks.iter().cloned());
+    for a in hosts.chain(own).chain(extra) {
+        // `*` and `0.0.0.0` are listen addresses, not where a peer connects from.
+        if !a.is_empty() && a != "*" && a != "0.0.0.0" && a != "::" && !out.contains(&a) {
+            out.push(a);
+        }
+    }
+    out
 }
 
 /// The socket dir and the data dir's parent must exist; PostgreSQL's user must own the socket dir.

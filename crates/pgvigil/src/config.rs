@@ -257,6 +257,10 @@ pub struct PostgresConfig {
     pub log_file: Option<PathBuf>,
     #[serde(default)]
     pub hba_extra: Vec<String>,
+    /// Addresses or CIDRs, besides the members' own, that may connect as the replication user
+    /// (a backup host, a cascading replica outside the cluster).
+    #[serde(default)]
+    pub replication_networks: Vec<String>,
     #[serde(default)]
     pub parameters: BTreeMap<String, String>,
     /// How many data directories moved aside (before a re-clone) are kept; older ones are removed.

@@ -151,11 +151,11 @@ pub fn pg_hba(settings: &PgSettings) -> String {
     );
     // The daemon's own connections: the superuser over the unix socket only.
     out.push_str(&format!("local   all          {su}  trust\n"));
-    for addr in ["0.0.0.0/0", "::/0"] {
+    // The replication user only from the cluster's own hosts (and the operator's extra networks);
+    // pg_rewind (and monitoring) need an ordinary connection as that user too.
+    for source in &settings.replication_sources {
+        let addr = hba_address(source);
         out.push_str(&format!("host    replication  {repl}  {addr}  scram-sha-256\n"));
-    }
-    // pg_rewind (and monitoring) need an ordinary connection as the replication user.
-    for addr in ["0.0.0.0/0", "::/0"] {
         out.push_str(&format!("host    all          {repl}  {addr}  scram-sha-256\n"));
     }
     if !settings.hba_extra.is_empty() {
@@ -166,6 +166,16 @@ pub fn pg_hba(settings: &PgSettings) -> String {
         }
     }
     out
+}
+
+/// An address for pg_hba.conf: a bare IP becomes a single-host CIDR; a CIDR or a host name stays.
+fn hba_address(source: &str) -> String {
+    let s = source.trim().trim_start_matches('[').trim_end_matches(']');
+    match s.parse::<std::net::IpAddr>() {
+        Ok(std::net::IpAddr::V4(ip)) => format!("{ip}/32"),
+        Ok(std::net::IpAddr::V6(ip)) => format!("{ip}/128"),
+        Err(_) => s.to_string(),
+    }
 }
 
 /// A user name in pg_hba.conf: quoted when it holds anything but plain identifier characters.
@@ -214,6 +224,20 @@ pub fn merge_auto_conf(old: &str, values: &[(&str, String)]) -> anyhow::Result<S
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn replication_only_from_the_listed_sources() {
+        assert_eq!(hba_address("10.0.0.5"), "10.0.0.5/32");
+        assert_eq!(hba_address("[fd00::5]"), "fd00::5/128");
+        assert_eq!(hba_address("10.1.0.0/16"), "10.1.0.0/16");
+        assert_eq!(hba_address("db2.example"), "db2.example");
+        let mut s = crate::settings::tests_support::settings();
+        s.replication_sources = vec!["10.0.0.5".into(), "10.1.0.0/16".into()];
+        let hba = pg_hba(&s);
+        assert!(!hba.contains("0.0.0.0/0") && !hba.contains("::/0"), "{hba}");
+        assert!(hba.contains("host    replication  replicator  10.0.0.5/32  scram-sha-256"), "{hba}");
+        assert!(hba.contains("host    all          replicator  10.1.0.0/16  scram-sha-256"), "{hba}");
+    }
 
     #[test]
     fn guc_quoting() {

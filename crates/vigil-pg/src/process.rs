@@ -327,6 +327,14 @@ impl Postgres {
             .open(&s.log_file)
             .with_context(|| format!("open log file {}", s.log_file.display()))?;
         chown(&s.log_file, s.run_as)?;
+        // pg_hba.conf is the daemon's: written again at each start, so a change of the members or
+        // of `replication_networks` reaches every server (clones copy the primary's).
+        crate::datadir::write_file_atomic(
+            &s.data_dir.join("pg_hba.conf"),
+            crate::conf::pg_hba(&s).as_bytes(),
+            0o600,
+            s.run_as,
+        )?;
 
         let postgres: Vec<OsString> = vec![
             s.bin_dir.join("postgres").into(),

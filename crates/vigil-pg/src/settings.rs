@@ -44,8 +44,11 @@ pub struct PgSettings {
     pub replication_password: String,
     /// The postmaster's stdout/stderr are appended here.
     pub log_file: PathBuf,
-    /// Extra `pg_hba.conf` lines, appended after ours at initdb.
+    /// Extra `pg_hba.conf` lines, appended after ours.
     pub hba_extra: Vec<String>,
+    /// Where the replication user may connect from: the members' hosts and the operator's extra
+    /// networks (an address, a CIDR, or a host name), nothing else.
+    pub replication_sources: Vec<String>,
     /// Extra GUCs written into `postgresql.conf` at initdb (so clones inherit them).
     pub parameters: Vec<(String, String)>,
     /// How to start the keeper that holds the postmaster (see [`crate::keeper`]).
@@ -69,6 +72,7 @@ impl std::fmt::Debug for PgSettings {
             .field("replication_password", &REDACTED)
             .field("log_file", &self.log_file)
             .field("hba_extra", &self.hba_extra)
+            .field("replication_sources", &self.replication_sources)
             .field("parameters", &self.parameters)
             .field("keeper", &self.keeper)
             .finish()
@@ -80,4 +84,35 @@ impl std::fmt::Debug for PgSettings {
 pub struct Upstream {
     pub host: String,
     pub port: u16,
+}
+
+#[cfg(test)]
+pub(crate) mod tests_support {
+    use super::PgSettings;
+
+    /// Settings for unit tests that only render files (nothing runs).
+    pub fn settings() -> PgSettings {
+        PgSettings {
+            member: "pg1".into(),
+            bin_dir: "/usr/lib/postgresql/15/bin".into(),
+            data_dir: "/srv/pg1/data".into(),
+            listen_address: "10.0.0.5".into(),
+            port: 5432,
+            socket_dir: "/srv/pg1/run".into(),
+            run_as: None,
+            superuser: "postgres".into(),
+            superuser_password: None,
+            replication_user: "replicator".into(),
+            replication_password: "secret".into(),
+            log_file: "/srv/pg1/postgresql.log".into(),
+            hba_extra: Vec::new(),
+            replication_sources: Vec::new(),
+            parameters: Vec::new(),
+            keeper: crate::process::KeeperCommand {
+                program: "/usr/bin/pgvigil".into(),
+                args: vec!["keeper".into()],
+                socket: "/srv/pg1/keeper.sock".into(),
+            },
+        }
+    }
 }

@@ -244,3 +244,37 @@ async fn the_control_file_tells_a_clean_shutdown_and_where_it_stopped() {
     pg.stop(StopMode::Immediate).await.expect("immediate stop");
     assert!(!pg.control_data().await.expect("pg_controldata").shut_down_cleanly());
 }
+
+/// A replication connection from `127.0.0.1`, as the replication user: the psql output.
+async fn replication_connection(pg: &vigil_pg::Postgres) -> std::process::Output {
+    let s = pg.settings();
+    tokio::process::Command::new(s.bin_dir.join("psql"))
+        .arg(format!("host=127.0.0.1 port={} user={} dbname=postgres replication=true", s.port, s.replication_user))
+        .args(["-X", "-w", "-At", "-c", "IDENTIFY_SYSTEM"])
+        .env("PGPASSWORD", REPLICATION_PASSWORD)
+        .output()
+        .await
+        .expect("run psql")
+}
+
+#[tokio::test]
+async fn replication_is_refused_from_an_address_that_is_not_a_source() {
+    let dir = TestDir::new();
+    let mut settings = dir.settings("hba");
+    settings.replication_sources = vec!["10.9.8.7".into()];
+    let mut pg = vigil_pg::Postgres::new(settings.clone());
+    pg.initdb().await.expect("initdb");
+    pg.start().await.expect("start");
+    pg.setup_roles().await.expect("roles");
+    let refused = replication_connection(&pg).await;
+    let err = String::from_utf8_lossy(&refused.stderr);
+    assert!(!refused.status.success() && err.contains("no pg_hba.conf entry for replication connection"), "{err}");
+    // pg_hba.conf is written again at each start: listed now, accepted.
+    pg.stop(StopMode::Fast).await.expect("stop");
+    drop(pg);
+    settings.replication_sources = vec!["127.0.0.1".into()];
+    let mut pg = vigil_pg::Postgres::new(settings);
+    pg.start().await.expect("restart");
+    let ok = replication_connection(&pg).await;
+    assert!(ok.status.success(), "{}", String::from_utf8_lossy(&ok.stderr));
+}

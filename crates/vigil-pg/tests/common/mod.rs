@@ -82,6 +82,7 @@ pub fn settings_in(base: &Path, member: &str, port: u16) -> PgSettings {
             socket: base.join("keeper.sock"),
         },
         hba_extra: vec!["host all postgres 127.0.0.1/32 scram-sha-256".to_string()],
+        replication_sources: vec!["127.0.0.1".to_string()],
         parameters: vec![
             // Small, so parallel tests with three servers each stay light.
             ("shared_buffers".to_string(), "16MB".to_string()),
