@@ -109,7 +109,9 @@ pub async fn run(shared: Arc<Shared>, shutdown: CancellationToken) -> anyhow::Re
         // Not on the primary's host: its death should not also cost an election. At most one
         // attempt per few seconds, so a refused transfer does not churn.
         let target = shared.coordinator().leadership_target(Instant::now(), &state, shared.name());
-        if let Some(target) = target {
+        // Not while this coordinator measures a change of primary (about a second after the
+        // commit): the new primary's first writable report ends the measurement, here.
+        if let Some(target) = target.filter(|_| !shared.telemetry.measuring(Instant::now())) {
             if last_transfer.is_none_or(|t| t.elapsed() > interval * 20) {
                 tracing::info!(%target, "handing the coordinator role off the primary's host");
                 shared.raft.transfer_leader(vigil_core::node_id(&target));

@@ -17,11 +17,27 @@ const ROLES: [&str; 4] = ["primary", "replica", "witness", "uninitialized"];
 /// Histogram buckets (seconds) for the PostgreSQL health check.
 const BUCKETS: [f64; 12] = [0.0005, 0.001, 0.0025, 0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1.0, 2.5];
 
+/// A change of primary being measured: the epoch it replaces, when the old primary was last
+/// healthy, when it was proposed, and the gauge that gets its duration.
+#[derive(Clone, Copy)]
+struct Measuring {
+    from_epoch: u64,
+    since: Instant,
+    proposed: Instant,
+    gauge: &'static str,
+}
+
+/// How long after its proposal a change may hold the coordinator role for its measurement.
+const MEASURE_AT_MOST: Duration = Duration::from_secs(10);
+
 pub struct Telemetry {
     handle: Option<PrometheusHandle>,
     /// A change of primary in progress: the epoch it replaces, when the old primary was last
     /// healthy, and the gauge that gets its duration.
-    failover: Mutex<Option<(u64, Instant, &'static str)>>,
+    failover: Mutex<Option<Measuring>>,
+    /// When a report last arrived while the cluster was paused: no failover may start before the
+    /// resume, so a change is measured from no earlier than that (not from a primary lost long ago).
+    last_paused: Mutex<Option<Instant>>,
 }
 
 /// Record how long one observation of the local PostgreSQL took.
@@ -41,7 +57,7 @@ impl Telemetry {
             }
         };
         describe();
-        Telemetry { handle, failover: Mutex::new(None) }
+        Telemetry { handle, failover: Mutex::new(None), last_paused: Mutex::new(None) }
     }
 
     /// Drain histogram samples; call now and then.
@@ -61,23 +77,39 @@ impl Telemetry {
             Some(r) => r.at.checked_sub(r.report.pg.down_for).unwrap_or(r.at),
             None => now,
         };
+        let paused = *self.last_paused.lock().unwrap_or_else(|p| p.into_inner());
+        let since = paused.map_or(since, |p| since.max(p));
         let mut f = self.failover.lock().unwrap_or_else(|p| p.into_inner());
-        if !matches!(*f, Some((e, _, _)) if e == from_epoch) {
+        if !matches!(*f, Some(m) if m.from_epoch == from_epoch) {
             let gauge = if planned {
                 "pgvigil_last_switchover_duration_seconds"
             } else {
                 "pgvigil_last_failover_duration_seconds"
             };
-            *f = Some((from_epoch, since, gauge));
+            *f = Some(Measuring { from_epoch, since, proposed: now, gauge });
         }
+    }
+
+    /// A change proposed here in the last few seconds is still waiting for the new primary's
+    /// first writable report.
+    pub fn measuring(&self, now: Instant) -> bool {
+        let f = self.failover.lock().unwrap_or_else(|p| p.into_inner());
+        f.is_some_and(|m| now.saturating_duration_since(m.proposed) < MEASURE_AT_MOST)
     }
 
     /// A report reached the coordinator: the first writable report of the new primary ends the
     /// change being measured.
     pub fn on_report(&self, state: &ClusterState, r: &HealthReport) {
+        if state.paused {
+            *self.last_paused.lock().unwrap_or_else(|p| p.into_inner()) = Some(Instant::now());
+        }
         let mut f = self.failover.lock().unwrap_or_else(|p| p.into_inner());
-        let Some((from_epoch, since, gauge)) = *f else { return };
-        if state.epoch > from_epoch && state.is_primary(&r.member) && r.pg.running && !r.pg.in_recovery {
+        let Some(Measuring { from_epoch, since, gauge, .. }) = *f else { return };
+        if state.epoch > from_epoch + 1 {
+            // Another change happened since (made by another coordinator): this one's end was
+            // not seen here, and any interval measured now would be stale.
+            *f = None;
+        } else if state.epoch > from_epoch && state.is_primary(&r.member) && r.pg.running && !r.pg.in_recovery {
             metrics::gauge!(gauge).set(since.elapsed().as_secs_f64());
             *f = None;
         }
