@@ -18,7 +18,7 @@ use std::time::{Duration, Instant};
 use tokio::sync::{watch, Notify};
 use tokio_util::sync::CancellationToken;
 use vigil_core::agent::{divergence, reconcile, AgentAction, AgentInput};
-use vigil_core::report::{RejoinMethod, RejoinRecord, ReplicaStatus, SwitchoverStop};
+use vigil_core::report::{BootstrapFailure, RejoinMethod, RejoinRecord, ReplicaStatus, SwitchoverStop};
 use vigil_core::{ClusterState, DataDir, EventKind, HealthReport, Lease, LocalMemory, MemberKind, PgStatus, Upstream};
 use vigil_pg::{DataDirState, Fencer, Observation, PgSettings, Postgres, RunAs, StopMode};
 
@@ -111,7 +111,8 @@ pub async fn run(shared: Arc<Shared>, shutdown: CancellationToken) -> anyhow::Re
     *shared.lease.lock().unwrap_or_else(|p| p.into_inner()) = lease;
     // Published through `Shared`, so the HTTP API and the metrics see it too.
     let status_tx = shared.pg_status.clone();
-    status_tx.send_replace(PgStatus { data_dir: data_dir(pg.data_dir_state()), ..Default::default() });
+    let (dir, problem) = data_dir(pg.data_dir_state());
+    status_tx.send_replace(PgStatus { data_dir: dir, data_dir_problem: problem, ..Default::default() });
     let link = Link {
         status: status_tx.subscribe(),
         lease: shared.lease.clone(),
@@ -141,6 +142,7 @@ pub async fn run(shared: Arc<Shared>, shutdown: CancellationToken) -> anyhow::Re
         report_now: link.report_now.clone(),
         reconcile_now: link.reconcile_now.clone(),
         last_role: None,
+        bootstrap_failed: None,
     };
     let reporter = tokio::spawn(reporter(shared.clone(), link, shutdown.clone()));
     agent.reconcile_loop(&shutdown).await;
@@ -191,11 +193,13 @@ fn prepare_dirs(s: &PgSettings) -> anyhow::Result<()> {
     Ok(())
 }
 
-fn data_dir(d: DataDirState) -> DataDir {
+/// The core's name for the data directory's state, and what was found in a foreign one.
+fn data_dir(d: DataDirState) -> (DataDir, Option<String>) {
     match d {
-        DataDirState::Empty => DataDir::Empty,
-        DataDirState::Primary => DataDir::Primary,
-        DataDirState::Standby => DataDir::Standby,
+        DataDirState::Empty => (DataDir::Empty, None),
+        DataDirState::Primary => (DataDir::Primary, None),
+        DataDirState::Standby => (DataDir::Standby, None),
+        DataDirState::Foreign(found) => (DataDir::Foreign, Some(found)),
     }
 }
 
@@ -225,6 +229,8 @@ struct Agent {
     reconcile_now: Arc<Notify>,
     /// The role PostgreSQL last ran in ("primary", "replica"), for the role-change hook.
     last_role: Option<&'static str>,
+    /// The latest failed initdb as the bootstrap primary, reported until one succeeds.
+    bootstrap_failed: Option<BootstrapFailure>,
 }
 
 fn wall_ms() -> u64 {
@@ -280,6 +286,7 @@ impl Agent {
         self.role_hook(&state, &obs);
         self.sync_seen = obs.sync_standby_names.clone();
         let is_primary_now = obs.running && !obs.in_recovery;
+        let (dir, dir_problem) = data_dir(self.pg.data_dir_state());
         let mut pg = PgStatus {
             running: obs.running,
             in_recovery: obs.in_recovery,
@@ -287,7 +294,9 @@ impl Agent {
             current_lsn: obs.current_lsn,
             received_lsn: obs.received_lsn,
             replay_lsn: obs.replay_lsn,
-            data_dir: data_dir(self.pg.data_dir_state()),
+            data_dir: dir,
+            data_dir_problem: dir_problem,
+            bootstrap_failed: self.bootstrap_failed.clone(),
             needs_rejoin: self.needs_rejoin,
             streaming: obs.streaming,
             down_for: self.unhealthy_since.map_or(Duration::ZERO, |t| now - t),
@@ -399,7 +408,15 @@ impl Agent {
                 self.arm_keeper(state).await?;
             }
             AgentAction::InitDb => {
-                self.pg.initdb().await.context("initdb")?;
+                // Reported, so the coordinator gives the bootstrap back; the reconciler does not
+                // try again in this epoch (no loop of failing initdbs), and the error ends this
+                // step before the epoch is marked.
+                if let Err(e) = self.pg.initdb().await {
+                    self.bootstrap_failed = Some(BootstrapFailure { epoch, error: format!("{e:#}") });
+                    self.reconcile_now.notify_one();
+                    return Err(e.context(format!("initdb as the bootstrap primary of epoch {epoch}")));
+                }
+                self.bootstrap_failed = None;
                 tracing::info!(epoch, took_ms = started.elapsed().as_millis() as u64, "initialised a new cluster");
             }
             AgentAction::Start if self.pg.is_running_child() => {

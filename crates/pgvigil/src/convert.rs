@@ -1,7 +1,7 @@
 //! Conversions between the peer protocol's messages and the core's types.
 
 use std::time::Duration;
-use vigil_core::report::{RejoinMethod, RejoinRecord, ReplicaStatus, SwitchoverStop};
+use vigil_core::report::{BootstrapFailure, RejoinMethod, RejoinRecord, ReplicaStatus, SwitchoverStop};
 use vigil_core::{DataDir, HealthReport, MemberKind, PgStatus};
 use vigil_raft::proto;
 
@@ -18,6 +18,7 @@ fn data_dir_name(d: DataDir) -> &'static str {
         DataDir::Empty => "empty",
         DataDir::Primary => "primary",
         DataDir::Standby => "standby",
+        DataDir::Foreign => "foreign",
     }
 }
 
@@ -70,6 +71,11 @@ pub fn to_proto(r: &HealthReport) -> proto::HealthReport {
                 lsn: s.lsn,
                 timeline: s.timeline,
             }),
+            data_dir_problem: p.data_dir_problem.clone().unwrap_or_default(),
+            bootstrap_failed: p
+                .bootstrap_failed
+                .as_ref()
+                .map(|f| proto::BootstrapFailure { epoch: f.epoch, error: f.error.clone() }),
         }),
         epoch_seen: r.epoch_seen,
     }
@@ -88,6 +94,7 @@ pub fn from_proto(r: proto::HealthReport) -> Result<HealthReport, String> {
         "empty" => DataDir::Empty,
         "primary" => DataDir::Primary,
         "standby" => DataDir::Standby,
+        "foreign" => DataDir::Foreign,
         _ => DataDir::Unknown,
     };
     Ok(HealthReport {
@@ -136,6 +143,8 @@ pub fn from_proto(r: proto::HealthReport) -> Result<HealthReport, String> {
                 lsn: s.lsn,
                 timeline: s.timeline,
             }),
+            data_dir_problem: Some(p.data_dir_problem).filter(|w| !w.is_empty()),
+            bootstrap_failed: p.bootstrap_failed.map(|f| BootstrapFailure { epoch: f.epoch, error: f.error }),
         },
         epoch_seen: r.epoch_seen,
     })
@@ -177,6 +186,8 @@ mod tests {
                     reinit: Some(4),
                 }),
                 switchover_stop: Some(SwitchoverStop { epoch: 3, id: 4, lsn: 5, timeline: 6 }),
+                data_dir_problem: Some("found: x".into()),
+                bootstrap_failed: Some(BootstrapFailure { epoch: 1, error: "initdb: exit 1".into() }),
             },
             epoch_seen: 7,
         };
@@ -185,6 +196,8 @@ mod tests {
         unknown.pg.sync_names = None;
         unknown.pg.last_rejoin = None;
         unknown.pg.switchover_stop = None;
+        unknown.pg.data_dir_problem = None;
+        unknown.pg.bootstrap_failed = None;
         assert_eq!(from_proto(to_proto(&unknown)), Ok(unknown));
     }
 

@@ -148,6 +148,7 @@ fn describe(cmd: &Command) -> String {
     match cmd {
         Command::UpsertMember { name, .. } => format!("member record of {name}"),
         Command::Bootstrap { member, .. } => format!("bootstrap by {member}"),
+        Command::AbandonBootstrap { member, reason, .. } => format!("giving back the bootstrap by {member} ({reason})"),
         Command::Failover { to, from_epoch, .. } => format!("failover from epoch {from_epoch} to {to}"),
         Command::Sync { sync, reason, .. } => format!(
             "synchronous state ({reason}): mode {:?}, standbys {:?}, holders {:?}",

@@ -9,6 +9,11 @@
 //! - The committed primary runs and promotes PostgreSQL only while it holds the lease for the
 //!   current epoch, and records that epoch locally *before* acting, so a later start can tell its
 //!   data directory was a primary's.
+//! - A data directory that is neither empty nor PostgreSQL's ([`DataDir::Foreign`], a mount point
+//!   holding only `lost+found` included) is never touched: no init, clone, start or adoption.
+//! - Only the bootstrap primary, in the epoch of its bootstrap, initialises an empty data
+//!   directory, and at most once per epoch: after a failed initdb it waits for the coordinator to
+//!   give the bootstrap back ([`crate::state::Command::AbandonBootstrap`]) and choose again.
 //! - Standbys clone when empty, start with a standby configuration pointing at the committed
 //!   primary, and re-point (follow) a running server when the primary changes.
 //! - Operators' requests ([`crate::switchover`]): the old primary of a started switchover stops
@@ -124,6 +129,10 @@ pub fn reconcile(input: &AgentInput<'_>) -> Vec<AgentAction> {
     if kind == MemberKind::Witness {
         return Vec::new();
     }
+    if pg.data_dir == DataDir::Foreign {
+        let found = pg.data_dir_problem.as_deref().unwrap_or("not a PostgreSQL data directory");
+        return vec![NeedsRejoin(format!("cannot use the data directory: {found}"))];
+    }
     let Some(primary) = state.primary.as_deref() else {
         return vec![Wait("no primary decided yet".into())];
     };
@@ -212,18 +221,23 @@ pub fn reconcile(input: &AgentInput<'_>) -> Vec<AgentAction> {
     }
     let mark = (local.primary_epoch != Some(epoch)).then_some(MarkPrimary(epoch));
     let was_other_epochs_primary = local.primary_epoch.is_some_and(|e| e < epoch);
+    let bootstrapping = state.bootstrapped_by.as_deref() == Some(me) && epoch == state.bootstrap_epoch;
     match (pg.data_dir, pg.running, pg.in_recovery) {
         (DataDir::Empty, _, _) => {
-            let first = state.bootstrapped_by.as_deref() == Some(me) && epoch == 1 && local.primary_epoch.is_none();
-            if !first {
+            if !bootstrapping || local.primary_epoch.is_some() {
                 return vec![NeedsRejoin(format!("primary of epoch {epoch} but the data directory is empty"))];
             }
-            out.extend(mark);
+            if let Some(f) = pg.bootstrap_failed.as_ref().filter(|f| f.epoch == epoch) {
+                return vec![Wait(format!("initdb failed ({}); waiting for the coordinator to choose again", f.error))];
+            }
+            // initdb first: a failed one leaves no primary epoch behind, so this member may be
+            // chosen again once it is fixed. No server runs before the mark.
             out.push(InitDb);
+            out.extend(mark);
         }
-        (DataDir::Unknown, _, _) => return vec![Wait("data directory state unknown".into())],
+        (DataDir::Unknown | DataDir::Foreign, _, _) => return vec![Wait("data directory state unknown".into())],
         // A primary's data directory from an older epoch: another primary may have written since.
-        (DataDir::Primary, _, _) if was_other_epochs_primary || (local.primary_epoch.is_none() && epoch > 1) => {
+        (DataDir::Primary, _, _) if was_other_epochs_primary || (local.primary_epoch.is_none() && !bootstrapping) => {
             let why = format!("the data directory was primary at an older epoch than {epoch}");
             return if pg.running { vec![Fence(why.clone()), NeedsRejoin(why)] } else { vec![NeedsRejoin(why)] };
         }

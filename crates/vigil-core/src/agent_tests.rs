@@ -48,7 +48,7 @@ fn mem(primary_epoch: Option<u64>, upstream: Option<Upstream>) -> LocalMemory {
 fn bootstrap_primary_inits_only_with_the_lease() {
     let s = cluster("a", 1);
     assert!(matches!(run("a", &s, pg(DataDir::Empty, false, false), false, mem(None, None))[..], [Wait(_)]));
-    assert_eq!(run("a", &s, pg(DataDir::Empty, false, false), true, mem(None, None)), vec![MarkPrimary(1), InitDb]);
+    assert_eq!(run("a", &s, pg(DataDir::Empty, false, false), true, mem(None, None)), vec![InitDb, MarkPrimary(1)]);
     assert_eq!(run("a", &s, pg(DataDir::Primary, false, false), true, mem(Some(1), None)), vec![Start]);
     let slots = vec!["pgvigil_b".to_string(), "pgvigil_c".to_string()];
     assert_eq!(
@@ -220,4 +220,100 @@ fn paused_leaves_postgres_alone_but_still_fences() {
     // Resumed: back to normal.
     s.apply(&Command::SetPaused { paused: false, reason: String::new(), at_unix_ms: 0 }).expect("resume");
     assert_eq!(run("a", &s, pg(DataDir::Primary, false, false), true, mem(Some(1), None)), vec![Start]);
+}
+
+fn foreign() -> PgStatus {
+    PgStatus { data_dir_problem: Some("found: notes.txt".into()), ..pg(DataDir::Foreign, false, false) }
+}
+
+fn failed(epoch: u64) -> PgStatus {
+    let failure = crate::report::BootstrapFailure { epoch, error: "initdb: exit 1".into() };
+    PgStatus { bootstrap_failed: Some(failure), ..pg(DataDir::Empty, false, false) }
+}
+
+/// `a` bootstrapped at epoch 1, gave it back, and `who` bootstraps again at epoch 2.
+fn rebootstrapped(who: &str) -> ClusterState {
+    let mut s = cluster("a", 1);
+    let give_back = Command::AbandonBootstrap { member: "a".into(), epoch: 1, reason: String::new(), at_unix_ms: 0 };
+    s.apply(&give_back).expect("abandon");
+    s.apply(&Command::Bootstrap { member: who.into(), at_unix_ms: 0 }).expect("bootstrap again");
+    assert_eq!((s.epoch, s.bootstrap_epoch), (2, 2));
+    s
+}
+
+#[test]
+fn bootstrap_rules() {
+    type Check = fn(&[AgentAction]) -> bool;
+    let cases: Vec<(&str, &str, ClusterState, PgStatus, LocalMemory, Check)> = vec![
+        // A foreign data directory is never initialised over, cloned into or started.
+        (
+            "foreign, bootstrap primary",
+            "a",
+            cluster("a", 1),
+            foreign(),
+            mem(None, None),
+            |a| matches!(a, [NeedsRejoin(w)] if w.contains("cannot use the data directory: found: notes.txt")),
+        ),
+        ("foreign, standby", "b", cluster("a", 1), foreign(), mem(None, None), |a| matches!(a, [NeedsRejoin(_)])),
+        ("foreign, no primary yet", "b", ClusterState::default(), foreign(), mem(None, None), |a| {
+            matches!(a, [NeedsRejoin(_)])
+        }),
+        // A failed initdb is not tried again in the same epoch: the coordinator chooses again.
+        (
+            "initdb failed in this epoch",
+            "a",
+            cluster("a", 1),
+            failed(1),
+            mem(None, None),
+            |a| matches!(a, [Wait(w)] if w.contains("initdb failed (initdb: exit 1)")),
+        ),
+        // Chosen again after giving the bootstrap back: a failure of an older epoch is no reason.
+        ("chosen again", "a", rebootstrapped("a"), failed(1), mem(None, None), |a| a == [InitDb, MarkPrimary(2)]),
+        ("another member chosen", "b", rebootstrapped("b"), pg(DataDir::Empty, false, false), mem(None, None), |a| {
+            a == [InitDb, MarkPrimary(2)]
+        }),
+        (
+            "an adopted directory at a later bootstrap",
+            "b",
+            rebootstrapped("b"),
+            pg(DataDir::Primary, false, false),
+            mem(None, None),
+            |a| a == [MarkPrimary(2), Start],
+        ),
+        // After the bootstrap gave way to a failover, an empty directory is never initialised.
+        (
+            "bootstrapper of an old epoch",
+            "a",
+            {
+                let mut s = cluster("a", 3);
+                s.bootstrap_epoch = 1;
+                s
+            },
+            pg(DataDir::Empty, false, false),
+            mem(None, None),
+            |a| matches!(a, [NeedsRejoin(_)]),
+        ),
+        // It was a primary (initdb done, epoch marked) and its data went: never initialised again.
+        (
+            "marked, then emptied",
+            "a",
+            cluster("a", 1),
+            pg(DataDir::Empty, false, false),
+            mem(Some(1), None),
+            |a| matches!(a, [NeedsRejoin(w)] if w.contains("data directory is empty")),
+        ),
+    ];
+    for (name, me, s, p, local, check) in cases {
+        let got = run(me, &s, p, true, local);
+        assert!(check(&got), "{name}: {got:?}");
+    }
+}
+
+#[test]
+fn a_foreign_data_directory_is_left_alone_without_a_primary_too() {
+    let mut s = cluster("a", 1);
+    s.apply(&Command::AbandonBootstrap { member: "a".into(), epoch: 1, reason: String::new(), at_unix_ms: 0 })
+        .expect("abandon");
+    assert!(matches!(run("a", &s, failed(1), false, mem(None, None))[..], [Wait(_)]), "no primary: waits");
+    assert!(matches!(run("b", &s, foreign(), false, mem(None, None))[..], [NeedsRejoin(_)]));
 }

@@ -207,6 +207,10 @@ impl Coordinator {
         }
         let mut out = self.member_updates(state, wall_ms);
         out.extend(self.rejoin_records(state));
+        if let Some(cmd) = self.abandon_bootstrap(now, state, wall_ms) {
+            out.push(cmd);
+            return out;
+        }
         match &state.primary {
             None => {
                 if let Some(member) = self.bootstrap_choice(now, leader_since, state) {
@@ -322,13 +326,47 @@ impl Coordinator {
             .collect()
     }
 
+    /// Give the bootstrap back when its primary reports that initdb failed in this epoch, its data
+    /// directory is still empty and nothing runs there, and no member reports a writable server:
+    /// no cluster was ever created, so choosing again loses nothing.
+    fn abandon_bootstrap(&self, now: Instant, state: &ClusterState, wall_ms: u64) -> Option<Command> {
+        let member = state.primary.as_deref()?;
+        if state.bootstrapped_by.as_deref() != Some(member) || state.epoch != state.bootstrap_epoch {
+            return None;
+        }
+        let r = self.reports.get(member).filter(|r| self.is_current(now, r))?;
+        let failed = r.report.pg.bootstrap_failed.as_ref().filter(|f| f.epoch == state.epoch)?;
+        if r.report.pg.data_dir != DataDir::Empty || r.report.pg.running || r.report.pg.unresponsive {
+            return None;
+        }
+        if self.reports.values().any(|r| r.report.pg.running && !r.report.pg.in_recovery) {
+            return None;
+        }
+        Some(Command::AbandonBootstrap {
+            member: member.to_string(),
+            epoch: state.epoch,
+            reason: format!("initdb failed on {member}: {}", failed.error),
+            at_unix_ms: wall_ms,
+        })
+    }
+
     /// Who creates the cluster: a member with an existing primary data directory (adopted as it
-    /// is) before one with an empty one; then priority, then name. Waits for every configured
-    /// member's first report, or `bootstrap_wait`, so an existing data directory is not missed.
+    /// is) before one with an empty one, one whose initdb did not fail before one whose did; then
+    /// priority, then name. A member with a foreign data directory is never chosen. Waits for
+    /// every configured member's first report, or `bootstrap_wait`, so an existing data directory
+    /// is not missed; after a bootstrap was given back, also for the lease its primary may have
+    /// held (as before a failover), although it never ran a server.
     fn bootstrap_choice(&self, now: Instant, leader_since: Instant, state: &ClusterState) -> Option<String> {
         let all_reported = self.expected.iter().all(|n| self.reports.contains_key(n));
         if !all_reported && now.saturating_duration_since(leader_since) < self.timings.bootstrap_wait {
             return None;
+        }
+        if state.epoch > 0 {
+            let granted = self.last_grant.as_ref().filter(|g| g.epoch == state.epoch).map(|g| g.at);
+            let start = granted.map_or(leader_since, |g| g.max(leader_since));
+            if now.saturating_duration_since(start) < self.timings.promotion_wait() {
+                return None;
+            }
         }
         let mut ok: Vec<&HealthReport> = self
             .reports
@@ -340,7 +378,12 @@ impl Coordinator {
             .collect();
         ok.sort_by(|a, b| {
             let has_data = |r: &HealthReport| r.pg.data_dir == DataDir::Primary;
-            has_data(b).cmp(&has_data(a)).then(b.priority.cmp(&a.priority)).then(a.member.cmp(&b.member))
+            let failed = |r: &HealthReport| r.pg.bootstrap_failed.is_some();
+            has_data(b)
+                .cmp(&has_data(a))
+                .then(failed(a).cmp(&failed(b)))
+                .then(b.priority.cmp(&a.priority))
+                .then(a.member.cmp(&b.member))
         });
         // Bootstrap is proposed after the member's own UpsertMember, in the same batch.
         ok.first().map(|r| r.member.clone()).filter(|_| state.primary.is_none())

@@ -329,3 +329,108 @@ fn paused_the_primary_keeps_its_lease_while_postgres_is_down_and_member_records_
     s.apply(&Command::SetPaused { paused: false, reason: String::new(), at_unix_ms: 0 }).expect("resume");
     assert!(!c.on_report(t0 + ms(200), down, &s).grant, "unpaused: down too long, lease withheld");
 }
+
+fn failed_r(name: &str, epoch: u64) -> HealthReport {
+    let mut r = report(name, DataDir::Empty, false, false, 0);
+    r.pg.bootstrap_failed = Some(crate::report::BootstrapFailure { epoch, error: "initdb: exit 1".into() });
+    r
+}
+
+/// a, b, c empty; a has the highest priority and is chosen at t0; `after` reports arrive at t0 + 1 s.
+fn bootstrapped_on_a(after: &[HealthReport]) -> (Coordinator, ClusterState, Instant, Vec<Command>) {
+    let t0 = Instant::now();
+    let mut c = Coordinator::new(["a", "b", "c"].map(String::from), Timings::default());
+    c.set_leader(t0, Some(1));
+    let mut s = ClusterState::default();
+    let mut a = report("a", DataDir::Empty, false, false, 0);
+    a.priority = 10;
+    for r in [a, report("b", DataDir::Empty, false, false, 0), report("c", DataDir::Empty, false, false, 0)] {
+        c.on_report(t0, r, &s);
+    }
+    for cmd in c.decide(t0, &s, 0) {
+        s.apply(&cmd).expect("apply");
+    }
+    assert_eq!((s.primary.as_deref(), s.epoch), (Some("a"), 1));
+    let t = t0 + ms(1000);
+    round(&mut c, &s, t, after);
+    let cmds = c.decide(t, &s, 0);
+    (c, s, t, cmds)
+}
+
+fn abandoned(cmds: &[Command]) -> bool {
+    cmds.iter().any(|c| matches!(c, Command::AbandonBootstrap { member, epoch: 1, .. } if member == "a"))
+}
+
+#[test]
+fn a_failed_bootstrap_is_given_back_only_when_nothing_was_created() {
+    let empty = |n: &str| report(n, DataDir::Empty, false, false, 0);
+    let mut a_failed = failed_r("a", 1);
+    a_failed.priority = 10;
+    let with_data = {
+        let mut r = a_failed.clone();
+        r.pg.data_dir = DataDir::Primary;
+        r
+    };
+    let running = {
+        let mut r = a_failed.clone();
+        r.pg.running = true;
+        r
+    };
+    let old_epoch = {
+        let mut r = a_failed.clone();
+        r.pg.bootstrap_failed = Some(crate::report::BootstrapFailure { epoch: 0, error: String::new() });
+        r
+    };
+    let cases: Vec<(&str, Vec<HealthReport>, bool)> = vec![
+        ("initdb failed, still empty", vec![a_failed.clone(), empty("b"), empty("c")], true),
+        ("no failure reported", vec![empty("a"), empty("b"), empty("c")], false),
+        ("a failure of another epoch", vec![old_epoch, empty("b"), empty("c")], false),
+        ("its data directory is no longer empty", vec![with_data, empty("b"), empty("c")], false),
+        ("its server runs", vec![running, empty("b"), empty("c")], false),
+        ("someone runs a primary", vec![a_failed.clone(), primary_r("b", 1), empty("c")], false),
+    ];
+    for (name, reports, want) in cases {
+        let (_, _, _, cmds) = bootstrapped_on_a(&reports);
+        assert_eq!(abandoned(&cmds), want, "{name}: {cmds:?}");
+    }
+}
+
+#[test]
+fn a_given_back_bootstrap_is_decided_again_after_the_lease_wait() {
+    let mut a_failed = failed_r("a", 1);
+    a_failed.priority = 10;
+    let reports = [a_failed.clone(), report("b", DataDir::Empty, false, false, 0), failed_r("c", 1)];
+    let (mut c, mut s, t, cmds) = bootstrapped_on_a(&reports);
+    for cmd in &cmds {
+        s.apply(cmd).expect("apply");
+    }
+    assert_eq!((s.primary.as_deref(), s.bootstrapped_by.as_deref(), s.epoch), (None, None, 1));
+    assert_eq!(s.history.last().map(|e| e.kind), Some(crate::state::EventKind::BootstrapFailed));
+    // a held a lease for epoch 1 (granted at t): no new bootstrap before it has certainly run out.
+    let wait = c.timings.promotion_wait();
+    round(&mut c, &s, t + wait - ms(1), &reports);
+    assert!(!c.decide(t + wait - ms(1), &s, 0).iter().any(|c| matches!(c, Command::Bootstrap { .. })));
+    round(&mut c, &s, t + wait, &reports);
+    // a's and c's initdb failed: b goes first, though a has the higher priority.
+    let cmds = c.decide(t + wait, &s, 0);
+    assert_eq!(cmds.last(), Some(&Command::Bootstrap { member: "b".into(), at_unix_ms: 0 }));
+    s.apply(&cmds[cmds.len() - 1]).expect("bootstrap again");
+    assert_eq!((s.primary.as_deref(), s.epoch, s.bootstrap_epoch), (Some("b"), 2, 2));
+}
+
+#[test]
+fn a_foreign_data_directory_is_never_chosen() {
+    let t0 = Instant::now();
+    let mut c = Coordinator::new(["a", "b"].map(String::from), Timings::default());
+    c.set_leader(t0, Some(1));
+    let s = ClusterState::default();
+    let mut a = report("a", DataDir::Foreign, false, false, 0);
+    a.priority = 10;
+    c.on_report(t0, a, &s);
+    c.on_report(t0, report("b", DataDir::Empty, false, false, 0), &s);
+    assert_eq!(c.decide(t0, &s, 0).last(), Some(&Command::Bootstrap { member: "b".into(), at_unix_ms: 0 }));
+    let mut c = Coordinator::new(["a"].map(String::from), Timings::default());
+    c.set_leader(t0, Some(1));
+    c.on_report(t0, report("a", DataDir::Foreign, false, false, 0), &s);
+    assert!(!c.decide(t0 + ms(60_000), &s, 0).iter().any(|c| matches!(c, Command::Bootstrap { .. })));
+}

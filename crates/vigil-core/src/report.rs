@@ -22,6 +22,10 @@ pub enum DataDir {
     /// A data directory without `standby.signal`: it was (or is) a primary.
     Primary,
     Standby,
+    /// Neither empty nor a PostgreSQL data directory (`PG_VERSION` and `global/pg_control`), or
+    /// a mount point holding only `lost+found`: never initialised over, cloned into, adopted or
+    /// started; what was found is in [`PgStatus::data_dir_problem`].
+    Foreign,
 }
 
 #[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize, Default)]
@@ -59,6 +63,21 @@ pub struct PgStatus {
     /// [`crate::switchover`]). Reported only while PostgreSQL is down and the position is known.
     #[serde(default)]
     pub switchover_stop: Option<SwitchoverStop>,
+    /// [`DataDir::Foreign`]: what was found there, for the operator.
+    #[serde(default)]
+    pub data_dir_problem: Option<String>,
+    /// The bootstrap primary's initdb failed: the coordinator gives the bootstrap back
+    /// ([`crate::state::Command::AbandonBootstrap`]) and chooses again.
+    #[serde(default)]
+    pub bootstrap_failed: Option<BootstrapFailure>,
+}
+
+/// "I was chosen to create the cluster at `epoch` and initdb failed": no server ever ran on the
+/// (still empty) data directory. The agent does not try again in that epoch.
+#[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
+pub struct BootstrapFailure {
+    pub epoch: u64,
+    pub error: String,
 }
 
 /// An old primary's statement: "my PostgreSQL is cleanly shut down (pg_controldata says so) at

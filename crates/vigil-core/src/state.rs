@@ -26,6 +26,8 @@ pub struct Member {
 #[serde(rename_all = "snake_case")]
 pub enum EventKind {
     Bootstrap,
+    /// The bootstrap primary's initdb failed; the coordinator chooses again.
+    BootstrapFailed,
     Failover,
     MemberJoined,
     MemberChanged,
@@ -64,6 +66,10 @@ pub struct ClusterState {
     pub primary: Option<String>,
     /// The member that created the cluster (initdb), once decided.
     pub bootstrapped_by: Option<String>,
+    /// The epoch the (latest) bootstrap made: only its primary, in that epoch, may initialise an
+    /// empty data directory. Later than 1 after a bootstrap was given back.
+    #[serde(default = "first_epoch")]
+    pub bootstrap_epoch: u64,
     pub members: BTreeMap<String, Member>,
     pub history: Vec<Event>,
     #[serde(default)]
@@ -92,6 +98,10 @@ pub struct ClusterState {
     pub previous_primary: Option<String>,
 }
 
+fn first_epoch() -> u64 {
+    1
+}
+
 #[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
 #[serde(tag = "op", rename_all = "snake_case")]
 pub enum Command {
@@ -99,6 +109,9 @@ pub enum Command {
     UpsertMember { name: String, member: Member, at_unix_ms: u64 },
     /// Make `member` the first primary of a cluster that has none.
     Bootstrap { member: String, at_unix_ms: u64 },
+    /// Give back the bootstrap of `epoch` whose primary `member` could not initialise its data
+    /// directory (no server ever ran on it), so the coordinator chooses again.
+    AbandonBootstrap { member: String, epoch: u64, reason: String, at_unix_ms: u64 },
     /// Replace the primary of `from_epoch` by `to`.
     Failover { from_epoch: u64, to: String, reason: String, at_unix_ms: u64 },
     /// Replace the synchronous state of `epoch`.
@@ -137,6 +150,8 @@ pub enum Command {
 #[derive(Clone, Debug, PartialEq, Eq)]
 pub enum Rejected {
     AlreadyBootstrapped,
+    /// An abandoned bootstrap that is not the one in progress.
+    NotBootstrapping(String),
     StaleEpoch {
         expected: u64,
         current: u64,
@@ -164,6 +179,7 @@ impl std::fmt::Display for Rejected {
     fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
         match self {
             Rejected::AlreadyBootstrapped => write!(f, "cluster is already bootstrapped"),
+            Rejected::NotBootstrapping(m) => write!(f, "{m} is not bootstrapping the cluster"),
             Rejected::StaleEpoch { expected, current } => {
                 write!(f, "decided for epoch {expected}, but the epoch is {current}")
             }
@@ -219,8 +235,34 @@ impl ClusterState {
                 self.epoch += 1;
                 self.primary = Some(member.clone());
                 self.bootstrapped_by = Some(member.clone());
+                self.bootstrap_epoch = self.epoch;
                 self.reset_sync(member);
                 self.record(*at_unix_ms, EventKind::Bootstrap, member, "first primary".into());
+                Ok(())
+            }
+            Command::AbandonBootstrap { member, epoch, reason, at_unix_ms } => {
+                if *epoch != self.epoch {
+                    return Err(Rejected::StaleEpoch { expected: *epoch, current: self.epoch });
+                }
+                let mine = Some(member.as_str());
+                if self.primary.as_deref() != mine
+                    || self.bootstrapped_by.as_deref() != mine
+                    || self.bootstrap_epoch != *epoch
+                {
+                    return Err(Rejected::NotBootstrapping(member.clone()));
+                }
+                // The epoch stays: the next bootstrap makes a new one, so nothing granted for
+                // this one ever counts again.
+                self.primary = None;
+                self.bootstrapped_by = None;
+                self.sync.holders.clear();
+                self.sync.standbys.clear();
+                if let Some(s) = self.switchover.take() {
+                    let detail = format!("switchover {} to {} ended: the bootstrap was given back", s.id, s.to);
+                    self.last_switchover = Some(SwitchoverOutcome::ended(&s, None, detail.clone()));
+                    self.record(*at_unix_ms, EventKind::Cancelled, &s.to, detail);
+                }
+                self.record(*at_unix_ms, EventKind::BootstrapFailed, member, reason.clone());
                 Ok(())
             }
             Command::Failover { from_epoch, to, reason, at_unix_ms } => {
@@ -454,6 +496,35 @@ mod tests {
         let w = Member { kind: MemberKind::Witness, ..Default::default() };
         s.apply(&Command::UpsertMember { name: "w".into(), member: w, at_unix_ms: 0 }).ok();
         s
+    }
+
+    #[test]
+    fn a_bootstrap_is_given_back_only_by_its_primary_in_its_epoch() {
+        let give_back = |member: &str, epoch: u64| Command::AbandonBootstrap {
+            member: member.into(),
+            epoch,
+            reason: "initdb failed".into(),
+            at_unix_ms: 3,
+        };
+        let mut s = with_members();
+        assert_eq!(s.apply(&give_back("a", 0)), Err(Rejected::NotBootstrapping("a".into())), "nothing to give back");
+        s.apply(&Command::Bootstrap { member: "a".into(), at_unix_ms: 1 }).expect("bootstrap");
+        assert_eq!(s.apply(&give_back("b", 1)), Err(Rejected::NotBootstrapping("b".into())));
+        assert_eq!(s.apply(&give_back("a", 2)), Err(Rejected::StaleEpoch { expected: 2, current: 1 }));
+        let mut later = s.clone();
+        let failover = Command::Failover { from_epoch: 1, to: "b".into(), reason: String::new(), at_unix_ms: 2 };
+        later.apply(&failover).expect("failover");
+        assert!(later.apply(&give_back("b", 2)).is_err(), "a failover's primary is not a bootstrap");
+        s.apply(&give_back("a", 1)).expect("give back");
+        assert_eq!((s.epoch, s.primary.as_deref(), s.bootstrapped_by.as_deref()), (1, None, None));
+        assert_eq!(s.apply(&give_back("a", 1)), Err(Rejected::NotBootstrapping("a".into())), "once");
+        s.apply(&Command::Bootstrap { member: "b".into(), at_unix_ms: 4 }).expect("bootstrap again");
+        assert_eq!((s.epoch, s.primary.as_deref(), s.bootstrap_epoch), (2, Some("b"), 2));
+        // A state from before the field: its bootstrap made epoch 1.
+        let old: ClusterState =
+            serde_json::from_str(r#"{"epoch":1,"primary":"a","bootstrapped_by":"a","members":{},"history":[]}"#)
+                .expect("old state");
+        assert_eq!(old.bootstrap_epoch, 1);
     }
 
     #[test]

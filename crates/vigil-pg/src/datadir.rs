@@ -12,34 +12,52 @@ use crate::error::PgError;
 use crate::postgres::Postgres;
 use crate::settings::RunAs;
 
-#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+#[derive(Clone, Debug, PartialEq, Eq)]
 pub enum DataDirState {
     /// Missing or an empty directory.
     Empty,
-    /// Something is there and it is not a standby (normally `PG_VERSION` and no `standby.signal`).
+    /// A PostgreSQL data directory (`PG_VERSION` and `global/pg_control`) without `standby.signal`.
     Primary,
-    /// `standby.signal` is present.
+    /// A PostgreSQL data directory with `standby.signal`.
     Standby,
+    /// Anything else, and what was found: not ours to initialise over, clone into or start. A
+    /// mount point holding only `lost+found` is one: `initdb` and `pg_basebackup` refuse a
+    /// non-empty directory, and PostgreSQL's documentation asks for a subdirectory of the mount.
+    Foreign(String),
 }
 
-/// What `dir` holds. Something that is neither empty nor a cluster (no `PG_VERSION`) counts as
-/// `Primary`: it is not ours to overwrite, and starting it fails loudly.
+/// How many names a [`DataDirState::Foreign`] description lists.
+const NAMES_SHOWN: usize = 5;
+
+/// What `dir` holds.
 pub fn data_dir_state(dir: &Path) -> DataDirState {
-    match std::fs::read_dir(dir) {
+    let mut names: Vec<String> = match std::fs::read_dir(dir) {
         Err(e) if e.kind() == std::io::ErrorKind::NotFound => return DataDirState::Empty,
-        Ok(mut entries) => {
-            if entries.next().is_none() {
-                return DataDirState::Empty;
-            }
-        }
-        // Unreadable or not a directory: something is there.
-        Err(_) => {}
+        Err(e) => return DataDirState::Foreign(format!("{} cannot be listed: {e}", dir.display())),
+        Ok(entries) => entries.filter_map(|e| e.ok()).map(|e| e.file_name().to_string_lossy().into_owned()).collect(),
+    };
+    if names.is_empty() {
+        return DataDirState::Empty;
     }
-    if dir.join("standby.signal").exists() {
-        DataDirState::Standby
-    } else {
-        DataDirState::Primary
+    if names == ["lost+found"] {
+        return DataDirState::Foreign(format!(
+            "{} holds only lost+found: it is the root of a file system (a mount point), which initdb \
+             refuses; set postgres.data_dir to a subdirectory of it, e.g. {}",
+            dir.display(),
+            dir.join("pgdata").display()
+        ));
     }
+    if dir.join("PG_VERSION").is_file() && dir.join("global").join("pg_control").is_file() {
+        return if dir.join("standby.signal").exists() { DataDirState::Standby } else { DataDirState::Primary };
+    }
+    names.sort();
+    let shown = names.iter().take(NAMES_SHOWN).cloned().collect::<Vec<_>>().join(", ");
+    let more = if names.len() > NAMES_SHOWN { format!(", ... ({} entries)", names.len()) } else { String::new() };
+    DataDirState::Foreign(format!(
+        "{} is not empty and not a PostgreSQL data directory (no PG_VERSION and global/pg_control); \
+         found: {shown}{more}",
+        dir.display()
+    ))
 }
 
 /// Ok if `dir` is missing or empty, else [`PgError::DataDirNotEmpty`].
@@ -249,7 +267,14 @@ mod tests {
         assert_eq!(data_dir_state(&data), DataDirState::Empty);
         std::fs::create_dir(&data).expect("mkdir");
         assert_eq!(data_dir_state(&data), DataDirState::Empty);
+        std::fs::create_dir(data.join("lost+found")).expect("mkdir");
+        assert!(matches!(data_dir_state(&data), DataDirState::Foreign(w) if w.contains("only lost+found")));
         std::fs::write(data.join("PG_VERSION"), "15\n").expect("write");
+        assert!(
+            matches!(data_dir_state(&data), DataDirState::Foreign(w) if w.contains("found: PG_VERSION, lost+found"))
+        );
+        std::fs::create_dir(data.join("global")).expect("mkdir");
+        std::fs::write(data.join("global/pg_control"), "").expect("write");
         assert_eq!(data_dir_state(&data), DataDirState::Primary);
         std::fs::write(data.join("standby.signal"), "").expect("write");
         assert_eq!(data_dir_state(&data), DataDirState::Standby);
