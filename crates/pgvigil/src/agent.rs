@@ -10,7 +10,7 @@
 use crate::daemon::Shared;
 use crate::hooks::{Details, Event};
 use crate::local::LocalFile;
-use crate::{convert, coordination};
+use crate::reporter::{reporter, Link};
 use anyhow::Context;
 use std::sync::atomic::{AtomicU64, Ordering};
 use std::sync::{Arc, Mutex};
@@ -19,25 +19,11 @@ use tokio::sync::{watch, Notify};
 use tokio_util::sync::CancellationToken;
 use vigil_core::agent::{divergence, reconcile, AgentAction, AgentInput};
 use vigil_core::report::{BootstrapFailure, RejoinMethod, RejoinRecord, ReplicaStatus, SwitchoverStop};
-use vigil_core::{ClusterState, DataDir, EventKind, HealthReport, Lease, LocalMemory, MemberKind, PgStatus, Upstream};
-use vigil_pg::{DataDirState, Fencer, Observation, PgSettings, Postgres, RunAs, StopMode};
+use vigil_core::{ClusterState, DataDir, EventKind, Lease, LocalMemory, MemberKind, PgStatus, Upstream};
+use vigil_pg::{DataDirState, Observation, PgSettings, Postgres, RunAs, StopMode};
 
 /// A standby not streaming for this long gets its timeline checked against the primary's.
 const DIVERGENCE_CHECK_AFTER: Duration = Duration::from_secs(2);
-
-/// What the reporter needs from the reconciler, and the lease they share.
-struct Link {
-    status: watch::Receiver<PgStatus>,
-    lease: Arc<Mutex<Lease>>,
-    /// The epoch for which this member has acted as primary (0: none); the reporter fences when
-    /// the lease for it is gone.
-    acting_epoch: Arc<AtomicU64>,
-    fencer: Option<Fencer>,
-    /// The reconciler asks for a report now.
-    report_now: Arc<Notify>,
-    /// The reporter asks the reconciler to look again now (a lease was granted).
-    reconcile_now: Arc<Notify>,
-}
 
 pub async fn run_witness(shared: Arc<Shared>, shutdown: CancellationToken) -> anyhow::Result<()> {
     let status = shared.pg_status.subscribe();
@@ -719,118 +705,4 @@ impl Agent {
 
 fn first_line(s: &str) -> &str {
     s.lines().next().unwrap_or_default()
-}
-
-/// Report every loop (at once on a state change or when the reconciler asks), keep the lease,
-/// fence when it runs out.
-async fn reporter(shared: Arc<Shared>, link: Link, shutdown: CancellationToken) {
-    let base = shared.settings.timings.loop_interval;
-    let mut state_rx = shared.raft.state();
-    let mut next = Instant::now();
-    // The lease the keeper was last given, and the epoch whose lapse was already fenced (once:
-    // a stopped server does not go away faster for being signalled again).
-    let mut pushed: Option<Option<(u64, Instant)>> = None;
-    let mut fenced_epoch = 0;
-    loop {
-        shared.alive.mark_reporter();
-        let acting = link.acting_epoch.load(Ordering::SeqCst);
-        let lease_end = link.lease.lock().unwrap_or_else(|p| p.into_inner()).expires_at(acting);
-        let wake = lease_end.filter(|_| acting != 0 && fenced_epoch != acting).map_or(next, |e| e.min(next));
-        // A new committed state is reported at once: a new primary is waiting for its lease.
-        let force = tokio::select! {
-            _ = shutdown.cancelled() => return,
-            _ = tokio::time::sleep_until(wake.into()) => false,
-            _ = link.report_now.notified() => true,
-            r = state_rx.changed() => if r.is_err() { return } else { true },
-        };
-        if force || Instant::now() >= next {
-            // While a switchover runs, the coordinator waits for the old primary's and the
-            // candidate's next reports: report more often.
-            let switching = state_rx.borrow().state.switchover.as_ref().is_some_and(|s| s.started);
-            next = Instant::now() + if switching { base / 5 } else { base };
-            let epoch = shared.committed().epoch;
-            let held = shared.lease_valid(epoch, Instant::now());
-            send_report(&shared, &link, epoch).await;
-            if !held && shared.lease_valid(epoch, Instant::now()) {
-                link.reconcile_now.notify_one();
-            }
-        }
-        let acting = link.acting_epoch.load(Ordering::SeqCst);
-        let (lease_ok, lease_end) = {
-            let l = link.lease.lock().unwrap_or_else(|p| p.into_inner());
-            (l.valid(acting, Instant::now()), l.expires_at(acting))
-        };
-        if let Some(fencer) = &link.fencer {
-            // The keeper enforces the same deadline on its own, should this daemon stall.
-            let wanted = if acting != 0 { lease_end.map(|t| (acting, t)) } else { None };
-            if pushed != Some(wanted) && fencer.set_lease(wanted).await.is_ok() {
-                pushed = Some(wanted);
-            }
-        }
-        if lease_ok {
-            fenced_epoch = 0;
-        }
-        if acting != 0 && !lease_ok && fenced_epoch != acting {
-            fenced_epoch = acting;
-        } else {
-            continue;
-        }
-        if link.fencer.as_ref().is_some_and(|f| f.fence_now()) {
-            tracing::warn!(epoch = acting, "lease expired: PostgreSQL fenced (immediate shutdown)");
-            shared.hooks.fire(
-                Event::Fence,
-                Details {
-                    role: "fenced".into(),
-                    epoch: acting,
-                    reason: "the primary lease expired".into(),
-                    ..Default::default()
-                },
-            );
-        }
-    }
-}
-
-async fn send_report(shared: &Shared, link: &Link, epoch: u64) {
-    let s = &shared.settings;
-    let pg = link.status.borrow().clone();
-    let tags = shared.runtime.borrow().tags.clone();
-    let (pg_host, pg_port) = s.raw.postgres.as_ref().map_or((String::new(), 0), |p| (p.listen_address.clone(), p.port));
-    let report = HealthReport {
-        member: s.raw.name.clone(),
-        kind: s.raw.kind,
-        pg_host,
-        pg_port,
-        nofailover: tags.nofailover,
-        priority: tags.priority,
-        pg,
-        epoch_seen: epoch,
-    };
-    let sent_at = Instant::now();
-    let status = shared.raft.status().borrow().clone();
-    let ack = if status.is_leader {
-        Some(coordination::handle_report(shared, report).await)
-    } else if let Some((_, addr)) = shared.leader() {
-        let request = convert::to_proto(&report);
-        match shared.clients.client(addr) {
-            Ok(mut client) => match tokio::time::timeout(s.timings.loop_interval * 2, client.report(request)).await {
-                Ok(Ok(resp)) => Some(resp.into_inner()),
-                Ok(Err(e)) => {
-                    tracing::debug!("report to the coordinator failed: {e}");
-                    None
-                }
-                Err(_) => None,
-            },
-            Err(e) => {
-                tracing::debug!("no client for the coordinator at {addr}: {e:#}");
-                None
-            }
-        }
-    } else {
-        None
-    };
-    if let Some(ack) = ack {
-        shared.primary_lsn.store(ack.primary_lsn, Ordering::Relaxed);
-        let mut lease = link.lease.lock().unwrap_or_else(|p| p.into_inner());
-        lease.on_ack(sent_at, ack.lease_granted, ack.epoch, s.timings.lease_timeout);
-    }
 }

@@ -8,7 +8,8 @@
 //!   [`notify`]: systemd's notification protocol (READY, STATUS, WATCHDOG, STOPPING).
 //! - `peer_service`: the peer gRPC service; [`convert`]: its messages to and from the core's types.
 //! - `coordination`: the coordinator's IO shell around `vigil_core::Coordinator`.
-//! - `agent`: the agent's IO shell (observe, report, lease, fence, act).
+//! - `agent`: the agent's IO shell (observe, act); `reporter`: its reporter task (reports, the lease,
+//!   the keeper's lease, the fence).
 //! - `replicated`: the cluster state as the Raft state machine; `local`: the agent's local memory.
 //! - [`launch`]: start a cluster of local members as processes (used by `demo` and the tests).
 //! - [`http_api`]: the HTTP API (axum); [`health`]: its load-balancer checks as pure functions;
@@ -41,6 +42,7 @@ pub mod notify;
 mod peer_service;
 pub mod reload;
 mod replicated;
+mod reporter;
 mod requests;
 mod telemetry;
 pub mod tls;
