@@ -183,9 +183,10 @@ impl NsCluster {
     /// faults and for showing the history; never for verdicts.
     pub async fn view(&self) -> anyhow::Result<View> {
         let mut last = anyhow::anyhow!("no member answered");
+        let clients = self.cluster().spec.peer_clients()?;
         for (name, ip) in &self.endpoints.hosts {
             let addr = format!("{ip}:{PEER_PORT}");
-            match tokio::time::timeout(Duration::from_secs(2), pgvigil::list::fetch(&addr)).await {
+            match tokio::time::timeout(Duration::from_secs(2), pgvigil::list::fetch_with(&clients, &addr)).await {
                 Ok(Ok(v)) => return Ok(v),
                 Ok(Err(e)) => last = e.context(format!("ask {name}")),
                 Err(_) => last = anyhow::anyhow!("{name} did not answer within 2 s"),

@@ -5,6 +5,7 @@
 use serde::{Deserialize, Deserializer, Serialize};
 use std::collections::{BTreeMap, BTreeSet};
 use std::path::{Path, PathBuf};
+use std::sync::Arc;
 use std::time::Duration;
 use vigil_core::{MemberKind, SyncMode, Timings};
 
@@ -61,6 +62,23 @@ pub struct Config {
     /// What stopping the daemon (SIGTERM, SIGINT) does to this member's PostgreSQL.
     #[serde(default)]
     pub stop: StopConfig,
+    /// How members prove to each other that they belong to the cluster.
+    #[serde(default)]
+    pub peer_auth: PeerAuthConfig,
+}
+
+/// The `[peer_auth]` table. The peer port takes Raft messages, reports and admin requests: with
+/// neither a secret nor mutual TLS, anyone who reaches it controls the cluster.
+#[derive(Debug, Clone, Deserialize, Serialize, Default)]
+#[serde(deny_unknown_fields)]
+pub struct PeerAuthConfig {
+    /// The cluster's shared secret, the same file on every member (`pgvigil gen-secret FILE`).
+    /// One secret per line: the first signs, every one is accepted (for a rotation).
+    #[serde(default)]
+    pub secret_file: Option<PathBuf>,
+    /// Accept peer requests from anyone: only for a network that nothing else can reach.
+    #[serde(default)]
+    pub insecure_unauthenticated: bool,
 }
 
 /// The `[stop]` table.
@@ -378,6 +396,9 @@ pub struct Settings {
     pub api_token: Option<Secret>,
     /// The `[tls]` table with its files read and checked. None: plain text.
     pub tls: Option<crate::tls::Tls>,
+    /// The cluster's secret from `peer_auth.secret_file`. None: the peer port relies on mutual
+    /// TLS, or (explicitly) on nothing.
+    pub peer_key: Option<Arc<vigil_raft::auth::ClusterKey>>,
     /// The file these settings were read from ([`load`]), read again on SIGHUP.
     pub path: Option<PathBuf>,
 }
@@ -392,12 +413,23 @@ impl std::fmt::Debug for Settings {
             .field("superuser_password", &self.superuser_password.as_ref().map(|_| REDACTED))
             .field("api_token", &self.api_token)
             .field("tls", &self.tls)
+            .field("peer_key", &self.peer_key)
             .field("path", &self.path)
             .finish()
     }
 }
 
 impl Settings {
+    /// Clients of the peer port: TLS by the `[tls]` table, each request signed with the cluster's
+    /// secret when there is one.
+    pub fn peer_clients(&self) -> vigil_raft::PeerClients {
+        let clients = self.tls.as_ref().map_or_else(vigil_raft::PeerClients::new, |tls| tls.peer_clients());
+        match &self.peer_key {
+            Some(key) => clients.with_key(key.clone()),
+            None => clients,
+        }
+    }
+
     pub fn socket_dir(&self) -> PathBuf {
         let pg = self.raw.postgres.as_ref();
         pg.and_then(|p| p.socket_dir.clone()).unwrap_or_else(|| self.raw.state_dir.join("run"))
@@ -675,6 +707,7 @@ pub fn check(raw: Config) -> Result<Settings, ConfigError> {
         }
         None => None,
     };
+    let peer_key = peer_key(&raw.peer_auth, tls.as_ref())?;
     let (replication_password, superuser_password) = match (&raw.kind, &raw.postgres) {
         (MemberKind::Postgres, None) => return Err(bad("postgres", "a postgres member needs a [postgres] section")),
         (MemberKind::Postgres, Some(pg)) => {
@@ -712,7 +745,50 @@ pub fn check(raw: Config) -> Result<Settings, ConfigError> {
         }
         (MemberKind::Witness, None) => (String::new(), None),
     };
-    Ok(Settings { raw, timings, advertise, replication_password, superuser_password, api_token, tls, path: None })
+    Ok(Settings {
+        raw,
+        timings,
+        advertise,
+        replication_password,
+        superuser_password,
+        api_token,
+        tls,
+        peer_key,
+        path: None,
+    })
+}
+
+/// The peer port's credential: the secret file, read and checked; or mutual TLS; or, when the
+/// operator wrote so, nothing.
+fn peer_key(
+    cfg: &PeerAuthConfig,
+    tls: Option<&crate::tls::Tls>,
+) -> Result<Option<Arc<vigil_raft::auth::ClusterKey>>, ConfigError> {
+    const KEY: &str = "peer_auth.secret_file";
+    match (&cfg.secret_file, cfg.insecure_unauthenticated) {
+        (Some(_), true) => Err(bad(
+            "peer_auth.insecure_unauthenticated",
+            "is true but peer_auth.secret_file is set too: remove one of them",
+        )),
+        (Some(path), false) => {
+            absolute(KEY, path)?;
+            crate::tls::check_key_mode(KEY, path)?;
+            let text =
+                std::fs::read_to_string(path).map_err(|e| bad(KEY, format!("cannot read {}: {e}", path.display())))?;
+            let key = vigil_raft::auth::ClusterKey::parse_file(&text)
+                .map_err(|e| bad(KEY, format!("{}: {e}; make one with `pgvigil gen-secret FILE`", path.display())))?;
+            Ok(Some(Arc::new(key)))
+        }
+        (None, true) => Ok(None),
+        (None, false) if tls.is_some_and(|t| t.peer_mtls) => Ok(None),
+        (None, false) => Err(bad(
+            KEY,
+            "missing: members must prove to each other that they belong to the cluster. Run \
+             `pgvigil gen-secret /etc/pgvigil/cluster.secret`, copy the file to every member (mode 0600) and \
+             set peer_auth.secret_file; or use [tls] with peer_mtls = true. (peer_auth.insecure_unauthenticated \
+             = true lets anyone who reaches the peer port control the cluster.)",
+        )),
+    }
 }
 
 #[cfg(test)]

@@ -9,6 +9,8 @@ members = [
   { name = "b", address = "127.0.0.1:7002" },
   { name = "w", address = "127.0.0.1:7003" },
 ]
+[peer_auth]
+insecure_unauthenticated = true
 [postgres]
 data_dir = "/tmp/pgvigil-a/data"
 listen_address = "127.0.0.1"
@@ -363,4 +365,36 @@ fn bin_dir_must_hold_the_programs_of_the_data_dirs_version() {
     let path = dir.path().join("c.toml");
     std::fs::write(&path, with(&bin15)).expect("write");
     assert!(load_file(&path).is_ok());
+}
+
+#[test]
+fn the_peer_port_needs_a_credential_unless_the_operator_says_otherwise() {
+    let without = GOOD.replace("[peer_auth]\ninsecure_unauthenticated = true\n", "");
+    let refused = load_str(&without).err().expect("no credential is refused");
+    assert_eq!(refused.key, "peer_auth.secret_file");
+    assert!(refused.message.contains("pgvigil gen-secret"), "{}", refused.message);
+
+    let dir = tempfile::tempdir().expect("tempdir");
+    let secret = dir.path().join("cluster.secret");
+    let with_file = |text: &str, mode: u32| {
+        use std::os::unix::fs::PermissionsExt;
+        std::fs::write(&secret, text).expect("write secret");
+        std::fs::set_permissions(&secret, std::fs::Permissions::from_mode(mode)).expect("chmod");
+        without.replace("[postgres]", &format!("[peer_auth]\nsecret_file = {:?}\n[postgres]", secret.display()))
+    };
+    let good = "0123456789abcdef0123456789abcdef0123456789abcdef\n";
+    let s = load_str(&with_file(good, 0o600)).expect("a private secret file");
+    assert!(s.peer_key.is_some());
+    assert!(!format!("{s:?}").contains("0123456789abcdef"), "Debug shows no secret");
+    let open = load_str(&with_file(good, 0o644)).err().expect("a secret others can read is refused");
+    assert_eq!(open.key, "peer_auth.secret_file");
+    assert!(open.message.contains("chmod 600"), "{}", open.message);
+    let short = load_str(&with_file("short\n", 0o600)).err().expect("a short secret is refused");
+    assert!(short.key == "peer_auth.secret_file" && short.message.contains("at least 32"), "{short}");
+    let both = with_file(good, 0o600).replace("[postgres]", "insecure_unauthenticated = true\n[postgres]");
+    assert_eq!(key_of(&both), "peer_auth.insecure_unauthenticated");
+    let relative = without.replace("[postgres]", "[peer_auth]\nsecret_file = \"cluster.secret\"\n[postgres]");
+    assert_eq!(key_of(&relative), "peer_auth.secret_file");
+    let coerced = without.replace("[postgres]", "[peer_auth]\ninsecure_unauthenticated = \"yes\"\n[postgres]");
+    assert_eq!(key_of(&coerced), "peer_auth.insecure_unauthenticated");
 }

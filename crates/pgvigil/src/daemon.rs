@@ -135,10 +135,16 @@ pub async fn run(settings: Settings, shutdown: CancellationToken) -> anyhow::Res
         raw.members.iter().map(|m| (vigil_core::node_id(&m.name), (m.name.clone(), m.address.clone()))).collect();
     let t = &settings.timings;
     crate::tls::install_provider();
-    // Plain or TLS, by the `[tls]` table; the Raft transport gets channels of its own. A reload
-    // renews the TLS material of both (clones share it).
-    let peer_clients = || settings.tls.as_ref().map_or_else(PeerClients::new, |tls| tls.peer_clients());
-    let (raft_clients, clients) = (peer_clients(), peer_clients());
+    // The Raft transport gets channels of its own. A reload renews the TLS material of both
+    // (clones share it).
+    let (raft_clients, clients) = (settings.peer_clients(), settings.peer_clients());
+    if settings.raw.peer_auth.insecure_unauthenticated {
+        tracing::warn!(
+            listen = %raw.listen,
+            "peer_auth.insecure_unauthenticated = true: anyone who can reach the peer port can step Raft, \
+             read the cluster state and pause or switch over the cluster"
+        );
+    }
     let tls = match &settings.tls {
         Some(tls) => Some(LiveTls::new(tls, vec![raft_clients.clone(), clients.clone()]).map_err(anyhow::Error::msg)?),
         None => None,

@@ -54,6 +54,29 @@ pub struct ClusterSpec {
     /// TLS on the peer port and the API; the files (see [`ClusterSpec::ca_file`]) are written
     /// by whoever prepares the cluster, before it starts. None: plain text.
     pub tls: Option<TlsSpec>,
+    /// How members authenticate each other on the peer port (`[peer_auth]`).
+    pub peer_auth: PeerAuthSpec,
+}
+
+/// The `[peer_auth]` table of every member of a launched cluster.
+#[derive(Clone)]
+pub enum PeerAuthSpec {
+    /// A cluster secret in [`ClusterSpec::secret_file`] (mode 0600).
+    Secret(String),
+    /// No table: mutual TLS (`tls.peer_mtls`) authenticates members, or the config is refused.
+    Nothing,
+    /// `insecure_unauthenticated = true`.
+    Insecure,
+}
+
+impl std::fmt::Debug for PeerAuthSpec {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.write_str(match self {
+            PeerAuthSpec::Secret(_) => "Secret(<redacted>)",
+            PeerAuthSpec::Nothing => "Nothing",
+            PeerAuthSpec::Insecure => "Insecure",
+        })
+    }
 }
 
 /// The `[tls]` table of every member of a launched cluster.
@@ -144,6 +167,9 @@ impl ClusterSpec {
             log_level: "info".into(),
             api_token: "pgvigil-local-token".into(),
             tls: None,
+            peer_auth: PeerAuthSpec::Secret(
+                vigil_raft::auth::ClusterKey::generate().map_err(|e| anyhow::anyhow!("cluster secret: {e}"))?,
+            ),
         })
     }
 
@@ -166,6 +192,11 @@ impl ClusterSpec {
     /// The API token in a file (mode 0600), for `pgvigil <verb> --token-file`.
     pub fn token_file(&self) -> PathBuf {
         self.dir.join("api-token")
+    }
+
+    /// The cluster secret (mode 0600) of [`PeerAuthSpec::Secret`].
+    pub fn secret_file(&self) -> PathBuf {
+        self.dir.join("cluster.secret")
     }
 
     /// A password file (mode 0600) for the superuser on every member, for `PGPASSFILE=... psql`.
@@ -205,15 +236,23 @@ impl ClusterSpec {
     /// Clients of the members' peer ports: plain, or TLS with the CA and the launcher's client
     /// certificate.
     pub fn peer_clients(&self) -> anyhow::Result<PeerClients> {
-        if self.tls.is_none() {
-            return Ok(PeerClients::new());
-        }
-        let read = |p: PathBuf| std::fs::read(&p).with_context(|| format!("read {}", p.display()));
-        let (cert, key) = self.client_cert_files();
-        let tls = tonic::transport::ClientTlsConfig::new()
-            .ca_certificate(tonic::transport::Certificate::from_pem(read(self.ca_file())?))
-            .identity(tonic::transport::Identity::from_pem(read(cert)?, read(key)?));
-        Ok(PeerClients::with_tls(tls))
+        let clients = if self.tls.is_none() {
+            PeerClients::new()
+        } else {
+            let read = |p: PathBuf| std::fs::read(&p).with_context(|| format!("read {}", p.display()));
+            let (cert, key) = self.client_cert_files();
+            let tls = tonic::transport::ClientTlsConfig::new()
+                .ca_certificate(tonic::transport::Certificate::from_pem(read(self.ca_file())?))
+                .identity(tonic::transport::Identity::from_pem(read(cert)?, read(key)?));
+            PeerClients::with_tls(tls)
+        };
+        Ok(match &self.peer_auth {
+            PeerAuthSpec::Secret(secret) => {
+                let key = vigil_raft::auth::ClusterKey::parse_file(secret).map_err(anyhow::Error::msg)?;
+                clients.with_key(std::sync::Arc::new(key))
+            }
+            PeerAuthSpec::Nothing | PeerAuthSpec::Insecure => clients,
+        })
     }
 
     /// A client of a member's HTTP API: plain, or https trusting the CA and presenting the
@@ -279,6 +318,13 @@ impl ClusterSpec {
         t.push_str(&format!("\n[stop]\nmode = {:?}\n", self.stop_mode));
         t.push_str(&format!("\n[log]\nlevel = {:?}\n", self.log_level));
         t.push_str(&format!("\n[api]\nlisten = \"127.0.0.1:{}\"\ntoken = {:?}\n", m.api_port, self.api_token));
+        match &self.peer_auth {
+            PeerAuthSpec::Secret(_) => {
+                t.push_str(&format!("\n[peer_auth]\nsecret_file = {:?}\n", self.secret_file().display().to_string()))
+            }
+            PeerAuthSpec::Nothing => {}
+            PeerAuthSpec::Insecure => t.push_str("\n[peer_auth]\ninsecure_unauthenticated = true\n"),
+        }
         if let Some(tls) = &self.tls {
             t.push_str(&format!(
                 "\n[tls]\nca_file = {ca:?}\ncert_file = {cert:?}\nkey_file = {key:?}\npeer_mtls = {mtls}\napi = {api}\n\
@@ -313,6 +359,9 @@ impl LocalCluster {
         std::fs::create_dir_all(&spec.dir).with_context(|| format!("create {}", spec.dir.display()))?;
         std::fs::set_permissions(&spec.dir, std::fs::Permissions::from_mode(0o711))?;
         write_private(&spec.token_file(), &format!("{}\n", spec.api_token))?;
+        if let PeerAuthSpec::Secret(secret) = &spec.peer_auth {
+            write_private(&spec.secret_file(), &format!("{secret}\n"))?;
+        }
         let pgpass =
             format!("127.0.0.1:*:*:postgres:{}\n", spec.superuser_password.replace('\\', "\\\\").replace(':', "\\:"));
         write_private(&spec.pgpass_file(), &pgpass)?;

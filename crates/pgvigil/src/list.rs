@@ -1,4 +1,4 @@
-//! The cluster as the coordinator sees it: fetched over the peer protocol ([`fetch`], for the
+//! The cluster as the coordinator sees it: fetched over the peer protocol ([`fetch_with`], for the
 //! HTTP API and the test harness), shaped for `GET /cluster` ([`ClusterView`]) and drawn as
 //! `pgvigil list`'s table ([`render`]).
 
@@ -25,13 +25,8 @@ async fn get_state(clients: &PeerClients, addr: &str) -> anyhow::Result<proto::S
     Ok(reply.into_inner())
 }
 
-/// Ask `addr` over plain text, then the coordinator it names (only the coordinator has the
-/// reports).
-pub async fn fetch(addr: &str) -> anyhow::Result<View> {
-    fetch_with(&PeerClients::new(), addr).await
-}
-
-/// [`fetch`] over `clients` (plain or TLS).
+/// Ask `addr` over `clients` (plain or TLS, with the cluster's credential), then the
+/// coordinator it names (only the coordinator has the reports).
 pub async fn fetch_with(clients: &PeerClients, addr: &str) -> anyhow::Result<View> {
     let mut reply = get_state(clients, addr).await?;
     if !reply.leader_address.is_empty() && reply.leader_address != addr {

@@ -29,6 +29,14 @@ enum Cmd {
         /// The member's config file.
         file: PathBuf,
     },
+    /// Write a new cluster secret (for `peer_auth.secret_file`) to FILE, mode 0600; copy the
+    /// same file to every member. Refuses to overwrite a file.
+    GenSecret {
+        file: PathBuf,
+        /// Make the file this user's (the daemon's, e.g. `postgres`), when run as root.
+        #[arg(long, value_name = "USER")]
+        owner: Option<String>,
+    },
     /// Start a local demo cluster (PostgreSQL + pgvigil per member) until Ctrl-C.
     Demo(demo::DemoArgs),
     /// Show the cluster as a table (like `patronictl list`), asked through any member's HTTP API.
@@ -54,6 +62,31 @@ enum Cmd {
         #[arg(trailing_var_arg = true, allow_hyphen_values = true)]
         args: Vec<std::ffi::OsString>,
     },
+}
+
+fn gen_secret(file: &std::path::Path, owner: Option<&str>) -> anyhow::Result<()> {
+    use anyhow::Context;
+    use std::io::Write;
+    use std::os::unix::fs::OpenOptionsExt;
+    let secret = vigil_raft::auth::ClusterKey::generate().map_err(anyhow::Error::msg)?;
+    let owner = match owner {
+        Some(name) => Some(
+            nix::unistd::User::from_name(name)?.with_context(|| format!("--owner: no user {name:?} on this machine"))?,
+        ),
+        None => None,
+    };
+    // create_new: overwriting the secret of a running cluster would lock its members out.
+    let mut f = std::fs::OpenOptions::new()
+        .write(true)
+        .create_new(true)
+        .mode(0o600)
+        .open(file)
+        .with_context(|| format!("create {}", file.display()))?;
+    if let Some(user) = owner {
+        nix::unistd::fchown(&f, Some(user.uid), Some(user.gid))
+            .with_context(|| format!("chown {} to {}", file.display(), user.name))?;
+    }
+    f.write_all(format!("{secret}\n").as_bytes()).with_context(|| format!("write {}", file.display()))
 }
 
 fn main() -> ExitCode {
@@ -123,6 +156,20 @@ fn main() -> ExitCode {
             Err(e) => {
                 eprintln!("pgvigil: {}: {e}", file.display());
                 ExitCode::from(EXIT_CONFIG)
+            }
+        },
+        Cmd::GenSecret { file, owner } => match gen_secret(&file, owner.as_deref()) {
+            Ok(()) => {
+                println!(
+                    "wrote a new cluster secret to {} (mode 0600): copy it to every member and set \
+                     peer_auth.secret_file",
+                    file.display()
+                );
+                ExitCode::SUCCESS
+            }
+            Err(e) => {
+                eprintln!("pgvigil gen-secret: {e:#}");
+                ExitCode::FAILURE
             }
         },
         Cmd::Demo(args) => {

@@ -1,5 +1,6 @@
 //! The peer gRPC service: Raft messages, health reports, state queries, forwarded admin requests;
-//! over TLS (optionally mutual) when the `[tls]` table is there, through our own acceptor
+//! each request authenticated by the cluster's secret (`vigil_raft::auth`) unless mutual TLS does
+//! it or the operator turned it off; over TLS (optionally mutual) when the `[tls]` table is there, through our own acceptor
 //! (`tls_live::TlsListener`) so that a reload can renew the certificate for new connections.
 
 use crate::admin;
@@ -9,6 +10,7 @@ use crate::daemon::Shared;
 use std::sync::Arc;
 use tokio_util::sync::CancellationToken;
 use tonic::{Request, Response, Status};
+use vigil_raft::auth::{Authenticated, Guard};
 use vigil_raft::proto::{self, peer_server::PeerServer};
 
 struct PeerService {
@@ -60,9 +62,12 @@ pub async fn serve(
     shutdown: CancellationToken,
 ) -> anyhow::Result<()> {
     let tls = shared.tls.as_ref().map(|live| live.peer());
+    let guard = shared.settings.peer_key.clone().map(Guard::new);
     // A Raft snapshot travels in one message; the client side allows the same size.
     let service =
         PeerServer::new(PeerService { shared }).max_decoding_message_size(64 << 20).max_encoding_message_size(64 << 20);
+    // Every RPC, before the service sees it: without the cluster's credential, UNAUTHENTICATED.
+    let service = Authenticated::new(service, guard);
     let server = tonic::transport::Server::builder().add_service(service);
     match tls {
         // With peer_mtls, a client without a certificate from the CA fails the handshake.

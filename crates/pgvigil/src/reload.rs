@@ -278,6 +278,7 @@ mod tests {
         let text = format!(
             "name = \"a\"\nstate_dir = \"/tmp/x\"\nlisten = \"127.0.0.1:7000\"\n\
              members = [{{ name = \"a\", address = \"127.0.0.1:7000\" }}]\n\
+             [peer_auth]\ninsecure_unauthenticated = true\n\
              [postgres]\ndata_dir = \"/tmp/x/pgdata\"\nlisten_address = \"127.0.0.1\"\n\
              replication_password = \"r\"\n{toml_extra}"
         );

@@ -252,7 +252,7 @@ pub fn changed_files(old: &Tls, new: &Tls) -> Vec<&'static str> {
 }
 
 /// A private key file must not be open to group or others (PostgreSQL's rule for its own key).
-fn check_key_mode(key: &str, path: &Path) -> Result<(), ConfigError> {
+pub(crate) fn check_key_mode(key: &str, path: &Path) -> Result<(), ConfigError> {
     use std::os::unix::fs::PermissionsExt;
     let mode = std::fs::metadata(path)
         .map_err(|e| bad(key, format!("cannot read {}: {e}", path.display())))?

@@ -11,11 +11,14 @@
 //! - `storage.rs` (+ `record.rs` for the on-disk framing): the durable `raft::Storage`.
 //! - `transport.rs`: [`PeerClients`] (cached lazy channels, plain or TLS) and one outbound task
 //!   per peer.
+//! - `auth.rs`: the cluster's credential on the peer port: [`auth::Signed`] adds it to each
+//!   request, [`auth::Authenticated`] wraps a server and refuses requests without it.
 //! - `slog_bridge.rs`: forwards raft-rs' slog records to `tracing`.
 //!
 //! The gRPC server is not here: the daemon implements the whole `Peer` service and its `raft`
 //! RPC calls [`RaftHandle::step`].
 
+pub mod auth;
 mod handle;
 mod node;
 mod record;
@@ -29,7 +32,7 @@ use std::time::Duration;
 
 pub use handle::RaftHandle;
 pub use node::start;
-pub use transport::PeerClients;
+pub use transport::{PeerChannel, PeerClients};
 
 /// Generated from `proto/vigil.proto`: `peer_client::PeerClient`,
 /// `peer_server::{Peer, PeerServer}` and the messages. A server carrying raft messages should

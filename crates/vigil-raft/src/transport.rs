@@ -18,6 +18,7 @@ use tokio_util::sync::CancellationToken;
 use tonic::transport::{Channel, ClientTlsConfig, Endpoint};
 use tracing::Instrument;
 
+use crate::auth::{ClusterKey, Signed};
 use crate::handle::Request;
 use crate::proto::peer_client::PeerClient;
 use crate::proto::RaftMessage;
@@ -38,7 +39,13 @@ pub struct PeerClients {
     inner: Arc<Mutex<Inner>>,
     /// Fixed at construction: plain text never turns into TLS or back.
     tls: bool,
+    /// Signs every request with the cluster's credential (see [`crate::auth`]).
+    key: Option<Arc<ClusterKey>>,
 }
+
+/// What a [`PeerClient`] of these clients runs on: a channel whose requests carry the cluster's
+/// credential when there is one.
+pub type PeerChannel = Signed<Channel>;
 
 #[derive(Default)]
 struct Inner {
@@ -58,7 +65,13 @@ impl PeerClients {
     /// within the connect timeout.
     pub fn with_tls(tls: ClientTlsConfig) -> Self {
         let inner = Inner { channels: HashMap::new(), tls: Some(tls.timeout(CONNECT_TIMEOUT)) };
-        PeerClients { inner: Arc::new(Mutex::new(inner)), tls: true }
+        PeerClients { inner: Arc::new(Mutex::new(inner)), tls: true, key: None }
+    }
+
+    /// These clients, signing every request with `key` (the cluster's secret).
+    pub fn with_key(mut self, key: Arc<ClusterKey>) -> Self {
+        self.key = Some(key);
+        self
     }
 
     /// New TLS material (a renewed identity or CA) for every clone: cached channels are dropped,
@@ -97,7 +110,7 @@ impl PeerClients {
     /// A client for the peer at `addr` (`host:port` or a URL, see [`PeerClients::url`]).
     /// Connect timeout 500 ms, request timeout 1 s. Fails only if `addr` is not a valid URI
     /// (or its scheme is not these clients').
-    pub fn client(&self, addr: &str) -> anyhow::Result<PeerClient<Channel>> {
+    pub fn client(&self, addr: &str) -> anyhow::Result<PeerClient<PeerChannel>> {
         let mut inner = self.lock();
         let channel = match inner.channels.get(addr) {
             Some(ch) => ch.clone(),
@@ -107,14 +120,20 @@ impl PeerClients {
                 ch
             }
         };
-        Ok(wrap(channel))
+        Ok(self.wrap(channel))
     }
 
     /// A client on a channel of its own (not cached) whose requests may take up to `timeout`: for
     /// a forwarded operator's request that answers once a switchover is done.
-    pub fn long_client(&self, addr: &str, timeout: Duration) -> anyhow::Result<PeerClient<Channel>> {
+    pub fn long_client(&self, addr: &str, timeout: Duration) -> anyhow::Result<PeerClient<PeerChannel>> {
         let tls = self.lock().tls.clone();
-        Ok(wrap(self.channel(addr, timeout, tls.as_ref())?))
+        Ok(self.wrap(self.channel(addr, timeout, tls.as_ref())?))
+    }
+
+    fn wrap(&self, channel: Channel) -> PeerClient<PeerChannel> {
+        PeerClient::new(Signed::new(channel, self.key.clone()))
+            .max_decoding_message_size(MAX_MESSAGE_BYTES)
+            .max_encoding_message_size(MAX_MESSAGE_BYTES)
     }
 
     fn channel(&self, addr: &str, timeout: Duration, tls: Option<&ClientTlsConfig>) -> anyhow::Result<Channel> {
@@ -128,10 +147,6 @@ impl PeerClients {
         }
         Ok(endpoint.connect_lazy())
     }
-}
-
-fn wrap(channel: Channel) -> PeerClient<Channel> {
-    PeerClient::new(channel).max_decoding_message_size(MAX_MESSAGE_BYTES).max_encoding_message_size(MAX_MESSAGE_BYTES)
 }
 
 /// The node task's side of the outbound transport.
