@@ -96,6 +96,11 @@ impl TestCluster {
         tweak: impl FnOnce(&mut ClusterSpec),
     ) -> anyhow::Result<TestCluster> {
         let mut t = Self::prepare(n, witnesses, |spec| {
+            // Mutual TLS authenticates the members by itself: these clusters run without a
+            // cluster secret, so that this way is tested too.
+            if tls.peer_mtls {
+                spec.peer_auth = pgvigil::launch::PeerAuthSpec::Nothing;
+            }
             spec.tls = Some(tls);
             tweak(spec);
         })?;

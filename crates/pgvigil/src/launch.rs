@@ -383,7 +383,11 @@ impl LocalCluster {
     /// Start (or restart) one member's daemon; its output goes to `<state_dir>/pgvigil.log`.
     pub fn start(&mut self, name: &str) -> anyhow::Result<()> {
         let log_path = self.spec.state_dir(name).join("pgvigil.log");
-        let log = std::fs::OpenOptions::new().create(true).append(true).open(&log_path)?;
+        // 0600: the log names members, addresses and paths; nobody else needs to read it.
+        let log = {
+            use std::os::unix::fs::OpenOptionsExt;
+            std::fs::OpenOptions::new().create(true).append(true).mode(0o600).open(&log_path)?
+        };
         let launcher = self.spec.member(name).map(|m| m.launcher.clone()).unwrap_or_default();
         let mut cmd = match launcher.split_first() {
             Some((program, args)) => {
