@@ -15,6 +15,7 @@ fn run_with(text: &str) -> (Option<i32>, String) {
 fn bad_config_files_exit_64_naming_the_key() {
     let dir = tempfile::tempdir().expect("tempdir");
     let spec = ClusterSpec::local(dir.path(), &pgvigil_bin(), 2, 0).expect("spec");
+    spec.write_secret().expect("secret file");
     let good = spec.config_text(&spec.members[0]);
     let cases = [
         ("missing key", good.replace("name = \"pg1\"\n", ""), "`name`"),
@@ -25,6 +26,12 @@ fn bad_config_files_exit_64_naming_the_key() {
             "inconsistent timings",
             good.replace("[timing]\n", "[timing]\nloop_interval = \"1s\"\nlease_timeout = \"2s\"\n"),
             "timing.lease_timeout",
+        ),
+        ("no peer credential", good.replace("[peer_auth]\n", "[peer_authx]\n"), "peer_authx"),
+        (
+            "no peer credential",
+            good.replace("[peer_auth]\n", "").replace("secret_file =", "# secret_file ="),
+            "peer_auth.secret_file",
         ),
     ];
     for (what, text, key) in cases {
@@ -41,6 +48,7 @@ fn bad_config_files_exit_64_naming_the_key() {
 fn environment_variables_override_the_file() {
     let dir = tempfile::tempdir().expect("tempdir");
     let spec = ClusterSpec::local(dir.path(), &pgvigil_bin(), 2, 0).expect("spec");
+    spec.write_secret().expect("secret file");
     let path = dir.path().join("pgvigil.toml");
     std::fs::write(&path, spec.config_text(&spec.members[0])).expect("write config");
     let run = |var: &str, value: &str| {
@@ -75,6 +83,7 @@ fn check_config(text: &str) -> (Option<i32>, String, String) {
 fn check_config_validates_a_file_without_starting_anything() {
     let dir = tempfile::tempdir().expect("tempdir");
     let spec = ClusterSpec::local(dir.path(), &pgvigil_bin(), 2, 0).expect("spec");
+    spec.write_secret().expect("secret file");
     let good = spec.config_text(&spec.members[0]);
     let (code, stdout, stderr) = check_config(&good);
     assert_eq!(code, Some(0), "{stderr}");

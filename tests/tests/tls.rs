@@ -271,11 +271,7 @@ fn bad_tls_files_exit_64_naming_the_key() -> anyhow::Result<()> {
     std::fs::create_dir_all(dir.path().join("pg1"))?;
     let ca = vigil_tests::certs::write_cluster(&spec)?;
     // The cluster secret, for the case without mutual TLS at the end.
-    if let pgvigil::launch::PeerAuthSpec::Secret(secret) = &spec.peer_auth {
-        use std::os::unix::fs::PermissionsExt;
-        std::fs::write(spec.secret_file(), secret)?;
-        std::fs::set_permissions(spec.secret_file(), std::fs::Permissions::from_mode(0o600))?;
-    }
+    spec.write_secret()?;
     let good = spec.config_text(&spec.members[0]);
     let path = dir.path().join("pg1").join("pgvigil.toml");
     std::fs::write(&path, &good)?;

@@ -199,6 +199,14 @@ impl ClusterSpec {
         self.dir.join("cluster.secret")
     }
 
+    /// Write [`Self::secret_file`] (mode 0600), if the cluster has a secret.
+    pub fn write_secret(&self) -> anyhow::Result<()> {
+        if let PeerAuthSpec::Secret(secret) = &self.peer_auth {
+            write_private(&self.secret_file(), &format!("{secret}\n"))?;
+        }
+        Ok(())
+    }
+
     /// A password file (mode 0600) for the superuser on every member, for `PGPASSFILE=... psql`.
     pub fn pgpass_file(&self) -> PathBuf {
         self.dir.join("pgpass")
@@ -359,9 +367,7 @@ impl LocalCluster {
         std::fs::create_dir_all(&spec.dir).with_context(|| format!("create {}", spec.dir.display()))?;
         std::fs::set_permissions(&spec.dir, std::fs::Permissions::from_mode(0o711))?;
         write_private(&spec.token_file(), &format!("{}\n", spec.api_token))?;
-        if let PeerAuthSpec::Secret(secret) = &spec.peer_auth {
-            write_private(&spec.secret_file(), &format!("{secret}\n"))?;
-        }
+        spec.write_secret()?;
         let pgpass =
             format!("127.0.0.1:*:*:postgres:{}\n", spec.superuser_password.replace('\\', "\\\\").replace(':', "\\:"));
         write_private(&spec.pgpass_file(), &pgpass)?;
