@@ -99,6 +99,33 @@ pub async fn stalled_daemon(hold: Duration) -> anyhow::Result<FailoverRun> {
     freeze_and_fail_over(&t, &primary, daemon, pm, false, hold).await
 }
 
+/// [`stalled_daemon`] on a primary whose file says `lease_timeout = "8s"` while the cluster agreed
+/// on 2 s (pg2 and pg3 make the cluster; pg1 joins later and is switched to): its keeper must kill
+/// PostgreSQL by the cluster's lease, before the coordinator promotes after 2.5 s, not after 8 s.
+/// Also returns pg1's log.
+pub async fn stalled_daemon_whose_file_has_a_longer_lease(hold: Duration) -> anyhow::Result<(FailoverRun, String)> {
+    let mut t = TestCluster::prepare(3, 0, |_| {})?;
+    let path = t.spec().config_path("pg1");
+    let text = std::fs::read_to_string(&path)?.replace("[timing]\n", "[timing]\nlease_timeout = \"8s\"\n");
+    std::fs::write(&path, text)?;
+    t.cluster.start("pg2")?;
+    t.cluster.start("pg3")?;
+    t.wait_for("a cluster of pg2 and pg3", Duration::from_secs(60), healthy).await?;
+    t.cluster.start("pg1")?;
+    t.wait_for("pg1 streaming", Duration::from_secs(60), |v| healthy(v) && v.reports.contains_key("pg1")).await?;
+    let reply = t.post("pg2", "/switchover", r#"{"candidate": "pg1"}"#).await?;
+    anyhow::ensure!(reply.status == 200, "switchover to pg1 refused: {reply:?}");
+    t.wait_for("pg1 primary, settled", Duration::from_secs(60), |v| {
+        settled(v) && v.state.primary.as_deref() == Some("pg1")
+    })
+    .await?;
+    let daemon = t.cluster.daemon_pid("pg1").ok_or_else(|| anyhow::anyhow!("no daemon pid"))? as i32;
+    let pm = t.postmaster_pid("pg1").ok_or_else(|| anyhow::anyhow!("no postmaster"))?;
+    let run = freeze_and_fail_over(&t, "pg1", daemon, pm, false, hold).await?;
+    let log = std::fs::read_to_string(t.spec().state_dir("pg1").join("pgvigil.log"))?;
+    Ok((run, log))
+}
+
 /// The primary's postmaster and every backend stopped (SIGSTOP) for `hold`, its daemon alive: a
 /// server stuck on a dead disk. A standby is promoted; the old daemon stays quiet; after the thaw
 /// the member rejoins as a standby.

@@ -176,8 +176,16 @@ async fn mutual_tls_cluster_fails_over_refuses_strangers_and_hides_secrets() -> 
     assert!(out.status.success(), "{}", err(&out));
     let out = t.cli(&["resume", "--config", &config, "-o", "json"], "").await?;
     assert!(out.status.success(), "{}", err(&out));
-    let out = t.cli(&["history", "--config", &config], "").await?;
-    assert!(String::from_utf8_lossy(&out.stdout).contains("resumed"), "{}", err(&out));
+    // The answer to resume means committed; the standby asked may apply it a moment later.
+    let deadline = std::time::Instant::now() + Duration::from_secs(10);
+    loop {
+        let out = t.cli(&["history", "--config", &config], "").await?;
+        if String::from_utf8_lossy(&out.stdout).contains("resumed") {
+            break;
+        }
+        assert!(std::time::Instant::now() < deadline, "no resume in the history: {}", err(&out));
+        tokio::time::sleep(Duration::from_millis(200)).await;
+    }
     let out = t.cli(&["list", "--endpoint", &api, "--cacert", "/nonexistent/ca.pem"], "").await?;
     assert_eq!(out.status.code(), Some(64), "{}", err(&out));
 
@@ -232,8 +240,14 @@ async fn server_only_tls_on_the_peer_port_and_client_certificates_on_the_api() -
     let ca_pem = read(spec.ca_file());
     // Without peer_mtls the peer port asks for no client certificate, but it is still TLS.
     let peer = spec.peer_address(&member).expect("member");
+    // Then the cluster secret authenticates members: without it the call is refused, with it answered.
     let no_cert = PeerClients::with_tls(ClientTlsConfig::new().ca_certificate(Certificate::from_pem(&ca_pem)));
-    assert_eq!(get_state(&no_cert, &peer).await?.member, member);
+    let refused = get_state(&no_cert, &peer).await.err().map(|e| e.to_string()).unwrap_or_default();
+    assert!(refused.contains("no cluster credential"), "{refused}");
+    let pgvigil::launch::PeerAuthSpec::Secret(secret) = &spec.peer_auth else { panic!("a cluster secret") };
+    let key = vigil_raft::auth::ClusterKey::parse_file(secret).map_err(anyhow::Error::msg)?;
+    let with_secret = no_cert.clone().with_key(std::sync::Arc::new(key));
+    assert_eq!(get_state(&with_secret, &peer).await?.member, member);
     assert!(get_state(&PeerClients::new(), &peer).await.is_err(), "plain text");
     // The API verifies clients: the harness' certificate is let in, no certificate is not.
     let api = spec.api_address(&member).expect("member");

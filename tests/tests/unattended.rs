@@ -51,6 +51,22 @@ async fn a_stalled_primary_daemon_is_fenced_by_its_keeper() -> anyhow::Result<()
     Ok(())
 }
 
+/// The lease timings are the cluster's: a primary whose file says 8 s says so in its log, and when
+/// its daemon stalls its keeper still kills PostgreSQL by the agreed 2 s, before the promotion (the
+/// scenario checks that the old server is gone when another member is primary, and that no write
+/// was acknowledged by both).
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_member_whose_file_differs_from_the_agreed_lease_says_so_and_is_fenced_by_the_agreed_one(
+) -> anyhow::Result<()> {
+    let (r, log) = unattended::stalled_daemon_whose_file_has_a_longer_lease(Duration::from_secs(10)).await?;
+    eprintln!("FIGURE daemon with an 8 s lease in its file stalled: {r:?}");
+    let said = log.lines().filter(|l| l.contains("differs from the cluster's lease timings")).collect::<Vec<_>>();
+    assert_eq!(said.len(), 1, "said once: {said:?}");
+    assert!(said[0].contains("timing.lease_timeout (this file 8s, the cluster's 2s)"), "{said:?}");
+    assert!(r.first_write < Duration::from_secs(8), "promoted by the agreed lease: {r:?}");
+    Ok(())
+}
+
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_frozen_postgres_is_failed_over_and_its_daemon_stays_quiet() -> anyhow::Result<()> {
     let r = unattended::frozen_postgres(Duration::from_secs(30)).await?;

@@ -148,6 +148,10 @@ fn describe(cmd: &Command) -> String {
     match cmd {
         Command::UpsertMember { name, .. } => format!("member record of {name}"),
         Command::Bootstrap { member, .. } => format!("bootstrap by {member}"),
+        Command::AgreeTimings { timings } => format!(
+            "the cluster's lease timings: lease_timeout {} ms, lease_margin {} ms",
+            timings.lease_timeout_ms, timings.lease_margin_ms
+        ),
         Command::AbandonBootstrap { member, reason, .. } => format!("giving back the bootstrap by {member} ({reason})"),
         Command::Failover { to, from_epoch, .. } => format!("failover from epoch {from_epoch} to {to}"),
         Command::Sync { sync, reason, .. } => format!(

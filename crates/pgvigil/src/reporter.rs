@@ -37,6 +37,8 @@ pub(crate) async fn reporter(shared: Arc<Shared>, link: Link, shutdown: Cancella
     // a stopped server does not go away faster for being signalled again).
     let mut pushed: Option<Option<(u64, Instant)>> = None;
     let mut fenced_epoch = 0;
+    // The agreed lease timings this member last compared its file with.
+    let mut compared = None;
     loop {
         shared.alive.mark_reporter();
         let acting = link.acting_epoch.load(Ordering::SeqCst);
@@ -54,7 +56,12 @@ pub(crate) async fn reporter(shared: Arc<Shared>, link: Link, shutdown: Cancella
             // candidate's next reports: report more often.
             let switching = state_rx.borrow().state.switchover.as_ref().is_some_and(|s| s.started);
             next = Instant::now() + if switching { base / 5 } else { base };
-            let epoch = shared.committed().epoch;
+            let committed = shared.committed();
+            let epoch = committed.epoch;
+            if committed.lease_timings != compared {
+                compared = committed.lease_timings;
+                say_if_the_file_differs(&shared, compared);
+            }
             let held = shared.lease_valid(epoch, Instant::now());
             send_report(&shared, &link, epoch).await;
             if !held && shared.lease_valid(epoch, Instant::now()) {
@@ -137,6 +144,21 @@ async fn send_report(shared: &Shared, link: &Link, epoch: u64) {
     if let Some(ack) = ack {
         shared.primary_lsn.store(ack.primary_lsn, Ordering::Relaxed);
         let mut lease = link.lease.lock().unwrap_or_else(|p| p.into_inner());
-        lease.on_ack(sent_at, ack.lease_granted, ack.epoch, s.timings.lease_timeout);
+        // The cluster's lease, which every coordinator waits out; not this file's.
+        let lease_timeout = s.timings.agreed(shared.committed().lease_timings).lease_timeout;
+        lease.on_ack(sent_at, ack.lease_granted, ack.epoch, lease_timeout);
+    }
+}
+
+/// Once per agreed value: a file whose lease timings are not the cluster's says so (they are not
+/// acted on).
+fn say_if_the_file_differs(shared: &Shared, agreed: Option<vigil_core::LeaseTimings>) {
+    let differ = agreed.map(|a| a.differences(&shared.settings.timings)).unwrap_or_default();
+    if !differ.is_empty() {
+        tracing::warn!(
+            "this member's file differs from the cluster's lease timings, agreed when the cluster was made; \
+             the cluster's are used: {}",
+            differ.join("; ")
+        );
     }
 }

@@ -136,7 +136,10 @@ impl Coordinator {
         // for one: a primary the operator restarts by hand is not fenced on the spot. A forced
         // failover withholds it: the candidate is promoted once it has run out.
         let forced_out = state.switchover.as_ref().is_some_and(|s| s.forced && s.started);
-        let grant = state.is_primary(&report.member)
+        // No grant before the lease timings are the cluster's: the primary's lease must run for
+        // exactly what any coordinator will wait out.
+        let grant = state.lease_timings.is_some()
+            && state.is_primary(&report.member)
             && report.kind == MemberKind::Postgres
             && !report.pg.needs_rejoin
             && !forced_out
@@ -183,10 +186,16 @@ impl Coordinator {
         Some(start)
     }
 
+    /// The wait before another member may be promoted: the cluster's lease timings once agreed
+    /// (else this member's own, as before they were).
+    fn promotion_wait(&self, state: &ClusterState) -> std::time::Duration {
+        self.timings.agreed(state.lease_timings).promotion_wait()
+    }
+
     /// How long until the current primary's lease has certainly expired (zero when it has).
     pub fn lease_expires_in(&self, now: Instant, state: &ClusterState) -> Option<std::time::Duration> {
         let start = self.wait_start(state)?;
-        Some((start + self.timings.promotion_wait()).saturating_duration_since(now))
+        Some((start + self.promotion_wait(state)).saturating_duration_since(now))
     }
 
     pub(crate) fn is_current(&self, now: Instant, r: &Received) -> bool {
@@ -205,7 +214,11 @@ impl Coordinator {
             Some((e, _)) if e != state.epoch => self.epoch_seen = Some((state.epoch, now)),
             Some(_) => {}
         }
-        let mut out = self.member_updates(state, wall_ms);
+        let mut out = Vec::new();
+        if state.lease_timings.is_none() {
+            out.push(Command::AgreeTimings { timings: self.timings.lease() });
+        }
+        out.extend(self.member_updates(state, wall_ms));
         out.extend(self.rejoin_records(state));
         if let Some(cmd) = self.abandon_bootstrap(now, state, wall_ms) {
             out.push(cmd);
@@ -364,7 +377,7 @@ impl Coordinator {
         if state.epoch > 0 {
             let granted = self.last_grant.as_ref().filter(|g| g.epoch == state.epoch).map(|g| g.at);
             let start = granted.map_or(leader_since, |g| g.max(leader_since));
-            if now.saturating_duration_since(start) < self.timings.promotion_wait() {
+            if now.saturating_duration_since(start) < self.promotion_wait(state) {
                 return None;
             }
         }

@@ -237,9 +237,10 @@ fn bootstrap_waits_for_everyone_or_the_bootstrap_wait() {
     let s = ClusterState::default();
     c.on_report(t0, report("b", DataDir::Empty, false, false, 0), &s);
     c.on_report(t0, report("a", DataDir::Empty, false, false, 0), &s);
-    let only_members = c.decide(t0 + ms(1000), &s, 0);
-    assert!(only_members.iter().all(|c| matches!(c, Command::UpsertMember { .. })));
-    assert_eq!(only_members.len(), 2);
+    let first = c.decide(t0 + ms(1000), &s, 0);
+    assert_eq!(first.first(), Some(&Command::AgreeTimings { timings: Timings::default().lease() }));
+    assert!(first[1..].iter().all(|c| matches!(c, Command::UpsertMember { .. })));
+    assert_eq!(first.len(), 3);
     // c never reports; after bootstrap_wait the lowest name among empty members wins.
     for r in [report("b", DataDir::Empty, false, false, 0), report("a", DataDir::Empty, false, false, 0)] {
         c.on_report(t0 + ms(9_900), r, &s);
@@ -433,4 +434,45 @@ fn a_foreign_data_directory_is_never_chosen() {
     c.set_leader(t0, Some(1));
     c.on_report(t0, report("a", DataDir::Foreign, false, false, 0), &s);
     assert!(!c.decide(t0 + ms(60_000), &s, 0).iter().any(|c| matches!(c, Command::Bootstrap { .. })));
+}
+
+/// The lease timings are the cluster's: the first coordinator commits its own before anything
+/// else, grants no lease until they are committed, and a later coordinator whose file says
+/// otherwise waits out the committed lease, not its own shorter one.
+#[test]
+fn lease_timings_are_agreed_once_and_every_coordinator_waits_out_the_agreed_ones() {
+    let (mut c, mut s, t0) = running_cluster();
+    assert_eq!(s.lease_timings, Some(Timings::default().lease()), "agreed with the bootstrap");
+    // A cluster made before timings were agreed: no grant until they are.
+    s.lease_timings = None;
+    assert!(!c.on_report(t0, primary_r("a", 100), &s).grant, "nothing agreed yet");
+    let cmds = c.decide(t0, &s, 0);
+    assert_eq!(cmds, vec![Command::AgreeTimings { timings: Timings::default().lease() }]);
+    for cmd in &cmds {
+        s.apply(cmd).expect("apply");
+    }
+    assert!(c.on_report(t0, primary_r("a", 100), &s).grant);
+    assert!(c.decide(t0, &s, 0).is_empty(), "agreed once");
+
+    // Another coordinator, configured with a shorter lease: the agreed 2 s + 500 ms count.
+    let short = Timings {
+        lease_timeout: ms(1000),
+        lease_margin: ms(200),
+        raft_tick: ms(20),
+        election_ticks: 10,
+        ..Timings::default()
+    };
+    let mut other = Coordinator::new(["a", "b", "c"].map(String::from), short.clone());
+    let t1 = t0 + ms(5000);
+    other.set_leader(t1, Some(2));
+    other.decide(t1, &s, 0);
+    assert_eq!(other.lease_expires_in(t1, &s), Some(ms(2500)));
+    // Its own values would be refused by the state: they are agreed already.
+    let mut again = s.clone();
+    let refused = again.apply(&Command::AgreeTimings { timings: short.lease() });
+    assert_eq!(refused, Err(crate::Rejected::TimingsAgreed(Timings::default().lease())));
+    assert_eq!(again.apply(&Command::AgreeTimings { timings: Timings::default().lease() }), Ok(()), "a repeat");
+    let differ = Timings::default().lease().differences(&short);
+    assert_eq!(differ.len(), 2, "{differ:?}");
+    assert!(differ[0].starts_with("timing.lease_timeout (this file 1s, the cluster's 2s)"), "{differ:?}");
 }

@@ -96,6 +96,10 @@ pub struct ClusterState {
     /// The primary before the last change of primary (the target of a failback).
     #[serde(default)]
     pub previous_primary: Option<String>,
+    /// The lease timings every member acts on, committed once by the first coordinator (None in
+    /// a cluster made before they were agreed: its coordinator commits them then).
+    #[serde(default)]
+    pub lease_timings: Option<crate::LeaseTimings>,
 }
 
 fn first_epoch() -> u64 {
@@ -145,6 +149,8 @@ pub enum Command {
     CompleteSwitchover { id: u64, lsn: Option<u64>, reason: String, at_unix_ms: u64 },
     /// Ask `member` (a standby) to move its data directory aside and clone again, once.
     RequestReinit { id: u64, member: String, at_unix_ms: u64 },
+    /// Fix the cluster's lease timings (once: the same values again are a no-op, others refused).
+    AgreeTimings { timings: crate::LeaseTimings },
 }
 
 #[derive(Clone, Debug, PartialEq, Eq)]
@@ -173,6 +179,8 @@ pub enum Rejected {
     NoFailoverTag(String),
     /// The primary cannot be re-initialised (nor can a witness).
     NotAStandby(String),
+    /// The lease timings were agreed already, on other values.
+    TimingsAgreed(crate::LeaseTimings),
 }
 
 impl std::fmt::Display for Rejected {
@@ -196,6 +204,7 @@ impl std::fmt::Display for Rejected {
             Rejected::NoSuchSwitchover(id) => write!(f, "switchover {id} is not pending"),
             Rejected::NoFailoverTag(m) => write!(f, "{m} is tagged nofailover"),
             Rejected::NotAStandby(m) => write!(f, "{m} is not a standby"),
+            Rejected::TimingsAgreed(t) => write!(f, "the cluster's lease timings are agreed already: {t:?}"),
         }
     }
 }
@@ -227,6 +236,14 @@ impl ClusterState {
                 self.record(*at_unix_ms, kind, name, detail);
                 Ok(())
             }
+            Command::AgreeTimings { timings } => match self.lease_timings {
+                None => {
+                    self.lease_timings = Some(*timings);
+                    Ok(())
+                }
+                Some(agreed) if agreed == *timings => Ok(()),
+                Some(agreed) => Err(Rejected::TimingsAgreed(agreed)),
+            },
             Command::Bootstrap { member, at_unix_ms } => {
                 if self.primary.is_some() || self.bootstrapped_by.is_some() {
                     return Err(Rejected::AlreadyBootstrapped);

@@ -59,6 +59,7 @@ fn cluster() -> (Coordinator, ClusterState, Instant) {
     }
     let w = Member { kind: MemberKind::Witness, ..Default::default() };
     s.apply(&Command::UpsertMember { name: "w".into(), member: w, at_unix_ms: 0 }).expect("witness");
+    s.apply(&Command::AgreeTimings { timings: Timings::default().lease() }).expect("timings");
     s.apply(&Command::Bootstrap { member: "a".into(), at_unix_ms: 0 }).expect("bootstrap");
     let mut c = Coordinator::new(["a", "b", "c", "w"].map(String::from), Timings::default());
     c.set_leader(t0, Some(1));

@@ -63,7 +63,57 @@ impl std::fmt::Display for TimingError {
     }
 }
 
+/// The timings the lease arithmetic rests on. They are the cluster's, not each member's: the
+/// primary's lease runs for the `lease_timeout` the coordinator waits out, so both must be the
+/// same numbers. The first coordinator commits its own ([`crate::Command::AgreeTimings`]); from then
+/// on every member acts on the committed ones, whatever its file says.
+#[derive(Clone, Copy, Debug, PartialEq, Eq, serde::Serialize, serde::Deserialize)]
+pub struct LeaseTimings {
+    pub lease_timeout_ms: u64,
+    pub lease_margin_ms: u64,
+}
+
+impl LeaseTimings {
+    /// The config keys whose values in `mine` differ from these, with both values.
+    pub fn differences(&self, mine: &Timings) -> Vec<String> {
+        let own = mine.lease();
+        let d = |ms: u64| format!("{:?}", Duration::from_millis(ms));
+        let mut out = Vec::new();
+        if own.lease_timeout_ms != self.lease_timeout_ms {
+            out.push(format!(
+                "timing.lease_timeout (this file {}, the cluster's {})",
+                d(own.lease_timeout_ms),
+                d(self.lease_timeout_ms)
+            ));
+        }
+        if own.lease_margin_ms != self.lease_margin_ms {
+            out.push(format!(
+                "timing.lease_margin (this file {}, the cluster's {})",
+                d(own.lease_margin_ms),
+                d(self.lease_margin_ms)
+            ));
+        }
+        out
+    }
+}
+
 impl Timings {
+    /// This member's lease timings, as its file has them.
+    pub fn lease(&self) -> LeaseTimings {
+        let ms = |d: Duration| u64::try_from(d.as_millis()).unwrap_or(u64::MAX);
+        LeaseTimings { lease_timeout_ms: ms(self.lease_timeout), lease_margin_ms: ms(self.lease_margin) }
+    }
+
+    /// These timings with the cluster's lease timings in place of the file's, once agreed.
+    pub fn agreed(&self, cluster: Option<LeaseTimings>) -> Timings {
+        let mut t = self.clone();
+        if let Some(c) = cluster {
+            t.lease_timeout = Duration::from_millis(c.lease_timeout_ms);
+            t.lease_margin = Duration::from_millis(c.lease_margin_ms);
+        }
+        t
+    }
+
     /// The time after which a new coordinator or one that stopped renewing may promote.
     pub fn promotion_wait(&self) -> Duration {
         self.lease_timeout + self.lease_margin
