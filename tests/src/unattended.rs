@@ -112,7 +112,12 @@ pub async fn stalled_daemon_whose_file_has_a_longer_lease(hold: Duration) -> any
     t.cluster.start("pg3")?;
     t.wait_for("a cluster of pg2 and pg3", Duration::from_secs(60), healthy).await?;
     t.cluster.start("pg1")?;
-    t.wait_for("pg1 streaming", Duration::from_secs(60), |v| healthy(v) && v.reports.contains_key("pg1")).await?;
+    t.wait_for("pg1 streaming", Duration::from_secs(60), |v| {
+        healthy(v)
+            && v.state.members.contains_key("pg1")
+            && v.reports.get("pg1").is_some_and(|r| r.pg.running && r.pg.in_recovery && r.pg.streaming)
+    })
+    .await?;
     let reply = t.post("pg2", "/switchover", r#"{"candidate": "pg1"}"#).await?;
     anyhow::ensure!(reply.status == 200, "switchover to pg1 refused: {reply:?}");
     t.wait_for("pg1 primary, settled", Duration::from_secs(60), |v| {

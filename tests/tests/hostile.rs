@@ -66,9 +66,8 @@ async fn peer_rpcs_without_the_cluster_credential_are_refused_and_change_nothing
         ("no credential", PeerClients::new()),
         (
             "another secret",
-            PeerClients::new().with_key(std::sync::Arc::new(
-                ClusterKey::parse_file(&other_secret).map_err(anyhow::Error::msg)?,
-            )),
+            PeerClients::new()
+                .with_key(std::sync::Arc::new(ClusterKey::parse_file(&other_secret).map_err(anyhow::Error::msg)?)),
         ),
     ];
     let report = proto::HealthReport {
@@ -85,7 +84,7 @@ async fn peer_rpcs_without_the_cluster_credential_are_refused_and_change_nothing
         for (who, clients) in &strangers {
             let mut c = clients.client(&addr)?;
             let refused = [
-                ("Raft", c.raft(proto::RaftMessage { message: vec![8, 3, 16, 1] }).await.err()),
+                ("Raft", c.raft(proto::RaftMessage { message: vec![8, 3, 16, 1], sender: "pg1".into() }).await.err()),
                 ("Report", c.report(report.clone()).await.err()),
                 ("GetState", c.get_state(proto::StateRequest {}).await.err()),
                 ("Admin", c.admin(pause.clone()).await.err()),

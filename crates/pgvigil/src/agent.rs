@@ -18,6 +18,7 @@ use std::time::{Duration, Instant};
 use tokio::sync::{watch, Notify};
 use tokio_util::sync::CancellationToken;
 use vigil_core::agent::{divergence, reconcile, AgentAction, AgentInput};
+use vigil_core::repeats::{Repeats, LOG_EVERY};
 use vigil_core::report::{BootstrapFailure, RejoinMethod, RejoinRecord, ReplicaStatus, SwitchoverStop};
 use vigil_core::{ClusterState, DataDir, EventKind, Lease, LocalMemory, MemberKind, PgStatus, Upstream};
 use vigil_pg::{DataDirState, Observation, PgSettings, Postgres, RunAs, StopMode};
@@ -228,6 +229,9 @@ impl Agent {
         let interval = self.shared.settings.timings.loop_interval;
         let mut state_rx = self.shared.raft.state();
         let mut failures: u32 = 0;
+        // A step that keeps failing the same way (a clone the primary refuses, ...) is retried
+        // every few seconds: its warning once a minute, by the first line of the error.
+        let mut repeats: Repeats<String> = Repeats::new(LOG_EVERY);
         loop {
             let pause = interval * 2u32.saturating_pow(failures.min(4));
             tokio::select! {
@@ -237,11 +241,24 @@ impl Agent {
                 r = state_rx.changed(), if failures == 0 => if r.is_err() { return },
             }
             match self.step().await {
-                Ok(()) => failures = 0,
+                Ok(()) => {
+                    failures = 0;
+                    for (cause, e) in repeats.resolved_all() {
+                        tracing::info!(failures = e.total, "succeeds again after failing with: {cause}");
+                    }
+                }
                 Err(e) => {
                     failures += 1;
-                    tracing::warn!(member = %self.shared.name(), "{e:#}");
+                    let text = format!("{e:#}");
+                    let cause = text.lines().next().unwrap_or_default().to_string();
+                    match repeats.occurred(Instant::now(), cause) {
+                        Some(o) => tracing::warn!(suppressed = o.field(), "{text}"),
+                        None => tracing::debug!("{text}"),
+                    }
                 }
+            }
+            for (cause, e) in repeats.expired(Instant::now()) {
+                tracing::info!(failures = e.total, suppressed = e.suppressed, "no longer failing: {cause}");
             }
         }
     }

@@ -36,9 +36,8 @@ pub fn parse(text: &str, env: Vec<(String, String)>) -> Result<Config, ConfigErr
 }
 
 /// Keys whose environment override is a boolean (`true`/`false`, also `yes`/`no`, `on`/`off`, `1`/`0`).
-pub const ENV_BOOL_KEYS: &[&str] = &["tags.nofailover", "tls.peer_mtls", "tls.api", "tls.api_verify_client",
-    "peer_auth.insecure_unauthenticated",
-];
+pub const ENV_BOOL_KEYS: &[&str] =
+    &["tags.nofailover", "tls.peer_mtls", "tls.api", "tls.api_verify_client", "peer_auth.insecure_unauthenticated"];
 /// Keys whose environment override is an integer.
 pub const ENV_INTEGER_KEYS: &[&str] = &[
     "tags.priority",

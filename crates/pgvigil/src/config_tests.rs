@@ -370,7 +370,7 @@ fn bin_dir_must_hold_the_programs_of_the_data_dirs_version() {
 #[test]
 fn the_peer_port_needs_a_credential_unless_the_operator_says_otherwise() {
     let without = GOOD.replace("[peer_auth]\ninsecure_unauthenticated = true\n", "");
-    let refused = load_str(&without).err().expect("no credential is refused");
+    let refused = load_str(&without).expect_err("no credential is refused");
     assert_eq!(refused.key, "peer_auth.secret_file");
     assert!(refused.message.contains("pgvigil gen-secret"), "{}", refused.message);
 
@@ -386,10 +386,10 @@ fn the_peer_port_needs_a_credential_unless_the_operator_says_otherwise() {
     let s = load_str(&with_file(good, 0o600)).expect("a private secret file");
     assert!(s.peer_key.is_some());
     assert!(!format!("{s:?}").contains("0123456789abcdef"), "Debug shows no secret");
-    let open = load_str(&with_file(good, 0o644)).err().expect("a secret others can read is refused");
+    let open = load_str(&with_file(good, 0o644)).expect_err("a secret others can read is refused");
     assert_eq!(open.key, "peer_auth.secret_file");
     assert!(open.message.contains("chmod 600"), "{}", open.message);
-    let short = load_str(&with_file("short\n", 0o600)).err().expect("a short secret is refused");
+    let short = load_str(&with_file("short\n", 0o600)).expect_err("a short secret is refused");
     assert!(short.key == "peer_auth.secret_file" && short.message.contains("at least 32"), "{short}");
     let both = with_file(good, 0o600).replace("[postgres]", "insecure_unauthenticated = true\n[postgres]");
     assert_eq!(key_of(&both), "peer_auth.insecure_unauthenticated");

@@ -5,6 +5,7 @@ use crate::daemon::Shared;
 use std::sync::Arc;
 use std::time::{Instant, SystemTime, UNIX_EPOCH};
 use tokio_util::sync::CancellationToken;
+use vigil_core::repeats::{Repeats, LOG_EVERY};
 use vigil_core::{Command, HealthReport};
 use vigil_raft::proto::ReportAck;
 use vigil_raft::RaftStatus;
@@ -76,6 +77,8 @@ pub async fn run(shared: Arc<Shared>, shutdown: CancellationToken) -> anyhow::Re
     let mut state_rx = shared.raft.state();
     let mut last_transfer: Option<Instant> = None;
     let mut last_blocked: Option<String> = None;
+    // Proposals that fail the same way tick after tick (no quorum for a moment): thinned.
+    let mut failed: Repeats<String> = Repeats::new(LOG_EVERY);
     let mut tick = tokio::time::interval(interval);
     tick.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
     loop {
@@ -86,6 +89,9 @@ pub async fn run(shared: Arc<Shared>, shutdown: CancellationToken) -> anyhow::Re
             r = state_rx.changed() => if r.is_err() { return Ok(()) },
         }
         shared.alive.mark_coordinator();
+        for (what, e) in failed.expired(Instant::now()) {
+            tracing::info!(failures = e.total, suppressed = e.suppressed, "no more failed proposals: {what}");
+        }
         if !sync_leadership(&shared).is_leader {
             continue;
         }
@@ -104,7 +110,7 @@ pub async fn run(shared: Arc<Shared>, shutdown: CancellationToken) -> anyhow::Re
             last_blocked = blocked;
         }
         for cmd in commands {
-            propose(&shared, cmd).await;
+            propose(&shared, cmd, &mut failed).await;
         }
         // Not on the primary's host: its death should not also cost an election. At most one
         // attempt per few seconds, so a refused transfer does not churn.
@@ -121,7 +127,7 @@ pub async fn run(shared: Arc<Shared>, shutdown: CancellationToken) -> anyhow::Re
     }
 }
 
-async fn propose(shared: &Shared, cmd: Command) {
+async fn propose(shared: &Shared, cmd: Command, failed: &mut Repeats<String>) {
     let important = !matches!(cmd, Command::UpsertMember { .. });
     if important {
         tracing::warn!(command = ?cmd, "proposing");
@@ -140,7 +146,13 @@ async fn propose(shared: &Shared, cmd: Command) {
             let state = shared.committed();
             tracing::info!(index, epoch = state.epoch, primary = ?state.primary, "committed {}", describe(&cmd));
         }
-        Err(e) => tracing::warn!("proposal {} not committed: {e}", describe(&cmd)),
+        Err(e) => {
+            let what = format!("proposal {} not committed: {e}", describe(&cmd));
+            match failed.occurred(Instant::now(), what.clone()) {
+                Some(o) => tracing::warn!(suppressed = o.field(), "{what}"),
+                None => tracing::debug!("{what}"),
+            }
+        }
     }
 }
 

@@ -15,7 +15,7 @@ use std::time::{Duration, Instant};
 use tokio::sync::watch;
 use tokio_util::sync::CancellationToken;
 use vigil_core::{ClusterState, Coordinator, Lease, MemberKind, PgStatus};
-use vigil_raft::{PeerClients, RaftConfig, RaftHandle};
+use vigil_raft::{PeerClients, PeerNames, RaftConfig, RaftHandle};
 
 pub struct Shared {
     pub settings: Settings,
@@ -24,6 +24,8 @@ pub struct Shared {
     pub clients: PeerClients,
     /// Raft node id -> (member name, peer address).
     pub peers: HashMap<u64, (String, String)>,
+    /// The members' names by Raft node id, for log lines.
+    pub names: PeerNames,
     /// What this member's agent last saw of its PostgreSQL (the agent publishes it).
     pub pg_status: watch::Sender<PgStatus>,
     /// The primary lease this member's agent holds.
@@ -149,9 +151,11 @@ pub async fn run(settings: Settings, shutdown: CancellationToken) -> anyhow::Res
         Some(tls) => Some(LiveTls::new(tls, vec![raft_clients.clone(), clients.clone()]).map_err(anyhow::Error::msg)?),
         None => None,
     };
+    let names = PeerNames::new(peers.iter().map(|(id, (name, _))| (*id, name.clone())).collect());
     let cfg = RaftConfig {
         id: vigil_core::node_id(&raw.name),
         peers: peers.iter().map(|(id, (_, addr))| (*id, addr.clone())).collect::<BTreeMap<_, _>>(),
+        names: names.clone(),
         clients: raft_clients,
         dir: raw.state_dir.join("raft"),
         tick: t.raft_tick,
@@ -171,6 +175,7 @@ pub async fn run(settings: Settings, shutdown: CancellationToken) -> anyhow::Res
         coordinator: Mutex::new(coordinator),
         clients,
         peers,
+        names,
         pg_status: watch::Sender::new(PgStatus::default()),
         lease: Default::default(),
         primary_lsn: AtomicU64::new(0),
@@ -288,15 +293,24 @@ async fn hand_over_coordinator(shared: &Arc<Shared>) {
     }
     let me = vigil_core::node_id(shared.name());
     let started = Instant::now();
-    // Raft refuses a target that lags; try each other voter in turn.
+    // Raft refuses a target that lags; try each other voter in turn. Done once another member
+    // leads (not merely once this one stepped down: then no leader is known for a moment).
     for id in shared.peers.keys().copied().filter(|id| *id != me) {
         shared.raft.transfer_leader(id);
-        let moved = tokio::time::timeout(Duration::from_millis(700), status.wait_for(|s| !s.is_leader))
-            .await
-            .map(|r| r.map(|s| s.leader_id));
+        let moved = tokio::time::timeout(
+            Duration::from_millis(700),
+            status.wait_for(|s| !s.is_leader && s.leader_id != 0 && s.leader_id != me),
+        )
+        .await
+        .map(|r| r.map(|s| s.leader_id));
+        let took_ms = started.elapsed().as_millis() as u64;
         if let Ok(Ok(leader)) = moved {
-            let to = shared.peers.get(&leader).map(|(n, _)| n.clone()).unwrap_or_default();
-            tracing::info!(%to, took_ms = started.elapsed().as_millis() as u64, "handed the coordinator role over");
+            let to = shared.names.of(leader).to_string();
+            tracing::info!(%to, took_ms, "handed the coordinator role over");
+            return;
+        }
+        if !status.borrow().is_leader {
+            tracing::info!(took_ms, "stepped down as the coordinator; the others are electing one");
             return;
         }
     }

@@ -1,11 +1,20 @@
 //! `pgvigil demo`: a local cluster (PostgreSQL + pgvigil per member) on loopback ports under one
 //! temporary directory, shown as a table, until Ctrl-C; then everything it started is stopped.
+//!
+//! SIGINT and SIGTERM are handled from the first moment: one that arrives while the cluster is
+//! still starting (initdb, the bootstrap, the clones) stops it just the same.
 
 use crate::launch::{self, ClusterSpec, LocalCluster};
 use crate::list;
+use anyhow::Context;
 use std::path::PathBuf;
 use std::process::ExitCode;
 use std::time::Duration;
+use tokio_util::sync::CancellationToken;
+
+/// How long the daemons get to stop their PostgreSQL before they and everything below them are
+/// killed.
+const STOP_GRACE: Duration = Duration::from_secs(20);
 
 #[derive(clap::Args, Debug)]
 pub struct DemoArgs {
@@ -39,7 +48,26 @@ pub async fn run(args: DemoArgs) -> ExitCode {
     }
 }
 
+/// A token cancelled on the first SIGINT or SIGTERM. Later ones are taken too (and ignored): the
+/// demo is then stopping, bounded by [`STOP_GRACE`].
+fn stop_signals() -> anyhow::Result<CancellationToken> {
+    use tokio::signal::unix::{signal, SignalKind};
+    let mut int = signal(SignalKind::interrupt()).context("handle SIGINT")?;
+    let mut term = signal(SignalKind::terminate()).context("handle SIGTERM")?;
+    let stop = CancellationToken::new();
+    let token = stop.clone();
+    tokio::spawn(async move {
+        tokio::select! {
+            _ = int.recv() => {}
+            _ = term.recv() => {}
+        }
+        token.cancel();
+    });
+    Ok(stop)
+}
+
 async fn demo(args: DemoArgs) -> anyhow::Result<()> {
+    let stop = stop_signals()?;
     if !args.pg_bin_dir.join("postgres").exists() {
         anyhow::bail!(
             "no PostgreSQL in {} (install it: apt-get install -y postgresql, or pass --pg-bin-dir)",
@@ -59,10 +87,21 @@ async fn demo(args: DemoArgs) -> anyhow::Result<()> {
     let bin = std::env::current_exe()?;
     let mut spec = ClusterSpec::local(&dir, &bin, args.members, args.witnesses)?;
     spec.pg_bin_dir = args.pg_bin_dir.clone();
+    if stop.is_cancelled() {
+        return Ok(());
+    }
+    // Dropped on an error below: its daemons (and what they started) are stopped then too.
     let mut cluster = LocalCluster::prepare(spec)?;
     cluster.start_all()?;
     println!("Starting {} members under {} ...", args.members + args.witnesses, dir.display());
-    let view = cluster.wait_for("a primary and streaming standbys", Duration::from_secs(90), launch::healthy).await?;
+    let ready = tokio::select! {
+        view = cluster.wait_for("a primary and streaming standbys", Duration::from_secs(90), launch::healthy) => view,
+        _ = stop.cancelled() => {
+            println!("\nInterrupted while starting: stopping ...");
+            return finish(cluster, _temp, args.keep).await;
+        }
+    };
+    let view = ready?;
 
     println!();
     for m in &cluster.spec.members {
@@ -89,12 +128,6 @@ async fn demo(args: DemoArgs) -> anyhow::Result<()> {
     );
     println!("Ctrl-C stops the demo and everything it started.");
 
-    let stop = tokio_util::sync::CancellationToken::new();
-    let waiter = stop.clone();
-    tokio::spawn(async move {
-        let _ = tokio::signal::ctrl_c().await;
-        waiter.cancel();
-    });
     match args.run_for {
         Some(d) => {
             tokio::select! { _ = tokio::time::sleep(d) => {}, _ = stop.cancelled() => {} }
@@ -102,12 +135,16 @@ async fn demo(args: DemoArgs) -> anyhow::Result<()> {
         None => stop.cancelled().await,
     }
     println!("\nStopping ...");
-    cluster.stop_all(Duration::from_secs(30));
-    if args.keep {
-        if let Some(t) = _temp {
-            let kept = t.keep();
-            println!("Kept {}", kept.display());
-        }
+    finish(cluster, _temp, args.keep).await
+}
+
+/// Stop the daemons and whatever they left (off the runtime: it waits and polls), then keep or
+/// remove the temporary directory.
+async fn finish(mut cluster: LocalCluster, temp: Option<tempfile::TempDir>, keep: bool) -> anyhow::Result<()> {
+    tokio::task::spawn_blocking(move || cluster.stop_all(STOP_GRACE)).await.context("stopping the cluster")?;
+    if let Some(t) = temp.filter(|_| keep) {
+        let kept = t.keep();
+        println!("Kept {}", kept.display());
     }
     Ok(())
 }

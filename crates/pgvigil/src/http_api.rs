@@ -164,6 +164,8 @@ async fn health_check(
         "status": if verdict.ok { "ok" } else { "unavailable" },
         "message": verdict.reason,
         "member": shared.name(),
+        // The Raft leader this member hears, by name (null: none known).
+        "coordinator": shared.leader().map(|(name, _)| name.as_str()),
         "role": local.role(),
         "state": local.pg_state(),
         "epoch": snap.state.epoch,

@@ -445,7 +445,11 @@ impl LocalCluster {
         Ok(())
     }
 
-    /// Stop every daemon: SIGTERM, then SIGKILL after `grace`.
+    /// Stop every daemon and leave nothing it started: SIGTERM (each stops its PostgreSQL), and
+    /// after `grace` SIGKILL to a daemon still running and to everything below it (its keeper,
+    /// PostgreSQL, a tool it runs). Then a PostgreSQL still running on a member's data directory
+    /// (its daemon killed earlier, or `stop.mode = leave-postgres`) is killed too; its keeper
+    /// exits with it.
     pub fn stop_all(&mut self, grace: Duration) {
         for c in self.children.values() {
             let _ =
@@ -456,10 +460,18 @@ impl LocalCluster {
             while matches!(c.try_wait(), Ok(None)) && Instant::now() < deadline {
                 std::thread::sleep(Duration::from_millis(50));
             }
+            if matches!(c.try_wait(), Ok(None)) {
+                vigil_pg::proctree::kill_tree(&[c.id() as i32], None, Duration::from_secs(2));
+            }
             let _ = c.kill();
             let _ = c.wait();
         }
         self.children.clear();
+        for m in self.spec.members.iter().filter(|m| m.kind == MemberKind::Postgres) {
+            if let Some(pm) = vigil_pg::process::live_postmaster(&self.spec.data_dir(&m.name)) {
+                vigil_pg::proctree::kill_tree(&[pm.as_raw()], None, Duration::from_secs(2));
+            }
+        }
     }
 
     /// The cluster as the coordinator sees it, asked through any member that answers.

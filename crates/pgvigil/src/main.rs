@@ -71,7 +71,8 @@ fn gen_secret(file: &std::path::Path, owner: Option<&str>) -> anyhow::Result<()>
     let secret = vigil_raft::auth::ClusterKey::generate().map_err(anyhow::Error::msg)?;
     let owner = match owner {
         Some(name) => Some(
-            nix::unistd::User::from_name(name)?.with_context(|| format!("--owner: no user {name:?} on this machine"))?,
+            nix::unistd::User::from_name(name)?
+                .with_context(|| format!("--owner: no user {name:?} on this machine"))?,
         ),
         None => None,
     };

@@ -7,21 +7,67 @@ use crate::admin;
 use crate::convert;
 use crate::coordination;
 use crate::daemon::Shared;
-use std::sync::Arc;
+use std::sync::{Arc, Mutex};
+use std::time::Instant;
 use tokio_util::sync::CancellationToken;
 use tonic::{Request, Response, Status};
+use vigil_core::repeats::{Repeats, LOG_EVERY};
 use vigil_raft::auth::{Authenticated, Guard};
 use vigil_raft::proto::{self, peer_server::PeerServer};
+use vigil_raft::RaftError;
 
 struct PeerService {
     shared: Arc<Shared>,
+    /// Raft messages refused (not from a member, or not for this one), by (from, to, sender's
+    /// name): a daemon configured with another member list sends several a second, forever.
+    refused: Mutex<Repeats<(u64, u64, String)>>,
+}
+
+impl PeerService {
+    fn refused(&self) -> std::sync::MutexGuard<'_, Repeats<(u64, u64, String)>> {
+        self.refused.lock().unwrap_or_else(|p| p.into_inner())
+    }
+
+    /// A refused raft message: logged at most once a minute per sender, and the sender is told why.
+    fn refuse(&self, from: u64, to: u64, sender: String, addr: String) -> Status {
+        let me = self.shared.name();
+        let names = &self.shared.names;
+        let sender = if sender.is_empty() { "a daemon that gave no name".to_string() } else { sender };
+        let members: Vec<&str> = names.names().collect();
+        let why = if names.get(from).is_none() {
+            format!("{sender} is not in the members list of {me} ({})", members.join(", "))
+        } else if from == self.shared.raft.id() {
+            format!("{sender} uses the name of {me}")
+        } else {
+            format!("{sender} addresses {me} by another name: do the members lists agree?")
+        };
+        if let Some(o) = self.refused().occurred(Instant::now(), (from, to, sender.clone())) {
+            tracing::warn!(%sender, %addr, suppressed = o.field(), "raft messages refused: {why}");
+        }
+        Status::permission_denied(format!("raft message refused: {why}"))
+    }
+
+    /// Says once that the refused messages of a sender stopped.
+    fn expire_refused(&self) {
+        for ((_, _, sender), e) in self.refused().expired(Instant::now()) {
+            let (suppressed, total) = (e.suppressed, e.total);
+            tracing::info!(%sender, suppressed, total, "no more refused raft messages from {sender}");
+        }
+    }
 }
 
 #[tonic::async_trait]
 impl proto::peer_server::Peer for PeerService {
     async fn raft(&self, req: Request<proto::RaftMessage>) -> Result<Response<proto::RaftAck>, Status> {
-        self.shared.raft.step(&req.into_inner().message).await.map_err(|e| Status::unavailable(e.to_string()))?;
-        Ok(Response::new(proto::RaftAck {}))
+        // Several messages a second arrive in a working cluster: enough of a clock for this.
+        self.expire_refused();
+        let addr = req.remote_addr().map_or_else(|| "unknown address".to_string(), |a| a.to_string());
+        let msg = req.into_inner();
+        match self.shared.raft.step(&msg.message).await {
+            Ok(()) => Ok(Response::new(proto::RaftAck {})),
+            Err(RaftError::NotAPeer { from, to }) => Err(self.refuse(from, to, msg.sender, addr)),
+            Err(e) => Err(Status::unavailable(e.to_string())),
+        }
     }
 
     async fn report(&self, req: Request<proto::HealthReport>) -> Result<Response<proto::ReportAck>, Status> {
@@ -64,8 +110,9 @@ pub async fn serve(
     let tls = shared.tls.as_ref().map(|live| live.peer());
     let guard = shared.settings.peer_key.clone().map(Guard::new);
     // A Raft snapshot travels in one message; the client side allows the same size.
-    let service =
-        PeerServer::new(PeerService { shared }).max_decoding_message_size(64 << 20).max_encoding_message_size(64 << 20);
+    let service = PeerServer::new(PeerService { shared, refused: Mutex::new(Repeats::new(LOG_EVERY)) })
+        .max_decoding_message_size(64 << 20)
+        .max_encoding_message_size(64 << 20);
     // Every RPC, before the service sees it: without the cluster's credential, UNAUTHENTICATED.
     let service = Authenticated::new(service, guard);
     let server = tonic::transport::Server::builder().add_service(service);

@@ -132,6 +132,10 @@ impl Telemetry {
         metrics::gauge!("pgvigil_raft_term").set(raft.term as f64);
         metrics::gauge!("pgvigil_raft_is_leader").set(bool_f(raft.is_leader));
         metrics::gauge!("pgvigil_raft_leader_known").set(bool_f(raft.leader_id != 0));
+        for (id, (name, _)) in &shared.peers {
+            let leads = *id == raft.leader_id;
+            metrics::gauge!("pgvigil_coordinator", "member" => name.clone()).set(bool_f(leads));
+        }
         let lag = if role == "replica" { local.lag().unwrap_or(0) } else { 0 };
         metrics::gauge!("pgvigil_replication_lag_bytes", "member" => shared.name().to_string()).set(lag as f64);
         let remaining = shared.lease_remaining(s.epoch, Instant::now());
@@ -168,6 +172,10 @@ fn describe() {
     describe_gauge!("pgvigil_raft_term", "The Raft term");
     describe_gauge!("pgvigil_raft_is_leader", "1 when this member is the Raft leader (the coordinator)");
     describe_gauge!("pgvigil_raft_leader_known", "1 when this member knows a Raft leader");
+    describe_gauge!(
+        "pgvigil_coordinator",
+        "1 for the member (label member) this one knows as the coordinator (the Raft leader), 0 for the others"
+    );
     describe_gauge!(
         "pgvigil_replication_lag_bytes",
         Unit::Bytes,

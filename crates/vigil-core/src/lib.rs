@@ -11,6 +11,8 @@
 //! - [`switchover`]: operators' requests (switchover, failover, failback, reinit) and the
 //!   coordinator's steps of a planned switchover.
 //! - [`agent`]: the reconciler that turns the committed state and the local PostgreSQL into actions.
+//! - [`repeats`]: thinning repeated warnings (once, then at most once a minute with a count, and
+//!   once when they stop), for every crate's logs.
 //!
 //! Rules that hold everywhere here: no IO, no tokio, no clock reads. Time is passed in as
 //! `std::time::Instant` (monotonic) or as Unix milliseconds (for event records only).
@@ -19,6 +21,7 @@ pub mod agent;
 pub mod candidate;
 pub mod coordinator;
 pub mod lease;
+pub mod repeats;
 pub mod report;
 pub mod state;
 pub mod switchover;
@@ -28,6 +31,7 @@ pub mod timing;
 pub use agent::{AgentAction, AgentInput, LocalMemory, Upstream};
 pub use coordinator::Coordinator;
 pub use lease::Lease;
+pub use repeats::Repeats;
 pub use report::{DataDir, HealthReport, MemberKind, PgStatus};
 pub use state::{ClusterState, Command, Event, EventKind, Member, Rejected};
 pub use switchover::{Decision, Refusal, Request, Switchover, SwitchoverOutcome};

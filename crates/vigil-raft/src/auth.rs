@@ -23,6 +23,7 @@ use ring::rand::{SecureRandom, SystemRandom};
 use tonic::codegen::http;
 use tonic::codegen::Service;
 use tonic::server::NamedService;
+use vigil_core::repeats::{Repeats, LOG_EVERY};
 
 /// The metadata key the credential travels in.
 pub const HEADER: &str = "x-pgvigil-peer-auth";
@@ -82,7 +83,7 @@ fn hex(bytes: &[u8]) -> String {
 }
 
 fn unhex(s: &str) -> Option<Vec<u8>> {
-    if s.len() % 2 != 0 {
+    if !s.len().is_multiple_of(2) {
         return None;
     }
     (0..s.len()).step_by(2).map(|i| u8::from_str_radix(s.get(i..i + 2)?, 16).ok()).collect()
@@ -226,41 +227,42 @@ where
     }
 }
 
-/// What the server side needs: the key, the credentials already seen, and a bound on how
-/// often refusals are logged.
+/// What the server side needs: the key, the credentials already seen, and how often refusals
+/// were logged.
 #[derive(Debug)]
 pub struct Guard {
     key: Arc<ClusterKey>,
-    state: Mutex<GuardState>,
+    seen: Mutex<Seen>,
+    /// Refusals by kind: a stranger retrying must not flood the log.
+    logged: Mutex<Repeats<&'static str>>,
 }
 
-#[derive(Debug, Default)]
-struct GuardState {
-    seen: Seen,
-    /// When a refusal was last logged, and how many went unlogged since.
-    last_logged_ms: Option<u64>,
-    unlogged: u64,
+impl Refusal {
+    fn kind(&self) -> &'static str {
+        match self {
+            Refusal::Missing => "missing",
+            Refusal::Malformed => "malformed",
+            Refusal::WrongSecret => "wrong secret",
+            Refusal::Clock(_) => "clock",
+            Refusal::Replayed => "replayed",
+        }
+    }
 }
-
-/// A refusal is logged at most this often (an unknown process retrying must not flood the log).
-const LOG_EVERY_MS: u64 = 60_000;
 
 impl Guard {
     pub fn new(key: Arc<ClusterKey>) -> Arc<Guard> {
-        Arc::new(Guard { key, state: Mutex::new(GuardState::default()) })
+        Arc::new(Guard { key, seen: Mutex::default(), logged: Mutex::new(Repeats::new(LOG_EVERY)) })
     }
 
     fn check(&self, credential: Option<&str>, path: &str, now_ms: u64) -> Result<(), Refusal> {
-        let mut state = self.state.lock().unwrap_or_else(|p| p.into_inner());
-        let result = self.key.verify(credential, path, now_ms, &mut state.seen);
+        let result = {
+            let mut seen = self.seen.lock().unwrap_or_else(|p| p.into_inner());
+            self.key.verify(credential, path, now_ms, &mut seen)
+        };
         if let Err(why) = &result {
-            let due = state.last_logged_ms.is_none_or(|t| now_ms.saturating_sub(t) >= LOG_EVERY_MS);
-            if due {
-                let unlogged = std::mem::take(&mut state.unlogged);
-                state.last_logged_ms = Some(now_ms);
-                tracing::warn!(path, unlogged, "peer request refused: {why}");
-            } else {
-                state.unlogged += 1;
+            let mut logged = self.logged.lock().unwrap_or_else(|p| p.into_inner());
+            if let Some(o) = logged.occurred(std::time::Instant::now(), why.kind()) {
+                tracing::warn!(path, suppressed = o.field(), "peer request refused: {why}");
             }
         }
         result

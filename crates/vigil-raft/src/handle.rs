@@ -1,6 +1,8 @@
 //! The cloneable front of the node task: requests go in through an mpsc (answers come back on
 //! oneshots), state comes out through `watch` channels.
 
+use std::collections::BTreeSet;
+use std::sync::Arc;
 use std::time::Duration;
 
 use protobuf::Message as _;
@@ -8,7 +10,7 @@ use raft::eraftpb::Message;
 use raft::SnapshotStatus;
 use tokio::sync::{mpsc, oneshot, watch};
 
-use crate::{RaftError, RaftStatus, StateMachine};
+use crate::{PeerNames, RaftError, RaftStatus, StateMachine};
 
 /// What the node task is asked to do.
 pub(crate) enum Request {
@@ -32,6 +34,10 @@ pub(crate) enum Request {
 
 /// A handle on a running raft node. Cheap to clone.
 pub struct RaftHandle<S> {
+    /// This node's id and its peers' (self included): what `step` accepts.
+    pub(crate) id: u64,
+    pub(crate) peers: Arc<BTreeSet<u64>>,
+    pub(crate) names: PeerNames,
     pub(crate) tx: mpsc::Sender<Request>,
     pub(crate) status: watch::Receiver<RaftStatus>,
     pub(crate) state: watch::Receiver<S>,
@@ -40,7 +46,14 @@ pub struct RaftHandle<S> {
 // By hand: a derive would require `S: Clone` for no reason.
 impl<S> Clone for RaftHandle<S> {
     fn clone(&self) -> Self {
-        RaftHandle { tx: self.tx.clone(), status: self.status.clone(), state: self.state.clone() }
+        RaftHandle {
+            id: self.id,
+            peers: self.peers.clone(),
+            names: self.names.clone(),
+            tx: self.tx.clone(),
+            status: self.status.clone(),
+            state: self.state.clone(),
+        }
     }
 }
 
@@ -66,12 +79,17 @@ impl<S: StateMachine> RaftHandle<S> {
 
     /// Feeds a raft message received from a peer (an `eraftpb::Message` encoded with
     /// `protobuf::Message::write_to_bytes`). Waits while the node's queue is full, which pushes
-    /// back on the sending peer. `Dropped` if the bytes are not a raft message.
+    /// back on the sending peer. `Dropped` if the bytes are not a raft message; `NotAPeer`,
+    /// logging nothing (the caller knows who sent it), if it comes from a node that is not a peer
+    /// or is addressed to another: raft-rs never sees it, so it neither answers nor logs it.
     pub async fn step(&self, message: &[u8]) -> Result<(), RaftError> {
         let msg = Message::parse_from_bytes(message).map_err(|e| {
             tracing::debug!(error = %e, "undecodable raft message from a peer");
             RaftError::Dropped
         })?;
+        if msg.to != self.id || msg.from == self.id || !self.peers.contains(&msg.from) {
+            return Err(RaftError::NotAPeer { from: msg.from, to: msg.to });
+        }
         self.tx.send(Request::Step(Box::new(msg))).await.map_err(|_| RaftError::Stopped)
     }
 
@@ -85,10 +103,15 @@ impl<S: StateMachine> RaftHandle<S> {
         self.state.clone()
     }
 
+    /// This node's id.
+    pub fn id(&self) -> u64 {
+        self.id
+    }
+
     /// Asks raft-rs to transfer leadership to `to` (best effort, fire and forget).
     pub fn transfer_leader(&self, to: u64) {
         if self.tx.try_send(Request::TransferLeader(to)).is_err() {
-            tracing::debug!(to, "leader transfer not queued (node busy or stopped)");
+            tracing::debug!(to = %self.names.of(to), "leader transfer not queued (node busy or stopped)");
         }
     }
 

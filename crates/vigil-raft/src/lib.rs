@@ -3,7 +3,7 @@
 //! # Layout
 //!
 //! - `lib.rs`: the public types: [`StateMachine`], [`RaftConfig`], [`RaftStatus`],
-//!   [`RaftError`], and the generated gRPC code in [`proto`].
+//!   [`RaftError`], [`PeerNames`] (how logs name nodes), and the generated gRPC code in [`proto`].
 //! - `node.rs`: [`start`] and the one task that owns the `RawNode` and runs the ready loop
 //!   (tick, step, propose, read index, apply, persist, snapshot).
 //! - `handle.rs`: [`RaftHandle`], the cheap cloneable front of that task (mpsc requests with
@@ -13,7 +13,11 @@
 //!   per peer.
 //! - `auth.rs`: the cluster's credential on the peer port: [`auth::Signed`] adds it to each
 //!   request, [`auth::Authenticated`] wraps a server and refuses requests without it.
-//! - `slog_bridge.rs`: forwards raft-rs' slog records to `tracing`.
+//! - `slog_bridge.rs`: forwards raft-rs' slog records to `tracing`, node ids replaced by names.
+//!
+//! Node ids are numbers to raft-rs; every line this crate logs names nodes by [`PeerNames`]
+//! instead (the embedder gives the names at start), and repeated warnings are thinned with
+//! [`vigil_core::Repeats`].
 //!
 //! The gRPC server is not here: the daemon implements the whole `Peer` service and its `raft`
 //! RPC calls [`RaftHandle::step`].
@@ -27,7 +31,9 @@ mod storage;
 mod transport;
 
 use std::collections::BTreeMap;
+use std::fmt;
 use std::path::PathBuf;
+use std::sync::Arc;
 use std::time::Duration;
 
 pub use handle::RaftHandle;
@@ -59,6 +65,8 @@ pub struct RaftConfig {
     /// Every voter including self: id -> gRPC address, `host:port` (the scheme follows
     /// `clients`) or a URL such as `http://127.0.0.1:7001`.
     pub peers: BTreeMap<u64, String>,
+    /// How logs name the nodes (`id -> name`); an id without a name is shown as `raft id N`.
+    pub names: PeerNames,
     /// The outbound channels raft messages travel on: [`PeerClients::new`] for plain text,
     /// [`PeerClients::with_tls`] for TLS. Give the node its own (it keeps one channel per peer).
     pub clients: PeerClients,
@@ -86,10 +94,58 @@ pub struct RaftStatus {
     pub applied: u64,
 }
 
+/// Names for node ids, for what operators read: a log line says `pg2`, not `8626128424586815710`.
+/// Cheap to clone.
+#[derive(Clone, Debug, Default)]
+pub struct PeerNames(Arc<BTreeMap<u64, String>>);
+
+impl PeerNames {
+    pub fn new(names: BTreeMap<u64, String>) -> Self {
+        PeerNames(Arc::new(names))
+    }
+
+    /// The name of `id`, if it has one.
+    pub fn get(&self, id: u64) -> Option<&str> {
+        self.0.get(&id).map(String::as_str)
+    }
+
+    /// `id` for a log line: its name, `none` for 0 (raft-rs' "no node"), else `raft id N`.
+    pub fn of(&self, id: u64) -> NodeName<'_> {
+        NodeName { names: self, id }
+    }
+
+    /// Every name, in id order.
+    pub fn names(&self) -> impl Iterator<Item = &str> {
+        self.0.values().map(String::as_str)
+    }
+}
+
+/// A node as a log line shows it ([`PeerNames::of`]).
+#[derive(Clone, Copy)]
+pub struct NodeName<'a> {
+    names: &'a PeerNames,
+    id: u64,
+}
+
+impl fmt::Display for NodeName<'_> {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        match self.names.get(self.id) {
+            Some(name) => f.write_str(name),
+            None if self.id == 0 => f.write_str("none"),
+            None => write!(f, "raft id {}", self.id),
+        }
+    }
+}
+
 #[derive(Debug, thiserror::Error)]
 pub enum RaftError {
-    #[error("not the leader (leader is {leader_id}, 0 = unknown)")]
+    /// `leader_id` 0: no leader known.
+    #[error("not the leader")]
     NotLeader { leader_id: u64 },
+    /// A message from a node that is not a peer, or addressed to another node than this one:
+    /// refused before raft-rs sees it (a daemon configured with another member list).
+    #[error("raft message from raft id {from} to raft id {to}: not a message for this node from one of its peers")]
+    NotAPeer { from: u64, to: u64 },
     #[error("timed out")]
     Timeout,
     #[error("raft node stopped")]

@@ -5,6 +5,7 @@
 use std::collections::{BTreeMap, BTreeSet};
 use std::mem;
 use std::path::Path;
+use std::sync::Arc;
 use std::time::{Duration, SystemTime, UNIX_EPOCH};
 
 use anyhow::{bail, ensure, Context};
@@ -20,7 +21,7 @@ use tracing::Instrument;
 use crate::handle::{RaftHandle, Request};
 use crate::storage::DiskStorage;
 use crate::transport::Transport;
-use crate::{slog_bridge, RaftConfig, RaftError, RaftStatus, StateMachine};
+use crate::{slog_bridge, PeerNames, RaftConfig, RaftError, RaftStatus, StateMachine};
 
 /// Requests waiting for the node task. Handles wait (`send().await`) when it is full.
 const REQUEST_QUEUE: usize = 1024;
@@ -41,8 +42,9 @@ pub async fn start<S: StateMachine>(
     validate(&cfg)?;
     let voters: Vec<u64> = cfg.peers.keys().copied().collect();
     let dir = cfg.dir.clone();
+    let names = cfg.names.clone();
     // Reading files and fsyncing a fresh directory: keep it off the runtime's threads.
-    let (storage, sm) = tokio::task::spawn_blocking(move || load(&dir, voters, initial))
+    let (storage, sm) = tokio::task::spawn_blocking(move || load(&dir, voters, initial, &names))
         .await
         .context("raft storage loader panicked")??;
 
@@ -61,7 +63,7 @@ pub async fn start<S: StateMachine>(
         ..Default::default()
     };
     raft_cfg.validate().context("invalid raft configuration")?;
-    let raw = RawNode::new(&raft_cfg, storage, &slog_bridge::logger()).context("create raft node")?;
+    let raw = RawNode::new(&raft_cfg, storage, &slog_bridge::logger(cfg.names.clone())).context("create raft node")?;
 
     let (tx, rx) = mpsc::channel(REQUEST_QUEUE);
     let (status_tx, status) = watch::channel(RaftStatus {
@@ -72,9 +74,10 @@ pub async fn start<S: StateMachine>(
         ..Default::default()
     });
     let (state_tx, state) = watch::channel(sm.clone());
-    let span = tracing::info_span!("raft", member = cfg.id);
-    let transport =
-        span.in_scope(|| Transport::start(cfg.id, &cfg.peers, cfg.clients.clone(), tx.clone(), shutdown.child_token()));
+    let span = tracing::info_span!("raft", member = %cfg.names.of(cfg.id));
+    let transport = span.in_scope(|| {
+        Transport::start(cfg.id, &cfg.peers, &cfg.names, cfg.clients.clone(), tx.clone(), shutdown.child_token())
+    });
     let node = Node {
         id: cfg.id,
         raw,
@@ -91,7 +94,8 @@ pub async fn start<S: StateMachine>(
         replies: Vec::new(),
     };
     let join = tokio::spawn(node.run(rx, cfg.tick, shutdown).instrument(span));
-    Ok((RaftHandle { tx, status, state }, join))
+    let peers = Arc::new(cfg.peers.keys().copied().collect());
+    Ok((RaftHandle { id: cfg.id, peers, names: cfg.names, tx, status, state }, join))
 }
 
 fn validate(cfg: &RaftConfig) -> anyhow::Result<()> {
@@ -103,7 +107,12 @@ fn validate(cfg: &RaftConfig) -> anyhow::Result<()> {
 }
 
 /// Opens the storage and the state machine that goes with it.
-fn load<S: StateMachine>(dir: &Path, voters: Vec<u64>, initial: S) -> anyhow::Result<(DiskStorage, S)> {
+fn load<S: StateMachine>(
+    dir: &Path,
+    voters: Vec<u64>,
+    initial: S,
+    names: &PeerNames,
+) -> anyhow::Result<(DiskStorage, S)> {
     let mut storage = DiskStorage::open(dir).with_context(|| format!("open raft state in {}", dir.display()))?;
     if !storage.is_initialized() {
         storage.initialize(voters, initial.snapshot())?;
@@ -113,7 +122,13 @@ fn load<S: StateMachine>(dir: &Path, voters: Vec<u64>, initial: S) -> anyhow::Re
     let stored: BTreeSet<u64> = storage.conf_state().voters.iter().copied().collect();
     let configured: BTreeSet<u64> = voters.into_iter().collect();
     if stored != configured {
-        bail!("configured raft peers {configured:?} differ from the voters {stored:?} stored in {}", dir.display());
+        let show = |ids: &BTreeSet<u64>| ids.iter().map(|id| names.of(*id).to_string()).collect::<Vec<_>>().join(", ");
+        bail!(
+            "configured raft peers [{}] differ from the voters [{}] stored in {}",
+            show(&configured),
+            show(&stored),
+            dir.display()
+        );
     }
     let sm = S::restore(storage.snapshot_ref().get_data()).context("restore state machine from the stored snapshot")?;
     Ok((storage, sm))
@@ -170,6 +185,7 @@ impl<S: StateMachine> Node<S> {
                 _ = ticker.tick() => {
                     self.raw.tick();
                     self.forget_abandoned();
+                    self.transport.expire(std::time::Instant::now());
                 }
                 req = rx.recv() => {
                     // Unreachable while we hold a sender (the transport's), but be total.
@@ -207,11 +223,8 @@ impl<S: StateMachine> Node<S> {
         }
     }
 
+    /// `msg` comes from a peer and is for this node (`RaftHandle::step` refuses others).
     fn step(&mut self, msg: Message) {
-        if msg.to != self.id {
-            tracing::warn!(to = msg.to, from = msg.from, "raft message for another node dropped");
-            return;
-        }
         if let Err(e) = self.raw.step(msg) {
             // Stale or foreign messages (e.g. from a removed peer): raft-rs copes by ignoring.
             tracing::debug!(error = %e, "raft message not stepped");

@@ -6,7 +6,7 @@
 
 use std::collections::{BTreeMap, HashMap};
 use std::sync::{Arc, Mutex};
-use std::time::Duration;
+use std::time::{Duration, Instant};
 
 use anyhow::Context;
 use protobuf::Message as _;
@@ -17,11 +17,13 @@ use tokio::task::JoinSet;
 use tokio_util::sync::CancellationToken;
 use tonic::transport::{Channel, ClientTlsConfig, Endpoint};
 use tracing::Instrument;
+use vigil_core::repeats::{Repeats, LOG_EVERY};
 
 use crate::auth::{ClusterKey, Signed};
 use crate::handle::Request;
 use crate::proto::peer_client::PeerClient;
 use crate::proto::RaftMessage;
+use crate::PeerNames;
 
 const CONNECT_TIMEOUT: Duration = Duration::from_millis(500);
 const REQUEST_TIMEOUT: Duration = Duration::from_secs(1);
@@ -154,6 +156,9 @@ pub(crate) struct Transport {
     queues: HashMap<u64, mpsc::Sender<Message>>,
     tasks: JoinSet<()>,
     stop: CancellationToken,
+    names: PeerNames,
+    /// Messages raft-rs addressed to a node that is not a peer, by that node.
+    unknown: Repeats<u64>,
 }
 
 impl Transport {
@@ -162,6 +167,7 @@ impl Transport {
     pub(crate) fn start(
         self_id: u64,
         peers: &BTreeMap<u64, String>,
+        names: &PeerNames,
         clients: PeerClients,
         feedback: mpsc::Sender<Request>,
         stop: CancellationToken,
@@ -173,24 +179,29 @@ impl Transport {
             queues.insert(id, tx);
             let peer = PeerSender {
                 id,
+                name: names.of(id).to_string(),
+                sender: names.of(self_id).to_string(),
                 addr: addr.clone(),
                 clients: clients.clone(),
                 feedback: feedback.clone(),
-                reachable: true,
+                failures: Repeats::new(LOG_EVERY),
             };
             tasks.spawn(peer.run(rx, stop.clone()).in_current_span());
         }
-        Transport { queues, tasks, stop }
+        Transport { queues, tasks, stop, names: names.clone(), unknown: Repeats::new(LOG_EVERY) }
     }
 
     /// Queues messages for their peers. Returns the peers whose snapshot message could not be
     /// queued: raft-rs must hear that, or it waits for that snapshot forever.
-    pub(crate) fn send(&self, msgs: Vec<Message>) -> Vec<u64> {
+    pub(crate) fn send(&mut self, msgs: Vec<Message>) -> Vec<u64> {
         let mut failed_snapshots = Vec::new();
         for msg in msgs {
             let (to, is_snapshot) = (msg.to, msg.get_msg_type() == MessageType::MsgSnapshot);
             let Some(queue) = self.queues.get(&to) else {
-                tracing::warn!(to, "raft message for an unknown peer dropped");
+                if let Some(o) = self.unknown.occurred(Instant::now(), to) {
+                    let to = self.names.of(to);
+                    tracing::warn!(%to, suppressed = o.field(), "raft message for an unknown peer dropped");
+                }
                 continue;
             };
             if queue.try_send(msg).is_err() {
@@ -203,6 +214,14 @@ impl Transport {
         failed_snapshots
     }
 
+    /// Says once that messages for an unknown node stopped; call now and then (every tick).
+    pub(crate) fn expire(&mut self, now: Instant) {
+        for (to, e) in self.unknown.expired(now) {
+            let (suppressed, total) = (e.suppressed, e.total);
+            tracing::info!(to = %self.names.of(to), suppressed, total, "no more raft messages for the unknown peer");
+        }
+    }
+
     /// Stops the sender tasks and waits for them.
     pub(crate) async fn shutdown(mut self) {
         self.stop.cancel();
@@ -212,11 +231,16 @@ impl Transport {
 
 struct PeerSender {
     id: u64,
+    /// The peer's name, and this node's (sent along, for the peer's logs).
+    name: String,
+    sender: String,
     addr: String,
     clients: PeerClients,
     feedback: mpsc::Sender<Request>,
-    /// Whether the last send worked; we log only when this flips.
-    reachable: bool,
+    /// Failed sends by cause (the gRPC status code; -1: no answer at all): logged when the peer
+    /// becomes unreachable or fails another way, then at most once a minute per cause while it
+    /// stays so, and once when it answers again.
+    failures: Repeats<i32>,
 }
 
 impl PeerSender {
@@ -241,7 +265,7 @@ impl PeerSender {
     async fn deliver(&self, msg: &Message) -> anyhow::Result<()> {
         let message = msg.write_to_bytes().context("encode raft message")?;
         let mut client = self.clients.client(&self.addr)?;
-        client.raft(RaftMessage { message }).await.context("raft rpc")?;
+        client.raft(RaftMessage { message, sender: self.sender.clone() }).await.context("raft rpc")?;
         Ok(())
     }
 
@@ -250,9 +274,10 @@ impl PeerSender {
         // try_send: the node may be busy, and raft-rs recovers from a missed report.
         match result {
             Ok(()) => {
-                if !self.reachable {
-                    tracing::info!(peer = to, addr = %self.addr, "raft peer reachable again");
-                    self.reachable = true;
+                let ended = self.failures.resolved_all();
+                if !ended.is_empty() {
+                    let failed_sends: u64 = ended.iter().map(|(_, e)| e.total).sum();
+                    tracing::info!(peer = %self.name, addr = %self.addr, failed_sends, "raft peer reachable again");
                 }
                 if is_snapshot {
                     let status = SnapshotStatus::Finish;
@@ -260,11 +285,17 @@ impl PeerSender {
                 }
             }
             Err(e) => {
-                if self.reachable {
-                    tracing::warn!(peer = to, addr = %self.addr, error = %format!("{e:#}"), "raft peer unreachable");
-                    self.reachable = false;
-                } else {
-                    tracing::debug!(peer = to, error = %format!("{e:#}"), "raft send failed");
+                let code = e.chain().find_map(|c| c.downcast_ref::<tonic::Status>()).map(|s| s.code());
+                match self.failures.occurred(Instant::now(), code.map_or(-1, |c| c as i32)) {
+                    Some(o) => {
+                        use tonic::Code::{Cancelled, DeadlineExceeded, Unavailable};
+                        let unreachable = matches!(code, None | Some(Unavailable | DeadlineExceeded | Cancelled));
+                        let what = if unreachable { "raft peer unreachable" } else { "raft peer refuses our messages" };
+                        let error = format!("{e:#}");
+                        let suppressed = o.field();
+                        tracing::warn!(peer = %self.name, addr = %self.addr, %error, suppressed, "{what}");
+                    }
+                    None => tracing::debug!(peer = %self.name, error = %format!("{e:#}"), "raft send failed"),
                 }
                 let _ = self.feedback.try_send(Request::Unreachable(to));
                 if is_snapshot {

@@ -244,9 +244,11 @@ pub async fn spawn_member(
     snapshot_threshold: u64,
 ) -> Member {
     let token = CancellationToken::new();
+    let names = vigil_raft::PeerNames::new(peers.keys().map(|id| (*id, format!("n{id}"))).collect());
     let cfg = RaftConfig {
         id,
         peers,
+        names,
         dir,
         tick: TICK,
         election_ticks: ELECTION_TICKS,
