@@ -44,3 +44,35 @@ fn isolating_the_primary_host_and_healing() {
 fn cutting_only_the_primary_coordinator_path() {
     assert_failover(&run(FaultKind::CutPrimaryCoordinator));
 }
+
+/// After a long partition the old primary must be back within seconds of the heal, not when TCP's
+/// retransmission backoff lets the next packet out (25-29 s after a 30 s cut before HTTP/2
+/// keepalives). Measured from the heal to the old primary streaming from the new one (rewind and
+/// restart included).
+const REJOIN_AFTER_LONG_CUT_BOUND: Duration = Duration::from_secs(5);
+
+fn run_held(kind: FaultKind, hold: Duration) -> RunReport {
+    let s = Settings { mode: Mode::On, hold: Some(hold), ..Settings::default() };
+    let c = NsCluster::prepare(s.members, s.mode).expect("build the namespaces and the cluster");
+    let r = c.run(move |c| scenario::run_fault(c, kind, s)).expect("run the scenario");
+    println!("{}", r.details());
+    r
+}
+
+#[test]
+fn a_30_s_isolation_of_the_primary_heals_within_seconds() {
+    let r = run_held(FaultKind::Isolate, Duration::from_secs(30));
+    assert_failover(&r);
+    let rejoin = r.rejoin.expect("rejoined");
+    println!("FIGURE rejoin after a 30 s isolation: {rejoin:?}");
+    assert!(rejoin <= REJOIN_AFTER_LONG_CUT_BOUND, "rejoin took {rejoin:?}:\n{}", r.details());
+}
+
+#[test]
+fn a_30_s_cut_of_the_primary_coordinator_path_heals_within_seconds() {
+    let r = run_held(FaultKind::CutPrimaryCoordinator, Duration::from_secs(30));
+    assert_failover(&r);
+    let rejoin = r.rejoin.expect("rejoined");
+    println!("FIGURE rejoin after a 30 s cut of the primary-coordinator path: {rejoin:?}");
+    assert!(rejoin <= REJOIN_AFTER_LONG_CUT_BOUND, "rejoin took {rejoin:?}:\n{}", r.details());
+}

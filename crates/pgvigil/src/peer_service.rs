@@ -115,7 +115,14 @@ pub async fn serve(
         .max_encoding_message_size(64 << 20);
     // Every RPC, before the service sees it: without the cluster's credential, UNAUTHENTICATED.
     let service = Authenticated::new(service, guard);
-    let server = tonic::transport::Server::builder().add_service(service);
+    // The server PINGs too, so a client gone behind a partition is dropped in seconds; and many
+    // streams reset at once by a client whose requests timed out (it reconnects after a heal) are
+    // not an error.
+    let server = tonic::transport::Server::builder()
+        .http2_keepalive_interval(Some(vigil_raft::KEEPALIVE_INTERVAL))
+        .http2_keepalive_timeout(Some(vigil_raft::KEEPALIVE_TIMEOUT))
+        .http2_max_pending_accept_reset_streams(Some(1024))
+        .add_service(service);
     match tls {
         // With peer_mtls, a client without a certificate from the CA fails the handshake.
         Some(configs) => {

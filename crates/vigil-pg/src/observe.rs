@@ -116,9 +116,10 @@ impl Postgres {
     pub async fn observe(&mut self) -> Observation {
         if let ChildState::Exited = self.child_state() {
             tracing::warn!(member = %self.settings().member, "postmaster exited");
+            self.observer = None;
             return Observation::default();
         }
-        match tokio::time::timeout(OBSERVE_TIMEOUT, self.query_observation()).await {
+        match tokio::time::timeout(OBSERVE_TIMEOUT, self.observe_on_a_connection()).await {
             Ok(Ok(obs)) => obs,
             Ok(Err(e)) => {
                 tracing::debug!(error = format!("{e:#}"), "observe: server not answering");
@@ -131,71 +132,87 @@ impl Postgres {
         }
     }
 
-    async fn query_observation(&self) -> anyhow::Result<Observation> {
-        let client = self.connect().await?;
-        let in_recovery: bool = client.query_one("SELECT pg_is_in_recovery()", &[]).await?.try_get(0)?;
-        if !in_recovery {
-            let row = client.query_one(PRIMARY_QUERY, &[]).await?;
-            let lsn = lsn_column(row.try_get(0)?)?;
-            let walfile: String = row.try_get(1)?;
-            let sync: String = row.try_get(2)?;
-            let mut replicas = Vec::new();
-            for r in client.query(REPLICAS_QUERY, &[]).await? {
-                let state: Option<String> = r.try_get(2)?;
-                replicas.push(Replica {
-                    name: r.try_get::<_, Option<String>>(0)?.unwrap_or_default(),
-                    flush_lsn: lsn_column(r.try_get(1)?)?,
-                    streaming: state.as_deref() == Some("streaming"),
-                });
+    /// On the connection kept from the last observation, else (none, closed, or it failed: a
+    /// restarted server closes it) on a new one, kept for the next. One connection for every
+    /// check instead of a fork and an authentication per check. A timeout drops it (the future
+    /// owns it then), so a server that stopped answering gets a fresh connection next time.
+    async fn observe_on_a_connection(&mut self) -> anyhow::Result<Observation> {
+        if let Some(client) = self.observer.take().filter(|c| !c.is_closed()) {
+            if let Ok(obs) = query_observation(&client).await {
+                self.observer = Some(client);
+                return Ok(obs);
             }
-            return Ok(Observation {
-                running: true,
-                in_recovery: false,
-                timeline: timeline_of_walfile(&walfile)
-                    .with_context(|| format!("timeline of WAL file name {walfile:?}"))?,
-                current_lsn: lsn,
-                received_lsn: lsn,
-                replay_lsn: lsn,
-                streaming: false,
-                upstream: None,
-                sync_standby_names: Some(sync),
-                replicas,
+        }
+        let client = self.connect().await?;
+        let obs = query_observation(&client).await?;
+        self.observer = Some(client);
+        Ok(obs)
+    }
+}
+
+async fn query_observation(client: &Client) -> anyhow::Result<Observation> {
+    let in_recovery: bool = client.query_one("SELECT pg_is_in_recovery()", &[]).await?.try_get(0)?;
+    if !in_recovery {
+        let row = client.query_one(PRIMARY_QUERY, &[]).await?;
+        let lsn = lsn_column(row.try_get(0)?)?;
+        let walfile: String = row.try_get(1)?;
+        let sync: String = row.try_get(2)?;
+        let mut replicas = Vec::new();
+        for r in client.query(REPLICAS_QUERY, &[]).await? {
+            let state: Option<String> = r.try_get(2)?;
+            replicas.push(Replica {
+                name: r.try_get::<_, Option<String>>(0)?.unwrap_or_default(),
+                flush_lsn: lsn_column(r.try_get(1)?)?,
+                streaming: state.as_deref() == Some("streaming"),
             });
         }
-        let row = client.query_one(STANDBY_QUERY, &[]).await?;
-        let received_lsn = lsn_column(row.try_get(0)?)?;
-        let replay_lsn = lsn_column(row.try_get(1)?)?;
-        let status: Option<String> = row.try_get(2)?;
-        let received_tli: Option<i32> = row.try_get(3)?;
-        let sender_host: Option<String> = row.try_get(4)?;
-        let sender_port: Option<i32> = row.try_get(5)?;
-        let checkpoint_tli: Option<i32> = row.try_get(6)?;
-        let newest_walfile: Option<String> = row.try_get(7)?;
-        let timeline = match received_tli.and_then(|t| u32::try_from(t).ok()) {
-            Some(t) if t > 0 => t,
-            _ => {
-                let from_wal = newest_walfile.as_deref().and_then(timeline_of_walfile);
-                let from_checkpoint = checkpoint_tli.and_then(|t| u32::try_from(t).ok());
-                from_wal.max(from_checkpoint).unwrap_or(0)
-            }
-        };
-        let upstream = match (sender_host, sender_port.and_then(|p| u16::try_from(p).ok())) {
-            (Some(host), Some(port)) => Some((host, port)),
-            _ => None,
-        };
-        Ok(Observation {
+        return Ok(Observation {
             running: true,
-            in_recovery: true,
-            timeline,
-            current_lsn: 0,
-            received_lsn,
-            replay_lsn,
-            streaming: status.as_deref() == Some("streaming"),
-            upstream,
-            sync_standby_names: None,
-            replicas: Vec::new(),
-        })
+            in_recovery: false,
+            timeline: timeline_of_walfile(&walfile)
+                .with_context(|| format!("timeline of WAL file name {walfile:?}"))?,
+            current_lsn: lsn,
+            received_lsn: lsn,
+            replay_lsn: lsn,
+            streaming: false,
+            upstream: None,
+            sync_standby_names: Some(sync),
+            replicas,
+        });
     }
+    let row = client.query_one(STANDBY_QUERY, &[]).await?;
+    let received_lsn = lsn_column(row.try_get(0)?)?;
+    let replay_lsn = lsn_column(row.try_get(1)?)?;
+    let status: Option<String> = row.try_get(2)?;
+    let received_tli: Option<i32> = row.try_get(3)?;
+    let sender_host: Option<String> = row.try_get(4)?;
+    let sender_port: Option<i32> = row.try_get(5)?;
+    let checkpoint_tli: Option<i32> = row.try_get(6)?;
+    let newest_walfile: Option<String> = row.try_get(7)?;
+    let timeline = match received_tli.and_then(|t| u32::try_from(t).ok()) {
+        Some(t) if t > 0 => t,
+        _ => {
+            let from_wal = newest_walfile.as_deref().and_then(timeline_of_walfile);
+            let from_checkpoint = checkpoint_tli.and_then(|t| u32::try_from(t).ok());
+            from_wal.max(from_checkpoint).unwrap_or(0)
+        }
+    };
+    let upstream = match (sender_host, sender_port.and_then(|p| u16::try_from(p).ok())) {
+        (Some(host), Some(port)) => Some((host, port)),
+        _ => None,
+    };
+    Ok(Observation {
+        running: true,
+        in_recovery: true,
+        timeline,
+        current_lsn: 0,
+        received_lsn,
+        replay_lsn,
+        streaming: status.as_deref() == Some("streaming"),
+        upstream,
+        sync_standby_names: None,
+        replicas: Vec::new(),
+    })
 }
 
 /// An LSN column read as text; NULL is 0.

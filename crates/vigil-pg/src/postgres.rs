@@ -15,6 +15,8 @@ pub struct Postgres {
     /// Kill the server when the handle is dropped (the default); the daemon turns it off, because
     /// the keeper holds the server across a restart of the daemon.
     kill_on_drop: bool,
+    /// The connection `observe` keeps between checks (see `observe.rs`).
+    pub(crate) observer: Option<tokio_postgres::Client>,
 }
 
 impl Postgres {
@@ -31,7 +33,7 @@ impl Postgres {
             *path = absolute(path);
         }
         let fencer = Postgres::new_fencer(&settings);
-        Postgres { settings, keeper_child: None, fencer, kill_on_drop: true }
+        Postgres { settings, keeper_child: None, fencer, kill_on_drop: true, observer: None }
     }
 
     /// Leave the server running when this handle is dropped (its keeper enforces the lease).

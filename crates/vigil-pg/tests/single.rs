@@ -56,6 +56,33 @@ async fn initdb_start_observe_roles_stop() {
     assert!(!obs.streaming);
     assert_eq!(obs.upstream, None);
 
+    // One connection for every check, not a fork and an authentication per check: the same
+    // backend answers ten more observations.
+    let (socket_dir, port) = (pg.settings().socket_dir.clone(), pg.settings().port);
+    let observers = || async {
+        let (client, connection) = tokio_postgres::Config::new()
+            .host_path(&socket_dir)
+            .port(port)
+            .user("postgres")
+            .dbname("postgres")
+            .application_name("observer-check")
+            .connect(tokio_postgres::NoTls)
+            .await
+            .expect("connect");
+        tokio::spawn(connection);
+        let rows = client
+            .query("SELECT pid FROM pg_stat_activity WHERE application_name = 'pgvigil'", &[])
+            .await
+            .expect("pg_stat_activity");
+        rows.iter().map(|r| r.get::<_, i32>(0)).collect::<Vec<i32>>()
+    };
+    let before = observers().await;
+    assert_eq!(before.len(), 1, "{before:?}");
+    for _ in 0..10 {
+        assert!(pg.observe().await.running);
+    }
+    assert_eq!(observers().await, before, "the same connection");
+
     // Our configuration is in effect.
     assert_eq!(show(&pg, "data_checksums").await, "on");
     assert_eq!(show(&pg, "wal_log_hints").await, "on");

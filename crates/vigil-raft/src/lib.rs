@@ -38,7 +38,7 @@ use std::time::Duration;
 
 pub use handle::RaftHandle;
 pub use node::start;
-pub use transport::{PeerChannel, PeerClients};
+pub use transport::{PeerChannel, PeerClients, KEEPALIVE_INTERVAL, KEEPALIVE_TIMEOUT};
 
 /// Generated from `proto/vigil.proto`: `peer_client::PeerClient`,
 /// `peer_server::{Peer, PeerServer}` and the messages. A server carrying raft messages should

@@ -27,6 +27,12 @@ use crate::PeerNames;
 
 const CONNECT_TIMEOUT: Duration = Duration::from_millis(500);
 const REQUEST_TIMEOUT: Duration = Duration::from_secs(1);
+/// HTTP/2 PINGs on every connection, idle or not: one unanswered for [`KEEPALIVE_TIMEOUT`] closes
+/// the connection, and the next request dials afresh (each dial bounded by the connect timeout).
+/// Without them a request that timed out leaves the TCP connection in place, and after a long
+/// partition TCP's retransmission backoff (tens of seconds) decides when the peer is heard again.
+pub const KEEPALIVE_INTERVAL: Duration = Duration::from_secs(1);
+pub const KEEPALIVE_TIMEOUT: Duration = Duration::from_secs(1);
 /// Snapshots travel in one message; allow them to be large.
 const MAX_MESSAGE_BYTES: usize = 64 << 20;
 /// Per-peer queue. Raft sends little; a full queue means the peer is not keeping up.
@@ -143,7 +149,10 @@ impl PeerClients {
             .with_context(|| format!("invalid peer address {addr:?}"))?
             .connect_timeout(CONNECT_TIMEOUT)
             .timeout(timeout)
-            .tcp_nodelay(true);
+            .tcp_nodelay(true)
+            .http2_keep_alive_interval(KEEPALIVE_INTERVAL)
+            .keep_alive_timeout(KEEPALIVE_TIMEOUT)
+            .keep_alive_while_idle(true);
         if let Some(tls) = tls {
             endpoint = endpoint.tls_config(tls.clone()).with_context(|| format!("TLS for peer {addr:?}"))?;
         }
@@ -258,8 +267,31 @@ impl PeerSender {
                 _ = stop.cancelled() => return,
                 result = self.deliver(&msg) => result,
             };
+            let failed = result.is_err();
             self.report(result, is_snapshot);
+            if failed {
+                self.drop_backlog(&mut rx);
+            }
         }
+    }
+
+    /// After a failed send, what waits in the queue is stale: raft-rs was told the peer is
+    /// unreachable and sends afresh what still matters. Delivered after a long partition, the
+    /// backlog (a full queue of old heartbeats and appends, one RPC each) would only delay the
+    /// fresh messages behind it by seconds. A dropped snapshot is reported as failed.
+    fn drop_backlog(&self, rx: &mut mpsc::Receiver<Message>) -> usize {
+        let mut dropped = 0;
+        while let Ok(msg) = rx.try_recv() {
+            dropped += 1;
+            if msg.get_msg_type() == MessageType::MsgSnapshot {
+                let status = SnapshotStatus::Failure;
+                let _ = self.feedback.try_send(Request::SnapshotSent { to: self.id, status });
+            }
+        }
+        if dropped > 0 {
+            tracing::debug!(peer = %self.name, dropped, "stale raft messages dropped after a failed send");
+        }
+        dropped
     }
 
     async fn deliver(&self, msg: &Message) -> anyhow::Result<()> {
@@ -310,6 +342,31 @@ impl PeerSender {
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    /// A send that fails empties the queue: the next message after a heal goes out at once
+    /// instead of behind a full queue of stale ones, and raft-rs hears of a dropped snapshot.
+    #[tokio::test]
+    async fn a_failed_send_drops_the_backlog_and_reports_dropped_snapshots() {
+        let (feedback, mut heard) = mpsc::channel(16);
+        let peer = PeerSender {
+            id: 2,
+            name: "b".into(),
+            sender: "a".into(),
+            addr: "127.0.0.1:1".into(),
+            clients: PeerClients::new(),
+            feedback,
+            failures: Repeats::new(LOG_EVERY),
+        };
+        let (tx, mut rx) = mpsc::channel(PEER_QUEUE);
+        for t in [MessageType::MsgHeartbeat, MessageType::MsgSnapshot, MessageType::MsgAppend] {
+            let mut m = Message::default();
+            m.set_msg_type(t);
+            tx.try_send(m).expect("queued");
+        }
+        assert_eq!(peer.drop_backlog(&mut rx), 3);
+        assert!(rx.try_recv().is_err(), "empty");
+        assert!(matches!(heard.try_recv(), Ok(Request::SnapshotSent { to: 2, status: SnapshotStatus::Failure })));
+    }
 
     #[test]
     fn peer_urls_follow_the_clients_scheme() {
