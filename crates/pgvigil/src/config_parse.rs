@@ -54,7 +54,8 @@ fn apply_env(table: &mut toml::Table, var: &str, value: &str) -> Result<(), Conf
     let parts: Vec<&str> = name.split("__").collect();
     let key = parts.join(".");
     if parts.iter().any(|p| p.is_empty()) {
-        return Err(bad(key, format!("{var} does not name a key (nested keys are joined by __)")));
+        // No key to name (`PGVIGIL_`, `PGVIGIL_A____B`): the variable is what is wrong.
+        return Err(bad(var, format!("{var:?} does not name a key (nested keys are joined by __)")));
     }
     let typed = if ENV_BOOL_KEYS.contains(&key.as_str()) {
         match value.trim().to_ascii_lowercase().as_str() {

@@ -462,8 +462,14 @@ impl Coordinator {
 
 /// `YYYY-MM-DDTHH:MM:SSZ` for Unix milliseconds (for people; history details).
 pub fn format_unix_ms(ms: u64) -> String {
+    use std::fmt::Write as _;
     let t = std::time::UNIX_EPOCH + std::time::Duration::from_millis(ms);
-    humantime::format_rfc3339_seconds(t).to_string()
+    // humantime writes years up to 9999 and fails after (`to_string` would panic on that).
+    let mut text = String::new();
+    match write!(text, "{}", humantime::format_rfc3339_seconds(t)) {
+        Ok(()) => text,
+        Err(_) => format!("{ms} ms after 1970-01-01T00:00:00Z"),
+    }
 }
 
 #[cfg(test)]
