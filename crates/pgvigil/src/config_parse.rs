@@ -24,8 +24,13 @@ pub fn parse(text: &str, env: Vec<(String, String)>) -> Result<Config, ConfigErr
             .iter()
             .find_map(|p| message.strip_prefix(p))
             .and_then(|r| r.split('`').next())
-            .filter(|f| !path.ends_with(*f));
+            .filter(|f| f.is_empty() || !path.ends_with(*f));
         let key = match (field, path.as_str()) {
+            // The empty key (TOML allows it) as TOML writes it; its path ends with its empty name.
+            (Some(""), p) => match p.trim_end_matches('.') {
+                "" => "\"\"".to_string(),
+                table => format!("{table}.\"\""),
+            },
             (Some(f), "" | ".") => f.to_string(),
             (Some(f), p) => format!("{p}.{f}"),
             (None, "" | ".") => "(file)".to_string(),

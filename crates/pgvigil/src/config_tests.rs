@@ -232,6 +232,10 @@ fn environment_overrides_are_parsed_as_their_key_type() {
     // Found by the fuzz targets: no key at all was named "" (an error that names nothing).
     assert_eq!(key(&[("PGVIGIL_", "1")]), "PGVIGIL_");
     assert_eq!(key(&[("PGVIGIL_TAGS____PRIORITY", "1")]), "PGVIGIL_TAGS____PRIORITY");
+    // The empty key is a key (TOML allows it): named, not "(file)".
+    assert_eq!(parse("\"\" = 1\n", Vec::new()).map_err(|e| e.key).err().as_deref(), Some("\"\""));
+    let in_table = parse(&format!("{GOOD}\"\" = 1\n"), Vec::new()).map_err(|e| e.key);
+    assert_eq!(in_table.err().as_deref(), Some("timing.\"\""));
 }
 
 #[test]
