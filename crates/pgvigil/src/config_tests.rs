@@ -232,10 +232,13 @@ fn environment_overrides_are_parsed_as_their_key_type() {
     // Found by the fuzz targets: no key at all was named "" (an error that names nothing).
     assert_eq!(key(&[("PGVIGIL_", "1")]), "PGVIGIL_");
     assert_eq!(key(&[("PGVIGIL_TAGS____PRIORITY", "1")]), "PGVIGIL_TAGS____PRIORITY");
-    // The empty key is a key (TOML allows it): named, not "(file)".
-    assert_eq!(parse("\"\" = 1\n", Vec::new()).map_err(|e| e.key).err().as_deref(), Some("\"\""));
-    let in_table = parse(&format!("{GOOD}\"\" = 1\n"), Vec::new()).map_err(|e| e.key);
-    assert_eq!(in_table.err().as_deref(), Some("timing.\"\""));
+    // Keys TOML must quote are named quoted, not taken for the file (`""`, `"."`) or for two keys.
+    let file_key = |text: &str| parse(text, Vec::new()).map_err(|e| e.key).err().unwrap_or_default();
+    assert_eq!(file_key("\"\" = 1\n"), "\"\"");
+    assert_eq!(file_key("[\".\"]\n"), "\".\"");
+    assert_eq!(file_key(&format!("{GOOD}\"\" = 1\n")), "timing.\"\"");
+    assert_eq!(file_key(&format!("{GOOD}\"lease timeout\" = 1\n")), "timing.\"lease timeout\"");
+    assert_eq!(file_key(&format!("{GOOD}\"a.b\" = 1\n")), "timing.\"a.b\"");
 }
 
 #[test]
