@@ -278,7 +278,15 @@ pub fn snapshot_input() -> impl Strategy<Value = SnapshotInput> {
         let states = states();
         Replicated { state: states[i % states.len()].clone() }.snapshot()
     });
+    // The counters at the ends of their range (what no cluster reaches, and a bad snapshot has).
+    let counter = prop::sample::select(vec!["epoch", "bootstrap_epoch", "requests"]);
+    let edge = prop::sample::select(vec![0, 1, u64::MAX - 1, u64::MAX]);
     let bytes = prop_oneof![
+        2 => (base.clone(), counter, edge).prop_map(|(b, counter, n)| {
+            let mut v: serde_json::Value = serde_json::from_slice(&b).unwrap_or_default();
+            v[counter] = n.into();
+            v.to_string().into_bytes()
+        }),
         4 => (base.clone(), vec(mutate::json_edit(STATE_KEYS), 1..4)).prop_map(|(b, e)| {
             let mut v: serde_json::Value = serde_json::from_slice(&b).unwrap_or_default();
             mutate::apply_json(&mut v, &e);
