@@ -18,9 +18,13 @@
 //!   [`probe`] (asks each PostgreSQL who it is and what it streams from), [`verdict`] (one
 //!   writable primary, nothing acknowledged lost).
 //! - [`scenario`]: a run from start to verdicts, and its figures.
+//!
+//! [`fuzz`]: the daemon's parsers of untrusted input (config, API bodies, peer messages, committed
+//! commands) fed random and mutated inputs; property tests here, a bounded run in `bench fuzz`.
 
 pub mod certs;
 pub mod faults;
+pub mod fuzz;
 pub mod netns;
 pub mod nscluster;
 pub mod probe;

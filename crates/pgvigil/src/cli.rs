@@ -268,11 +268,10 @@ pub async fn history(args: ApiArgs) -> anyhow::Result<()> {
         Output::Table => {
             let mut rows = vec![["Epoch", "Time (UTC)", "Event", "Member", "Detail"].map(String::from).to_vec()];
             for e in &events {
-                let at = std::time::UNIX_EPOCH + Duration::from_millis(e.at_unix_ms);
                 let kind = serde_json::to_value(e.kind).ok().and_then(|v| v.as_str().map(str::to_string));
                 rows.push(vec![
                     e.epoch.to_string(),
-                    humantime::format_rfc3339_seconds(at).to_string(),
+                    vigil_core::switchover::format_unix_ms(e.at_unix_ms),
                     kind.unwrap_or_default(),
                     e.member.clone(),
                     e.detail.clone(),

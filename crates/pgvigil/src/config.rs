@@ -671,8 +671,8 @@ pub fn check(raw: Config) -> Result<Settings, ConfigError> {
             hook_program(key, hook)?;
         }
     }
-    if h.timeout.is_some_and(|t| t.is_zero()) {
-        return Err(bad("hooks.timeout", "must be more than 0"));
+    if h.timeout.is_some_and(|t| t.is_zero() || t > vigil_core::MAX_TIMING) {
+        return Err(bad("hooks.timeout", format!("must be more than 0 and at most {:?}", vigil_core::MAX_TIMING)));
     }
     check_log_level(&raw.log.level)?;
     let api_token = match &raw.api {
@@ -685,9 +685,17 @@ pub fn check(raw: Config) -> Result<Settings, ConfigError> {
                 absolute("api.token_file", f)?;
             }
             let token = read_secret("api.token", &api.token, &api.token_file)?;
+            let key = if api.token.is_some() { "api.token" } else { "api.token_file" };
             if token.as_deref().is_some_and(|t| t.trim().is_empty()) {
-                let key = if api.token.is_some() { "api.token" } else { "api.token_file" };
                 return Err(bad(key, "the token is empty"));
+            }
+            // A request carries it in a header, where the API reads visible ASCII and trims it.
+            if token.as_deref().is_some_and(|t| t != t.trim() || !t.bytes().all(|b| b == b' ' || b.is_ascii_graphic()))
+            {
+                return Err(bad(
+                    key,
+                    "the token must be printable ASCII without spaces at either end (it travels in an HTTP header)",
+                ));
             }
             token.map(Secret)
         }

@@ -2,6 +2,7 @@
 //! `PGVIGIL_*` environment overrides, each parsed as the type of its key.
 
 use super::{bad, Config, ConfigError};
+use serde_path_to_error::Segment;
 
 /// Parse a TOML text strictly (a string is never taken for a boolean or a number), then apply
 /// environment overrides (`PGVIGIL_A__B=value`), which are strings by nature and are parsed as the
@@ -16,23 +17,44 @@ pub fn parse(text: &str, env: Vec<(String, String)>) -> Result<Config, ConfigErr
         apply_env(&mut table, &var, &value)?;
     }
     serde_path_to_error::deserialize(toml::Value::Table(table)).map_err(|e| {
-        let path = e.path().to_string();
         // One line: toml's own text adds the key's location on lines of their own.
         let message = e.inner().message().split_whitespace().collect::<Vec<_>>().join(" ");
-        // A missing or unknown field is reported at its table: name the field itself.
+        let mut key = String::new();
+        for segment in e.path() {
+            match segment {
+                Segment::Seq { index } => key.push_str(&format!("[{index}]")),
+                Segment::Map { key: name } | Segment::Enum { variant: name } => push_name(&mut key, name),
+                Segment::Unknown => push_name(&mut key, "?"),
+            }
+        }
+        // A missing field is reported at its table, an unknown one at itself: name the field once.
         let field = ["missing field `", "unknown field `"]
             .iter()
             .find_map(|p| message.strip_prefix(p))
-            .and_then(|r| r.split('`').next())
-            .filter(|f| !path.ends_with(*f));
-        let key = match (field, path.as_str()) {
-            (Some(f), "" | ".") => f.to_string(),
-            (Some(f), p) => format!("{p}.{f}"),
-            (None, "" | ".") => "(file)".to_string(),
-            (None, p) => p.to_string(),
-        };
+            .and_then(|r| r.split('`').next());
+        let at_field = matches!(e.path().iter().next_back(), Some(Segment::Map { key }) if Some(key.as_str()) == field);
+        if let Some(f) = field.filter(|_| !at_field) {
+            push_name(&mut key, f);
+        }
+        if key.is_empty() {
+            key = "(file)".into();
+        }
         bad(key, message)
     })
+}
+
+/// Appends a key's name to a dotted key as TOML writes it: bare when it can be, else quoted
+/// (`timing."lease timeout"`, `"."`, `""`).
+fn push_name(key: &mut String, name: &str) {
+    if !key.is_empty() {
+        key.push('.');
+    }
+    let bare = |b: u8| b.is_ascii_alphanumeric() || b == b'_' || b == b'-';
+    if name == "?" || (!name.is_empty() && name.bytes().all(bare)) {
+        key.push_str(name);
+    } else {
+        key.push_str(&format!("{name:?}"));
+    }
 }
 
 /// Keys whose environment override is a boolean (`true`/`false`, also `yes`/`no`, `on`/`off`, `1`/`0`).
@@ -55,7 +77,8 @@ fn apply_env(table: &mut toml::Table, var: &str, value: &str) -> Result<(), Conf
     let parts: Vec<&str> = name.split("__").collect();
     let key = parts.join(".");
     if parts.iter().any(|p| p.is_empty()) {
-        return Err(bad(key, format!("{var} does not name a key (nested keys are joined by __)")));
+        // No key to name (`PGVIGIL_`, `PGVIGIL_A____B`): the variable is what is wrong.
+        return Err(bad(var, format!("{var:?} does not name a key (nested keys are joined by __)")));
     }
     let typed = if ENV_BOOL_KEYS.contains(&key.as_str()) {
         match value.trim().to_ascii_lowercase().as_str() {

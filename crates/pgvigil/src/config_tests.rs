@@ -113,6 +113,10 @@ fn hooks_are_command_lines_or_argument_lists() {
     assert_eq!(s.raw.hooks.timeout, Some(Duration::from_secs(5)));
     assert_eq!(s.raw.replication.preferred_primary.as_deref(), Some("b"));
     assert_eq!(s.timings.switchover_timeout, Duration::from_secs(15));
+    // Durations humantime reads but the daemon cannot count with are refused, naming the key.
+    assert_eq!(key_of(&text.replace("timeout = \"5s\"", "timeout = \"500000000000years\"")), "hooks.timeout");
+    let huge = GOOD.replace("loop_interval = \"200ms\"", "loop_interval = \"18446744073709551615s\"");
+    assert_eq!(key_of(&huge), "timing.loop_interval");
 }
 
 #[test]
@@ -159,6 +163,15 @@ fn the_api_token_comes_from_the_file_and_never_shows() {
     assert!(debug.contains("6001"), "{debug}");
     // No [api]: no HTTP API, no token.
     assert!(load_str(GOOD).expect("loads").api_token.is_none());
+    // Found by the fuzz targets: a token no request could present was taken (the API reads the
+    // header as visible ASCII and trims it): every mutating request would have been refused.
+    for token in ["pässwort", " lead", "trail ", "tab\there"] {
+        let text = format!("{GOOD}[api]\nlisten = \"127.0.0.1:8008\"\ntoken = {token:?}\n");
+        assert_eq!(load_str(&text).map_err(|e| e.key).err().as_deref(), Some("api.token"), "{token:?}");
+    }
+    std::fs::write(&path, "s3cret token\n").expect("write");
+    let spaced = format!("{GOOD}[api]\nlisten = \"127.0.0.1:8008\"\ntoken_file = {:?}\n", path.display());
+    assert_eq!(load_str(&spaced).expect("loads").api_token, Some(Secret("s3cret token".into())));
 }
 
 fn pg_table(extra: &str) -> String {
@@ -218,6 +231,16 @@ fn environment_overrides_are_parsed_as_their_key_type() {
     assert_eq!(key(&[("PGVIGIL_NAME", "zz")]), "name");
     assert_eq!(key(&[("PGVIGIL_TIMING__LEASE_TIMOUT", "2s")]), "timing.lease_timout");
     assert_eq!(key(&[("PGVIGIL_NAME__X", "1")]), "name");
+    // Found by the fuzz targets: no key at all was named "" (an error that names nothing).
+    assert_eq!(key(&[("PGVIGIL_", "1")]), "PGVIGIL_");
+    assert_eq!(key(&[("PGVIGIL_TAGS____PRIORITY", "1")]), "PGVIGIL_TAGS____PRIORITY");
+    // Keys TOML must quote are named quoted, not taken for the file (`""`, `"."`) or for two keys.
+    let file_key = |text: &str| parse(text, Vec::new()).map_err(|e| e.key).err().unwrap_or_default();
+    assert_eq!(file_key("\"\" = 1\n"), "\"\"");
+    assert_eq!(file_key("[\".\"]\n"), "\".\"");
+    assert_eq!(file_key(&format!("{GOOD}\"\" = 1\n")), "timing.\"\"");
+    assert_eq!(file_key(&format!("{GOOD}\"lease timeout\" = 1\n")), "timing.\"lease timeout\"");
+    assert_eq!(file_key(&format!("{GOOD}\"a.b\" = 1\n")), "timing.\"a.b\"");
 }
 
 #[test]

@@ -238,7 +238,7 @@ async fn mutate(State(shared): State<Shr>, headers: HeaderMap, body: Bytes, acti
 }
 
 /// `Authorization: Bearer <token>` must match the configured token.
-fn authorize(expected: Option<&str>, headers: &HeaderMap) -> Result<(), String> {
+pub fn authorize(expected: Option<&str>, headers: &HeaderMap) -> Result<(), String> {
     let Some(expected) = expected else {
         return Err("this member has no api.token configured: mutating requests are refused".into());
     };

@@ -20,6 +20,7 @@
 //!   [`tls_live`]: the acceptor both ports use and the material a reload replaces.
 //! - [`list`]: the cluster view and its table; [`cli`] + [`client`]: the verbs that talk to the
 //!   HTTP API; [`demo`]: the `demo` command. [`logging`]: tracing setup (member and epoch on every line).
+//! - [`fuzzing`]: the private parsers of untrusted input, named for the fuzz targets of `vigil-tests`.
 
 mod admin;
 mod agent;
@@ -30,6 +31,7 @@ pub mod convert;
 mod coordination;
 pub mod daemon;
 pub mod demo;
+pub mod fuzzing;
 pub mod health;
 mod hooks;
 pub mod http_api;

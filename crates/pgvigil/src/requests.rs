@@ -61,6 +61,9 @@ fn name(field: &str, value: Option<String>) -> Result<Option<String>, String> {
     }
 }
 
+/// 9999-12-31T23:59:59.999Z.
+const LAST_RFC3339_MS: u64 = 253_402_300_799_999;
+
 /// An RFC 3339 time (`2030-01-02T03:04:05Z`, `2030-01-02T05:04:05+02:00`, fractions allowed) as
 /// Unix milliseconds, in the future of `now_ms`.
 pub fn parse_at(text: &str, now_ms: u64) -> Result<u64, String> {
@@ -71,6 +74,9 @@ pub fn parse_at(text: &str, now_ms: u64) -> Result<u64, String> {
         Some((i, sign)) if i > 10 && t[i + 1..].len() == 5 && t.as_bytes()[i + 3] == b':' => {
             let h: i64 = t[i + 1..i + 3].parse().map_err(|_| bad())?;
             let m: i64 = t[i + 4..].parse().map_err(|_| bad())?;
+            if h > 23 || m > 59 {
+                return Err(bad());
+            }
             let s = (h * 60 + m) * 60;
             (&t[..i], if sign == '+' { s } else { -s })
         }
@@ -83,6 +89,10 @@ pub fn parse_at(text: &str, now_ms: u64) -> Result<u64, String> {
     let wall = humantime::parse_rfc3339_weak(local).map_err(|_| bad())?;
     let ms = wall.duration_since(UNIX_EPOCH).map_err(|_| bad())?.as_millis() as i64 - offset_s * 1000;
     let ms = u64::try_from(ms).map_err(|_| bad())?;
+    // An offset can carry 9999-12-31 past the last time RFC 3339 can write (the history does).
+    if ms > LAST_RFC3339_MS {
+        return Err(bad());
+    }
     if ms <= now_ms {
         return Err(format!("`at` {text:?} is in the past"));
     }
@@ -262,7 +272,21 @@ mod tests {
         assert_eq!(parse_at("2030-01-02T01:34:05-01:30", 0), Ok(base));
         assert_eq!(parse_at("2030-01-02T03:04:05.500Z", 0), Ok(base + 500));
         assert!(parse_at("2030-01-02T03:04:05Z", base).is_err_and(|e| e.contains("past")));
-        for bad in ["tomorrow", "2030-01-02", "2030-13-02T03:04:05Z", "2030-01-02T03:04:05+2"] {
+        // Found by the fuzz targets: an offset beyond 23:59 was taken, and one could carry the
+        // last day of 9999 into the year 10000, a time the history cannot write.
+        let last_day = parse_at("9999-12-31T00:00:00Z", 0).expect("the last day");
+        assert_eq!(parse_at("9999-12-31T23:59:59.999Z", 0), Ok(last_day + 86_399_999));
+        assert_eq!(parse_at("9999-12-31T22:13:13+01:00", 0), Ok(last_day + 76_393_000));
+        for bad in [
+            "tomorrow",
+            "2030-01-02",
+            "2030-13-02T03:04:05Z",
+            "2030-01-02T03:04:05+2",
+            "2030-01-02T03:04:05+24:00",
+            "2030-01-02T03:04:05-01:60",
+            "9999-12-31T22:13:13-01:47",
+            "9999-12-31T22:13:13-23:01",
+        ] {
             assert!(parse_at(bad, 0).is_err_and(|e| e.contains("RFC 3339")), "{bad}");
         }
     }

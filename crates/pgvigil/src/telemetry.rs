@@ -105,7 +105,7 @@ impl Telemetry {
         }
         let mut f = self.failover.lock().unwrap_or_else(|p| p.into_inner());
         let Some(Measuring { from_epoch, since, gauge, .. }) = *f else { return };
-        if state.epoch > from_epoch + 1 {
+        if state.epoch > from_epoch.saturating_add(1) {
             // Another change happened since (made by another coordinator): this one's end was
             // not seen here, and any interval measured now would be stale.
             *f = None;

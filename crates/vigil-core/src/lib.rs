@@ -36,7 +36,7 @@ pub use report::{DataDir, HealthReport, MemberKind, PgStatus};
 pub use state::{ClusterState, Command, Event, EventKind, Member, Rejected};
 pub use switchover::{Decision, Refusal, Request, Switchover, SwitchoverOutcome};
 pub use sync::SyncMode;
-pub use timing::{LeaseTimings, TimingError, Timings};
+pub use timing::{LeaseTimings, TimingError, Timings, MAX_TIMING};
 
 /// The name of the physical replication slot that the primary keeps for `member`.
 /// PostgreSQL allows `[a-z0-9_]`, at most 63 bytes.

@@ -181,6 +181,8 @@ pub enum Rejected {
     NotAStandby(String),
     /// The lease timings were agreed already, on other values.
     TimingsAgreed(crate::LeaseTimings),
+    /// The epoch is `u64::MAX`: no change of primary can make a new one.
+    NoEpochLeft,
 }
 
 impl std::fmt::Display for Rejected {
@@ -205,6 +207,7 @@ impl std::fmt::Display for Rejected {
             Rejected::NoFailoverTag(m) => write!(f, "{m} is tagged nofailover"),
             Rejected::NotAStandby(m) => write!(f, "{m} is not a standby"),
             Rejected::TimingsAgreed(t) => write!(f, "the cluster's lease timings are agreed already: {t:?}"),
+            Rejected::NoEpochLeft => write!(f, "no epoch is left after {}", u64::MAX),
         }
     }
 }
@@ -249,7 +252,7 @@ impl ClusterState {
                     return Err(Rejected::AlreadyBootstrapped);
                 }
                 self.require_postgres(member)?;
-                self.epoch += 1;
+                self.epoch = self.next_epoch()?;
                 self.primary = Some(member.clone());
                 self.bootstrapped_by = Some(member.clone());
                 self.bootstrap_epoch = self.epoch;
@@ -290,12 +293,13 @@ impl ClusterState {
                 if self.primary.as_deref() == Some(to.as_str()) {
                     return Err(Rejected::AlreadyPrimary(to.clone()));
                 }
+                let epoch = self.next_epoch()?;
                 if let Some(s) = self.switchover.take() {
                     let detail = format!("switchover {} to {} replaced by a failover to {to}", s.id, s.to);
                     self.last_switchover = Some(SwitchoverOutcome::ended(&s, None, detail.clone()));
                     self.record(*at_unix_ms, EventKind::Cancelled, &s.to, detail);
                 }
-                self.change_primary(to);
+                self.change_primary(to, epoch);
                 self.record(*at_unix_ms, EventKind::Failover, to, reason.clone());
                 Ok(())
             }
@@ -403,8 +407,9 @@ impl ClusterState {
                     Some(s) if s.id == *id && s.started && s.from_epoch == self.epoch => {}
                     _ => return Err(Rejected::NoSuchSwitchover(*id)),
                 }
+                let epoch = self.next_epoch()?;
                 let s = self.take_switchover(*id)?;
-                self.change_primary(&s.to);
+                self.change_primary(&s.to, epoch);
                 self.last_switchover = Some(SwitchoverOutcome::ended(&s, Some((self.epoch, *lsn)), reason.clone()));
                 let kind = if s.forced { EventKind::Failover } else { EventKind::Switchover };
                 self.record(*at_unix_ms, kind, &s.to, reason.clone());
@@ -425,7 +430,7 @@ impl ClusterState {
     }
 
     fn next_request(&self, id: u64) -> Result<(), Rejected> {
-        if id != self.requests + 1 {
+        if self.requests.checked_add(1) != Some(id) {
             return Err(Rejected::StaleRequest { id, latest: self.requests });
         }
         Ok(())
@@ -441,10 +446,16 @@ impl ClusterState {
         }
     }
 
-    /// A new primary at the next epoch: it holds every acknowledged commit, and a pending
-    /// re-initialisation of it is void.
-    fn change_primary(&mut self, to: &str) {
-        self.epoch += 1;
+    /// The epoch after this one. None is left after `u64::MAX` (only a damaged snapshot gets
+    /// there): refused, not wrapped round to an epoch that was used already.
+    fn next_epoch(&self) -> Result<u64, Rejected> {
+        self.epoch.checked_add(1).ok_or(Rejected::NoEpochLeft)
+    }
+
+    /// A new primary at the next epoch (`epoch`, from [`Self::next_epoch`]): it holds every
+    /// acknowledged commit, and a pending re-initialisation of it is void.
+    fn change_primary(&mut self, to: &str, epoch: u64) {
+        self.epoch = epoch;
         self.previous_primary = self.primary.replace(to.to_string());
         self.reset_sync(to);
         self.reinit.remove(to);
@@ -606,6 +617,25 @@ mod tests {
             serde_json::from_str(r#"{"epoch":1,"primary":"a","bootstrapped_by":"a","members":{},"history":[]}"#)
                 .expect("old snapshot");
         assert!(!old.paused && old.sync.standbys.is_empty());
+    }
+
+    #[test]
+    fn counters_at_the_end_of_their_range_refuse_instead_of_overflowing() {
+        // Found by the fuzz targets: a snapshot at epoch or request id u64::MAX made the next
+        // failover or request overflow (a panic in a debug build, a reused epoch in release).
+        let mut s = with_members();
+        s.apply(&Command::Bootstrap { member: "a".into(), at_unix_ms: 1 }).expect("bootstrap");
+        s.epoch = u64::MAX;
+        s.requests = u64::MAX;
+        let before = s.clone();
+        let failover = Command::Failover { from_epoch: u64::MAX, to: "b".into(), reason: String::new(), at_unix_ms: 2 };
+        assert_eq!(s.apply(&failover), Err(Rejected::NoEpochLeft));
+        let reinit = Command::RequestReinit { id: 0, member: "b".into(), at_unix_ms: 2 };
+        assert_eq!(s.apply(&reinit), Err(Rejected::StaleRequest { id: 0, latest: u64::MAX }));
+        assert_eq!(s, before, "refused: nothing changed");
+        let mut fresh = with_members();
+        fresh.epoch = u64::MAX;
+        assert_eq!(fresh.apply(&Command::Bootstrap { member: "a".into(), at_unix_ms: 1 }), Err(Rejected::NoEpochLeft));
     }
 
     #[test]

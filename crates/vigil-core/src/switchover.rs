@@ -340,7 +340,8 @@ impl Coordinator {
             return conflict(p);
         }
         Ok(Decision::Propose(Command::BeginSwitchover {
-            id: state.requests + 1,
+            // At u64::MAX (a damaged snapshot) this wraps, and applying refuses it as stale.
+            id: state.requests.wrapping_add(1),
             from_epoch: state.epoch,
             to,
             forced,
@@ -365,7 +366,7 @@ impl Coordinator {
         if !self.current_report(now, primary).is_some_and(|p| p.pg.running && !p.pg.in_recovery) {
             return conflict(format!("the primary {primary} is not running: there is nothing to clone from"));
         }
-        let id = state.requests + 1;
+        let id = state.requests.wrapping_add(1);
         Ok(Decision::Propose(Command::RequestReinit { id, member: member.to_string(), at_unix_ms: wall_ms }))
     }
 
@@ -462,8 +463,14 @@ impl Coordinator {
 
 /// `YYYY-MM-DDTHH:MM:SSZ` for Unix milliseconds (for people; history details).
 pub fn format_unix_ms(ms: u64) -> String {
+    use std::fmt::Write as _;
     let t = std::time::UNIX_EPOCH + std::time::Duration::from_millis(ms);
-    humantime::format_rfc3339_seconds(t).to_string()
+    // humantime writes years up to 9999 and fails after (`to_string` would panic on that).
+    let mut text = String::new();
+    match write!(text, "{}", humantime::format_rfc3339_seconds(t)) {
+        Ok(()) => text,
+        Err(_) => format!("{ms} ms after 1970-01-01T00:00:00Z"),
+    }
 }
 
 #[cfg(test)]

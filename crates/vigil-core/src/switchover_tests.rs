@@ -400,3 +400,25 @@ fn unix_times_read_as_utc() {
     assert_eq!(format_unix_ms(0), "1970-01-01T00:00:00Z");
     assert_eq!(format_unix_ms(1_700_000_000_123), "2023-11-14T22:13:20Z");
 }
+
+#[test]
+fn times_after_the_year_9999_are_written_without_a_panic() {
+    // Found by the fuzz targets: `POST /switchover {"at": "9999-12-31T22:13:13-23:01"}` was taken,
+    // and every member panicked applying the committed command (its history line writes the time).
+    let last = 253_402_300_799_000;
+    assert_eq!(format_unix_ms(last), "9999-12-31T23:59:59Z");
+    assert_eq!(format_unix_ms(last + 1000), "253402300800000 ms after 1970-01-01T00:00:00Z");
+    assert!(format_unix_ms(u64::MAX).starts_with("18446744073709551615 ms"));
+    let (_, mut s, _) = cluster();
+    let scheduled = Command::BeginSwitchover {
+        id: 1,
+        from_epoch: 1,
+        to: "b".into(),
+        forced: false,
+        not_before_unix_ms: u64::MAX,
+        reason: "far".into(),
+        at_unix_ms: 0,
+    };
+    s.apply(&scheduled).expect("applies");
+    assert!(s.history.last().is_some_and(|e| e.detail.contains("18446744073709551615 ms")));
+}

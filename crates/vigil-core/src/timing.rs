@@ -63,6 +63,10 @@ impl std::fmt::Display for TimingError {
     }
 }
 
+/// The longest a timing may be: a day is far beyond any useful setting, and keeps every sum and
+/// multiple of them (the rules in [`Timings::validate`], deadlines from now) in range.
+pub const MAX_TIMING: Duration = Duration::from_secs(24 * 60 * 60);
+
 /// The timings the lease arithmetic rests on. They are the cluster's, not each member's: the
 /// primary's lease runs for the `lease_timeout` the coordinator waits out, so both must be the
 /// same numbers. The first coordinator commits its own ([`crate::Command::AgreeTimings`]); from then
@@ -114,6 +118,20 @@ impl Timings {
         t
     }
 
+    fn durations(&self) -> [(&'static str, Duration); 9] {
+        [
+            ("loop_interval", self.loop_interval),
+            ("lease_timeout", self.lease_timeout),
+            ("lease_margin", self.lease_margin),
+            ("pg_restart_timeout", self.pg_restart_timeout),
+            ("pg_unresponsive_timeout", self.pg_unresponsive_timeout),
+            ("report_timeout", self.report_timeout),
+            ("bootstrap_wait", self.bootstrap_wait),
+            ("raft_tick", self.raft_tick),
+            ("switchover_timeout", self.switchover_timeout),
+        ]
+    }
+
     /// The time after which a new coordinator or one that stopped renewing may promote.
     pub fn promotion_wait(&self) -> Duration {
         self.lease_timeout + self.lease_margin
@@ -126,6 +144,12 @@ impl Timings {
     pub fn validate(&self) -> Result<(), TimingError> {
         let err = |key, message: String| Err(TimingError { key, with: &[], message });
         let rel = |key, with, message: String| Err(TimingError { key, with, message });
+        // First: the rules below multiply and add these, and so does the daemon (deadlines).
+        for (key, d) in self.durations() {
+            if d > MAX_TIMING {
+                return err(key, format!("{d:?} is more than {MAX_TIMING:?}"));
+            }
+        }
         if self.loop_interval < Duration::from_millis(10) {
             return err("loop_interval", "must be at least 10ms".into());
         }
@@ -240,5 +264,32 @@ mod tests {
             change(&mut t);
             assert_eq!(t.validate().map_err(|e| e.key), Err(key), "case {key}");
         }
+    }
+
+    #[test]
+    fn huge_timings_are_refused_not_overflowed() {
+        // Found by the fuzz targets: `loop_interval = "500000000000years"` overflowed
+        // `3 x loop_interval` (a panic, where the daemon should exit 64 naming the key).
+        type Set = fn(&mut Timings, Duration);
+        let cases: [(&str, Set); 9] = [
+            ("loop_interval", |t, d| t.loop_interval = d),
+            ("lease_timeout", |t, d| t.lease_timeout = d),
+            ("lease_margin", |t, d| t.lease_margin = d),
+            ("pg_restart_timeout", |t, d| t.pg_restart_timeout = d),
+            ("pg_unresponsive_timeout", |t, d| t.pg_unresponsive_timeout = d),
+            ("report_timeout", |t, d| t.report_timeout = d),
+            ("bootstrap_wait", |t, d| t.bootstrap_wait = d),
+            ("raft_tick", |t, d| t.raft_tick = d),
+            ("switchover_timeout", |t, d| t.switchover_timeout = d),
+        ];
+        for (key, set) in cases {
+            for d in [Duration::from_secs(u64::MAX), MAX_TIMING + Duration::from_nanos(1)] {
+                let mut t = Timings::default();
+                set(&mut t, d);
+                assert_eq!(t.validate().map_err(|e| e.key), Err(key), "case {key} = {d:?}");
+            }
+        }
+        let t = Timings { election_ticks: u32::MAX, raft_tick: MAX_TIMING, ..Timings::default() };
+        assert_eq!(t.validate().map_err(|e| e.key), Err("election_ticks"));
     }
 }

@@ -23,6 +23,13 @@
 //! waiting 100 ms between requests: `bench/health-rate.lua`), over SECONDS (30); then the rate
 //! the endpoint takes flat out (20 connections, no wait, 10 s). `tls`: the cluster runs with
 //! mutual TLS between members and https on the API.
+//!
+//! `... -- fuzz [SECONDS] [SEED]`: the fuzz targets of `vigil_tests::fuzz` (config loader, API
+//! bodies and token, peer reports, raft messages, committed commands, snapshots), SECONDS (60)
+//! shared evenly between them, inputs from SEED (default: the clock; printed). No cluster: the
+//! daemon's own parsing functions, called in this process. Prints per target the inputs tried,
+//! accepted, rejected and the panics (a broken property counts as one), with the first panic's
+//! input; fails if any target panicked.
 
 use std::sync::atomic::{AtomicBool, Ordering};
 use std::sync::{Arc, Mutex};
@@ -416,6 +423,26 @@ async fn health(tls: bool, seconds: u64) -> anyhow::Result<()> {
     Ok(())
 }
 
+fn fuzz(seconds: u64, seed: Option<u64>) -> anyhow::Result<()> {
+    let seed = seed.unwrap_or_else(|| {
+        std::time::SystemTime::now().duration_since(std::time::UNIX_EPOCH).map_or(1, |d| d.as_nanos() as u64)
+    });
+    println!("fuzz: {seconds} s over the targets, seed {seed}");
+    let tallies = vigil_tests::fuzz::run(Duration::from_secs(seconds), seed);
+    println!("{:<14} {:>10} {:>10} {:>10} {:>7}", "target", "tried", "accepted", "rejected", "panics");
+    for t in &tallies {
+        println!("{:<14} {:>10} {:>10} {:>10} {:>7}", t.name, t.tried, t.accepted, t.rejected, t.panics);
+    }
+    let tried: u64 = tallies.iter().map(|t| t.tried).sum();
+    let panics: u64 = tallies.iter().map(|t| t.panics).sum();
+    println!("fuzz: {tried} inputs in all, {panics} panics");
+    for t in tallies.iter().filter(|t| t.first_panic.is_some()) {
+        println!("first panic of {}: {}", t.name, t.first_panic.as_deref().unwrap_or_default());
+    }
+    anyhow::ensure!(panics == 0, "{panics} inputs made a target panic (seed {seed})");
+    Ok(())
+}
+
 #[tokio::main]
 async fn main() -> anyhow::Result<()> {
     let args: Vec<String> = std::env::args().skip(1).collect();
@@ -472,7 +499,8 @@ async fn main() -> anyhow::Result<()> {
             };
             health(tls, args.get(2).and_then(|s| s.parse().ok()).unwrap_or(30)).await?
         }
-        _ => anyhow::bail!("usage: bench failover [RUNS] | bench switchover [RUNS] | bench unattended [RUNS] | bench idle [SECONDS] | bench health [plain|tls] [SECONDS]"),
+        Some("fuzz") => fuzz(args.get(1).and_then(|s| s.parse().ok()).unwrap_or(60), args.get(2).and_then(|s| s.parse().ok()))?,
+        _ => anyhow::bail!("usage: bench failover [RUNS] | bench switchover [RUNS] | bench unattended [RUNS] | bench idle [SECONDS] | bench health [plain|tls] [SECONDS] | bench fuzz [SECONDS] [SEED]"),
     }
     Ok(())
 }
