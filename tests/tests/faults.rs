@@ -14,7 +14,12 @@ use vigil_tests::scenario::{self, RunReport, Settings};
 const FAILOVER_BOUND: Duration = Duration::from_secs(10);
 
 fn run(kind: FaultKind) -> RunReport {
-    let s = Settings { mode: Mode::On, ..Settings::default() };
+    run_held(kind, None)
+}
+
+/// One fault held for `hold` (None: the kind's default, see `scenario::default_hold`).
+fn run_held(kind: FaultKind, hold: Option<Duration>) -> RunReport {
+    let s = Settings { mode: Mode::On, hold, ..Settings::default() };
     let c = NsCluster::prepare(s.members, s.mode).expect("build the namespaces and the cluster");
     let r = c.run(move |c| scenario::run_fault(c, kind, s)).expect("run the scenario");
     println!("{}", r.details());
@@ -51,28 +56,21 @@ fn cutting_only_the_primary_coordinator_path() {
 /// restart included).
 const REJOIN_AFTER_LONG_CUT_BOUND: Duration = Duration::from_secs(5);
 
-fn run_held(kind: FaultKind, hold: Duration) -> RunReport {
-    let s = Settings { mode: Mode::On, hold: Some(hold), ..Settings::default() };
-    let c = NsCluster::prepare(s.members, s.mode).expect("build the namespaces and the cluster");
-    let r = c.run(move |c| scenario::run_fault(c, kind, s)).expect("run the scenario");
-    println!("{}", r.details());
-    r
+/// A 30 s fault, healed: a failover as usual, and the old primary back within the bound.
+fn assert_heals_within_the_bound(kind: FaultKind) {
+    let r = run_held(kind, Some(Duration::from_secs(30)));
+    assert_failover(&r);
+    let rejoin = r.rejoin.expect("rejoined");
+    println!("FIGURE rejoin after a 30 s {}: {rejoin:?}", kind.name());
+    assert!(rejoin <= REJOIN_AFTER_LONG_CUT_BOUND, "rejoin took {rejoin:?}:\n{}", r.details());
 }
 
 #[test]
 fn a_30_s_isolation_of_the_primary_heals_within_seconds() {
-    let r = run_held(FaultKind::Isolate, Duration::from_secs(30));
-    assert_failover(&r);
-    let rejoin = r.rejoin.expect("rejoined");
-    println!("FIGURE rejoin after a 30 s isolation: {rejoin:?}");
-    assert!(rejoin <= REJOIN_AFTER_LONG_CUT_BOUND, "rejoin took {rejoin:?}:\n{}", r.details());
+    assert_heals_within_the_bound(FaultKind::Isolate);
 }
 
 #[test]
 fn a_30_s_cut_of_the_primary_coordinator_path_heals_within_seconds() {
-    let r = run_held(FaultKind::CutPrimaryCoordinator, Duration::from_secs(30));
-    assert_failover(&r);
-    let rejoin = r.rejoin.expect("rejoined");
-    println!("FIGURE rejoin after a 30 s cut of the primary-coordinator path: {rejoin:?}");
-    assert!(rejoin <= REJOIN_AFTER_LONG_CUT_BOUND, "rejoin took {rejoin:?}:\n{}", r.details());
+    assert_heals_within_the_bound(FaultKind::CutPrimaryCoordinator);
 }

@@ -205,6 +205,27 @@ fn proc_cpu_ticks(pid: u32) -> anyhow::Result<u64> {
     Ok(vigil_tests::unattended::cpu_ticks(pid as i32))
 }
 
+/// CPU of a PostgreSQL server: the postmaster and every process below it now, plus what its
+/// exited children used (reaped by the postmaster: its cutime and cstime).
+fn postgres_ticks(pm: i32) -> u64 {
+    let reaped = {
+        let stat = std::fs::read_to_string(format!("/proc/{pm}/stat")).unwrap_or_default();
+        let rest = stat.rsplit_once(')').map(|(_, r)| r).unwrap_or_default();
+        let f: Vec<&str> = rest.split_whitespace().collect();
+        let field = |i: usize| f.get(i).and_then(|v| v.parse::<u64>().ok()).unwrap_or(0);
+        field(13) + field(14)
+    };
+    let live: u64 =
+        vigil_pg::proctree::descendants(pm).into_iter().chain([pm]).map(vigil_tests::unattended::cpu_ticks).sum();
+    reaped + live
+}
+
+/// Sessions a server has opened since its statistics began (`pg_stat_database.sessions`).
+async fn sessions(t: &TestCluster, member: &str) -> anyhow::Result<u64> {
+    let row = t.client(member).await?.query_one("SELECT sum(sessions)::bigint FROM pg_stat_database", &[]).await?;
+    Ok(row.try_get::<_, Option<i64>>(0)?.unwrap_or(0).max(0) as u64)
+}
+
 fn proc_rss_kb(pid: u32) -> anyhow::Result<u64> {
     let status = std::fs::read_to_string(format!("/proc/{pid}/status"))?;
     let line = status.lines().find(|l| l.starts_with("VmRSS:")).unwrap_or("VmRSS: 0 kB");
@@ -229,6 +250,13 @@ async fn idle(seconds: u64) -> anyhow::Result<()> {
             keepers.push((format!("keeper of {n}"), ppid, proc_cpu_ticks(ppid)?, 0u64));
         }
     }
+    // Each member's PostgreSQL: the postmaster's tree, and the sessions it opened.
+    let mut servers = Vec::new();
+    for n in &names {
+        if let Some(pm) = t.postmaster_pid(n) {
+            servers.push((n.clone(), pm, postgres_ticks(pm), sessions(&t, n).await?));
+        }
+    }
     let hz = 100.0; // USER_HZ on Linux
     let end = Instant::now() + Duration::from_secs(seconds);
     while Instant::now() < end {
@@ -251,6 +279,15 @@ async fn idle(seconds: u64) -> anyhow::Result<()> {
         println!(
             "idle daemon {name} ({role}) over {seconds} s: max RSS {:.1} MB, CPU {:.2} % of one core",
             *rss as f64 / 1024.0,
+            100.0 * cpu / seconds as f64
+        );
+    }
+    for (name, pm, c0, s0) in &servers {
+        let cpu = postgres_ticks(*pm).saturating_sub(*c0) as f64 / hz;
+        // Minus one: the session that asks.
+        let opened = sessions(&t, name).await?.saturating_sub(*s0).saturating_sub(1);
+        println!(
+            "idle PostgreSQL of {name} over {seconds} s: CPU {:.2} % of one core, {opened} sessions opened",
             100.0 * cpu / seconds as f64
         );
     }
