@@ -42,6 +42,28 @@ pub use pgvigil::client::Reply;
 pub use pgvigil::launch::{healthy, settled, ClusterSpec, LocalCluster, MemberSpec, TlsSpec};
 pub use pgvigil::list::{ClusterView, View};
 
+/// PostgreSQL 15's programs, as Debian installs them.
+pub const PG_BIN_DIR: &str = "/usr/lib/postgresql/15/bin";
+
+/// A `bin_dir` under `dir` whose `initdb` is `script` (a shell script; `exec {PG_BIN_DIR}/initdb`
+/// to run the real one) and whose every other program is PostgreSQL's own, for tests that need
+/// an initdb that fails or is slow. Directory and script are 0755: PostgreSQL's user runs them.
+pub fn bin_dir_with_initdb(dir: &Path, script: &str) -> anyhow::Result<PathBuf> {
+    use std::os::unix::fs::PermissionsExt;
+    let bin = dir.join("pgbin");
+    std::fs::create_dir_all(&bin)?;
+    for e in std::fs::read_dir(PG_BIN_DIR)? {
+        let e = e?;
+        if e.file_name() != "initdb" {
+            std::os::unix::fs::symlink(e.path(), bin.join(e.file_name()))?;
+        }
+    }
+    std::fs::write(bin.join("initdb"), script)?;
+    std::fs::set_permissions(bin.join("initdb"), std::fs::Permissions::from_mode(0o755))?;
+    std::fs::set_permissions(&bin, std::fs::Permissions::from_mode(0o755))?;
+    Ok(bin)
+}
+
 /// The `pgvigil` binary: `$PGVIGIL_BIN`, else beside the running executable, else the workspace's
 /// target dir (debug, then release).
 pub fn pgvigil_bin() -> PathBuf {

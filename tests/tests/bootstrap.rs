@@ -10,7 +10,7 @@ use vigil_core::{DataDir, EventKind};
 use vigil_tests::{healthy, TestCluster, View};
 
 const CONVERGE: Duration = Duration::from_secs(90);
-const REAL_BIN: &str = "/usr/lib/postgresql/15/bin";
+use vigil_tests::PG_BIN_DIR as REAL_BIN;
 
 /// The names in `dir`, sorted.
 fn names(dir: &Path) -> Vec<String> {
@@ -73,22 +73,11 @@ async fn foreign_data_directories_are_never_chosen_and_left_untouched() -> anyho
 /// A `bin_dir` whose initdb fails while `<data_dir>.fail-initdb` exists; every other program is
 /// PostgreSQL's own.
 fn bin_dir_with_breakable_initdb(dir: &Path) -> anyhow::Result<PathBuf> {
-    let bin = dir.join("pgbin");
-    std::fs::create_dir_all(&bin)?;
-    for e in std::fs::read_dir(REAL_BIN)? {
-        let e = e?;
-        if e.file_name() != "initdb" {
-            std::os::unix::fs::symlink(e.path(), bin.join(e.file_name()))?;
-        }
-    }
     let script = format!(
         "#!/bin/sh\nfor a in \"$@\"; do\n  if [ -e \"$a.fail-initdb\" ]; then\n    \
          echo \"initdb: broken by the test\" >&2\n    exit 1\n  fi\ndone\nexec {REAL_BIN}/initdb \"$@\"\n"
     );
-    std::fs::write(bin.join("initdb"), script)?;
-    std::fs::set_permissions(bin.join("initdb"), std::fs::Permissions::from_mode(0o755))?;
-    std::fs::set_permissions(&bin, std::fs::Permissions::from_mode(0o755))?;
-    Ok(bin)
+    vigil_tests::bin_dir_with_initdb(dir, &script)
 }
 
 fn broken_marker(t: &TestCluster, member: &str) -> PathBuf {

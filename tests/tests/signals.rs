@@ -9,7 +9,7 @@ use std::time::{Duration, Instant};
 use vigil_tests::{pgvigil_bin, settled, TestCluster};
 
 const CONVERGE: Duration = Duration::from_secs(60);
-const REAL_BIN: &str = "/usr/lib/postgresql/15/bin";
+use vigil_tests::PG_BIN_DIR as REAL_BIN;
 const STRAY: &str = "stray";
 
 fn log_of(t: &TestCluster, member: &str) -> PathBuf {
@@ -121,19 +121,8 @@ async fn a_daemon_outside_the_member_lists_costs_each_member_one_warning() -> an
 /// PostgreSQL's programs, with an initdb that notes that it runs (a file in `marks`, which
 /// PostgreSQL's user may write) and takes two seconds more.
 fn bin_dir_with_slow_initdb(dir: &Path, marks: &Path) -> anyhow::Result<PathBuf> {
-    let bin = dir.join("pgbin");
-    std::fs::create_dir_all(&bin)?;
-    for e in std::fs::read_dir(REAL_BIN)? {
-        let e = e?;
-        if e.file_name() != "initdb" {
-            std::os::unix::fs::symlink(e.path(), bin.join(e.file_name()))?;
-        }
-    }
     let script = format!("#!/bin/sh\n: > {}/initdb.$$\nsleep 2\nexec {REAL_BIN}/initdb \"$@\"\n", marks.display());
-    std::fs::write(bin.join("initdb"), script)?;
-    std::fs::set_permissions(bin.join("initdb"), std::fs::Permissions::from_mode(0o755))?;
-    std::fs::set_permissions(&bin, std::fs::Permissions::from_mode(0o755))?;
-    Ok(bin)
+    vigil_tests::bin_dir_with_initdb(dir, &script)
 }
 
 /// Live processes that run a program with `dir` in its command line or work below `dir`.
