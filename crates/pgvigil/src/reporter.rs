@@ -63,7 +63,9 @@ pub(crate) async fn reporter(shared: Arc<Shared>, link: Link, shutdown: Cancella
                 say_if_the_file_differs(&shared, compared);
             }
             let held = shared.lease_valid(epoch, Instant::now());
-            send_report(&shared, &link, epoch).await;
+            // The cluster's lease, which every coordinator waits out; not this file's.
+            let lease_timeout = shared.settings.timings.agreed(committed.lease_timings).lease_timeout;
+            send_report(&shared, &link, epoch, lease_timeout).await;
             if !held && shared.lease_valid(epoch, Instant::now()) {
                 link.reconcile_now.notify_one();
             }
@@ -103,7 +105,7 @@ pub(crate) async fn reporter(shared: Arc<Shared>, link: Link, shutdown: Cancella
     }
 }
 
-async fn send_report(shared: &Shared, link: &Link, epoch: u64) {
+async fn send_report(shared: &Shared, link: &Link, epoch: u64, lease_timeout: std::time::Duration) {
     let s = &shared.settings;
     let pg = link.status.borrow().clone();
     let tags = shared.runtime.borrow().tags.clone();
@@ -144,8 +146,6 @@ async fn send_report(shared: &Shared, link: &Link, epoch: u64) {
     if let Some(ack) = ack {
         shared.primary_lsn.store(ack.primary_lsn, Ordering::Relaxed);
         let mut lease = link.lease.lock().unwrap_or_else(|p| p.into_inner());
-        // The cluster's lease, which every coordinator waits out; not this file's.
-        let lease_timeout = s.timings.agreed(shared.committed().lease_timings).lease_timeout;
         lease.on_ack(sent_at, ack.lease_granted, ack.epoch, lease_timeout);
     }
 }
