@@ -70,6 +70,23 @@ impl proto::peer_server::Peer for PeerService {
         }
     }
 
+    async fn raft_stream(
+        &self,
+        req: Request<tonic::Streaming<proto::RaftMessage>>,
+    ) -> Result<Response<proto::RaftAck>, Status> {
+        let addr = req.remote_addr().map_or_else(|| "unknown address".to_string(), |a| a.to_string());
+        let mut stream = req.into_inner();
+        while let Some(msg) = stream.message().await? {
+            self.expire_refused();
+            match self.shared.raft.step(&msg.message).await {
+                Ok(()) => {}
+                Err(RaftError::NotAPeer { from, to }) => return Err(self.refuse(from, to, msg.sender, addr)),
+                Err(e) => return Err(Status::unavailable(e.to_string())),
+            }
+        }
+        Ok(Response::new(proto::RaftAck {}))
+    }
+
     async fn report(&self, req: Request<proto::HealthReport>) -> Result<Response<proto::ReportAck>, Status> {
         let report = convert::from_proto(req.into_inner()).map_err(Status::invalid_argument)?;
         Ok(Response::new(coordination::handle_report(&self.shared, report).await))

@@ -145,10 +145,13 @@ impl PeerClients {
     }
 
     fn channel(&self, addr: &str, timeout: Duration, tls: Option<&ClientTlsConfig>) -> anyhow::Result<Channel> {
+        Ok(self.endpoint(addr, tls)?.timeout(timeout).connect_lazy())
+    }
+
+    fn endpoint(&self, addr: &str, tls: Option<&ClientTlsConfig>) -> anyhow::Result<Endpoint> {
         let mut endpoint = Endpoint::from_shared(self.url(addr)?)
             .with_context(|| format!("invalid peer address {addr:?}"))?
             .connect_timeout(CONNECT_TIMEOUT)
-            .timeout(timeout)
             .tcp_nodelay(true)
             .http2_keep_alive_interval(KEEPALIVE_INTERVAL)
             .keep_alive_timeout(KEEPALIVE_TIMEOUT)
@@ -156,7 +159,17 @@ impl PeerClients {
         if let Some(tls) = tls {
             endpoint = endpoint.tls_config(tls.clone()).with_context(|| format!("TLS for peer {addr:?}"))?;
         }
-        Ok(endpoint.connect_lazy())
+        Ok(endpoint)
+    }
+
+    /// A client on a connection of its own, connected now (within the connect timeout, TLS
+    /// handshake included) and without a request timeout: for a long-lived stream, whose dead
+    /// connection the keepalives find.
+    pub async fn stream_client(&self, addr: &str) -> anyhow::Result<PeerClient<PeerChannel>> {
+        let tls = self.lock().tls.clone();
+        let channel =
+            self.endpoint(addr, tls.as_ref())?.connect().await.with_context(|| format!("connect to {addr}"))?;
+        Ok(self.wrap(channel))
     }
 }
 
@@ -194,6 +207,7 @@ impl Transport {
                 clients: clients.clone(),
                 feedback: feedback.clone(),
                 failures: Repeats::new(LOG_EVERY),
+                stream: None,
             };
             tasks.spawn(peer.run(rx, stop.clone()).in_current_span());
         }
@@ -250,7 +264,19 @@ struct PeerSender {
     /// becomes unreachable or fails another way, then at most once a minute per cause while it
     /// stays so, and once when it answers again.
     failures: Repeats<i32>,
+    /// The open `RaftStream` call, if any.
+    stream: Option<OpenStream>,
 }
+
+/// A `RaftStream` call in progress: messages go into `tx`; `call` ends when the stream does (an
+/// error: the peer or the connection failed).
+struct OpenStream {
+    tx: mpsc::Sender<RaftMessage>,
+    call: tokio::task::JoinHandle<Result<(), tonic::Status>>,
+}
+
+/// Messages waiting for the stream's flow control; a full one means the peer does not keep up.
+const STREAM_QUEUE: usize = 64;
 
 impl PeerSender {
     async fn run(mut self, mut rx: mpsc::Receiver<Message>, stop: CancellationToken) {
@@ -263,16 +289,68 @@ impl PeerSender {
                 },
             };
             let is_snapshot = msg.get_msg_type() == MessageType::MsgSnapshot;
-            let result = tokio::select! {
-                _ = stop.cancelled() => return,
-                result = self.deliver(&msg) => result,
+            // A snapshot goes as a call of its own: raft-rs must hear whether it arrived. The
+            // rest goes on the stream; only opening it (or its failure) says the peer is there.
+            let result = if is_snapshot {
+                tokio::select! {
+                    _ = stop.cancelled() => break,
+                    result = self.deliver(&msg) => result.map(|()| true),
+                }
+            } else {
+                tokio::select! {
+                    _ = stop.cancelled() => break,
+                    result = self.stream(&msg) => result,
+                }
             };
             let failed = result.is_err();
-            self.report(result, is_snapshot);
+            match result {
+                Ok(false) => {}
+                Ok(true) => self.report(Ok(()), is_snapshot),
+                Err(e) => self.report(Err(e), is_snapshot),
+            }
             if failed {
                 self.drop_backlog(&mut rx);
             }
         }
+        if let Some(open) = self.stream.take() {
+            open.call.abort();
+        }
+    }
+
+    /// Put `msg` on the stream, opening it first when there is none. Ok(true): the stream was
+    /// (re)opened, so the peer answered. An error ends the stream: the message is lost (raft-rs
+    /// resends) and the next one opens a new stream.
+    async fn stream(&mut self, msg: &Message) -> anyhow::Result<bool> {
+        if let Some(open) = self.stream.take_if(|o| o.call.is_finished()) {
+            return Err(match open.call.await {
+                Ok(Ok(())) => anyhow::anyhow!("the peer ended the raft stream"),
+                Ok(Err(status)) => anyhow::Error::new(status).context("raft stream"),
+                Err(e) => anyhow::anyhow!("raft stream task: {e}"),
+            });
+        }
+        let opened = if self.stream.is_none() {
+            let mut client = self.clients.stream_client(&self.addr).await.context("raft stream")?;
+            let (tx, rx) = mpsc::channel(STREAM_QUEUE);
+            let call = tokio::spawn(async move {
+                client.raft_stream(tokio_stream::wrappers::ReceiverStream::new(rx)).await.map(drop)
+            });
+            self.stream = Some(OpenStream { tx, call });
+            true
+        } else {
+            false
+        };
+        let message = msg.write_to_bytes().context("encode raft message")?;
+        let sent = match &self.stream {
+            Some(open) => open.tx.try_send(RaftMessage { message, sender: self.sender.clone() }).is_ok(),
+            None => false,
+        };
+        if !sent {
+            if let Some(open) = self.stream.take() {
+                open.call.abort();
+            }
+            anyhow::bail!("raft stream full (the peer does not keep up) or closed");
+        }
+        Ok(opened)
     }
 
     /// After a failed send, what waits in the queue is stale: raft-rs was told the peer is
@@ -356,6 +434,7 @@ mod tests {
             clients: PeerClients::new(),
             feedback,
             failures: Repeats::new(LOG_EVERY),
+            stream: None,
         };
         let (tx, mut rx) = mpsc::channel(PEER_QUEUE);
         for t in [MessageType::MsgHeartbeat, MessageType::MsgSnapshot, MessageType::MsgAppend] {

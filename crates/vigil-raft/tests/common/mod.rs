@@ -68,6 +68,14 @@ impl Peer for TestPeer {
         }
     }
 
+    async fn raft_stream(&self, req: Request<tonic::Streaming<RaftMessage>>) -> Result<Response<RaftAck>, Status> {
+        let mut stream = req.into_inner();
+        while let Some(msg) = stream.message().await? {
+            self.handle.step(&msg.message).await.map_err(|e| Status::unavailable(e.to_string()))?;
+        }
+        Ok(Response::new(RaftAck {}))
+    }
+
     async fn report(&self, _: Request<HealthReport>) -> Result<Response<ReportAck>, Status> {
         Err(Status::unimplemented("test peer"))
     }
