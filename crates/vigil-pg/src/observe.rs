@@ -3,7 +3,7 @@
 use std::time::Duration;
 
 use anyhow::Context as _;
-use tokio_postgres::{Client, NoTls};
+use tokio_postgres::{Client, NoTls, Statement};
 
 use crate::lsn::parse_lsn;
 use crate::postgres::Postgres;
@@ -65,24 +65,54 @@ pub struct Replica {
     pub streaming: bool,
 }
 
-const PRIMARY_QUERY: &str = "SELECT pg_current_wal_lsn()::text, pg_walfile_name(pg_current_wal_lsn()), \
-                             current_setting('synchronous_standby_names')";
-
-const REPLICAS_QUERY: &str = "SELECT application_name, flush_lsn::text, state FROM pg_stat_replication";
-
-/// One row whether or not a WAL receiver runs (the view has 0 or 1 rows). The timeline falls back to
-/// the newest WAL segment in pg_wal (names start with the timeline in hex, so max() is the newest)
-/// and the last restartpoint, for a standby whose receiver is not running.
-const STANDBY_QUERY: &str = "\
-SELECT pg_last_wal_receive_lsn()::text,
+/// The first statement of every check: the role and, on a standby, all it needs. On a primary
+/// the standby columns are NULL. The timeline falls back to the newest WAL segment in pg_wal
+/// (names start with the timeline in hex, so max() is the newest) and the last restartpoint, for
+/// a standby whose receiver is not running; the CASE keeps PostgreSQL from listing pg_wal and
+/// reading pg_control when a receiver runs (uncorrelated subqueries are evaluated on first use).
+const ROLE_QUERY: &str = "\
+SELECT pg_is_in_recovery(),
+       pg_last_wal_receive_lsn()::text,
        pg_last_wal_replay_lsn()::text,
        r.status,
        r.received_tli,
        r.sender_host,
        r.sender_port,
-       (SELECT timeline_id FROM pg_control_checkpoint()),
-       (SELECT max(name) FROM pg_ls_waldir() WHERE name ~ '^[0-9A-F]{24}$')
+       CASE WHEN r.received_tli IS NULL AND pg_is_in_recovery()
+            THEN (SELECT timeline_id FROM pg_control_checkpoint()) END,
+       CASE WHEN r.received_tli IS NULL AND pg_is_in_recovery()
+            THEN (SELECT max(name) FROM pg_ls_waldir() WHERE name ~ '^[0-9A-F]{24}$') END
 FROM (SELECT 1) AS one LEFT JOIN pg_stat_wal_receiver AS r ON true";
+
+/// A primary's position and its WAL senders, one row per sender (one row of NULLs without).
+const PRIMARY_QUERY: &str = "\
+SELECT pg_current_wal_lsn()::text,
+       pg_walfile_name(pg_current_wal_lsn()),
+       current_setting('synchronous_standby_names'),
+       s.application_name,
+       s.flush_lsn::text,
+       s.state
+FROM (SELECT 1) AS one LEFT JOIN pg_stat_replication AS s ON true";
+
+/// The connection the checks keep, with its statements prepared once: a check is then one
+/// round trip on a standby and two on a primary, with no parsing or planning on the server.
+pub(crate) struct Observer {
+    client: Client,
+    role: Statement,
+    primary: Statement,
+}
+
+impl Observer {
+    async fn open(client: Client) -> anyhow::Result<Observer> {
+        let role = client.prepare(ROLE_QUERY).await.context("prepare the role query")?;
+        let primary = client.prepare(PRIMARY_QUERY).await.context("prepare the primary query")?;
+        Ok(Observer { client, role, primary })
+    }
+
+    fn is_closed(&self) -> bool {
+        self.client.is_closed()
+    }
+}
 
 impl Postgres {
     /// Connect as the superuser over the unix socket, to the `postgres` database.
@@ -137,32 +167,36 @@ impl Postgres {
     /// check instead of a fork and an authentication per check. A timeout drops it (the future
     /// owns it then), so a server that stopped answering gets a fresh connection next time.
     async fn observe_on_a_connection(&mut self) -> anyhow::Result<Observation> {
-        if let Some(client) = self.observer.take().filter(|c| !c.is_closed()) {
-            if let Ok(obs) = query_observation(&client).await {
-                self.observer = Some(client);
+        if let Some(observer) = self.observer.take().filter(|o| !o.is_closed()) {
+            if let Ok(obs) = query_observation(&observer).await {
+                self.observer = Some(observer);
                 return Ok(obs);
             }
         }
-        let client = self.connect().await?;
-        let obs = query_observation(&client).await?;
-        self.observer = Some(client);
+        let observer = Observer::open(self.connect().await?).await?;
+        let obs = query_observation(&observer).await?;
+        self.observer = Some(observer);
         Ok(obs)
     }
 }
 
-async fn query_observation(client: &Client) -> anyhow::Result<Observation> {
-    let in_recovery: bool = client.query_one("SELECT pg_is_in_recovery()", &[]).await?.try_get(0)?;
+async fn query_observation(o: &Observer) -> anyhow::Result<Observation> {
+    let row = o.client.query_one(&o.role, &[]).await?;
+    let in_recovery: bool = row.try_get(0)?;
     if !in_recovery {
-        let row = client.query_one(PRIMARY_QUERY, &[]).await?;
-        let lsn = lsn_column(row.try_get(0)?)?;
-        let walfile: String = row.try_get(1)?;
-        let sync: String = row.try_get(2)?;
+        let rows = o.client.query(&o.primary, &[]).await?;
+        let first = rows.first().context("the primary query returned no row")?;
+        let lsn = lsn_column(first.try_get(0)?)?;
+        let walfile: String = first.try_get(1)?;
+        let sync: String = first.try_get(2)?;
         let mut replicas = Vec::new();
-        for r in client.query(REPLICAS_QUERY, &[]).await? {
-            let state: Option<String> = r.try_get(2)?;
+        for r in &rows {
+            // The LEFT JOIN's row of NULLs when no WAL sender runs.
+            let Some(name) = r.try_get::<_, Option<String>>(3)? else { continue };
+            let state: Option<String> = r.try_get(5)?;
             replicas.push(Replica {
-                name: r.try_get::<_, Option<String>>(0)?.unwrap_or_default(),
-                flush_lsn: lsn_column(r.try_get(1)?)?,
+                name,
+                flush_lsn: lsn_column(r.try_get(4)?)?,
                 streaming: state.as_deref() == Some("streaming"),
             });
         }
@@ -180,15 +214,14 @@ async fn query_observation(client: &Client) -> anyhow::Result<Observation> {
             replicas,
         });
     }
-    let row = client.query_one(STANDBY_QUERY, &[]).await?;
-    let received_lsn = lsn_column(row.try_get(0)?)?;
-    let replay_lsn = lsn_column(row.try_get(1)?)?;
-    let status: Option<String> = row.try_get(2)?;
-    let received_tli: Option<i32> = row.try_get(3)?;
-    let sender_host: Option<String> = row.try_get(4)?;
-    let sender_port: Option<i32> = row.try_get(5)?;
-    let checkpoint_tli: Option<i32> = row.try_get(6)?;
-    let newest_walfile: Option<String> = row.try_get(7)?;
+    let received_lsn = lsn_column(row.try_get(1)?)?;
+    let replay_lsn = lsn_column(row.try_get(2)?)?;
+    let status: Option<String> = row.try_get(3)?;
+    let received_tli: Option<i32> = row.try_get(4)?;
+    let sender_host: Option<String> = row.try_get(5)?;
+    let sender_port: Option<i32> = row.try_get(6)?;
+    let checkpoint_tli: Option<i32> = row.try_get(7)?;
+    let newest_walfile: Option<String> = row.try_get(8)?;
     let timeline = match received_tli.and_then(|t| u32::try_from(t).ok()) {
         Some(t) if t > 0 => t,
         _ => {

@@ -16,7 +16,7 @@ pub struct Postgres {
     /// the keeper holds the server across a restart of the daemon.
     kill_on_drop: bool,
     /// The connection `observe` keeps between checks (see `observe.rs`).
-    pub(crate) observer: Option<tokio_postgres::Client>,
+    pub(crate) observer: Option<crate::observe::Observer>,
 }
 
 impl Postgres {

@@ -67,11 +67,13 @@ impl<S: StateMachine> RaftHandle<S> {
         self.call(Request::Propose { command, reply }, rx, timeout).await
     }
 
-    /// ReadIndex (`ReadOnlyOption::Safe`): `Ok(())` once a quorum has confirmed that this node
-    /// is still the leader, for a request issued now. `NotLeader` on a follower or if
-    /// leadership is lost meanwhile. raft-rs drops read requests on a leader that has not yet
-    /// committed an entry in its term; the node holds them until it has (normally one
-    /// heartbeat after election), so they end in `Timeout` only if that takes too long.
+    /// `Ok(())` once a quorum has confirmed that this node is still the leader, for a request
+    /// issued now: a heartbeat round sent after the call, acknowledged by a quorum in this term
+    /// (the guarantee of a ReadIndex with `ReadOnlyOption::Safe`, riding on the periodic
+    /// heartbeats instead of a broadcast of its own, so it may take up to one heartbeat interval
+    /// longer). `NotLeader` on a follower or if leadership is lost meanwhile. Rounds count only
+    /// once this leader has committed an entry in its term (normally one heartbeat after its
+    /// election), so calls end in `Timeout` only if that takes too long.
     pub async fn confirm_leadership(&self, timeout: Duration) -> Result<(), RaftError> {
         let (reply, rx) = oneshot::channel();
         self.call(Request::ReadIndex { reply }, rx, timeout).await

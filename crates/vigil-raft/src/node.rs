@@ -10,8 +10,8 @@ use std::time::{Duration, SystemTime, UNIX_EPOCH};
 
 use anyhow::{bail, ensure, Context};
 use protobuf::Message as _;
-use raft::eraftpb::{ConfChange, ConfChangeV2, Entry, EntryType, Message, Snapshot};
-use raft::{RawNode, ReadOnlyOption, ReadState, StateRole};
+use raft::eraftpb::{ConfChange, ConfChangeV2, Entry, EntryType, Message, MessageType, Snapshot};
+use raft::{RawNode, ReadOnlyOption, StateRole};
 use tokio::sync::{mpsc, oneshot, watch};
 use tokio::task::JoinHandle;
 use tokio::time::MissedTickBehavior;
@@ -87,6 +87,8 @@ pub async fn start<S: StateMachine>(
         transport,
         proposals: BTreeMap::new(),
         reads: BTreeMap::new(),
+        round: 0,
+        rounds: BTreeMap::new(),
         seq: SystemTime::now().duration_since(UNIX_EPOCH).map_or(0, |d| d.as_nanos() as u64),
         status_tx,
         state_tx,
@@ -143,10 +145,16 @@ struct PendingProposal {
 
 struct PendingRead {
     term: u64,
-    /// Handed to raft-rs yet. A leader that has not committed in its term would drop it.
-    issued: bool,
+    /// The last heartbeat round sent before the request came: a later one must confirm it.
+    after: u64,
     reply: oneshot::Sender<Result<(), RaftError>>,
 }
+
+/// Heartbeat rounds kept waiting for acknowledgements; older ones are forgotten (a round that
+/// never got a quorum is superseded by every later one).
+const ROUNDS_KEPT: usize = 32;
+/// Marks the context of a heartbeat this node tagged with its round number.
+const ROUND_TAG: u8 = b'h';
 
 /// An answer held back until the state it reports on has been published.
 enum Reply {
@@ -163,8 +171,12 @@ struct Node<S> {
     transport: Transport,
     /// By expected log index.
     proposals: BTreeMap<u64, PendingProposal>,
-    /// By sequence number (its read-index context).
+    /// Leadership confirmations waiting for a heartbeat round, by arrival.
     reads: BTreeMap<u64, PendingRead>,
+    /// Number of the last heartbeat round this leader tagged (see `tag_heartbeats`).
+    round: u64,
+    /// Recent rounds: the term they were sent in and who acknowledged them (this node included).
+    rounds: BTreeMap<u64, (u64, BTreeSet<u64>)>,
     /// Source of request contexts; seeded from the clock so a restarted node does not reuse
     /// contexts still in the log.
     seq: u64,
@@ -225,6 +237,7 @@ impl<S: StateMachine> Node<S> {
 
     /// `msg` comes from a peer and is for this node (`RaftHandle::step` refuses others).
     fn step(&mut self, msg: Message) {
+        self.count_ack(&msg);
         if let Err(e) = self.raw.step(msg) {
             // Stale or foreign messages (e.g. from a removed peer): raft-rs copes by ignoring.
             tracing::debug!(error = %e, "raft message not stepped");
@@ -247,13 +260,6 @@ impl<S: StateMachine> Node<S> {
         ctx
     }
 
-    /// The sequence number in one of our contexts.
-    fn our_seq(&self, ctx: &[u8]) -> Option<u64> {
-        let (id, seq) = ctx.split_at_checked(8)?;
-        (id == self.id.to_le_bytes()).then_some(())?;
-        Some(u64::from_le_bytes(seq.try_into().ok()?))
-    }
-
     fn propose(&mut self, command: Vec<u8>, reply: oneshot::Sender<Result<u64, RaftError>>) {
         if let Some(e) = self.not_leader() {
             let _ = reply.send(Err(e));
@@ -271,40 +277,99 @@ impl<S: StateMachine> Node<S> {
         self.proposals.insert(index, PendingProposal { ctx, term, reply });
     }
 
+    /// A leadership confirmation (see `RaftHandle::confirm_leadership`). Instead of a ReadIndex
+    /// round of its own, it waits for the next periodic heartbeat round: `send` tags each
+    /// heartbeat with a round number, followers echo it, and `count_ack` confirms every request
+    /// that came before a round once a quorum acknowledged that round in this term. Same
+    /// guarantee as raft-rs' `ReadOnlyOption::Safe` (it too is a tagged heartbeat broadcast),
+    /// without the extra messages; it costs up to one heartbeat interval of latency.
     fn read_index(&mut self, reply: oneshot::Sender<Result<(), RaftError>>) {
         if let Some(e) = self.not_leader() {
             let _ = reply.send(Err(e));
             return;
         }
-        let (seq, ctx) = self.next_ctx();
-        let issued = self.raw.raft.commit_to_current_term();
-        if issued {
-            self.raw.read_index(ctx);
-        }
+        let (seq, _) = self.next_ctx();
         let term = self.raw.raft.term;
-        self.reads.insert(seq, PendingRead { term, issued, reply });
+        self.reads.insert(seq, PendingRead { term, after: self.round, reply });
+        // A single voter is a quorum by itself: there is no heartbeat to wait for.
+        if self.has_quorum(&BTreeSet::from([self.id])) && self.raw.raft.commit_to_current_term() {
+            self.confirm_reads(u64::MAX);
+        }
     }
 
-    /// Issues the reads held back until this leader committed an entry in its term (its no-op
-    /// usually commits within a heartbeat), instead of letting raft-rs drop them.
-    fn issue_held_reads(&mut self) {
+    /// Tags the heartbeats of one broadcast with a new round number, once this leader has
+    /// committed an entry in its term: only then does its state reflect every earlier commit,
+    /// which the callers of `confirm_leadership` rely on (raft-rs holds ReadIndex back likewise).
+    fn tag_heartbeats(&mut self, msgs: &mut [Message]) {
         let raft = &self.raw.raft;
         if raft.state != StateRole::Leader || !raft.commit_to_current_term() {
             return;
         }
-        let term = raft.term;
-        let held: Vec<u64> = self
-            .reads
+        let mut beats = msgs
             .iter_mut()
-            .filter(|(_, r)| !r.issued && r.term == term)
-            .map(|(&seq, r)| {
-                r.issued = true;
-                seq
-            })
-            .collect();
-        for seq in held {
-            let ctx = self.ctx(seq);
-            self.raw.read_index(ctx);
+            .filter(|m| m.get_msg_type() == MessageType::MsgHeartbeat && m.context.is_empty())
+            .peekable();
+        if beats.peek().is_none() {
+            return;
+        }
+        self.round += 1;
+        let mut ctx = vec![ROUND_TAG];
+        ctx.extend_from_slice(&self.id.to_le_bytes());
+        ctx.extend_from_slice(&self.round.to_le_bytes());
+        for m in beats {
+            m.context = ctx.clone().into();
+        }
+        self.rounds.insert(self.round, (raft.term, BTreeSet::from([self.id])));
+        while self.rounds.len() > ROUNDS_KEPT {
+            self.rounds.pop_first();
+        }
+    }
+
+    /// Counts a heartbeat response to one of our tagged rounds. Only an answer in the round's
+    /// term counts: a follower that answers in term T has granted no vote in a later term yet.
+    fn count_ack(&mut self, msg: &Message) {
+        let raft = &self.raw.raft;
+        if msg.get_msg_type() != MessageType::MsgHeartbeatResponse || raft.state != StateRole::Leader {
+            return;
+        }
+        let term = raft.term;
+        let Some(round) = self.our_round(&msg.context) else { return };
+        let Some((sent_in, acks)) = self.rounds.get_mut(&round) else { return };
+        if *sent_in != msg.term || *sent_in != term {
+            return;
+        }
+        acks.insert(msg.from);
+        let acks = acks.clone();
+        if self.has_quorum(&acks) {
+            self.rounds = self.rounds.split_off(&(round + 1));
+            self.confirm_reads(round);
+        }
+    }
+
+    fn has_quorum(&self, ids: &BTreeSet<u64>) -> bool {
+        // raft-rs' set type has a hasher of its own: let inference pick it.
+        let mut set = std::collections::HashSet::default();
+        set.extend(ids.iter().copied());
+        self.raw.raft.prs().has_quorum(&set)
+    }
+
+    /// The round number in a heartbeat context this node tagged.
+    fn our_round(&self, ctx: &[u8]) -> Option<u64> {
+        let (tag, rest) = ctx.split_first()?;
+        let (id, round) = rest.split_at_checked(8)?;
+        (*tag == ROUND_TAG && id == self.id.to_le_bytes()).then_some(())?;
+        Some(u64::from_le_bytes(round.try_into().ok()?))
+    }
+
+    /// Confirms the reads of this term that came before `round` was sent.
+    fn confirm_reads(&mut self, round: u64) {
+        let term = self.raw.raft.term;
+        let done: Vec<u64> =
+            self.reads.iter().filter(|(_, r)| r.term == term && r.after < round).map(|(&seq, _)| seq).collect();
+        for seq in done {
+            if let Some(r) = self.reads.remove(&seq) {
+                self.replies.push(Reply::Read(r.reply, Ok(())));
+            }
         }
     }
 
@@ -318,7 +383,6 @@ impl<S: StateMachine> Node<S> {
     /// → light ready → advance_apply. Every error is a storage or state-machine failure that
     /// leaves the node unable to keep raft's promises, so it stops the node.
     fn on_ready(&mut self) -> anyhow::Result<()> {
-        self.issue_held_reads();
         while self.raw.has_ready() {
             let mut ready = self.raw.ready();
             // A leader sends before persisting (raft thesis 10.2.1); raft-rs only puts
@@ -333,7 +397,6 @@ impl<S: StateMachine> Node<S> {
                 self.raw.mut_store().set_hard_state(hs.clone())?;
             }
             self.send(ready.take_persisted_messages());
-            self.confirm_reads(ready.take_read_states());
 
             let mut light = self.raw.advance(ready);
             if let Some(commit) = light.commit_index() {
@@ -343,18 +406,17 @@ impl<S: StateMachine> Node<S> {
             self.apply(light.take_committed_entries())?;
             self.raw.advance_apply();
             self.maybe_compact()?;
-            // The commit just applied may be this leader's first in its term.
-            self.issue_held_reads();
         }
         self.fail_if_leadership_lost();
         self.publish();
         Ok(())
     }
 
-    fn send(&mut self, msgs: Vec<Message>) {
+    fn send(&mut self, mut msgs: Vec<Message>) {
         if msgs.is_empty() {
             return;
         }
+        self.tag_heartbeats(&mut msgs);
         for to in self.transport.send(msgs) {
             self.raw.report_snapshot(to, raft::SnapshotStatus::Failure);
         }
@@ -407,19 +469,6 @@ impl<S: StateMachine> Node<S> {
             }
         }
         Ok(())
-    }
-
-    fn confirm_reads(&mut self, states: Vec<ReadState>) {
-        for rs in states {
-            let Some(seq) = self.our_seq(&rs.request_ctx) else {
-                continue;
-            };
-            // Reads are confirmed in order: this one covers every earlier one.
-            let rest = self.reads.split_off(&(seq + 1));
-            for (_, r) in mem::replace(&mut self.reads, rest) {
-                self.replies.push(Reply::Read(r.reply, Ok(())));
-            }
-        }
     }
 
     fn maybe_compact(&mut self) -> anyhow::Result<()> {
