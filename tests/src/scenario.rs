@@ -85,6 +85,9 @@ pub struct RunReport {
     pub min_handover_ms: Option<i64>,
     pub converge: Result<Duration, String>,
     pub rejoin: Option<Duration>,
+    /// Heal → the coordinator holds a report from the old primary that knows the new epoch: the
+    /// peer transport's part of the rejoin (the rest is the rewind and the restart).
+    pub heard: Option<Duration>,
     /// How the old primary rejoined, as the daemons recorded it (`rewind: done in 2725 ms`).
     pub rejoin_how: Option<String>,
     /// The committed history since the fault, as the daemons recorded it.
@@ -100,7 +103,7 @@ impl RunReport {
     pub fn summary(&self) -> String {
         let secs = |d: Option<Duration>| d.map(|d| format!("{:.2}s", d.as_secs_f64())).unwrap_or_else(|| "-".into());
         format!(
-            "{} mode={}: failover {} ({}), outage {}, acked {}, lost {}, overlaps {}, min handover {}, converged {}, old primary rejoined {}{}",
+            "{} mode={}: failover {} ({}), outage {}, acked {}, lost {}, overlaps {}, min handover {}, converged {}, old primary heard {}, rejoined {}{}",
             self.fault,
             self.mode.name(),
             secs(self.failover),
@@ -114,6 +117,7 @@ impl RunReport {
                 Ok(d) => format!("in {:.2}s", d.as_secs_f64()),
                 Err(_) => "NO".into(),
             },
+            secs(self.heard),
             secs(self.rejoin),
             self.rejoin_how.as_ref().map(|h| format!(" ({h})")).unwrap_or_default(),
         )
@@ -133,6 +137,19 @@ struct Convergence {
     result: Result<(String, Duration), String>,
     /// When `watch` (the old primary) first streamed from the primary of the moment.
     rejoin: Option<Duration>,
+    /// When the coordinator first held a report of `watch` that knows the committed epoch.
+    heard: Option<Duration>,
+}
+
+/// The coordinator holds a report from `old`, no longer the primary, sent after it learned the
+/// committed epoch.
+async fn coordinator_heard(c: &NsCluster, old: &str) -> bool {
+    match c.view().await {
+        Ok(v) => {
+            v.state.primary.as_deref() != Some(old) && v.reports.get(old).is_some_and(|r| r.epoch_seen >= v.state.epoch)
+        }
+        Err(_) => false,
+    }
 }
 
 /// Poll the members until they converge, at most `bound`.
@@ -140,7 +157,13 @@ async fn wait_converged(c: &NsCluster, bound: Duration, watch: Option<&str>) -> 
     let ep = &c.endpoints;
     let start = Instant::now();
     let mut rejoin = None;
+    let mut heard = None;
     loop {
+        if let (Some(old), None) = (watch, heard) {
+            if coordinator_heard(c, old).await {
+                heard = Some(start.elapsed());
+            }
+        }
         let probes = probe::probe_all(ep).await;
         let verdict = probe::converged(ep, &probes);
         if let (Some(old), None) = (watch, rejoin) {
@@ -152,7 +175,15 @@ async fn wait_converged(c: &NsCluster, bound: Duration, watch: Option<&str>) -> 
             }
         }
         match verdict {
-            Ok(p) => return Convergence { result: Ok((p, start.elapsed())), rejoin },
+            Ok(p) => {
+                if let (Some(old), None) = (watch, heard) {
+                    // Streaming again before the check above saw it: it is heard by now.
+                    if coordinator_heard(c, old).await {
+                        heard = Some(start.elapsed());
+                    }
+                }
+                return Convergence { result: Ok((p, start.elapsed())), rejoin, heard };
+            }
             Err(why) if start.elapsed() >= bound => {
                 let (daemons, rejoin_hint) = match c.view().await {
                     Ok(v) => {
@@ -173,7 +204,7 @@ async fn wait_converged(c: &NsCluster, bound: Duration, watch: Option<&str>) -> 
                     probe::describe(ep, &probes),
                     daemons.lines().map(|l| format!("      {l}")).collect::<Vec<_>>().join("\n")
                 );
-                return Convergence { result: Err(msg), rejoin };
+                return Convergence { result: Err(msg), rejoin, heard };
             }
             Err(_) => tokio::time::sleep(Duration::from_millis(250)).await,
         }
@@ -416,6 +447,7 @@ pub async fn run_fault(c: Arc<NsCluster>, kind: FaultKind, s: Settings) -> anyho
         min_handover_ms,
         converge: conv.result.map(|(_, d)| d),
         rejoin: if moved { conv.rejoin } else { None },
+        heard: if moved { conv.heard } else { None },
         rejoin_how,
         events,
         violations,

@@ -226,10 +226,35 @@ async fn sessions(t: &TestCluster, member: &str) -> anyhow::Result<u64> {
     Ok(row.try_get::<_, Option<i64>>(0)?.unwrap_or(0).max(0) as u64)
 }
 
-fn proc_rss_kb(pid: u32) -> anyhow::Result<u64> {
+/// Context switches of every thread of `pid` so far: how often it woke up.
+fn proc_switches(pid: u32) -> u64 {
+    let Ok(tasks) = std::fs::read_dir(format!("/proc/{pid}/task")) else { return 0 };
+    tasks
+        .flatten()
+        .filter_map(|t| std::fs::read_to_string(t.path().join("status")).ok())
+        .flat_map(|status| {
+            status
+                .lines()
+                .filter(|l| l.contains("ctxt_switches:"))
+                .filter_map(|l| l.split_whitespace().nth(1)?.parse::<u64>().ok())
+                .collect::<Vec<_>>()
+        })
+        .sum()
+}
+
+/// Resident memory in kB: all of it, and the anonymous part (the rest is pages of the
+/// executable and libraries, shared with every process that maps them).
+fn proc_rss_kb(pid: u32) -> anyhow::Result<(u64, u64)> {
     let status = std::fs::read_to_string(format!("/proc/{pid}/status"))?;
-    let line = status.lines().find(|l| l.starts_with("VmRSS:")).unwrap_or("VmRSS: 0 kB");
-    Ok(line.split_whitespace().nth(1).and_then(|v| v.parse().ok()).unwrap_or(0))
+    let field = |name: &str| {
+        status
+            .lines()
+            .find_map(|l| l.strip_prefix(name))
+            .and_then(|v| v.split_whitespace().next())
+            .and_then(|v| v.parse().ok())
+            .unwrap_or(0)
+    };
+    Ok((field("VmRSS:"), field("RssAnon:")))
 }
 
 async fn idle(seconds: u64) -> anyhow::Result<()> {
@@ -238,7 +263,7 @@ async fn idle(seconds: u64) -> anyhow::Result<()> {
     let mut pids = Vec::new();
     for n in &names {
         let pid = t.cluster.daemon_pid(n).ok_or_else(|| anyhow::anyhow!("no pid for {n}"))?;
-        pids.push((n.clone(), pid, proc_cpu_ticks(pid)?, 0u64));
+        pids.push((n.clone(), pid, proc_cpu_ticks(pid)?, (0u64, 0u64)));
     }
     // Each member's keeper: the parent of its postmaster.
     let mut keepers = Vec::new();
@@ -247,7 +272,7 @@ async fn idle(seconds: u64) -> anyhow::Result<()> {
             let status = std::fs::read_to_string(format!("/proc/{pm}/status"))?;
             let ppid: u32 =
                 status.lines().find_map(|l| l.strip_prefix("PPid:")).and_then(|p| p.trim().parse().ok()).unwrap_or(0);
-            keepers.push((format!("keeper of {n}"), ppid, proc_cpu_ticks(ppid)?, 0u64));
+            keepers.push((format!("keeper of {n}"), ppid, proc_cpu_ticks(ppid)?, (0u64, 0u64)));
         }
     }
     // Each member's PostgreSQL: the postmaster's tree, and the sessions it opened.
@@ -258,17 +283,20 @@ async fn idle(seconds: u64) -> anyhow::Result<()> {
         }
     }
     let hz = 100.0; // USER_HZ on Linux
+    let switches: Vec<u64> = pids.iter().map(|(_, pid, _, _)| proc_switches(*pid)).collect();
     let end = Instant::now() + Duration::from_secs(seconds);
     while Instant::now() < end {
         for (_, pid, _, rss) in pids.iter_mut().chain(keepers.iter_mut()) {
-            *rss = (*rss).max(proc_rss_kb(*pid)?);
+            let (all, anon) = proc_rss_kb(*pid)?;
+            *rss = (rss.0.max(all), rss.1.max(anon));
         }
         tokio::time::sleep(Duration::from_secs(1)).await;
     }
     // Roles as they are at the end (the coordinator moves off the primary early on).
     let view = t.view().await?;
-    for (name, pid, c0, rss) in &pids {
+    for ((name, pid, c0, rss), s0) in pids.iter().zip(&switches) {
         let cpu = (proc_cpu_ticks(*pid)? - c0) as f64 / hz;
+        let wakeups = proc_switches(*pid).saturating_sub(*s0) as f64 / seconds as f64;
         let role = if view.state.is_primary(name) {
             "primary"
         } else if view.coordinator == *name {
@@ -277,8 +305,9 @@ async fn idle(seconds: u64) -> anyhow::Result<()> {
             "standby"
         };
         println!(
-            "idle daemon {name} ({role}) over {seconds} s: max RSS {:.1} MB, CPU {:.2} % of one core",
-            *rss as f64 / 1024.0,
+            "idle daemon {name} ({role}) over {seconds} s: max RSS {:.1} MB ({:.1} MB anonymous), CPU {:.2} % of one core, {wakeups:.0} context switches/s",
+            rss.0 as f64 / 1024.0,
+            rss.1 as f64 / 1024.0,
             100.0 * cpu / seconds as f64
         );
     }
@@ -294,8 +323,9 @@ async fn idle(seconds: u64) -> anyhow::Result<()> {
     for (label, pid, c0, rss) in &keepers {
         let cpu = (proc_cpu_ticks(*pid)? - c0) as f64 / hz;
         println!(
-            "idle {label} over {seconds} s: max RSS {:.1} MB, CPU {:.2} % of one core",
-            *rss as f64 / 1024.0,
+            "idle {label} over {seconds} s: max RSS {:.1} MB ({:.1} MB anonymous), CPU {:.2} % of one core",
+            rss.0 as f64 / 1024.0,
+            rss.1 as f64 / 1024.0,
             100.0 * cpu / seconds as f64
         );
     }
