@@ -11,6 +11,7 @@
 //! epoch E, whichever is latest. A grant recorded later than it was made only makes the wait longer.
 
 use crate::candidate::{self, Seen};
+use crate::planted::{self, Bug};
 use crate::report::{DataDir, HealthReport, MemberKind};
 use crate::state::{ClusterState, Command, Member};
 use crate::sync::{self, Applied, SyncMode, Wanted};
@@ -403,13 +404,16 @@ impl Coordinator {
     }
 
     fn failover_choice(&self, now: Instant, state: &ClusterState, primary: &str, wall_ms: u64) -> Option<Command> {
-        if !self.lease_expires_in(now, state)?.is_zero() {
+        let lease_left = self.lease_expires_in(now, state)?;
+        if !lease_left.is_zero() && !planted::on(Bug::PromoteWithoutLeaseWait) {
             return None;
         }
         let seen: Vec<Seen> =
             self.reports.values().map(|r| Seen { report: &r.report, current: self.is_current(now, r) }).collect();
         let last = self.reports.get(primary);
-        let chosen = if state.sync.mode.is_sync() {
+        let chosen = if state.sync.mode.is_sync() && planted::on(Bug::PromoteNonHolder) {
+            candidate::choose(state, &seen, None, u64::MAX)?
+        } else if state.sync.mode.is_sync() {
             // Only from the holders of every acknowledged commit, all of them heard, most WAL first.
             if self.sync_failover_blocked(now, state).is_some() {
                 return None;
