@@ -64,6 +64,10 @@ pub struct Coordinator {
     /// it would restart in place and win the lease back before a standby could be promoted, so
     /// it gets none for `pg_restart_timeout` (a failover goes first, when one is possible).
     hung: Option<(u64, Instant)>,
+    /// The epoch this coordinator decided to fail over from, and when it last did. No lease is
+    /// granted for that epoch meanwhile: a grant after the decision, while the failover is being
+    /// committed, would let the old primary write on after the new one is promoted.
+    failing_over: Option<(u64, Instant)>,
 }
 
 impl Coordinator {
@@ -81,6 +85,7 @@ impl Coordinator {
             preferred_primary: None,
             switchover_seen: None,
             hung: None,
+            failing_over: None,
         }
     }
 
@@ -120,6 +125,7 @@ impl Coordinator {
         self.last_grant = None;
         self.sync_applied = None;
         self.switchover_seen = None;
+        self.failing_over = None;
         self.reports.clear();
     }
 
@@ -151,7 +157,13 @@ impl Coordinator {
         let hung_recently = self
             .hung
             .is_some_and(|(e, at)| e == epoch && now.saturating_duration_since(at) < self.timings.pg_restart_timeout);
-        let grant = grant && (state.paused || !hung_recently);
+        // A failover decided from this epoch may commit any moment: its primary gets no lease,
+        // for as long as the decision could still be committed (a proposal that lingers longer
+        // outlives this leadership: check-quorum ends it within 2 election timeouts).
+        let failing_over = self.failing_over.is_some_and(|(e, at)| {
+            e == epoch && now.saturating_duration_since(at) < self.promotion_wait(state)
+        });
+        let grant = grant && (state.paused || !hung_recently) && !failing_over;
         self.reports.insert(report.member.clone(), Received { report, at: now });
         LeaseAnswer { grant, epoch }
     }
@@ -242,6 +254,7 @@ impl Coordinator {
                     out.push(cmd);
                 } else if forced {
                 } else if let Some(cmd) = self.failover_choice(now, state, primary, wall_ms) {
+                    self.failing_over = Some((state.epoch, now));
                     out.push(cmd);
                 } else {
                     out.extend(self.sync_change(now, state, primary, wall_ms));

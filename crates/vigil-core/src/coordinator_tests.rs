@@ -139,6 +139,25 @@ fn dead_primary_is_replaced_exactly_after_lease_plus_margin() {
 }
 
 #[test]
+fn no_lease_for_the_old_primary_once_its_failover_is_decided() {
+    // Found by the simulation (vigil-sim): a partition healed the moment the coordinator proposed
+    // the failover; the old primary's next report reached it before the failover was committed,
+    // was granted a fresh lease for the old epoch, and its server took writes again while the new
+    // primary was promoted.
+    let (mut c, s, t0) = running_cluster();
+    round(&mut c, &s, t0, &[primary_r("a", 500), standby_r("b", 500), standby_r("c", 400)]);
+    let t = t0 + ms(2500);
+    round(&mut c, &s, t, &[standby_r("b", 500), standby_r("c", 400)]);
+    assert_eq!(failover_target(&c.decide(t, &s, 0)).as_deref(), Some("b"));
+    // The failover is not committed yet: the state still names a at the old epoch.
+    let back = report("a", DataDir::Primary, false, false, 500);
+    assert!(!c.on_report(t + ms(10), back.clone(), &s).grant, "a lease for the epoch being replaced");
+    assert!(!c.on_report(t + ms(2499), back.clone(), &s).grant);
+    // A failover that was never committed (and no longer decided) does not fence a for good.
+    assert!(c.on_report(t + ms(2500), back, &s).grant);
+}
+
+#[test]
 fn a_new_coordinator_waits_a_full_lease_from_its_election() {
     let (_, s, t0) = running_cluster();
     let mut c = Coordinator::new(["a", "b", "c"].map(String::from), Timings::default());

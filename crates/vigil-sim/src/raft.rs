@@ -155,8 +155,8 @@ impl Raft {
         node.leader = true;
         node.quorum_seen = now;
         node.next_quorum_check = now + self.election_ms;
-        // Raft's guarantee: the new leader holds every committed entry.
-        node.applied = self.log.len();
+        // Raft's guarantee, that the new leader holds every committed entry, is kept by the world:
+        // a leader applies the whole log at its next tick.
         out.push(Change::Elected { node: c, term });
     }
 

@@ -49,6 +49,8 @@ pub struct Daemon {
     last_transfer: Option<Instant>,
     last_rejoin: Option<RejoinRecord>,
     seen_applied: usize,
+    /// The last action noted in the trace.
+    last_action: String,
 }
 
 pub struct Member {
@@ -252,6 +254,7 @@ impl World {
             last_transfer: None,
             last_rejoin: None,
             seen_applied: 0,
+            last_action: String::new(),
         });
     }
 
@@ -798,7 +801,11 @@ impl World {
             AgentAction::Wait(_) | AgentAction::PrimaryHousekeeping { .. } => None,
             a => Some(format!("AGENT {name} (epoch {epoch}): {a:?}")),
         };
-        if let Some(line) = line {
+        // An action repeated loop after loop (a clone waiting for its source) is noted once.
+        if let Some(line) = line.filter(|l| self.members[i].daemon.as_ref().is_some_and(|d| d.last_action != *l)) {
+            if let Some(d) = self.members[i].daemon.as_mut() {
+                d.last_action = line.clone();
+            }
             self.trace.note(now, || line);
         }
         match action {
