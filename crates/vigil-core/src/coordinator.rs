@@ -185,6 +185,19 @@ impl Coordinator {
         }
     }
 
+    /// Record the grant of [`Self::on_report`]'s answer once the quorum round confirmed this
+    /// leadership, if the committed state read *after* that round (`state`: applied up to the
+    /// read index) still makes `member` the primary of `epoch`; false: no grant. A new leader may
+    /// judge a report on a state that lacks the previous leader's last entries (a failover away
+    /// from `member`), and only the confirmation tells it what was committed before its term.
+    pub fn confirm_grant(&mut self, now: Instant, member: &str, epoch: u64, state: &ClusterState) -> bool {
+        if state.epoch != epoch || !state.is_primary(member) {
+            return false;
+        }
+        self.granted(now, member, epoch);
+        self.is_leader()
+    }
+
     /// The time from which the promotion wait for the current primary runs.
     fn wait_start(&self, state: &ClusterState) -> Option<Instant> {
         let mut start = self.leader_since?;

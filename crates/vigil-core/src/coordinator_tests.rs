@@ -158,6 +158,22 @@ fn no_lease_for_the_old_primary_once_its_failover_is_decided() {
 }
 
 #[test]
+fn a_grant_judged_on_a_state_that_moved_on_is_not_made() {
+    // Found by the simulation (vigil-sim): a leader elected right after its predecessor committed
+    // a failover took the old primary's report before applying that entry, and granted it a lease
+    // for the replaced epoch. The state read after the quorum round has the failover.
+    let (mut c, s, t0) = running_cluster();
+    let answer = c.on_report(t0, primary_r("a", 500), &s);
+    assert!(answer.grant);
+    let mut after = s.clone();
+    let failover = Command::Failover { from_epoch: s.epoch, to: "b".into(), reason: String::new(), at_unix_ms: 0 };
+    after.apply(&failover).expect("failover");
+    assert!(!c.confirm_grant(t0, "a", answer.epoch, &after), "a is not the primary of that epoch any more");
+    assert!(c.lease_expires_in(t0, &s).is_some());
+    assert!(c.confirm_grant(t0, "a", answer.epoch, &s), "nothing committed meanwhile: granted");
+}
+
+#[test]
 fn a_new_coordinator_waits_a_full_lease_from_its_election() {
     let (_, s, t0) = running_cluster();
     let mut c = Coordinator::new(["a", "b", "c"].map(String::from), Timings::default());

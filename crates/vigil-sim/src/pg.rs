@@ -55,8 +55,9 @@ pub struct Pg {
     pub running: bool,
     /// Read-only (in recovery).
     pub recovery: bool,
-    /// SIGSTOPped: runs, answers nothing, accepts nothing.
-    pub frozen: bool,
+    /// SIGSTOPped (by how many faults: the server alone, its whole host): runs, answers
+    /// nothing, accepts nothing.
+    pub frozen: u32,
     /// `primary_conninfo`: the member it streams from.
     pub upstream: Option<usize>,
     /// Its WAL receiver is connected and caught up with the upstream this tick.
@@ -76,7 +77,7 @@ impl Pg {
             history: Vec::new(),
             running: false,
             recovery: false,
-            frozen: false,
+            frozen: 0,
             upstream: None,
             streaming: false,
             sync_names: String::new(),
@@ -91,7 +92,7 @@ impl Pg {
 
     /// Up and answering (not starting, not stopped).
     pub fn answers(&self) -> bool {
-        self.running && !self.frozen && self.op.is_none_or(|(op, _)| op != Op::Start)
+        self.running && self.frozen == 0 && self.op.is_none_or(|(op, _)| op != Op::Start)
     }
 
     /// Takes writes right now.
@@ -137,9 +138,18 @@ impl Pg {
 
     /// Stop at once (SIGKILL, immediate shutdown, a crash): commits still waiting are never
     /// acknowledged; an operation in progress is abandoned.
+    /// SIGSTOP (`on`) or SIGCONT for one fault; only a running server can be stopped.
+    pub fn freeze(&mut self, on: bool) {
+        if on && self.running {
+            self.frozen += 1;
+        } else if !on {
+            self.frozen = self.frozen.saturating_sub(1);
+        }
+    }
+
     pub fn kill(&mut self) {
         self.running = false;
-        self.frozen = false;
+        self.frozen = 0;
         self.streaming = false;
         self.waiting.clear();
         if matches!(self.op, Some((Op::Start | Op::Promote, _))) {

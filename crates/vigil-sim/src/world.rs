@@ -66,10 +66,10 @@ pub struct Member {
     /// The committed state this member has applied.
     pub state: ClusterState,
     pub daemon: Option<Daemon>,
-    /// The daemon is SIGSTOPped (alone, or with its host).
-    pub stalled: bool,
-    /// The whole host is SIGSTOPped (keeper and PostgreSQL too).
-    pub frozen: bool,
+    /// The daemon is SIGSTOPped (alone, or with its host), by this many faults.
+    pub stalled: u32,
+    /// The whole host is SIGSTOPped (keeper and PostgreSQL too), by this many faults.
+    pub frozen: u32,
     inbox: Vec<Msg>,
 }
 
@@ -161,8 +161,8 @@ impl World {
                     local: LocalMemory::default(),
                     state: ClusterState::default(),
                     daemon: None,
-                    stalled: false,
-                    frozen: false,
+                    stalled: 0,
+                    frozen: 0,
                     inbox: Vec::new(),
                 }
             })
@@ -212,7 +212,7 @@ impl World {
     }
 
     fn up(&self) -> Vec<bool> {
-        self.members.iter().map(|m| m.daemon.is_some() && !m.stalled && !m.frozen).collect()
+        self.members.iter().map(|m| m.daemon.is_some() && m.stalled == 0 && m.frozen == 0).collect()
     }
 
     fn index(&self, name: &str) -> Option<usize> {
@@ -319,12 +319,12 @@ impl World {
             Kind::KillDaemon => self.kill_daemon(t),
             Kind::Freeze => {
                 let m = &mut self.members[t];
-                m.frozen = true;
-                m.stalled = true;
-                m.pg.frozen = m.pg.running;
+                m.frozen += 1;
+                m.stalled += 1;
+                m.pg.freeze(true);
             }
-            Kind::StallDaemon => self.members[t].stalled = true,
-            Kind::FreezePostgres => self.members[t].pg.frozen = self.members[t].pg.running,
+            Kind::StallDaemon => self.members[t].stalled += 1,
+            Kind::FreezePostgres => self.members[t].pg.freeze(true),
             Kind::Isolate | Kind::Flap => self.net.isolate(t, true),
             Kind::IsolateCoordinator => {
                 hosts = vec![self.resolve(Target::Coordinator)];
@@ -365,12 +365,12 @@ impl World {
             }
             Kind::Freeze => {
                 let m = &mut self.members[t];
-                m.frozen = false;
-                m.stalled = false;
-                m.pg.frozen = false;
+                m.frozen = m.frozen.saturating_sub(1);
+                m.stalled = m.stalled.saturating_sub(1);
+                m.pg.freeze(false);
             }
-            Kind::StallDaemon => self.members[t].stalled = false,
-            Kind::FreezePostgres => self.members[t].pg.frozen = false,
+            Kind::StallDaemon => self.members[t].stalled = self.members[t].stalled.saturating_sub(1),
+            Kind::FreezePostgres => self.members[t].pg.freeze(false),
             Kind::Isolate | Kind::IsolateCoordinator => self.net.isolate(t, false),
             Kind::Flap => {
                 if a.flap_down {
@@ -421,7 +421,7 @@ impl World {
         }
         for i in 0..self.members.len() {
             let m = &self.members[i];
-            if m.daemon.is_none() || m.stalled || m.inbox.is_empty() {
+            if m.daemon.is_none() || m.stalled > 0 || m.inbox.is_empty() {
                 continue;
             }
             let inbox = std::mem::take(&mut self.members[i].inbox);
@@ -507,7 +507,7 @@ impl World {
     fn postgres(&mut self) {
         let now = self.now;
         for i in 0..self.members.len() {
-            if self.members[i].frozen {
+            if self.members[i].frozen > 0 {
                 continue;
             }
             // The keeper first: it wakes at the deadline, before the server takes another write.
@@ -678,7 +678,7 @@ impl World {
         let now_l = self.clock(i);
         let applied = self.raft.nodes[i].applied;
         let m = &mut self.members[i];
-        let Some(d) = m.daemon.as_mut().filter(|_| !m.stalled) else { return };
+        let Some(d) = m.daemon.as_mut().filter(|_| m.stalled == 0) else { return };
         if d.seen_applied != applied {
             d.seen_applied = applied;
             d.wake = true;
@@ -1007,12 +1007,21 @@ impl World {
             self.note_raft(changes);
             ok
         };
+        if !confirmed {
+            return (false, answer.epoch);
+        }
+        // The quorum round confirmed an entry of this term: the leader has applied everything
+        // committed before it (raft-rs confirms reads only then).
+        self.apply_log(c);
         let m = &mut self.members[c];
         let Some(d) = m.daemon.as_mut() else { return (false, 0) };
-        if confirmed {
+        let granted = if self.cfg.planted.contains(&Planted::GrantWithoutConfirm) {
             d.coordinator.granted(now_c, &member, answer.epoch);
-        }
-        (confirmed, answer.epoch)
+            true
+        } else {
+            d.coordinator.confirm_grant(now_c, &member, answer.epoch, &m.state)
+        };
+        (granted, answer.epoch)
     }
 
     /// The coordinator's loop (the shell's `coordination::run`): decide, propose, hand off.
