@@ -125,6 +125,11 @@ impl World {
         // PostgreSQL never names anyone the committed state does not hold.
         self.named = parse_setting(&setting(&self.s.sync)).expect("parse");
         assert!(self.named.is_subset(&self.s.sync.holders), "{:?} named, holders {:?}", self.named, self.s.sync);
+        // Nobody named: commits are acknowledged on the primary alone, which must be a holder.
+        let primary = self.s.primary.clone().unwrap_or_default();
+        if self.s.sync.mode.is_sync() && self.named.is_empty() {
+            assert!(self.s.sync.holders.contains(&primary), "acknowledged locally, holders {:?}", self.s.sync);
+        }
         out
     }
 
@@ -183,6 +188,25 @@ fn a_dead_synchronous_standby_is_replaced_without_a_gap() {
     w.advance(10);
     w.settle();
     assert_eq!((w.s.sync.holders.clone(), w.s.sync.standbys.clone()), (set(&["c"]), set(&["c"])));
+}
+
+#[test]
+fn a_degrade_makes_the_primary_a_holder_in_the_same_commit() {
+    // The hole of issue 10, found again by the simulation (vigil-sim seed 553): the degrade was
+    // committed with holders {b}; the primary then acknowledged commits alone, and a failover to
+    // b before the next change (holders {a}) was committed would have lost them.
+    let mut w = World::new(SyncMode::On);
+    w.standbys.truncate(1);
+    w.settle();
+    w.advance(10);
+    w.settle();
+    assert_eq!((w.s.sync.standbys.clone(), w.s.sync.holders.clone()), (set(&["b"]), set(&["b"])));
+    // The primary restarted in place: its first report lists no standby streaming yet.
+    w.standbys[0].2 = false;
+    let degrade = w.step();
+    assert_eq!(degrade.len(), 1);
+    assert_eq!((degrade[0].standbys.clone(), degrade[0].holders.clone()), (set(&[]), set(&["a", "b"])));
+    assert!(w.c.sync_failover_blocked(w.t, &w.s).is_some(), "only a holds the commits acknowledged now");
 }
 
 #[test]
@@ -277,6 +301,7 @@ fn turning_sync_off_stops_naming_before_forgetting_the_holders() {
         .with_sync(SyncMode::Off, 1);
     let first = w.step();
     assert_eq!((first[0].mode, first[0].standbys.clone()), (SyncMode::On, set(&[])));
+    assert!(first[0].holders.contains("a"), "the primary acknowledges alone from now on");
     w.settle();
     assert_eq!(w.s.sync, SyncState::default());
 }
