@@ -145,12 +145,15 @@ impl Coordinator {
         let forced_out = state.switchover.as_ref().is_some_and(|s| s.forced && s.started);
         // No grant before the lease timings are the cluster's: the primary's lease must run for
         // exactly what any coordinator will wait out.
+        // The only holder of every acknowledged commit can never be replaced: withholding its
+        // lease (its server down or hung too long) would only keep the cluster down for good.
+        let irreplaceable = state.sync.mode.is_sync() && state.sync.holders.contains(&report.member);
         let grant = state.lease_timings.is_some()
             && state.is_primary(&report.member)
             && report.kind == MemberKind::Postgres
             && !report.pg.needs_rejoin
             && !forced_out
-            && (state.paused || report.pg.down_for < self.down_limit(&report.pg));
+            && (state.paused || irreplaceable || report.pg.down_for < self.down_limit(&report.pg));
         if state.is_primary(&report.member) && report.pg.unresponsive && !grant && !state.paused {
             self.hung.get_or_insert((epoch, now));
         }
@@ -163,7 +166,7 @@ impl Coordinator {
         let failing_over = self.failing_over.is_some_and(|(e, at)| {
             e == epoch && now.saturating_duration_since(at) < self.promotion_wait(state)
         });
-        let grant = grant && (state.paused || !hung_recently) && !failing_over;
+        let grant = grant && (state.paused || irreplaceable || !hung_recently) && !failing_over;
         self.reports.insert(report.member.clone(), Received { report, at: now });
         LeaseAnswer { grant, epoch }
     }

@@ -1,5 +1,7 @@
 use super::*;
 use crate::report::PgStatus;
+use crate::sync::SyncMode;
+use std::collections::BTreeSet;
 use std::time::Duration;
 
 fn ms(n: u64) -> Duration {
@@ -171,6 +173,32 @@ fn a_grant_judged_on_a_state_that_moved_on_is_not_made() {
     assert!(!c.confirm_grant(t0, "a", answer.epoch, &after), "a is not the primary of that epoch any more");
     assert!(c.lease_expires_in(t0, &s).is_some());
     assert!(c.confirm_grant(t0, "a", answer.epoch, &s), "nothing committed meanwhile: granted");
+}
+
+#[test]
+fn the_only_holder_keeps_its_lease_however_long_its_server_is_down() {
+    // Found by the simulation (vigil-sim seed 625): in `on`, the primary alone held the
+    // acknowledged commits (just after a failover); its server hung, was killed by its keeper and,
+    // down longer than pg_restart_timeout, never got a lease to start again: no failover was
+    // possible either, so the cluster stayed down.
+    let (mut c, mut s, t0) = running_cluster();
+    let sync = crate::sync::SyncState {
+        mode: SyncMode::On,
+        count: 1,
+        holders: BTreeSet::from(["a".to_string()]),
+        standbys: BTreeSet::new(),
+    };
+    s.apply(&Command::Sync { epoch: s.epoch, sync, reason: String::new(), at_unix_ms: 0 }).expect("sync");
+    let mut down = report("a", DataDir::Primary, false, false, 500);
+    down.pg.down_for = Duration::from_secs(60);
+    assert!(c.on_report(t0, down.clone(), &s).grant, "nobody else can take over");
+    down.pg.unresponsive = true;
+    assert!(c.on_report(t0 + ms(10), down.clone(), &s).grant, "hung, and still irreplaceable");
+    // Once a standby holds the commits, the rule is the usual one again.
+    let mut replaceable = s.clone();
+    replaceable.sync.holders = BTreeSet::from(["b".to_string()]);
+    replaceable.sync.standbys = replaceable.sync.holders.clone();
+    assert!(!c.on_report(t0 + ms(20), down, &replaceable).grant);
 }
 
 #[test]

@@ -51,6 +51,8 @@ pub struct Daemon {
     seen_applied: usize,
     /// The last action noted in the trace.
     last_action: String,
+    /// As coordinator: the last answer to the primary's report, noted when it changes.
+    last_answer: Option<bool>,
 }
 
 pub struct Member {
@@ -255,6 +257,7 @@ impl World {
             last_rejoin: None,
             seen_applied: 0,
             last_action: String::new(),
+            last_answer: None,
         });
     }
 
@@ -995,6 +998,12 @@ impl World {
         }
         let member = report.member.clone();
         let answer = d.coordinator.on_report(now_c, report, &m.state);
+        // A change of the answer for the primary is worth a line.
+        if m.state.is_primary(&member) && d.last_answer != Some(answer.grant) {
+            d.last_answer = Some(answer.grant);
+            let line = format!("LEASE {} would grant {member} (epoch {}): {}", m.name, answer.epoch, answer.grant);
+            self.trace.note(self.now, || line);
+        }
         if !answer.grant {
             return (false, answer.epoch);
         }
