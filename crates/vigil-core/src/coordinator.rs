@@ -68,6 +68,9 @@ pub struct Coordinator {
     /// granted for that epoch meanwhile: a grant after the decision, while the failover is being
     /// committed, would let the old primary write on after the new one is promoted.
     failing_over: Option<(u64, Instant)>,
+    /// Per member, the highest WAL position (and its timeline) a writable report of it showed:
+    /// a writable report behind it was sent earlier and arrived late (see [`Self::on_report`]).
+    written: BTreeMap<String, (u32, u64)>,
 }
 
 impl Coordinator {
@@ -86,6 +89,7 @@ impl Coordinator {
             switchover_seen: None,
             hung: None,
             failing_over: None,
+            written: BTreeMap::new(),
         }
     }
 
@@ -126,6 +130,7 @@ impl Coordinator {
         self.sync_applied = None;
         self.switchover_seen = None;
         self.failing_over = None;
+        self.written.clear();
         self.reports.clear();
     }
 
@@ -167,6 +172,20 @@ impl Coordinator {
             e == epoch && now.saturating_duration_since(at) < self.promotion_wait(state)
         });
         let grant = grant && (state.paused || irreplaceable || !hung_recently) && !failing_over;
+        // A writable server's WAL position only grows on its timeline: a report behind one
+        // already seen was sent before it and arrived late. It must not stand for the member's
+        // present: its synchronous standby names and position predate changes committed since,
+        // and the synchronous plan would shrink the holders on them (found by vigil-sim).
+        let pg = &report.pg;
+        if pg.running && !pg.in_recovery {
+            let seen = self.written.get(&report.member).copied();
+            if seen.is_some_and(|(tli, lsn)| tli == pg.timeline && pg.current_lsn < lsn) {
+                return LeaseAnswer { grant, epoch };
+            }
+            if seen.is_none_or(|(tli, lsn)| tli != pg.timeline || pg.current_lsn > lsn) {
+                self.written.insert(report.member.clone(), (pg.timeline, pg.current_lsn));
+            }
+        }
         self.reports.insert(report.member.clone(), Received { report, at: now });
         LeaseAnswer { grant, epoch }
     }

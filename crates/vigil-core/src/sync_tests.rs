@@ -210,6 +210,34 @@ fn a_degrade_makes_the_primary_a_holder_in_the_same_commit() {
 }
 
 #[test]
+fn a_late_report_of_the_primary_does_not_stand_for_its_present() {
+    // Found by the simulation (vigil-sim seed 553): after a degrade, a report of the primary sent
+    // before it (naming b, b streaming) arrived late; the coordinator named b again and, on the
+    // same old report, dropped the primary from the holders, although it had acknowledged
+    // commits alone since the degrade.
+    let mut w = World::new(SyncMode::On);
+    w.standbys.truncate(1);
+    w.settle();
+    w.advance(10);
+    w.settle();
+    let old = w.report("a");
+    w.standbys[0].2 = false;
+    w.step();
+    assert_eq!((w.s.sync.standbys.clone(), w.s.sync.holders.clone()), (set(&[]), set(&["a", "b"])));
+    w.primary_lsn += 30; // acknowledged by a alone
+    w.step();
+    assert_eq!(w.s.sync.holders, set(&["a"]));
+    w.c.on_report(w.t, old, &w.s);
+    for _ in 0..3 {
+        w.t += Duration::from_millis(10);
+        for cmd in w.c.decide(w.t, &w.s, 0) {
+            w.s.apply(&cmd).expect("apply");
+        }
+        assert!(w.s.sync.holders.contains("a"), "holders {:?}", w.s.sync.holders);
+    }
+}
+
+#[test]
 fn on_degrades_to_async_and_strict_keeps_waiting() {
     for mode in [SyncMode::On, SyncMode::Strict] {
         let mut w = World::new(mode);

@@ -62,6 +62,8 @@ pub struct Pg {
     pub upstream: Option<usize>,
     /// Its WAL receiver is connected and caught up with the upstream this tick.
     pub streaming: bool,
+    /// When the WAL receiver tries again after its stream broke (virtual ms).
+    pub retry_at: u64,
     pub sync_names: String,
     /// The operation in progress and when it ends (virtual ms).
     pub op: Option<(Op, u64)>,
@@ -80,6 +82,7 @@ impl Pg {
             frozen: 0,
             upstream: None,
             streaming: false,
+            retry_at: 0,
             sync_names: String::new(),
             op: None,
             waiting: Vec::new(),

@@ -536,8 +536,14 @@ impl World {
             };
             let src = &self.members[u].pg;
             let ok = u != i && src.accepts_writes() && self.net.connected(i, u) && pg.is_prefix_of(src);
-            if !ok {
-                self.members[i].pg.streaming = false;
+            // A broken stream is retried after a while (wal_retrieve_retry_interval, reconnect).
+            let retry = !pg.streaming && now < pg.retry_at;
+            if !ok || retry {
+                let pg = &mut self.members[i].pg;
+                if pg.streaming {
+                    pg.retry_at = now + self.rng.range(100, 3000);
+                }
+                pg.streaming = false;
                 continue;
             }
             let (wal, tli, history) = (src.wal.clone(), src.timeline, src.history.clone());
