@@ -168,9 +168,9 @@ impl Coordinator {
         // A failover decided from this epoch may commit any moment: its primary gets no lease,
         // for as long as the decision could still be committed (a proposal that lingers longer
         // outlives this leadership: check-quorum ends it within 2 election timeouts).
-        let failing_over = self.failing_over.is_some_and(|(e, at)| {
-            e == epoch && now.saturating_duration_since(at) < self.promotion_wait(state)
-        });
+        let failing_over = self
+            .failing_over
+            .is_some_and(|(e, at)| e == epoch && now.saturating_duration_since(at) < self.promotion_wait(state));
         let grant = grant && (state.paused || irreplaceable || !hung_recently) && !failing_over;
         // A writable server's WAL position only grows on its timeline: a report behind one
         // already seen was sent before it and arrived late. It must not stand for the member's

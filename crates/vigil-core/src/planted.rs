@@ -51,10 +51,17 @@ pub fn on(bug: Bug) -> bool {
     switches::on(bug)
 }
 
-/// Plant (or remove) `bug` on this thread.
+/// Plant (or remove) `bug` on this thread; true when done.
 #[cfg(feature = "planted-bugs")]
-pub fn set(bug: Bug, on: bool) {
+pub fn set(bug: Bug, on: bool) -> bool {
     switches::set(bug, on);
+    true
+}
+
+/// Plant `bug`: impossible (false) in a build without the `planted-bugs` feature.
+#[cfg(not(feature = "planted-bugs"))]
+pub fn set(_bug: Bug, _on: bool) -> bool {
+    false
 }
 
 /// Whether `bug` is planted: never, in a build without the `planted-bugs` feature.

@@ -43,7 +43,8 @@ pub fn after_tick(w: &mut World) {
             continue;
         }
         let pg = &w.members[i].pg;
-        let missing: Vec<&crate::world::Ack> = w.acks.iter().filter(|a| a.protected && !pg.holds(a.lsn, a.chain)).collect();
+        let missing: Vec<&crate::world::Ack> =
+            w.acks.iter().filter(|a| a.protected && !pg.holds(a.lsn, a.chain)).collect();
         if let Some(first) = missing.first() {
             let detail = format!(
                 "{} takes writes without {} acknowledged commit(s); the first: id {} at LSN {}, acknowledged by {} at {} ms",

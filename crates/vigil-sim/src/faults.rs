@@ -21,6 +21,9 @@ pub enum Kind {
     StallDaemon,
     /// SIGSTOP PostgreSQL only: it runs and answers nothing.
     FreezePostgres,
+    /// The daemon's Raft task stalls (a blocked fsync on its thread): no heartbeats, no votes,
+    /// no check-quorum, while the rest of the daemon (reports, the coordinator) runs on.
+    StallRaft,
     /// The host's switch port down.
     Isolate,
     /// Both directions between the primary's and the coordinator's hosts.
@@ -32,12 +35,13 @@ pub enum Kind {
     Flap,
 }
 
-pub const ALL: [Kind; 10] = [
+pub const ALL: [Kind; 11] = [
     Kind::KillPostgres,
     Kind::KillDaemon,
     Kind::Freeze,
     Kind::StallDaemon,
     Kind::FreezePostgres,
+    Kind::StallRaft,
     Kind::Isolate,
     Kind::CutPrimaryCoordinator,
     Kind::IsolateCoordinator,

@@ -40,7 +40,8 @@ pub enum Planted {
 }
 
 impl Planted {
-    pub const ALL: [Planted; 3] = [Planted::PromoteWithoutLeaseWait, Planted::PromoteNonHolder, Planted::GrantWithoutConfirm];
+    pub const ALL: [Planted; 3] =
+        [Planted::PromoteWithoutLeaseWait, Planted::PromoteNonHolder, Planted::GrantWithoutConfirm];
 
     pub fn name(self) -> &'static str {
         match self {
@@ -100,6 +101,33 @@ impl Config {
     }
 }
 
+/// The scenario of issue 10's synchronous hole: `synchronous_mode = on`, two PostgreSQL members
+/// and a witness; at 12 s the primary's postmaster is killed (its daemon restarts it in place),
+/// and `freeze_after_ms` later the primary's whole host stops for 8 s (lost inside the window).
+pub fn sync_hole(freeze_after_ms: u64) -> Config {
+    let at = 12_000;
+    let fault = |at_ms, kind, lasts_ms| faults::Planned {
+        at_ms,
+        kind,
+        target: faults::Target::Primary,
+        other: 0,
+        lasts_ms,
+        flap_period_ms: 1000,
+    };
+    Config {
+        postgres: 2,
+        witness: true,
+        sync: SyncMode::On,
+        duration_ms: 50_000,
+        settle_ms: 25_000,
+        script: Some(vec![
+            fault(at, faults::Kind::KillPostgres, 10),
+            fault(at + freeze_after_ms, faults::Kind::Freeze, 8_000),
+        ]),
+        ..Config::for_seed(0)
+    }
+}
+
 /// What one run came to.
 #[derive(Debug)]
 pub struct Outcome {
@@ -132,7 +160,6 @@ pub fn run(seed: u64, cfg: Config, trace: bool) -> Outcome {
 struct PlantedGuard(Vec<vigil_core::planted::Bug>);
 
 impl PlantedGuard {
-    #[cfg(feature = "planted-bugs")]
     fn set(planted: &[Planted]) -> Self {
         use vigil_core::planted::{set, Bug};
         let bugs: Vec<Bug> = planted
@@ -140,28 +167,22 @@ impl PlantedGuard {
             .filter_map(|p| match p {
                 Planted::PromoteWithoutLeaseWait => Some(Bug::PromoteWithoutLeaseWait),
                 Planted::PromoteNonHolder => Some(Bug::PromoteNonHolder),
+                // Planted in the simulation's own shell.
                 Planted::GrantWithoutConfirm => None,
             })
             .collect();
         for b in &bugs {
-            set(*b, true);
+            assert!(
+                set(*b, true),
+                "planting {b:?} needs vigil-core's `planted-bugs` feature (--features planted-bugs)"
+            );
         }
         PlantedGuard(bugs)
-    }
-
-    #[cfg(not(feature = "planted-bugs"))]
-    fn set(planted: &[Planted]) -> Self {
-        assert!(
-            planted.iter().all(|p| *p == Planted::GrantWithoutConfirm),
-            "planting a bug in the core needs the `planted-bugs` feature"
-        );
-        PlantedGuard(Vec::new())
     }
 }
 
 impl Drop for PlantedGuard {
     fn drop(&mut self) {
-        #[cfg(feature = "planted-bugs")]
         for b in &self.0 {
             vigil_core::planted::set(*b, false);
         }

@@ -186,7 +186,7 @@ impl Raft {
     /// Whether `l` still leads with a quorum behind it (a ReadIndex round, as `confirm_leadership`).
     /// A node that learns of a higher term on the way steps down.
     pub fn confirm(&mut self, l: usize, now: u64, net: &Net, up: &[bool], out: &mut Vec<Change>) -> bool {
-        if !self.nodes[l].leader {
+        if !self.nodes[l].leader || !up[l] {
             return false;
         }
         let mut acks = 1;
@@ -209,15 +209,17 @@ impl Raft {
 
     fn commit_due(&mut self, now: u64, net: &Net, up: &[bool], out: &mut Vec<Change>) {
         let due: Vec<Proposal> = {
-            let (due, later): (Vec<_>, Vec<_>) = std::mem::take(&mut self.pending).into_iter().partition(|p| p.at <= now);
+            let (due, later): (Vec<_>, Vec<_>) =
+                std::mem::take(&mut self.pending).into_iter().partition(|p| p.at <= now);
             self.pending = later;
             due
         };
         for p in due {
             let node = &self.nodes[p.by];
-            let quorum = 1 + (0..self.nodes.len())
-                .filter(|f| *f != p.by && up[*f] && net.connected(p.by, *f) && self.nodes[*f].term <= p.term)
-                .count();
+            let quorum = 1
+                + (0..self.nodes.len())
+                    .filter(|f| *f != p.by && up[*f] && net.connected(p.by, *f) && self.nodes[*f].term <= p.term)
+                    .count();
             if node.leader && node.term == p.term && p.term == self.term && up[p.by] && quorum >= self.majority() {
                 self.log.push(p.cmd);
                 out.push(Change::Committed { index: self.log.len(), by: p.by });

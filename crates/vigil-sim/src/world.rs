@@ -72,6 +72,8 @@ pub struct Member {
     pub stalled: u32,
     /// The whole host is SIGSTOPped (keeper and PostgreSQL too), by this many faults.
     pub frozen: u32,
+    /// The daemon's Raft task is stalled, by this many faults.
+    pub raft_stalled: u32,
     inbox: Vec<Msg>,
 }
 
@@ -165,11 +167,12 @@ impl World {
                     daemon: None,
                     stalled: 0,
                     frozen: 0,
+                    raft_stalled: 0,
                     inbox: Vec::new(),
                 }
             })
             .collect();
-        let weather = if cfg.faults { Weather::draw(&mut fault_rng) } else { Weather::calm() };
+        let weather = if cfg.faults && cfg.script.is_none() { Weather::draw(&mut fault_rng) } else { Weather::calm() };
         let plan = match &cfg.script {
             Some(s) => s.clone(),
             None if cfg.faults => faults::schedule(&mut fault_rng, cfg.faults_from_ms, cfg.duration_ms - cfg.settle_ms),
@@ -202,7 +205,9 @@ impl World {
         for i in 0..n {
             w.start_daemon(i, &expected);
         }
-        w.trace.note(0, || format!("weather {:?}, clocks (ppm) {:?}", w.weather, w.members.iter().map(|m| m.ppm).collect::<Vec<_>>()));
+        w.trace.note(0, || {
+            format!("weather {:?}, clocks (ppm) {:?}", w.weather, w.members.iter().map(|m| m.ppm).collect::<Vec<_>>())
+        });
         w
     }
 
@@ -214,7 +219,10 @@ impl World {
     }
 
     fn up(&self) -> Vec<bool> {
-        self.members.iter().map(|m| m.daemon.is_some() && m.stalled == 0 && m.frozen == 0).collect()
+        self.members
+            .iter()
+            .map(|m| m.daemon.is_some() && m.stalled == 0 && m.frozen == 0 && m.raft_stalled == 0)
+            .collect()
     }
 
     fn index(&self, name: &str) -> Option<usize> {
@@ -328,6 +336,7 @@ impl World {
             }
             Kind::StallDaemon => self.members[t].stalled += 1,
             Kind::FreezePostgres => self.members[t].pg.freeze(true),
+            Kind::StallRaft => self.members[t].raft_stalled += 1,
             Kind::Isolate | Kind::Flap => self.net.isolate(t, true),
             Kind::IsolateCoordinator => {
                 hosts = vec![self.resolve(Target::Coordinator)];
@@ -374,6 +383,7 @@ impl World {
             }
             Kind::StallDaemon => self.members[t].stalled = self.members[t].stalled.saturating_sub(1),
             Kind::FreezePostgres => self.members[t].pg.freeze(false),
+            Kind::StallRaft => self.members[t].raft_stalled = self.members[t].raft_stalled.saturating_sub(1),
             Kind::Isolate | Kind::IsolateCoordinator => self.net.isolate(t, false),
             Kind::Flap => {
                 if a.flap_down {
@@ -414,7 +424,8 @@ impl World {
 
     fn deliver(&mut self) {
         let now = self.now;
-        let (due, later): (Vec<InFlight>, Vec<InFlight>) = std::mem::take(&mut self.flight).into_iter().partition(|f| f.at <= now);
+        let (due, later): (Vec<InFlight>, Vec<InFlight>) =
+            std::mem::take(&mut self.flight).into_iter().partition(|f| f.at <= now);
         self.flight = later;
         for f in due {
             let m = &mut self.members[f.to];
@@ -488,7 +499,9 @@ impl World {
     fn note_raft(&mut self, changes: Vec<raft::Change>) {
         for c in changes {
             let line = match c {
-                raft::Change::Elected { node, term } => format!("RAFT {} elected, term {term}", self.members[node].name),
+                raft::Change::Elected { node, term } => {
+                    format!("RAFT {} elected, term {term}", self.members[node].name)
+                }
                 raft::Change::SteppedDown { node, term, why } => {
                     format!("RAFT {} steps down from term {term} ({why})", self.members[node].name)
                 }
@@ -723,9 +736,9 @@ impl World {
             local: &m.local,
             diverged: d.diverged.as_deref(),
         });
-        d.needs_rejoin = actions
-            .iter()
-            .any(|a| matches!(a, AgentAction::NeedsRejoin(_) | AgentAction::Rejoin { .. } | AgentAction::Reinit { .. }));
+        d.needs_rejoin = actions.iter().any(|a| {
+            matches!(a, AgentAction::NeedsRejoin(_) | AgentAction::Rejoin { .. } | AgentAction::Reinit { .. })
+        });
         d.status = PgStatus { needs_rejoin: d.needs_rejoin, ..status };
         for action in actions {
             if !self.act(i, action) {
@@ -973,7 +986,8 @@ impl World {
 
     fn take_ack(&mut self, i: usize, granted: bool, epoch: u64, sent: Instant) {
         let now_l = self.clock(i);
-        let Some(lease_timeout) = self.members[i].state.lease_timings.map(|t| Duration::from_millis(t.lease_timeout_ms))
+        let Some(lease_timeout) =
+            self.members[i].state.lease_timings.map(|t| Duration::from_millis(t.lease_timeout_ms))
         else {
             return;
         };
@@ -1025,12 +1039,15 @@ impl World {
         if !confirmed {
             return (false, answer.epoch);
         }
-        // The quorum round confirmed an entry of this term: the leader has applied everything
-        // committed before it (raft-rs confirms reads only then).
-        self.apply_log(c);
+        let planted = self.cfg.planted.contains(&Planted::GrantWithoutConfirm);
+        if !planted {
+            // The quorum round confirmed an entry of this term: the leader has applied everything
+            // committed before it (raft-rs confirms reads only then).
+            self.apply_log(c);
+        }
         let m = &mut self.members[c];
         let Some(d) = m.daemon.as_mut() else { return (false, 0) };
-        let granted = if self.cfg.planted.contains(&Planted::GrantWithoutConfirm) {
+        let granted = if planted {
             d.coordinator.granted(now_c, &member, answer.epoch);
             true
         } else {
@@ -1100,7 +1117,6 @@ impl World {
         }
         Ok(())
     }
-
 }
 
 fn data_dir(d: Dir) -> DataDir {
