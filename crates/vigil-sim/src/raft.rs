@@ -93,7 +93,7 @@ impl Raft {
             if !up[l] || !self.nodes[l].leader {
                 continue;
             }
-            if now % HEARTBEAT_MS == 0 {
+            if crate::world::every(now, HEARTBEAT_MS) {
                 let mut acks = 1;
                 for f in (0..n).filter(|f| *f != l && up[*f] && net.connected(l, *f)) {
                     if self.nodes[f].term > self.nodes[l].term {

@@ -279,7 +279,7 @@ impl World {
         for i in 0..self.members.len() {
             self.daemon_loop(i);
         }
-        if self.now % WRITE_EVERY_MS == 0 {
+        if every(self.now, WRITE_EVERY_MS) {
             self.clients();
         }
         self.acknowledge();
@@ -476,7 +476,7 @@ impl World {
                         && self.raft.nodes[l].leader
                         && self.raft.nodes[l].term == node.term
                         && self.net.connected(i, l)
-                        && self.now % raft::HEARTBEAT_MS == 0
+                        && every(self.now, raft::HEARTBEAT_MS)
                 })
             };
             if current {
@@ -1117,6 +1117,13 @@ impl World {
         }
         Ok(())
     }
+}
+
+/// Whether `now` is a multiple of `period` (`u64::is_multiple_of` needs rust 1.87; the
+/// workspace's `rust-version` is 1.85).
+#[allow(clippy::manual_is_multiple_of)]
+pub(crate) fn every(now: u64, period: u64) -> bool {
+    now % period == 0
 }
 
 fn data_dir(d: Dir) -> DataDir {
