@@ -49,9 +49,11 @@ pub async fn handle_report(shared: &Shared, report: HealthReport) -> ReportAck {
         // not extend the primary's lease.
         let timeout = shared.settings.timings.lease_timeout / 2;
         match shared.raft.confirm_leadership(timeout).await {
+            // Judged again on the state applied after the quorum round: a new leader may have
+            // answered from a state without its predecessor's last entries (a failover).
             Ok(()) => {
-                shared.coordinator().granted(Instant::now(), &member, answer.epoch);
-                granted = true;
+                let after = shared.committed();
+                granted = shared.coordinator().confirm_grant(Instant::now(), &member, answer.epoch, &after);
             }
             Err(e) => tracing::debug!(%member, "lease not renewed: leadership not confirmed: {e}"),
         }

@@ -11,6 +11,7 @@
 //! epoch E, whichever is latest. A grant recorded later than it was made only makes the wait longer.
 
 use crate::candidate::{self, Seen};
+use crate::planted::{self, Bug};
 use crate::report::{DataDir, HealthReport, MemberKind};
 use crate::state::{ClusterState, Command, Member};
 use crate::sync::{self, Applied, SyncMode, Wanted};
@@ -63,6 +64,13 @@ pub struct Coordinator {
     /// it would restart in place and win the lease back before a standby could be promoted, so
     /// it gets none for `pg_restart_timeout` (a failover goes first, when one is possible).
     hung: Option<(u64, Instant)>,
+    /// The epoch this coordinator decided to fail over from, and when it last did. No lease is
+    /// granted for that epoch meanwhile: a grant after the decision, while the failover is being
+    /// committed, would let the old primary write on after the new one is promoted.
+    failing_over: Option<(u64, Instant)>,
+    /// Per member, the highest WAL position (and its timeline) a writable report of it showed:
+    /// a writable report behind it was sent earlier and arrived late (see [`Self::on_report`]).
+    written: BTreeMap<String, (u32, u64)>,
 }
 
 impl Coordinator {
@@ -80,6 +88,8 @@ impl Coordinator {
             preferred_primary: None,
             switchover_seen: None,
             hung: None,
+            failing_over: None,
+            written: BTreeMap::new(),
         }
     }
 
@@ -119,6 +129,8 @@ impl Coordinator {
         self.last_grant = None;
         self.sync_applied = None;
         self.switchover_seen = None;
+        self.failing_over = None;
+        self.written.clear();
         self.reports.clear();
     }
 
@@ -138,19 +150,45 @@ impl Coordinator {
         let forced_out = state.switchover.as_ref().is_some_and(|s| s.forced && s.started);
         // No grant before the lease timings are the cluster's: the primary's lease must run for
         // exactly what any coordinator will wait out.
+        // The only holder of every acknowledged commit can never be replaced: withholding its
+        // lease (its server down or hung too long) would only keep the cluster down for good.
+        // With another holder, a failover to it goes first, as in asynchronous mode.
+        let irreplaceable = state.sync.mode.is_sync()
+            && state.sync.holders.len() == 1
+            && state.sync.holders.contains(&report.member);
         let grant = state.lease_timings.is_some()
             && state.is_primary(&report.member)
             && report.kind == MemberKind::Postgres
             && !report.pg.needs_rejoin
             && !forced_out
-            && (state.paused || report.pg.down_for < self.down_limit(&report.pg));
+            && (state.paused || irreplaceable || report.pg.down_for < self.down_limit(&report.pg));
         if state.is_primary(&report.member) && report.pg.unresponsive && !grant && !state.paused {
             self.hung.get_or_insert((epoch, now));
         }
         let hung_recently = self
             .hung
             .is_some_and(|(e, at)| e == epoch && now.saturating_duration_since(at) < self.timings.pg_restart_timeout);
-        let grant = grant && (state.paused || !hung_recently);
+        // A failover decided from this epoch may commit any moment: its primary gets no lease,
+        // for as long as the decision could still be committed (a proposal that lingers longer
+        // outlives this leadership: check-quorum ends it within 2 election timeouts).
+        let failing_over = self
+            .failing_over
+            .is_some_and(|(e, at)| e == epoch && now.saturating_duration_since(at) < self.promotion_wait(state));
+        let grant = grant && (state.paused || irreplaceable || !hung_recently) && !failing_over;
+        // A writable server's WAL position only grows on its timeline: a report behind one
+        // already seen was sent before it and arrived late. It must not stand for the member's
+        // present: its synchronous standby names and position predate changes committed since,
+        // and the synchronous plan would shrink the holders on them (found by vigil-sim).
+        let pg = &report.pg;
+        if pg.running && !pg.in_recovery {
+            let seen = self.written.get(&report.member).copied();
+            if seen.is_some_and(|(tli, lsn)| tli == pg.timeline && pg.current_lsn < lsn) {
+                return LeaseAnswer { grant, epoch };
+            }
+            if seen.is_none_or(|(tli, lsn)| tli != pg.timeline || pg.current_lsn > lsn) {
+                self.written.insert(report.member.clone(), (pg.timeline, pg.current_lsn));
+            }
+        }
         self.reports.insert(report.member.clone(), Received { report, at: now });
         LeaseAnswer { grant, epoch }
     }
@@ -170,6 +208,19 @@ impl Coordinator {
         if self.is_leader() {
             self.last_grant = Some(Grant { member: member.to_string(), epoch, at: now });
         }
+    }
+
+    /// Record the grant of [`Self::on_report`]'s answer once the quorum round confirmed this
+    /// leadership, if the committed state read *after* that round (`state`: applied up to the
+    /// read index) still makes `member` the primary of `epoch`; false: no grant. A new leader may
+    /// judge a report on a state that lacks the previous leader's last entries (a failover away
+    /// from `member`), and only the confirmation tells it what was committed before its term.
+    pub fn confirm_grant(&mut self, now: Instant, member: &str, epoch: u64, state: &ClusterState) -> bool {
+        if state.epoch != epoch || !state.is_primary(member) {
+            return false;
+        }
+        self.granted(now, member, epoch);
+        self.is_leader()
     }
 
     /// The time from which the promotion wait for the current primary runs.
@@ -241,6 +292,7 @@ impl Coordinator {
                     out.push(cmd);
                 } else if forced {
                 } else if let Some(cmd) = self.failover_choice(now, state, primary, wall_ms) {
+                    self.failing_over = Some((state.epoch, now));
                     out.push(cmd);
                 } else {
                     out.extend(self.sync_change(now, state, primary, wall_ms));
@@ -403,13 +455,16 @@ impl Coordinator {
     }
 
     fn failover_choice(&self, now: Instant, state: &ClusterState, primary: &str, wall_ms: u64) -> Option<Command> {
-        if !self.lease_expires_in(now, state)?.is_zero() {
+        let lease_left = self.lease_expires_in(now, state)?;
+        if !lease_left.is_zero() && !planted::on(Bug::PromoteWithoutLeaseWait) {
             return None;
         }
         let seen: Vec<Seen> =
             self.reports.values().map(|r| Seen { report: &r.report, current: self.is_current(now, r) }).collect();
         let last = self.reports.get(primary);
-        let chosen = if state.sync.mode.is_sync() {
+        let chosen = if state.sync.mode.is_sync() && planted::on(Bug::PromoteNonHolder) {
+            candidate::choose(state, &seen, None, u64::MAX)?
+        } else if state.sync.mode.is_sync() {
             // Only from the holders of every acknowledged commit, all of them heard, most WAL first.
             if self.sync_failover_blocked(now, state).is_some() {
                 return None;

@@ -1,5 +1,7 @@
 use super::*;
 use crate::report::PgStatus;
+use crate::sync::SyncMode;
+use std::collections::BTreeSet;
 use std::time::Duration;
 
 fn ms(n: u64) -> Duration {
@@ -136,6 +138,67 @@ fn dead_primary_is_replaced_exactly_after_lease_plus_margin() {
     assert!(failover_target(&c.decide(t_last + ms(2499), &s, 0)).is_none());
     let cmds = c.decide(t_last + ms(2500), &s, 0);
     assert_eq!(failover_target(&cmds).as_deref(), Some("b"), "b has the most WAL");
+}
+
+#[test]
+fn no_lease_for_the_old_primary_once_its_failover_is_decided() {
+    // Found by the simulation (vigil-sim): a partition healed the moment the coordinator proposed
+    // the failover; the old primary's next report reached it before the failover was committed,
+    // was granted a fresh lease for the old epoch, and its server took writes again while the new
+    // primary was promoted.
+    let (mut c, s, t0) = running_cluster();
+    round(&mut c, &s, t0, &[primary_r("a", 500), standby_r("b", 500), standby_r("c", 400)]);
+    let t = t0 + ms(2500);
+    round(&mut c, &s, t, &[standby_r("b", 500), standby_r("c", 400)]);
+    assert_eq!(failover_target(&c.decide(t, &s, 0)).as_deref(), Some("b"));
+    // The failover is not committed yet: the state still names a at the old epoch.
+    let back = report("a", DataDir::Primary, false, false, 500);
+    assert!(!c.on_report(t + ms(10), back.clone(), &s).grant, "a lease for the epoch being replaced");
+    assert!(!c.on_report(t + ms(2499), back.clone(), &s).grant);
+    // A failover that was never committed (and no longer decided) does not fence a for good.
+    assert!(c.on_report(t + ms(2500), back, &s).grant);
+}
+
+#[test]
+fn a_grant_judged_on_a_state_that_moved_on_is_not_made() {
+    // Found by the simulation (vigil-sim): a leader elected right after its predecessor committed
+    // a failover took the old primary's report before applying that entry, and granted it a lease
+    // for the replaced epoch. The state read after the quorum round has the failover.
+    let (mut c, s, t0) = running_cluster();
+    let answer = c.on_report(t0, primary_r("a", 500), &s);
+    assert!(answer.grant);
+    let mut after = s.clone();
+    let failover = Command::Failover { from_epoch: s.epoch, to: "b".into(), reason: String::new(), at_unix_ms: 0 };
+    after.apply(&failover).expect("failover");
+    assert!(!c.confirm_grant(t0, "a", answer.epoch, &after), "a is not the primary of that epoch any more");
+    assert!(c.lease_expires_in(t0, &s).is_some());
+    assert!(c.confirm_grant(t0, "a", answer.epoch, &s), "nothing committed meanwhile: granted");
+}
+
+#[test]
+fn the_only_holder_keeps_its_lease_however_long_its_server_is_down() {
+    // Found by the simulation (vigil-sim seed 625): in `on`, the primary alone held the
+    // acknowledged commits (just after a failover); its server hung, was killed by its keeper and,
+    // down longer than pg_restart_timeout, never got a lease to start again: no failover was
+    // possible either, so the cluster stayed down.
+    let (mut c, mut s, t0) = running_cluster();
+    let sync = crate::sync::SyncState {
+        mode: SyncMode::On,
+        count: 1,
+        holders: BTreeSet::from(["a".to_string()]),
+        standbys: BTreeSet::new(),
+    };
+    s.apply(&Command::Sync { epoch: s.epoch, sync, reason: String::new(), at_unix_ms: 0 }).expect("sync");
+    let mut down = report("a", DataDir::Primary, false, false, 500);
+    down.pg.down_for = Duration::from_secs(60);
+    assert!(c.on_report(t0, down.clone(), &s).grant, "nobody else can take over");
+    down.pg.unresponsive = true;
+    assert!(c.on_report(t0 + ms(10), down.clone(), &s).grant, "hung, and still irreplaceable");
+    // Once a standby holds the commits, the rule is the usual one again.
+    let mut replaceable = s.clone();
+    replaceable.sync.holders = BTreeSet::from(["b".to_string()]);
+    replaceable.sync.standbys = replaceable.sync.holders.clone();
+    assert!(!c.on_report(t0 + ms(20), down, &replaceable).grant);
 }
 
 #[test]

@@ -11,6 +11,8 @@
 //! - [`switchover`]: operators' requests (switchover, failover, failback, reinit) and the
 //!   coordinator's steps of a planned switchover.
 //! - [`agent`]: the reconciler that turns the committed state and the local PostgreSQL into actions.
+//! - [`planted`]: test-only switches that break a safety rule, for the simulation's teeth test
+//!   (inert unless the `planted-bugs` feature is on and a run sets them).
 //! - [`repeats`]: thinning repeated warnings (once, then at most once a minute with a count, and
 //!   once when they stop), for every crate's logs.
 //!
@@ -21,6 +23,7 @@ pub mod agent;
 pub mod candidate;
 pub mod coordinator;
 pub mod lease;
+pub mod planted;
 pub mod repeats;
 pub mod report;
 pub mod state;

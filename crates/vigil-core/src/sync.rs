@@ -195,7 +195,7 @@ pub fn plan(
                 format!("synchronous mode {:?}", wanted.mode).to_lowercase(),
             ),
             (true, false) if !sync.standbys.is_empty() => change(
-                SyncState { standbys: BTreeSet::new(), ..sync.clone() },
+                SyncState { standbys: BTreeSet::new(), holders: with_primary(&sync.holders, p), ..sync.clone() },
                 "turning synchronous replication off: the primary stops naming standbys".into(),
             ),
             (true, false) if applied.is_some() => change(SyncState::default(), "synchronous mode off".into()),
@@ -241,12 +241,16 @@ pub fn plan(
             _ => true,
         };
         if allowed {
+            // With no standby named, `on` acknowledges commits on the primary alone from the
+            // moment it applies this: the primary is a holder from the same commit, not only
+            // once the shrink below is committed (a failover in between would lose them).
+            let holders = if keep.is_empty() { with_primary(&sync.holders, p) } else { sync.holders.clone() };
             let reason = if keep.is_empty() {
                 format!("degraded to asynchronous: no healthy synchronous standby ({} not)", bad.join(", "))
             } else {
                 format!("{} no longer synchronous", bad.join(", "))
             };
-            return change(SyncState { standbys: keep, ..sync.clone() }, reason);
+            return change(SyncState { standbys: keep, holders, ..sync.clone() }, reason);
         }
     }
 
@@ -265,6 +269,13 @@ pub fn plan(
         return change(SyncState { holders: target, ..sync.clone() }, reason);
     }
     None
+}
+
+/// `holders` and the primary `p`.
+fn with_primary(holders: &BTreeSet<String>, p: &str) -> BTreeSet<String> {
+    let mut out = holders.clone();
+    out.insert(p.to_string());
+    out
 }
 
 fn join(s: &BTreeSet<String>) -> String {

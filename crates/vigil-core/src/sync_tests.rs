@@ -125,6 +125,11 @@ impl World {
         // PostgreSQL never names anyone the committed state does not hold.
         self.named = parse_setting(&setting(&self.s.sync)).expect("parse");
         assert!(self.named.is_subset(&self.s.sync.holders), "{:?} named, holders {:?}", self.named, self.s.sync);
+        // Nobody named: commits are acknowledged on the primary alone, which must be a holder.
+        let primary = self.s.primary.clone().unwrap_or_default();
+        if self.s.sync.mode.is_sync() && self.named.is_empty() {
+            assert!(self.s.sync.holders.contains(&primary), "acknowledged locally, holders {:?}", self.s.sync);
+        }
         out
     }
 
@@ -183,6 +188,53 @@ fn a_dead_synchronous_standby_is_replaced_without_a_gap() {
     w.advance(10);
     w.settle();
     assert_eq!((w.s.sync.holders.clone(), w.s.sync.standbys.clone()), (set(&["c"]), set(&["c"])));
+}
+
+#[test]
+fn a_degrade_makes_the_primary_a_holder_in_the_same_commit() {
+    // The hole of issue 10, found again by the simulation (vigil-sim seed 553): the degrade was
+    // committed with holders {b}; the primary then acknowledged commits alone, and a failover to
+    // b before the next change (holders {a}) was committed would have lost them.
+    let mut w = World::new(SyncMode::On);
+    w.standbys.truncate(1);
+    w.settle();
+    w.advance(10);
+    w.settle();
+    assert_eq!((w.s.sync.standbys.clone(), w.s.sync.holders.clone()), (set(&["b"]), set(&["b"])));
+    // The primary restarted in place: its first report lists no standby streaming yet.
+    w.standbys[0].2 = false;
+    let degrade = w.step();
+    assert_eq!(degrade.len(), 1);
+    assert_eq!((degrade[0].standbys.clone(), degrade[0].holders.clone()), (set(&[]), set(&["a", "b"])));
+    assert!(w.c.sync_failover_blocked(w.t, &w.s).is_some(), "only a holds the commits acknowledged now");
+}
+
+#[test]
+fn a_late_report_of_the_primary_does_not_stand_for_its_present() {
+    // Found by the simulation (vigil-sim seed 553): after a degrade, a report of the primary sent
+    // before it (naming b, b streaming) arrived late; the coordinator named b again and, on the
+    // same old report, dropped the primary from the holders, although it had acknowledged
+    // commits alone since the degrade.
+    let mut w = World::new(SyncMode::On);
+    w.standbys.truncate(1);
+    w.settle();
+    w.advance(10);
+    w.settle();
+    let old = w.report("a");
+    w.standbys[0].2 = false;
+    w.step();
+    assert_eq!((w.s.sync.standbys.clone(), w.s.sync.holders.clone()), (set(&[]), set(&["a", "b"])));
+    w.primary_lsn += 30; // acknowledged by a alone
+    w.step();
+    assert_eq!(w.s.sync.holders, set(&["a"]));
+    w.c.on_report(w.t, old, &w.s);
+    for _ in 0..3 {
+        w.t += Duration::from_millis(10);
+        for cmd in w.c.decide(w.t, &w.s, 0) {
+            w.s.apply(&cmd).expect("apply");
+        }
+        assert!(w.s.sync.holders.contains("a"), "holders {:?}", w.s.sync.holders);
+    }
 }
 
 #[test]
@@ -277,6 +329,7 @@ fn turning_sync_off_stops_naming_before_forgetting_the_holders() {
         .with_sync(SyncMode::Off, 1);
     let first = w.step();
     assert_eq!((first[0].mode, first[0].standbys.clone()), (SyncMode::On, set(&[])));
+    assert!(first[0].holders.contains("a"), "the primary acknowledges alone from now on");
     w.settle();
     assert_eq!(w.s.sync, SyncState::default());
 }
