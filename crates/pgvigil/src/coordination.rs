@@ -38,7 +38,8 @@ pub async fn handle_report(shared: &Shared, report: HealthReport) -> ReportAck {
     let state = shared.committed();
     let member = report.member.clone();
     shared.telemetry.on_report(&state, &report);
-    let answer = shared.coordinator().on_report(Instant::now(), report, &state);
+    let arrived = Instant::now();
+    let answer = shared.coordinator().on_report(arrived, report, &state);
     // During a switchover every report may be the one that lets it complete.
     if state.switchover.as_ref().is_some_and(|s| s.started) {
         shared.wake_coordinator.notify_one();
@@ -51,9 +52,12 @@ pub async fn handle_report(shared: &Shared, report: HealthReport) -> ReportAck {
         match shared.raft.confirm_leadership(timeout).await {
             // Judged again on the state applied after the quorum round: a new leader may have
             // answered from a state without its predecessor's last entries (a failover).
+            // The grant is dated when the report arrived, not when the round ended: still after
+            // the report was sent (all the promotion wait needs), and the wait does not grow by
+            // the round's latency (up to a heartbeat interval).
             Ok(()) => {
                 let after = shared.committed();
-                granted = shared.coordinator().confirm_grant(Instant::now(), &member, answer.epoch, &after);
+                granted = shared.coordinator().confirm_grant(arrived, &member, answer.epoch, &after);
             }
             Err(e) => tracing::debug!(%member, "lease not renewed: leadership not confirmed: {e}"),
         }

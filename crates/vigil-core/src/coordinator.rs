@@ -153,9 +153,8 @@ impl Coordinator {
         // The only holder of every acknowledged commit can never be replaced: withholding its
         // lease (its server down or hung too long) would only keep the cluster down for good.
         // With another holder, a failover to it goes first, as in asynchronous mode.
-        let irreplaceable = state.sync.mode.is_sync()
-            && state.sync.holders.len() == 1
-            && state.sync.holders.contains(&report.member);
+        let irreplaceable =
+            state.sync.mode.is_sync() && state.sync.holders.len() == 1 && state.sync.holders.contains(&report.member);
         let grant = state.lease_timings.is_some()
             && state.is_primary(&report.member)
             && report.kind == MemberKind::Postgres
@@ -204,8 +203,14 @@ impl Coordinator {
     }
 
     /// Record a grant that was sent, after the quorum confirmed this coordinator's leadership.
+    /// `now` may be when the report arrived (any time after it was sent will do); confirmations
+    /// can end out of order, so an earlier grant never replaces a later one.
     pub fn granted(&mut self, now: Instant, member: &str, epoch: u64) {
-        if self.is_leader() {
+        if !self.is_leader() {
+            return;
+        }
+        let later = self.last_grant.as_ref().is_none_or(|g| g.member != member || g.epoch != epoch || g.at < now);
+        if later {
             self.last_grant = Some(Grant { member: member.to_string(), epoch, at: now });
         }
     }

@@ -539,3 +539,14 @@ fn lease_timings_are_agreed_once_and_every_coordinator_waits_out_the_agreed_ones
     assert_eq!(differ.len(), 2, "{differ:?}");
     assert!(differ[0].starts_with("timing.lease_timeout (this file 1s, the cluster's 2s)"), "{differ:?}");
 }
+
+#[test]
+fn a_grant_confirmed_late_never_shortens_the_promotion_wait() {
+    let (mut c, s, t0) = running_cluster();
+    let epoch = s.epoch;
+    // Two renewals whose confirmations end out of order: the later report's first.
+    c.granted(t0 + ms(500), "a", epoch);
+    c.granted(t0 + ms(250), "a", epoch);
+    let wait = Timings::default().promotion_wait();
+    assert_eq!(c.lease_expires_in(t0 + ms(500), &s), Some(wait), "the wait runs from the later grant");
+}
