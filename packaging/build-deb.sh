@@ -21,8 +21,11 @@ arch=$(dpkg --print-architecture)
 glibc=$(objdump -T "$bin" | grep -oE 'GLIBC_[0-9]+(\.[0-9]+)+' | sed 's/GLIBC_//' | sort -Vu | tail -1)
 root=$(mktemp -d)
 trap 'rm -rf "$root"' EXIT
+chmod 0755 "$root"
 
+# Stripped of its debug information, as Debian ships binaries (the symbols stay for backtraces).
 install -D -m 0755 "$bin" "$root/usr/bin/pgvigil"
+strip --strip-debug "$root/usr/bin/pgvigil"
 install -D -m 0644 systemd/pgvigil.service "$root/lib/systemd/system/pgvigil.service"
 install -D -m 0640 packaging/pgvigil.toml "$root/etc/pgvigil/pgvigil.toml"
 doc="$root/usr/share/doc/pgvigil"
@@ -49,7 +52,7 @@ Version: $version
 Architecture: $arch
 Maintainer: pgvigil <pgvigil@localhost>
 Installed-Size: $installed_size
-Depends: libc6 (>= $glibc), postgresql-15
+Depends: libc6 (>= $glibc), postgresql-15, procps
 Recommends: pgbackrest
 Section: database
 Priority: optional
@@ -62,7 +65,8 @@ Description: keeps a PostgreSQL cluster writable (failover, fencing, rejoin)
 CONTROL
 echo /etc/pgvigil/pgvigil.toml >"$root/DEBIAN/conffiles"
 # postinst: the example config readable by the daemon's user (postgres, from postgresql-common),
-# and systemd told about the new unit. It enables and starts nothing.
+# and systemd told about the new unit. It enables and starts nothing. (procps: the unit's
+# ExecReload is /bin/kill, which minimal systems lack.)
 cat >"$root/DEBIAN/postinst" <<'POSTINST'
 #!/bin/sh
 set -e
@@ -87,5 +91,5 @@ chmod 0755 "$root/DEBIAN/postinst" "$root/DEBIAN/postrm"
 
 mkdir -p "$out"
 deb="$out/pgvigil_${version}_${arch}.deb"
-dpkg-deb --root-owner-group -Zxz --build "$root" "$deb" >/dev/null
+dpkg-deb --root-owner-group -Zgzip --build "$root" "$deb" >/dev/null
 echo "$deb"

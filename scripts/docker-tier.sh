@@ -32,7 +32,7 @@ echo "docker-tier: image built in $((SECONDS - t)) s, $(docker image inspect -f 
 docker image prune -f >/dev/null
 
 echo "== docker tier: Debian package ==" >&2
-deb=$(bash packaging/build-deb.sh target/release/pgvigil target/debian)
+deb=$(realpath "$(bash packaging/build-deb.sh target/release/pgvigil target/debian)")
 echo "docker-tier: $deb" >&2
 
 echo "== docker tier: kubernetes-validate ==" >&2

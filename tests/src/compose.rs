@@ -42,15 +42,18 @@ pub fn docker(args: &[&str]) -> anyhow::Result<String> {
 
 /// Wait until `check` gives `Some`, trying every 300 ms, at most `timeout`; the error names `what`
 /// and the last failure seen.
-pub fn wait_until<T>(what: &str, timeout: Duration, mut check: impl FnMut() -> anyhow::Result<Option<T>>) -> anyhow::Result<T> {
+pub fn wait_until<T>(
+    what: &str,
+    timeout: Duration,
+    mut check: impl FnMut() -> anyhow::Result<Option<T>>,
+) -> anyhow::Result<T> {
     let deadline = Instant::now() + timeout;
-    let mut last = String::from("never checked");
     loop {
-        match check() {
+        let last = match check() {
             Ok(Some(v)) => return Ok(v),
-            Ok(None) => last = "not yet".into(),
-            Err(e) => last = format!("{e:#}"),
-        }
+            Ok(None) => "not yet".to_string(),
+            Err(e) => format!("{e:#}"),
+        };
         if Instant::now() >= deadline {
             bail!("{what}: not within {timeout:?} (last: {last})");
         }
@@ -207,7 +210,8 @@ impl Compose {
     /// The cluster as a member sees it (`pgvigil list -o json` in its container).
     pub fn cluster(&mut self, service: &str) -> anyhow::Result<ClusterView> {
         let out = self.exec(service, &["pgvigil", "list", "--config", "/etc/pgvigil/pgvigil.toml", "-o", "json"])?;
-        let view: ClusterView = serde_json::from_str(&out).with_context(|| format!("pgvigil list on {service}: {out}"))?;
+        let view: ClusterView =
+            serde_json::from_str(&out).with_context(|| format!("pgvigil list on {service}: {out}"))?;
         if let Some(p) = view.primary.as_deref() {
             if view.members.iter().any(|m| m.name == p && m.nofailover) {
                 self.nofailover_promoted = Some(p.to_string());
@@ -224,7 +228,13 @@ impl Compose {
 
     /// Wait until `asked` sees a primary other than `not` and every other database member named
     /// in `streaming` streaming from it; the primary's name.
-    pub fn wait_healthy(&mut self, asked: &str, not: Option<&str>, streaming: &[&str], timeout: Duration) -> anyhow::Result<String> {
+    pub fn wait_healthy(
+        &mut self,
+        asked: &str,
+        not: Option<&str>,
+        streaming: &[&str],
+        timeout: Duration,
+    ) -> anyhow::Result<String> {
         let what = format!("{asked}: a primary (not {not:?}) with {streaming:?} streaming");
         wait_until(&what, timeout, || {
             let view = self.cluster(asked)?;
@@ -233,9 +243,10 @@ impl Compose {
                 return Ok(None);
             }
             let primary_ok = view.members.iter().any(|m| m.name == primary && m.state == "running");
-            let all_streaming = streaming.iter().filter(|s| **s != primary).all(|s| {
-                view.members.iter().any(|m| m.name == *s && m.role == "replica" && m.state == "streaming")
-            });
+            let all_streaming = streaming
+                .iter()
+                .filter(|s| **s != primary)
+                .all(|s| view.members.iter().any(|m| m.name == *s && m.role == "replica" && m.state == "streaming"));
             Ok((primary_ok && all_streaming).then_some(primary))
         })
     }

@@ -71,7 +71,12 @@ async fn write_loop(targets: Vec<(String, u16)>, password: String, stop: Arc<Ato
                     let conf = format!(
                         "host=127.0.0.1 port={port} user=postgres password={password} dbname=postgres connect_timeout=1"
                     );
-                    client = match tokio::time::timeout(Duration::from_secs(1), tokio_postgres::connect(&conf, tokio_postgres::NoTls)).await {
+                    client = match tokio::time::timeout(
+                        Duration::from_secs(1),
+                        tokio_postgres::connect(&conf, tokio_postgres::NoTls),
+                    )
+                    .await
+                    {
                         Ok(Ok((c, conn))) => {
                             tokio::spawn(conn);
                             Some(c)
@@ -81,9 +86,12 @@ async fn write_loop(targets: Vec<(String, u16)>, password: String, stop: Arc<Ato
                 }
                 if let Some(c) = &client {
                     let id = next.fetch_add(1, Ordering::Relaxed);
-                    let insert = c.execute(&format!("INSERT INTO {TABLE} (id, member) VALUES ($1, $2)"), &[&id, &name]);
-                    match tokio::time::timeout(Duration::from_secs(1), insert).await {
-                        Ok(Ok(_)) => log.lock().unwrap_or_else(|p| p.into_inner()).acked.push((id, name.clone(), Instant::now())),
+                    let sql = format!("INSERT INTO {TABLE} (id, member) VALUES ($1, $2)");
+                    let params: [&(dyn tokio_postgres::types::ToSql + Sync); 2] = [&id, &name];
+                    match tokio::time::timeout(Duration::from_secs(1), c.execute(&sql, &params)).await {
+                        Ok(Ok(_)) => {
+                            log.lock().unwrap_or_else(|p| p.into_inner()).acked.push((id, name.clone(), Instant::now()))
+                        }
                         Ok(Err(_)) => {}
                         Err(_) => client = None,
                     }
@@ -106,7 +114,12 @@ pub struct Run {
     pub new_primary: String,
 }
 
-fn measure(c: &mut Compose, w: &Writer, old: &str, fault: impl FnOnce(&Compose) -> anyhow::Result<()>) -> anyhow::Result<Run> {
+fn measure(
+    c: &mut Compose,
+    w: &Writer,
+    old: &str,
+    fault: impl FnOnce(&Compose) -> anyhow::Result<()>,
+) -> anyhow::Result<Run> {
     let all: Vec<String> = c.databases.clone();
     let all: Vec<&str> = all.iter().map(String::as_str).collect();
     w.clear();
@@ -177,11 +190,8 @@ pub fn run(runs: usize) -> anyhow::Result<()> {
         ups.push(t.elapsed());
         c.sql(&primary, &format!("CREATE TABLE {TABLE} (id bigint PRIMARY KEY, member text NOT NULL)"))?;
         let password = c.exec("db1", &["cat", "/etc/pgvigil/secrets/superuser.password"])?.trim().to_string();
-        let targets = c
-            .databases
-            .iter()
-            .map(|s| Ok((s.clone(), c.port(s, "PG")?)))
-            .collect::<anyhow::Result<Vec<_>>>()?;
+        let targets =
+            c.databases.iter().map(|s| Ok((s.clone(), c.port(s, "PG")?))).collect::<anyhow::Result<Vec<_>>>()?;
         let w = Writer::start(targets, password)?;
         for i in 0..runs {
             let old = primary.clone();
@@ -190,7 +200,14 @@ pub fn run(runs: usize) -> anyhow::Result<()> {
                 _ => measure(&mut c, &w, &old, |c| c.stop(&old).map(drop)),
             }
             .with_context(|| format!("docker {kind}, run {}", i + 1))?;
-            eprintln!("docker {kind} run {}: {old} -> {}, gap {:?}, {} acked, {} lost", i + 1, r.new_primary, r.gap, r.acked, r.lost);
+            eprintln!(
+                "docker {kind} run {}: {old} -> {}, gap {:?}, {} acked, {} lost",
+                i + 1,
+                r.new_primary,
+                r.gap,
+                r.acked,
+                r.lost
+            );
             primary = r.new_primary.clone();
             if kind == "kill" {
                 kill_runs.push(r);
@@ -202,7 +219,9 @@ pub fn run(runs: usize) -> anyhow::Result<()> {
     let ups_s: Vec<String> = ups.iter().map(|d| format!("{:.1}", d.as_secs_f64())).collect();
     println!("compose up to a healthy cluster (one primary, two streaming), s: {}", ups_s.join(", "));
     println!();
-    println!("| fault | runs | write gap min (s) | median | max | acknowledged writes lost per run | writes acknowledged |");
+    println!(
+        "| fault | runs | write gap min (s) | median | max | acknowledged writes lost per run | writes acknowledged |"
+    );
     println!("|---|---|---|---|---|---|---|");
     summary("docker kill (primary's container)", &kill_runs);
     summary("docker stop (primary's container)", &stop_runs);
