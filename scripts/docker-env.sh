@@ -5,8 +5,8 @@
 #                 when none runs (it is stopped again by docker_env_down); make debian:bookworm-slim
 #                 with debootstrap from the mirror this machine's apt sources name.
 # docker_env_down stop the dockerd that docker_env_up started, and put back the root namespace's
-#                 FORWARD policy and the sysctls it found (the network-namespace fault suite
-#                 must see the machine as it was).
+#                 FORWARD policy and the sysctls it found, and remove the docker0 bridge if it
+#                 was not there (the network-namespace fault suite must see the machine as it was).
 #
 # The dockerd started here runs with --iptables=false --ip-forward=false: it touches neither the
 # root namespace's iptables (dockerd's own sets FORWARD to DROP) nor net.ipv4.ip_forward. Nothing
@@ -45,6 +45,7 @@ docker_env_save() {
       v=$(sysctl -n "$k" 2>/dev/null || true)
       echo "sysctl $k=$v"
     done
+    if ip link show docker0 >/dev/null 2>&1; then echo "docker0=present"; fi
   } >"$DOCKER_ENV_SAVED"
 }
 
@@ -62,6 +63,10 @@ docker_env_restore() {
       sysctl -q -w "$k=$v" || true
     fi
   done
+  # dockerd leaves its default bridge (docker0, 172.17.0.1/16) behind: remove it when it was not there.
+  if ! grep -q '^docker0=present' "$DOCKER_ENV_SAVED" && ip link show docker0 >/dev/null 2>&1; then
+    ip link delete docker0 || true
+  fi
   rm -f "$DOCKER_ENV_SAVED"
   DOCKER_ENV_SAVED=""
 }
