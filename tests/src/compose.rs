@@ -270,6 +270,11 @@ impl Compose {
         self.sql(service, "SELECT NOT pg_is_in_recovery()").is_ok_and(|o| o == "t")
     }
 
+    /// Docker's view of the image's HEALTHCHECK (`pgvigil health`): "starting", "healthy", "unhealthy".
+    pub fn health(&self, service: &str) -> anyhow::Result<String> {
+        Ok(docker(&["inspect", "-f", "{{.State.Health.Status}}", &self.container(service)?])?.trim().to_string())
+    }
+
     /// The members' logs (the last lines), for a failure.
     pub fn logs(&self) -> String {
         self.compose(&["logs", "--no-color", "--tail", "80"]).unwrap_or_else(|e| format!("(no logs: {e:#})"))

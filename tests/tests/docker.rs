@@ -40,6 +40,10 @@ fn classic_topology_kill_and_partition() -> anyhow::Result<()> {
     assert_eq!(c.streaming_count(&p0)?, 2, "the primary sees two streaming standbys");
     write_replicated(&c, &p0, "t_classic", 1)?;
     assert_eq!(c.sql("db3", "SELECT pg_is_in_recovery()")?, "t", "the read-only replica is a standby");
+    // The image's HEALTHCHECK (pgvigil health, GET /liveness) passes on every member.
+    for s in all {
+        wait_until(&format!("{s} healthy"), Duration::from_secs(60), || Ok((c.health(s)? == "healthy").then_some(())))?;
+    }
 
     // docker kill: the other failover-able member is promoted, never db3.
     let asked = "db3";
