@@ -109,7 +109,15 @@ impl Compose {
 
     fn new(tag: &str, file: &str, databases: &[&str], members: &[&str]) -> anyhow::Result<Compose> {
         let project = format!("pgvigil-{tag}-{}", std::process::id());
-        let mut env = vec![("PGVIGIL_PUBLISH".to_string(), "127.0.0.1".to_string()), ("PGVIGIL_IMAGE".into(), image())];
+        // A subnet of its own (the compose files fix one, for the gateway's name).
+        static NEXT: std::sync::atomic::AtomicU32 = std::sync::atomic::AtomicU32::new(0);
+        let n = (std::process::id() + NEXT.fetch_add(1, std::sync::atomic::Ordering::Relaxed)) % 200 + 20;
+        let mut env = vec![
+            ("PGVIGIL_PUBLISH".to_string(), "127.0.0.1".to_string()),
+            ("PGVIGIL_IMAGE".into(), image()),
+            ("PGVIGIL_SUBNET".into(), format!("172.29.{n}.0/24")),
+            ("PGVIGIL_GATEWAY".into(), format!("172.29.{n}.1")),
+        ];
         for m in members {
             let upper = m.to_uppercase();
             env.push((format!("PGVIGIL_{upper}_API_PORT"), free_port()?.to_string()));
@@ -205,6 +213,19 @@ impl Compose {
     /// One SQL statement through the member's own socket (`psql -At`), its output trimmed.
     pub fn sql(&self, service: &str, sql: &str) -> anyhow::Result<String> {
         Ok(self.exec(service, &["psql", "-X", "-At", "-v", "ON_ERROR_STOP=1", "-c", sql])?.trim().to_string())
+    }
+
+    /// One SQL statement from the host through the service's published port, as `postgres` with
+    /// the superuser password (a client's way in), and how long it took.
+    pub fn host_sql(&self, service: &str, sql: &str) -> anyhow::Result<(String, Duration)> {
+        let password = self.exec(service, &["cat", "/etc/pgvigil/secrets/superuser.password"])?;
+        let port = self.port(service, "PG")?.to_string();
+        let t = Instant::now();
+        let out = run(Command::new("psql")
+            .args(["-X", "-At", "-h", "127.0.0.1", "-p", &port, "-U", "postgres", "-d", "postgres", "-c", sql])
+            .env("PGPASSWORD", password.trim())
+            .env("PGCONNECT_TIMEOUT", "30"))?;
+        Ok((out.trim().to_string(), t.elapsed()))
     }
 
     /// The cluster as a member sees it (`pgvigil list -o json` in its container).

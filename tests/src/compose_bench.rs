@@ -65,6 +65,8 @@ async fn write_loop(targets: Vec<(String, u16)>, password: String, stop: Arc<Ato
         let (stop, log, next, password) = (stop.clone(), log.clone(), next.clone(), password.clone());
         tasks.push(tokio::spawn(async move {
             let mut client: Option<tokio_postgres::Client> = None;
+            let mut last_error = String::new();
+            eprintln!("writer to {name}: 127.0.0.1:{port}");
             while !stop.load(Ordering::Relaxed) {
                 let tick = tokio::time::sleep(Duration::from_millis(20));
                 if client.as_ref().is_none_or(|c| c.is_closed()) {
@@ -81,7 +83,14 @@ async fn write_loop(targets: Vec<(String, u16)>, password: String, stop: Arc<Ato
                             tokio::spawn(conn);
                             Some(c)
                         }
-                        _ => None,
+                        Ok(Err(e)) => {
+                            note(&mut last_error, &name, format!("connect: {e}"));
+                            None
+                        }
+                        Err(_) => {
+                            note(&mut last_error, &name, "connect: no answer within 1 s".into());
+                            None
+                        }
                     };
                 }
                 if let Some(c) = &client {
@@ -92,8 +101,11 @@ async fn write_loop(targets: Vec<(String, u16)>, password: String, stop: Arc<Ato
                         Ok(Ok(_)) => {
                             log.lock().unwrap_or_else(|p| p.into_inner()).acked.push((id, name.clone(), Instant::now()))
                         }
-                        Ok(Err(_)) => {}
-                        Err(_) => client = None,
+                        Ok(Err(e)) => note(&mut last_error, &name, format!("insert: {e}")),
+                        Err(_) => {
+                            note(&mut last_error, &name, "insert: no answer within 1 s".into());
+                            client = None
+                        }
                     }
                 }
                 tick.await;
@@ -102,6 +114,14 @@ async fn write_loop(targets: Vec<(String, u16)>, password: String, stop: Arc<Ato
     }
     for t in tasks {
         let _ = t.await;
+    }
+}
+
+/// Print a writer's error when it differs from the last one printed for that member.
+fn note(last: &mut String, member: &str, error: String) {
+    if *last != error {
+        eprintln!("writer to {member}: {error}");
+        *last = error;
     }
 }
 

@@ -40,6 +40,11 @@ fn classic_topology_kill_and_partition() -> anyhow::Result<()> {
     assert_eq!(c.streaming_count(&p0)?, 2, "the primary sees two streaming standbys");
     write_replicated(&c, &p0, "t_classic", 1)?;
     assert_eq!(c.sql("db3", "SELECT pg_is_in_recovery()")?, "t", "the read-only replica is a standby");
+    // A client through the published port (from the network's gateway) is let in at once: the
+    // reverse lookup pg_hba.conf's host names cause is answered locally (extra_hosts).
+    let (answer, took) = c.host_sql(&p0, "SELECT count(*) FROM t_classic")?;
+    assert_eq!(answer, "1");
+    assert!(took < Duration::from_secs(3), "a client through the published port waited {took:?}");
     // The image's HEALTHCHECK (pgvigil health, GET /liveness) passes on every member.
     for s in all {
         wait_until(&format!("{s} healthy"), Duration::from_secs(60), || Ok((c.health(s)? == "healthy").then_some(())))?;
