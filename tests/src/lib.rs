@@ -19,10 +19,15 @@
 //!   writable primary, nothing acknowledged lost).
 //! - [`scenario`]: a run from start to verdicts, and its figures.
 //!
+//! [`compose`]: the container tier's compose projects (docker/compose.yaml), driven with `docker`;
+//!   [`compose_bench`] its figures (`bench docker`).
+//!
 //! [`fuzz`]: the daemon's parsers of untrusted input (config, API bodies, peer messages, committed
 //! commands) fed random and mutated inputs; property tests here, a bounded run in `bench fuzz`.
 
 pub mod certs;
+pub mod compose;
+pub mod compose_bench;
 pub mod faults;
 pub mod fuzz;
 pub mod netns;

@@ -283,6 +283,19 @@ async fn cli_verbs_over_http() -> anyhow::Result<()> {
     watch.start_kill()?;
     watch.wait().await?;
 
+    // `pgvigil health` (the container's HEALTHCHECK): exit 0 on a 2xx answer, 1 on any other,
+    // 64 on a bad --path.
+    let out = t.cli(&["health", "--endpoint", &api], "").await?;
+    assert!(out.status.success() && text(&out).contains("ok: GET /liveness"), "{}{}", text(&out), err(&out));
+    let out = t.cli(&["health", "--config", &config, "--path", "/replica"], "").await?;
+    assert!(out.status.success(), "a standby answers /replica: {}", err(&out));
+    let out = t.cli(&["health", "--endpoint", &api, "--path", "/primary"], "").await?;
+    assert_eq!(out.status.code(), Some(1), "a standby is not /primary: {}", err(&out));
+    assert!(err(&out).contains("HTTP 503"), "{}", err(&out));
+    let out = t.cli(&["health", "--endpoint", &api, "--path", "liveness"], "").await?;
+    assert_eq!(out.status.code(), Some(64), "{}", err(&out));
+    assert!(err(&out).contains("--path"), "{}", err(&out));
+
     // A bad config file is a usage error.
     let out = t.cli(&["list", "--config", "/nonexistent.toml"], "").await?;
     assert_eq!(out.status.code(), Some(64), "{}", err(&out));

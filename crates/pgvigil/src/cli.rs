@@ -1,5 +1,5 @@
 //! The command line's verbs that talk to the HTTP API of any member: `list`, `pause`, `resume`,
-//! `history`, `switchover`, `failover`, `failback`, `reinit`. The endpoint comes from `--endpoint`
+//! `history`, `health`, `switchover`, `failover`, `failback`, `reinit`. The endpoint comes from `--endpoint`
 //! / `PGVIGIL_ENDPOINT`, else from a member's config file (`--config`, its `api.listen`), else
 //! `127.0.0.1:8008`; the token from `--token-file`, else `PGVIGIL_TOKEN`, else that config file
 //! (`--token VALUE` still works but warns: every user sees it in `ps`). For
@@ -132,6 +132,19 @@ pub struct ReinitArgs {
     pub member: String,
     #[arg(long)]
     pub force: bool,
+}
+
+#[derive(clap::Args, Debug)]
+pub struct HealthArgs {
+    #[command(flatten)]
+    pub api: ApiArgs,
+    /// The health endpoint to ask: `/liveness` (the daemon's loops go round), `/readiness`,
+    /// `/health`, `/primary`, `/replica`, ... (a Patroni-style path, with its query if any).
+    #[arg(long, default_value = "/liveness")]
+    pub path: String,
+    /// How long to wait for the answer.
+    #[arg(long, value_parser = humantime::parse_duration, default_value = "5s")]
+    pub timeout: Duration,
 }
 
 /// Endpoint, TLS and token after flags, environment and config file.
@@ -279,6 +292,29 @@ pub async fn history(args: ApiArgs) -> anyhow::Result<()> {
             }
             print!("{}", list::boxed(&rows));
         }
+    }
+    Ok(())
+}
+
+/// `pgvigil health`: one GET of a health endpoint, for container health checks (no curl in the
+/// image). Ok (exit 0) on a 2xx answer; an error (exit 1) on any other answer or none in time.
+pub async fn health(args: HealthArgs) -> anyhow::Result<()> {
+    if !args.path.starts_with('/') {
+        return Err(config::ConfigError {
+            key: "--path".into(),
+            message: format!("{:?} does not start with /", args.path),
+        }
+        .into());
+    }
+    let t = target(&args.api)?;
+    let r = t.api.request("GET", &args.path, None, None, args.timeout).await?;
+    if !r.ok() {
+        return Err(fail(&r, &format!("GET {} on {}", args.path, t.api.url())));
+    }
+    if t.output == Output::Json {
+        println!("{}", r.text);
+    } else {
+        println!("ok: GET {} on {}: HTTP {}", args.path, t.api.url(), r.status);
     }
     Ok(())
 }

@@ -45,6 +45,9 @@ enum Cmd {
     Pause(cli::PauseArgs),
     /// Maintenance mode off: automatic failover again.
     Resume(cli::ResumeArgs),
+    /// One GET of a health endpoint (`/liveness` by default): exit 0 on a 2xx answer, else 1.
+    /// For container health checks (the image's HEALTHCHECK) and scripts.
+    Health(cli::HealthArgs),
     /// The cluster's events: bootstrap, failovers, switchovers, members, pause/resume.
     History(cli::ApiArgs),
     /// Planned switchover to a standby: the primary stops cleanly, nothing acknowledged is lost.
@@ -181,6 +184,7 @@ fn main() -> ExitCode {
         Cmd::Pause(args) => runtime.block_on(report(cli::pause(args))),
         Cmd::Resume(args) => runtime.block_on(report(cli::resume(args))),
         Cmd::History(args) => runtime.block_on(report(cli::history(args))),
+        Cmd::Health(args) => runtime.block_on(report(cli::health(args))),
         Cmd::Switchover(args) => runtime.block_on(report(cli::switchover(args))),
         Cmd::Failover(args) => runtime.block_on(report(cli::failover(args))),
         Cmd::Failback(args) => runtime.block_on(report(cli::failback(args))),

@@ -16,6 +16,10 @@
 //! the old daemon's log and CPU), SIGTERM on the primary (write gap), a daemon restart on a standby
 //! and on the primary (PostgreSQL downtime).
 //!
+//! `... -- docker [RUNS]`: the compose topology in containers (`vigil_tests::compose_bench`; needs the
+//! engine and image of scripts/docker-figures.sh): up to healthy, write gap and acknowledged writes
+//! lost for `docker kill` and `docker stop` of the primary's container, RUNS times each.
+//!
 //! `... -- idle [SECONDS]`: RSS and CPU of each idle daemon and keeper of a healthy cluster over SECONDS (60).
 //!
 //! `... -- health [plain|tls] [SECONDS]`: latency of the health endpoints (`/primary` on the
@@ -566,8 +570,13 @@ async fn main() -> anyhow::Result<()> {
             };
             health(tls, args.get(2).and_then(|s| s.parse().ok()).unwrap_or(30)).await?
         }
+        // Containers (scripts/docker-figures.sh): compose up, docker kill / docker stop of the primary.
+        Some("docker") => {
+            let runs = args.get(1).and_then(|s| s.parse().ok()).unwrap_or(5);
+            tokio::task::spawn_blocking(move || vigil_tests::compose_bench::run(runs)).await??
+        }
         Some("fuzz") => fuzz(args.get(1).and_then(|s| s.parse().ok()).unwrap_or(60), args.get(2).and_then(|s| s.parse().ok()))?,
-        _ => anyhow::bail!("usage: bench failover [RUNS] | bench switchover [RUNS] | bench unattended [RUNS] | bench idle [SECONDS] | bench health [plain|tls] [SECONDS] | bench fuzz [SECONDS] [SEED]"),
+        _ => anyhow::bail!("usage: bench failover [RUNS] | bench switchover [RUNS] | bench unattended [RUNS] | bench idle [SECONDS] | bench health [plain|tls] [SECONDS] | bench fuzz [SECONDS] [SEED] | bench docker [RUNS]"),
     }
     Ok(())
 }
