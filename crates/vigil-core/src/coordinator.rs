@@ -148,13 +148,16 @@ impl Coordinator {
         // for one: a primary the operator restarts by hand is not fenced on the spot. A forced
         // failover withholds it: the candidate is promoted once it has run out.
         let forced_out = state.switchover.as_ref().is_some_and(|s| s.forced && s.started);
+        // Withholding the lease of a primary whose server is down or hung too long is how a
+        // failover gets its turn. Where there is none to be had it would only keep the cluster
+        // down for good (found by vigil-sim), so a primary no standby can replace now keeps its
+        // lease and restarts in place: in a synchronous mode, no other holder of every
+        // acknowledged commit can be promoted; asynchronous, no standby is current, eligible and
+        // close enough. A standby that qualifies later ends it: the next grant is withheld.
+        let irreplaceable =
+            state.is_primary(&report.member) && self.failover_candidate(now, state, &report.member).is_none();
         // No grant before the lease timings are the cluster's: the primary's lease must run for
         // exactly what any coordinator will wait out.
-        // The only holder of every acknowledged commit can never be replaced: withholding its
-        // lease (its server down or hung too long) would only keep the cluster down for good.
-        // With another holder, a failover to it goes first, as in asynchronous mode.
-        let irreplaceable =
-            state.sync.mode.is_sync() && state.sync.holders.len() == 1 && state.sync.holders.contains(&report.member);
         let grant = state.lease_timings.is_some()
             && state.is_primary(&report.member)
             && report.kind == MemberKind::Postgres
@@ -459,16 +462,12 @@ impl Coordinator {
         ok.first().map(|r| r.member.clone()).filter(|_| state.primary.is_none())
     }
 
-    fn failover_choice(&self, now: Instant, state: &ClusterState, primary: &str, wall_ms: u64) -> Option<Command> {
-        let lease_left = self.lease_expires_in(now, state)?;
-        if !lease_left.is_zero() && !planted::on(Bug::PromoteWithoutLeaseWait) {
-            return None;
-        }
+    /// The standby a failover from `primary` would promote now, if any (the lease aside).
+    fn failover_candidate(&self, now: Instant, state: &ClusterState, primary: &str) -> Option<&HealthReport> {
         let seen: Vec<Seen> =
             self.reports.values().map(|r| Seen { report: &r.report, current: self.is_current(now, r) }).collect();
-        let last = self.reports.get(primary);
-        let chosen = if state.sync.mode.is_sync() && planted::on(Bug::PromoteNonHolder) {
-            candidate::choose(state, &seen, None, u64::MAX)?
+        if state.sync.mode.is_sync() && planted::on(Bug::PromoteNonHolder) {
+            candidate::choose(state, &seen, None, u64::MAX)
         } else if state.sync.mode.is_sync() {
             // Only from the holders of every acknowledged commit, all of them heard, most WAL first.
             if self.sync_failover_blocked(now, state).is_some() {
@@ -476,11 +475,21 @@ impl Coordinator {
             }
             let holders: Vec<Seen> =
                 seen.into_iter().filter(|s| state.sync.holders.contains(&s.report.member)).collect();
-            candidate::choose(state, &holders, None, u64::MAX)?
+            candidate::choose(state, &holders, None, u64::MAX)
         } else {
+            let last = self.reports.get(primary);
             let primary_lsn = last.map(|r| r.report.wal_position()).filter(|l| *l > 0);
-            candidate::choose(state, &seen, primary_lsn, self.timings.maximum_lag_on_failover)?
-        };
+            candidate::choose(state, &seen, primary_lsn, self.timings.maximum_lag_on_failover)
+        }
+    }
+
+    fn failover_choice(&self, now: Instant, state: &ClusterState, primary: &str, wall_ms: u64) -> Option<Command> {
+        let lease_left = self.lease_expires_in(now, state)?;
+        if !lease_left.is_zero() && !planted::on(Bug::PromoteWithoutLeaseWait) {
+            return None;
+        }
+        let chosen = self.failover_candidate(now, state, primary)?;
+        let last = self.reports.get(primary);
         let why = match last {
             None => "no report from it since this coordinator took over".to_string(),
             Some(r) if !self.is_current(now, r) => {

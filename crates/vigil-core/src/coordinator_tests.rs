@@ -550,3 +550,22 @@ fn a_grant_confirmed_late_never_shortens_the_promotion_wait() {
     let wait = Timings::default().promotion_wait();
     assert_eq!(c.lease_expires_in(t0 + ms(500), &s), Some(wait), "the wait runs from the later grant");
 }
+
+#[test]
+fn an_asynchronous_primary_no_standby_can_replace_keeps_its_lease() {
+    let (mut c, s, t0) = running_cluster();
+    let t = t0 + ms(100);
+    let mut down = primary_r("a", 1000);
+    down.pg.running = false;
+    down.pg.down_for = ms(60_000);
+    // b and c are current and close enough: the lease is withheld so a failover goes first.
+    round(&mut c, &s, t, &[standby_r("b", 1000), standby_r("c", 1000)]);
+    assert!(!c.on_report(t, down.clone(), &s).grant);
+    // Both standbys fall silent (or too far behind): no failover is possible, so the primary
+    // keeps its lease and restarts in place instead of keeping the cluster down for good.
+    let later = t + ms(5_000);
+    assert!(c.on_report(later, down.clone(), &s).grant, "nobody can take over");
+    // A standby that qualifies again ends it.
+    round(&mut c, &s, later, &[standby_r("b", 1000)]);
+    assert!(!c.on_report(later + ms(10), down, &s).grant, "b can take over");
+}
