@@ -177,7 +177,7 @@ async fn pause(shared: &Shared, action: Action, body: PauseBody) -> Answer {
     }
     let cmd = Command::SetPaused { paused, reason: body.reason, at_unix_ms: wall_ms() };
     tracing::warn!(command = ?cmd, "operator request: {}", action.name());
-    match shared.raft.propose(cmd.encode(), shared.settings.timings.lease_timeout).await {
+    match shared.propose(&cmd, shared.settings.timings.lease_timeout).await {
         Ok(_) if paused => {
             done(shared, "paused: no automatic failover; agents leave PostgreSQL as it is (a primary without its lease is still fenced)")
         }

@@ -147,7 +147,7 @@ async fn propose(shared: &Shared, cmd: Command, failed: &mut Repeats<String>) {
         let planned = state.switchover.as_ref().is_some_and(|s| !s.forced);
         shared.telemetry.change_proposed(Instant::now(), shared, state.epoch, planned);
     }
-    match shared.raft.propose(cmd.encode(), timeout).await {
+    match shared.propose(&cmd, timeout).await {
         Ok(index) => {
             let state = shared.committed();
             tracing::info!(index, epoch = state.epoch, primary = ?state.primary, "committed {}", describe(&cmd));

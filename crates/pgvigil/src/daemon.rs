@@ -82,6 +82,13 @@ impl Liveness {
 }
 
 impl Shared {
+    /// Proposes `cmd` (see `RaftHandle::propose`). A command that does not encode is refused
+    /// here, never proposed as an empty entry.
+    pub async fn propose(&self, cmd: &vigil_core::Command, timeout: Duration) -> Result<u64, vigil_raft::RaftError> {
+        let bytes = cmd.encode().map_err(|e| vigil_raft::RaftError::Unencodable(e.to_string()))?;
+        self.raft.propose(bytes, timeout).await
+    }
+
     pub fn name(&self) -> &str {
         &self.settings.raw.name
     }

@@ -16,8 +16,8 @@ impl vigil_raft::StateMachine for Replicated {
         }
     }
 
-    fn snapshot(&self) -> Vec<u8> {
-        serde_json::to_vec(&self.state).unwrap_or_default()
+    fn snapshot(&self) -> anyhow::Result<Vec<u8>> {
+        Ok(serde_json::to_vec(&self.state)?)
     }
 
     fn restore(data: &[u8]) -> anyhow::Result<Self> {

@@ -162,7 +162,7 @@ pub async fn execute(shared: &Shared, action: &str, req: Request) -> Answer {
         Ok(Decision::Propose(cmd)) => cmd,
     };
     tracing::warn!(command = ?cmd, "operator request: {action}");
-    match shared.raft.propose(cmd.encode(), shared.settings.timings.lease_timeout).await {
+    match shared.propose(&cmd, shared.settings.timings.lease_timeout).await {
         Ok(_) => {}
         Err(RaftError::NotLeader { .. }) => return Answer::new(503, "not the coordinator (any more); try again"),
         Err(e) => return Answer::new(503, format!("not committed: {e}; try again")),

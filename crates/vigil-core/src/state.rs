@@ -213,9 +213,10 @@ impl std::fmt::Display for Rejected {
 }
 
 impl Command {
-    pub fn encode(&self) -> Vec<u8> {
-        // Serializing these plain structs cannot fail.
-        serde_json::to_vec(self).unwrap_or_default()
+    /// The bytes of a Raft entry. Plain structs serialise without failing, but if one ever did,
+    /// the caller must not propose an empty entry in its place: an error.
+    pub fn encode(&self) -> serde_json::Result<Vec<u8>> {
+        serde_json::to_vec(self)
     }
 
     pub fn decode(bytes: &[u8]) -> Result<Command, Rejected> {
@@ -591,7 +592,7 @@ mod tests {
         s.apply(&Command::UpsertMember { name: "a".into(), member: pg(9), at_unix_ms: 5 }).ok();
         assert_eq!(s.history.last().map(|e| e.kind), Some(EventKind::MemberChanged));
         let cmd = Command::Bootstrap { member: "a".into(), at_unix_ms: 1 };
-        assert_eq!(Command::decode(&cmd.encode()), Ok(cmd));
+        assert_eq!(Command::decode(&cmd.encode().expect("encode")), Ok(cmd));
         assert!(matches!(s.apply_bytes(b"nonsense"), Err(Rejected::Undecodable(_))));
     }
 
@@ -608,7 +609,7 @@ mod tests {
             s.history.last().map(|e| (e.kind, e.detail.as_str())),
             Some((EventKind::Paused, "automatic failover off: upgrade"))
         );
-        assert_eq!(Command::decode(&pause.encode()), Ok(pause));
+        assert_eq!(Command::decode(&pause.encode().expect("encode")), Ok(pause));
         s.apply(&Command::SetPaused { paused: false, reason: String::new(), at_unix_ms: 4 }).expect("resume");
         assert!(!s.paused);
         assert_eq!(s.history.last().map(|e| e.kind), Some(EventKind::Resumed));

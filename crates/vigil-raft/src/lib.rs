@@ -53,8 +53,9 @@ pub trait StateMachine: Clone + Send + Sync + 'static {
     /// Apply one committed command. Must be deterministic. A command it cannot decode is
     /// ignored (it logs).
     fn apply(&mut self, index: u64, command: &[u8]);
-    /// The whole state, for log compaction and for followers that fell behind it.
-    fn snapshot(&self) -> Vec<u8>;
+    /// The whole state, for log compaction and for followers that fell behind it. An error stops
+    /// the node: an empty snapshot must never stand for the state.
+    fn snapshot(&self) -> anyhow::Result<Vec<u8>>;
     /// The inverse of `snapshot`. An error stops the node (its durable state is unusable).
     fn restore(data: &[u8]) -> anyhow::Result<Self>;
 }
@@ -152,4 +153,7 @@ pub enum RaftError {
     Stopped,
     #[error("proposal dropped")]
     Dropped,
+    /// The command could not be encoded into an entry; nothing was proposed.
+    #[error("command not encodable: {0}")]
+    Unencodable(String),
 }

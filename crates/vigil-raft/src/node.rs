@@ -117,7 +117,7 @@ fn load<S: StateMachine>(
 ) -> anyhow::Result<(DiskStorage, S)> {
     let mut storage = DiskStorage::open(dir).with_context(|| format!("open raft state in {}", dir.display()))?;
     if !storage.is_initialized() {
-        storage.initialize(voters, initial.snapshot())?;
+        storage.initialize(voters, initial.snapshot().context("snapshot of the initial state")?)?;
         return Ok((storage, initial));
     }
     // Membership is static in this version: a changed peer list would silently break quorums.
@@ -476,7 +476,7 @@ impl<S: StateMachine> Node<S> {
         if self.snapshot_threshold == 0 || self.applied - snap_index < self.snapshot_threshold {
             return Ok(());
         }
-        let data = self.sm.snapshot();
+        let data = self.sm.snapshot().context("snapshot of the state for compaction")?;
         self.raw.mut_store().compact(self.applied, data).context("take snapshot")?;
         tracing::debug!(index = self.applied, "took a snapshot and compacted the raft log");
         Ok(())

@@ -125,7 +125,7 @@ fn decide(req: &Request, now_ms: u64) {
     for state in commands::states() {
         if let Ok(Decision::Propose(cmd)) = coordinator.request(Instant::now(), &state, req, now_ms) {
             let mut member = Replicated { state: state.clone() };
-            member.apply(1, &cmd.encode());
+            member.apply(1, &cmd.encode().expect("a command encodes"));
             assert_eq!(state.clone().apply(&cmd), Ok(()), "proposed {cmd:?} for {req:?}, and it does not apply");
             assert_ne!(member.state, state, "proposed {cmd:?} for {req:?} changed nothing");
         }

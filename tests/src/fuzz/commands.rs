@@ -195,13 +195,13 @@ const COMMAND_KEYS: &[&str] = &[
 /// A command's bytes: its encoding, with its JSON or bytes changed or not, or arbitrary bytes.
 fn command_bytes() -> impl Strategy<Value = Vec<u8>> {
     prop_oneof![
-        4 => command().prop_map(|c| c.encode()),
+        4 => command().prop_map(|c| c.encode().expect("a command encodes")),
         2 => (command(), vec(mutate::json_edit(COMMAND_KEYS), 1..3)).prop_map(|(c, e)| {
             let mut v = serde_json::to_value(&c).unwrap_or_default();
             mutate::apply_json(&mut v, &e);
             v.to_string().into_bytes()
         }),
-        2 => (command(), mutate::edits()).prop_map(|(c, e)| mutate::apply(c.encode(), &e)),
+        2 => (command(), mutate::edits()).prop_map(|(c, e)| mutate::apply(c.encode().expect("a command encodes"), &e)),
         1 => vec(any::<u8>(), 0..64),
     ]
 }
@@ -232,7 +232,7 @@ pub fn check(input: &CommandInput) -> Outcome {
             Err(e) => assert_eq!(member.state, before, "refused ({e}), yet the state changed"),
         }
     }
-    let restored = Replicated::restore(&member.snapshot()).map(|r| r.state);
+    let restored = Replicated::restore(&member.snapshot().expect("a state serialises")).map(|r| r.state);
     assert_eq!(restored.as_ref().ok(), Some(&member.state), "the state changed through its snapshot: {restored:?}");
     outcome
 }
@@ -276,7 +276,7 @@ pub struct SnapshotInput {
 pub fn snapshot_input() -> impl Strategy<Value = SnapshotInput> {
     let base = any::<usize>().prop_map(|i| {
         let states = states();
-        Replicated { state: states[i % states.len()].clone() }.snapshot()
+        Replicated { state: states[i % states.len()].clone() }.snapshot().expect("a state serialises")
     });
     // The counters at the ends of their range (what no cluster reaches, and a bad snapshot has).
     let counter = prop::sample::select(vec!["epoch", "bootstrap_epoch", "requests"]);
@@ -340,7 +340,7 @@ pub fn check_snapshot(input: &SnapshotInput) -> Outcome {
             assert_eq!(member.state, before, "refused ({e}), yet the state changed");
         }
     }
-    let again = Replicated::restore(&restored.snapshot()).map(|r| r.state);
+    let again = Replicated::restore(&restored.snapshot().expect("a state serialises")).map(|r| r.state);
     assert_eq!(again.as_ref().ok(), Some(&restored.state), "the state changed through its snapshot: {again:?}");
     Outcome::Accepted
 }

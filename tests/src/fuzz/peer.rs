@@ -120,7 +120,7 @@ pub fn check_report(bytes: &Vec<u8>) -> Outcome {
         c.on_report(later, report.clone(), &state);
         let mut member = Replicated { state: state.clone() };
         for cmd in c.decide(later, &state, 1_796_083_200_000) {
-            member.apply(1, &cmd.encode());
+            member.apply(1, &cmd.encode().expect("a command encodes"));
         }
     }
     Outcome::Accepted

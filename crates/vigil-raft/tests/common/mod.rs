@@ -43,8 +43,8 @@ impl StateMachine for TestSm {
         }
     }
 
-    fn snapshot(&self) -> Vec<u8> {
-        self.cmds.join("\n").into_bytes()
+    fn snapshot(&self) -> anyhow::Result<Vec<u8>> {
+        Ok(self.cmds.join("\n").into_bytes())
     }
 
     fn restore(data: &[u8]) -> anyhow::Result<Self> {
