@@ -85,10 +85,63 @@ pub struct Answer {
     pub body: Value,
 }
 
+/// Why a request is refused: each kind is one HTTP status, so a call site says what went wrong
+/// and never picks a number.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub enum ApiError {
+    /// 400: the request itself is wrong (malformed body or query, unknown action).
+    BadRequest(String),
+    /// 401: no valid token.
+    Unauthorized(String),
+    /// 404: no such endpoint or member.
+    NotFound(String),
+    /// 409: the cluster's state does not allow it now.
+    Conflict(String),
+    /// 500: it was carried out and failed.
+    Failed(String),
+    /// 503: no coordinator, not reachable, not committed: try again.
+    Unavailable(String),
+}
+
+impl ApiError {
+    pub fn status(&self) -> u16 {
+        match self {
+            ApiError::BadRequest(_) => 400,
+            ApiError::Unauthorized(_) => 401,
+            ApiError::NotFound(_) => 404,
+            ApiError::Conflict(_) => 409,
+            ApiError::Failed(_) => 500,
+            ApiError::Unavailable(_) => 503,
+        }
+    }
+
+    /// A proposal that did not commit.
+    pub fn not_committed(e: &RaftError) -> ApiError {
+        match e {
+            RaftError::NotLeader { .. } => ApiError::Unavailable("not the coordinator (any more); try again".into()),
+            e => ApiError::Unavailable(format!("not committed: {e}; try again")),
+        }
+    }
+}
+
+impl From<ApiError> for Answer {
+    fn from(e: ApiError) -> Answer {
+        let status = e.status();
+        let (ApiError::BadRequest(m)
+        | ApiError::Unauthorized(m)
+        | ApiError::NotFound(m)
+        | ApiError::Conflict(m)
+        | ApiError::Failed(m)
+        | ApiError::Unavailable(m)) = e;
+        Answer { status, body: json!({ "status": "error", "message": m }) }
+    }
+}
+
 impl Answer {
-    pub fn new(status: u16, message: impl Into<String>) -> Answer {
-        let kind = if (200..300).contains(&status) { "ok" } else { "error" };
-        Answer { status, body: json!({ "status": kind, "message": message.into() }) }
+    /// A success (2xx); refusals are [`ApiError`]s.
+    pub fn ok(status: u16, message: impl Into<String>) -> Answer {
+        debug_assert!((200..300).contains(&status), "Answer::ok({status}): use an ApiError");
+        Answer { status, body: json!({ "status": "ok", "message": message.into() }) }
     }
 
     pub fn with(mut self, key: &str, value: impl Into<Value>) -> Answer {
@@ -111,13 +164,15 @@ pub fn parse_body(body: &[u8]) -> Result<PauseBody, String> {
 pub async fn run(shared: &Shared, action: Action, body: &[u8]) -> Answer {
     let parsed = match parse_any(action, body) {
         Ok(b) => b,
-        Err(e) => return Answer::new(400, e),
+        Err(e) => return Answer::from(ApiError::BadRequest(e)),
     };
     if shared.raft.status().borrow().is_leader {
         return execute(shared, action, parsed).await;
     }
     let Some((name, addr)) = shared.leader().cloned() else {
-        return Answer::new(503, "no coordinator is known (an election may be under way); try again");
+        return Answer::from(ApiError::Unavailable(
+            "no coordinator is known (an election may be under way); try again".into(),
+        ));
     };
     let request =
         proto::AdminRequest { action: action.name().into(), body_json: String::from_utf8_lossy(body).into_owned() };
@@ -127,7 +182,9 @@ pub async fn run(shared: &Shared, action: Action, body: &[u8]) -> Answer {
         if action.is_pause() { shared.clients.client(&addr) } else { shared.clients.long_client(&addr, timeout) };
     let reply = match client {
         Ok(mut client) => tokio::time::timeout(timeout, client.admin(request)).await,
-        Err(e) => return Answer::new(503, format!("cannot reach the coordinator {name} at {addr}: {e:#}")),
+        Err(e) => {
+            return Answer::from(ApiError::Unavailable(format!("cannot reach the coordinator {name} at {addr}: {e:#}")))
+        }
     };
     match reply {
         Ok(Ok(r)) => {
@@ -135,8 +192,12 @@ pub async fn run(shared: &Shared, action: Action, body: &[u8]) -> Answer {
             let body = serde_json::from_str(&r.body_json).unwrap_or_else(|_| json!({ "status": "error" }));
             Answer { status: u16::try_from(r.http_status).unwrap_or(502), body }.with("forwarded_to", name)
         }
-        Ok(Err(e)) => Answer::new(503, format!("the coordinator {name} refused the request: {}", e.message())),
-        Err(_) => Answer::new(503, format!("the coordinator {name} did not answer within {timeout:?}")),
+        Ok(Err(e)) => {
+            Answer::from(ApiError::Unavailable(format!("the coordinator {name} refused the request: {}", e.message())))
+        }
+        Err(_) => {
+            Answer::from(ApiError::Unavailable(format!("the coordinator {name} did not answer within {timeout:?}")))
+        }
     }
 }
 
@@ -144,14 +205,14 @@ pub async fn run(shared: &Shared, action: Action, body: &[u8]) -> Answer {
 /// never forwarded again.
 pub async fn run_forwarded(shared: &Shared, action: &str, body_json: &str) -> Answer {
     let Some(action) = Action::parse(action) else {
-        return Answer::new(400, format!("unknown action {action:?}"));
+        return Answer::from(ApiError::BadRequest(format!("unknown action {action:?}")));
     };
     let parsed = match parse_any(action, body_json.as_bytes()) {
         Ok(b) => b,
-        Err(e) => return Answer::new(400, e),
+        Err(e) => return Answer::from(ApiError::BadRequest(e)),
     };
     if !shared.raft.status().borrow().is_leader {
-        return Answer::new(503, "not the coordinator (any more); try again");
+        return Answer::from(ApiError::Unavailable("not the coordinator (any more); try again".into()));
     }
     execute(shared, action, parsed).await
 }
@@ -167,13 +228,13 @@ async fn pause(shared: &Shared, action: Action, body: PauseBody) -> Answer {
     let paused = action == Action::Pause;
     let done = |shared: &Shared, message: &str| {
         let s = shared.committed();
-        Answer::new(200, message).with("paused", s.paused).with("epoch", s.epoch).with("coordinator", shared.name())
+        Answer::ok(200, message).with("paused", s.paused).with("epoch", s.epoch).with("coordinator", shared.name())
     };
     if shared.committed().paused == paused {
         return done(shared, if paused { "already paused" } else { "not paused" });
     }
     if let Some(s) = shared.committed().switchover.as_ref().filter(|s| paused && s.started) {
-        return Answer::new(409, format!("{} is under way; pause once it has ended", s.describe()));
+        return Answer::from(ApiError::Conflict(format!("{} is under way; pause once it has ended", s.describe())));
     }
     let cmd = Command::SetPaused { paused, reason: body.reason, at_unix_ms: wall_ms() };
     tracing::warn!(command = ?cmd, "operator request: {}", action.name());
@@ -182,8 +243,7 @@ async fn pause(shared: &Shared, action: Action, body: PauseBody) -> Answer {
             done(shared, "paused: no automatic failover; agents leave PostgreSQL as it is (a primary without its lease is still fenced)")
         }
         Ok(_) => done(shared, "resumed: automatic failover is on"),
-        Err(RaftError::NotLeader { .. }) => Answer::new(503, "not the coordinator (any more); try again"),
-        Err(e) => Answer::new(503, format!("not committed: {e}; try again")),
+        Err(e) => ApiError::not_committed(&e).into(),
     }
 }
 
@@ -204,9 +264,21 @@ mod tests {
 
     #[test]
     fn answers_have_status_and_message() {
-        let a = Answer::new(401, "no").with("x", 1);
-        assert_eq!(a.body, json!({"status": "error", "message": "no", "x": 1}));
-        assert_eq!(Answer::new(200, "fine").body["status"], "ok");
+        let a = Answer::from(ApiError::Unauthorized("no".into())).with("x", 1);
+        assert_eq!((a.status, a.body), (401, json!({"status": "error", "message": "no", "x": 1})));
+        assert_eq!(Answer::ok(200, "fine").body["status"], "ok");
+        let statuses = [
+            ApiError::BadRequest(String::new()),
+            ApiError::Unauthorized(String::new()),
+            ApiError::NotFound(String::new()),
+            ApiError::Conflict(String::new()),
+            ApiError::Failed(String::new()),
+            ApiError::Unavailable(String::new()),
+        ]
+        .map(|e| Answer::from(e).status);
+        assert_eq!(statuses, [400, 401, 404, 409, 500, 503]);
+        let lost = ApiError::not_committed(&RaftError::NotLeader { leader_id: 0 });
+        assert_eq!(lost, ApiError::Unavailable("not the coordinator (any more); try again".into()));
         assert_eq!(Action::parse("pause"), Some(Action::Pause));
         assert_eq!(Action::parse("reboot"), None);
         for a in ACTIONS {

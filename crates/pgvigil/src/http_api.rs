@@ -7,7 +7,7 @@
 //! `Authorization: Bearer <api.token>` (401 otherwise, and nothing changes); they are carried out
 //! by the coordinator ([`crate::admin`], [`crate::requests`]).
 
-use crate::admin::{self, Action, Answer};
+use crate::admin::{self, Action, Answer, ApiError};
 use crate::daemon::Shared;
 use crate::health::{self, Check, Local};
 use crate::list::{self, ClusterView, View};
@@ -88,7 +88,7 @@ pub fn router(shared: Shr) -> Router {
         .route("/failover", post(|s, h, b| mutate(s, h, b, Action::Failover)))
         .route("/failback", post(|s, h, b| mutate(s, h, b, Action::Failback)))
         .route("/reinit", post(|s, h, b| mutate(s, h, b, Action::Reinit)))
-        .fallback(|| async { reply(Answer::new(404, "no such endpoint")) })
+        .fallback(|| async { reply(Answer::from(ApiError::NotFound("no such endpoint".into()))) })
         .with_state(shared)
 }
 
@@ -150,11 +150,11 @@ async fn health_check(
 ) -> Response {
     let pairs = match query {
         Ok(Query(q)) => q,
-        Err(e) => return reply(Answer::new(400, format!("malformed query: {e}"))),
+        Err(e) => return reply(Answer::from(ApiError::BadRequest(format!("malformed query: {e}")))),
     };
     let filters = match health::parse_filters(&pairs) {
         Ok(f) => f,
-        Err(e) => return reply(Answer::new(400, e)),
+        Err(e) => return reply(Answer::from(ApiError::BadRequest(e))),
     };
     let snap = Snapshot::take(&shared);
     let local = snap.local(&shared);
@@ -209,7 +209,7 @@ async fn cluster_member(State(shared): State<Shr>, Path(member): Path<String>) -
     let v = ClusterView::from_view(&view(&shared).await);
     match v.member(&member) {
         Some(m) => Json(m).into_response(),
-        None => reply(Answer::new(404, format!("no member {member:?} in the cluster"))),
+        None => reply(Answer::from(ApiError::NotFound(format!("no member {member:?} in the cluster")))),
     }
 }
 
@@ -232,7 +232,7 @@ async fn mutate(State(shared): State<Shr>, headers: HeaderMap, body: Bytes, acti
     let token = shared.runtime.borrow().api_token.clone();
     if let Err(why) = authorize(token.as_ref().map(|t| t.0.as_str()), &headers) {
         tracing::warn!("refused {} request: {why}", action.name());
-        return reply(Answer::new(401, why));
+        return reply(Answer::from(ApiError::Unauthorized(why)));
     }
     reply(admin::run(&shared, action, &body).await)
 }

@@ -4,13 +4,12 @@
 //! ([`vigil_core::Coordinator::request`]: 404, 409), proposes it, and answers once the outcome is
 //! committed (the new primary, or why the switchover was cancelled), or 202 for a scheduled one.
 
-use crate::admin::Answer;
+use crate::admin::{Answer, ApiError};
 use crate::coordination::wall_ms;
 use crate::daemon::Shared;
 use serde::Deserialize;
 use std::time::{Duration, Instant, SystemTime, UNIX_EPOCH};
 use vigil_core::{ClusterState, Command, Decision, EventKind, Refusal, Request};
-use vigil_raft::RaftError;
 
 /// How long a reinit request waits for the clone before answering 202 (still in progress).
 const REINIT_WAIT: Duration = Duration::from_secs(120);
@@ -146,7 +145,9 @@ pub async fn execute(shared: &Shared, action: &str, req: Request) -> Answer {
     // A new coordinator may not have applied everything its predecessor committed until a quorum
     // confirms it (ReadIndex), and has no reports yet: check the request against neither.
     if let Err(e) = shared.raft.confirm_leadership(t.lease_timeout).await {
-        return Answer::new(503, format!("the coordinator's leadership is not confirmed ({e}); try again"));
+        return Answer::from(ApiError::Unavailable(format!(
+            "the coordinator's leadership is not confirmed ({e}); try again"
+        )));
     }
     let settle = t.loop_interval * 2;
     let young = shared.coordinator().leader_for(Instant::now()).and_then(|age| settle.checked_sub(age));
@@ -156,16 +157,15 @@ pub async fn execute(shared: &Shared, action: &str, req: Request) -> Answer {
     let state = shared.committed();
     let decision = shared.coordinator().request(Instant::now(), &state, &req, wall_ms());
     let cmd = match decision {
-        Err(Refusal::NotFound(m)) => return Answer::new(404, m),
-        Err(Refusal::Conflict(m)) => return Answer::new(409, m),
+        Err(Refusal::NotFound(m)) => return Answer::from(ApiError::NotFound(m)),
+        Err(Refusal::Conflict(m)) => return Answer::from(ApiError::Conflict(m)),
         Ok(Decision::Nothing(m)) => return done(shared, 200, m),
         Ok(Decision::Propose(cmd)) => cmd,
     };
     tracing::warn!(command = ?cmd, "operator request: {action}");
     match shared.propose(&cmd, shared.settings.timings.lease_timeout).await {
         Ok(_) => {}
-        Err(RaftError::NotLeader { .. }) => return Answer::new(503, "not the coordinator (any more); try again"),
-        Err(e) => return Answer::new(503, format!("not committed: {e}; try again")),
+        Err(e) => return ApiError::not_committed(&e).into(),
     }
     shared.wake_coordinator.notify_one();
     let deadline = Instant::now() + wait_limit(shared, action);
@@ -188,8 +188,11 @@ pub async fn execute(shared: &Shared, action: &str, req: Request) -> Answer {
 
 /// The answer for `cmd` once `state` shows its outcome; None while it is still under way.
 fn outcome(shared: &Shared, cmd: &Command, state: &ClusterState) -> Option<Answer> {
-    let not_applied =
-        || Some(Answer::new(409, "not applied: the cluster changed meanwhile (another request came first); try again"));
+    let not_applied = || {
+        Some(Answer::from(ApiError::Conflict(
+            "not applied: the cluster changed meanwhile (another request came first); try again".into(),
+        )))
+    };
     match cmd {
         Command::BeginSwitchover { id, to, not_before_unix_ms, .. } => {
             if state.requests < *id {
@@ -200,7 +203,7 @@ fn outcome(shared: &Shared, cmd: &Command, state: &ClusterState) -> Option<Answe
                 return Some(if o.completed {
                     done(shared, 200, format!("{what} from {} to {}", o.from, o.to)).with("id", *id)
                 } else {
-                    Answer::new(409, o.detail.clone()).with("id", *id)
+                    Answer::from(ApiError::Conflict(o.detail.clone())).with("id", *id)
                 });
             }
             match &state.switchover {
@@ -221,9 +224,9 @@ fn outcome(shared: &Shared, cmd: &Command, state: &ClusterState) -> Option<Answe
             }
         }
         Command::CancelSwitchover { id, .. } => match &state.last_switchover {
-            Some(o) if o.id == *id && o.completed => {
-                Some(Answer::new(409, format!("switchover {id} completed before it could be cancelled")))
-            }
+            Some(o) if o.id == *id && o.completed => Some(Answer::from(ApiError::Conflict(format!(
+                "switchover {id} completed before it could be cancelled"
+            )))),
             Some(o) if o.id == *id => Some(done(shared, 200, o.detail.clone())),
             _ if state.switchover.as_ref().is_some_and(|s| s.id == *id) => None,
             _ => not_applied(),
@@ -239,7 +242,7 @@ fn outcome(shared: &Shared, cmd: &Command, state: &ClusterState) -> Option<Answe
             let detail = event.map_or_else(|| format!("{member} re-initialised"), |e| e.detail.clone());
             let failed = detail.starts_with("failed");
             Some(if failed {
-                Answer::new(500, format!("re-initialisation of {member}: {detail}"))
+                Answer::from(ApiError::Failed(format!("re-initialisation of {member}: {detail}")))
             } else {
                 done(shared, 200, format!("{member} re-initialised: {detail}"))
             })
@@ -250,7 +253,7 @@ fn outcome(shared: &Shared, cmd: &Command, state: &ClusterState) -> Option<Answe
 
 fn done(shared: &Shared, status: u16, message: String) -> Answer {
     let s = shared.committed();
-    Answer::new(status, message)
+    Answer::ok(status, message)
         .with("epoch", s.epoch)
         .with("primary", s.primary.unwrap_or_default())
         .with("coordinator", shared.name())
