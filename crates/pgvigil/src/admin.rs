@@ -9,6 +9,7 @@ use crate::daemon::Shared;
 use crate::requests;
 use serde::Deserialize;
 use serde_json::{json, Value};
+use std::time::Instant;
 use vigil_core::Command;
 use vigil_raft::{proto, RaftError};
 
@@ -101,6 +102,9 @@ pub enum ApiError {
     Failed(String),
     /// 503: no coordinator, not reachable, not committed: try again.
     Unavailable(String),
+    /// 503: this member stopped being the coordinator before it proposed anything; the member
+    /// that took the request tries the next coordinator ([`run`]).
+    NotCoordinator(String),
 }
 
 impl ApiError {
@@ -111,14 +115,18 @@ impl ApiError {
             ApiError::NotFound(_) => 404,
             ApiError::Conflict(_) => 409,
             ApiError::Failed(_) => 500,
-            ApiError::Unavailable(_) => 503,
+            ApiError::Unavailable(_) | ApiError::NotCoordinator(_) => 503,
         }
+    }
+
+    pub fn not_coordinator() -> ApiError {
+        ApiError::NotCoordinator("not the coordinator (any more); try again".into())
     }
 
     /// A proposal that did not commit.
     pub fn not_committed(e: &RaftError) -> ApiError {
         match e {
-            RaftError::NotLeader { .. } => ApiError::Unavailable("not the coordinator (any more); try again".into()),
+            RaftError::NotLeader { .. } => ApiError::not_coordinator(),
             e => ApiError::Unavailable(format!("not committed: {e}; try again")),
         }
     }
@@ -127,17 +135,29 @@ impl ApiError {
 impl From<ApiError> for Answer {
     fn from(e: ApiError) -> Answer {
         let status = e.status();
+        let handed_over = matches!(e, ApiError::NotCoordinator(_));
         let (ApiError::BadRequest(m)
         | ApiError::Unauthorized(m)
         | ApiError::NotFound(m)
         | ApiError::Conflict(m)
         | ApiError::Failed(m)
-        | ApiError::Unavailable(m)) = e;
-        Answer { status, body: json!({ "status": "error", "message": m }) }
+        | ApiError::Unavailable(m)
+        | ApiError::NotCoordinator(m)) = e;
+        let answer = Answer { status, body: json!({ "status": "error", "message": m }) };
+        if handed_over {
+            answer.with("not_coordinator", true)
+        } else {
+            answer
+        }
     }
 }
 
 impl Answer {
+    /// An [`ApiError::NotCoordinator`], also one forwarded by another member.
+    pub fn is_not_coordinator(&self) -> bool {
+        self.status == 503 && self.body.get("not_coordinator").and_then(Value::as_bool) == Some(true)
+    }
+
     /// A success (2xx); refusals are [`ApiError`]s.
     pub fn ok(status: u16, message: impl Into<String>) -> Answer {
         debug_assert!((200..300).contains(&status), "Answer::ok({status}): use an ApiError");
@@ -160,8 +180,25 @@ pub fn parse_body(body: &[u8]) -> Result<PauseBody, String> {
     serde_json::from_slice(body).map_err(|e| format!("malformed body: {e}"))
 }
 
-/// Take a request on this member: carry it out if it is the coordinator, else forward it.
+/// Take a request on this member: carry it out if it is the coordinator, else forward it. A
+/// coordinator that hands its leadership over (it moves off the primary's host, or stops)
+/// refuses what it has not proposed yet; nothing of the request happened, so it goes to the next
+/// coordinator, for up to four election timeouts, instead of a 503 for an internal move.
 pub async fn run(shared: &Shared, action: Action, body: &[u8]) -> Answer {
+    let t = &shared.settings.timings;
+    let deadline = Instant::now() + t.election_timeout() * 4;
+    loop {
+        let answer = dispatch(shared, action, body).await;
+        if !answer.is_not_coordinator() || Instant::now() >= deadline {
+            return answer;
+        }
+        // Until Raft has settled on the next leader: polled at its own tick, within the deadline.
+        tokio::time::sleep(t.raft_tick).await;
+    }
+}
+
+/// One attempt of [`run`].
+async fn dispatch(shared: &Shared, action: Action, body: &[u8]) -> Answer {
     let parsed = match parse_any(action, body) {
         Ok(b) => b,
         Err(e) => return Answer::from(ApiError::BadRequest(e)),
@@ -212,7 +249,7 @@ pub async fn run_forwarded(shared: &Shared, action: &str, body_json: &str) -> An
         Err(e) => return Answer::from(ApiError::BadRequest(e)),
     };
     if !shared.raft.status().borrow().is_leader {
-        return Answer::from(ApiError::Unavailable("not the coordinator (any more); try again".into()));
+        return ApiError::not_coordinator().into();
     }
     execute(shared, action, parsed).await
 }
@@ -274,11 +311,16 @@ mod tests {
             ApiError::Conflict(String::new()),
             ApiError::Failed(String::new()),
             ApiError::Unavailable(String::new()),
+            ApiError::NotCoordinator(String::new()),
         ]
         .map(|e| Answer::from(e).status);
-        assert_eq!(statuses, [400, 401, 404, 409, 500, 503]);
+        assert_eq!(statuses, [400, 401, 404, 409, 500, 503, 503]);
         let lost = ApiError::not_committed(&RaftError::NotLeader { leader_id: 0 });
-        assert_eq!(lost, ApiError::Unavailable("not the coordinator (any more); try again".into()));
+        assert_eq!(lost, ApiError::not_coordinator());
+        let handed_over = Answer::from(lost);
+        assert!(handed_over.is_not_coordinator(), "{:?}", handed_over.body);
+        assert!(!Answer::from(ApiError::Unavailable("x".into())).is_not_coordinator());
+        assert!(!Answer::from(ApiError::not_committed(&RaftError::Timeout)).is_not_coordinator());
         assert_eq!(Action::parse("pause"), Some(Action::Pause));
         assert_eq!(Action::parse("reboot"), None);
         for a in ACTIONS {

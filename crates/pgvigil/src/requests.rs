@@ -144,10 +144,13 @@ pub async fn execute(shared: &Shared, action: &str, req: Request) -> Answer {
     let t = &shared.settings.timings;
     // A new coordinator may not have applied everything its predecessor committed until a quorum
     // confirms it (ReadIndex), and has no reports yet: check the request against neither.
-    if let Err(e) = shared.raft.confirm_leadership(t.lease_timeout).await {
-        return Answer::from(ApiError::Unavailable(format!(
-            "the coordinator's leadership is not confirmed ({e}); try again"
-        )));
+    match shared.raft.confirm_leadership(t.lease_timeout).await {
+        Ok(()) => {}
+        Err(vigil_raft::RaftError::NotLeader { .. }) => return ApiError::not_coordinator().into(),
+        Err(e) => {
+            return ApiError::Unavailable(format!("the coordinator's leadership is not confirmed ({e}); try again"))
+                .into()
+        }
     }
     let settle = t.loop_interval * 2;
     let young = shared.coordinator().leader_for(Instant::now()).and_then(|age| settle.checked_sub(age));
