@@ -102,8 +102,9 @@ pub enum ApiError {
     Failed(String),
     /// 503: no coordinator, not reachable, not committed: try again.
     Unavailable(String),
-    /// 503: this member stopped being the coordinator before it proposed anything; the member
-    /// that took the request tries the next coordinator ([`run`]).
+    /// 503: no coordinator took the request (this one stopped being it before it proposed
+    /// anything, or none is known during an election); the member that took the request tries
+    /// the next coordinator ([`run`]).
     NotCoordinator(String),
 }
 
@@ -207,9 +208,9 @@ async fn dispatch(shared: &Shared, action: Action, body: &[u8]) -> Answer {
         return execute(shared, action, parsed).await;
     }
     let Some((name, addr)) = shared.leader().cloned() else {
-        return Answer::from(ApiError::Unavailable(
-            "no coordinator is known (an election may be under way); try again".into(),
-        ));
+        // Nothing happened yet: [`run`] tries again once the election is over.
+        return ApiError::NotCoordinator("no coordinator is known (an election may be under way); try again".into())
+            .into();
     };
     let request =
         proto::AdminRequest { action: action.name().into(), body_json: String::from_utf8_lossy(body).into_owned() };
