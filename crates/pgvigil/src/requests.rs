@@ -9,7 +9,7 @@ use crate::coordination::wall_ms;
 use crate::daemon::Shared;
 use serde::Deserialize;
 use std::time::{Duration, Instant, SystemTime, UNIX_EPOCH};
-use vigil_core::{ClusterState, Command, Decision, EventKind, Refusal, Request};
+use vigil_core::{ClusterState, Command, Decision, EventKind, Input, Refusal, Request};
 
 /// How long a reinit request waits for the clone before answering 202 (still in progress).
 const REINIT_WAIT: Duration = Duration::from_secs(120);
@@ -152,17 +152,21 @@ pub async fn execute(shared: &Shared, action: &str, req: Request) -> Answer {
                 .into()
         }
     }
-    let settle = t.loop_interval * 2;
-    let young = shared.coordinator().leader_for(Instant::now()).and_then(|age| settle.checked_sub(age));
-    if let Some(left) = young {
-        tokio::time::sleep(left).await;
-    }
-    let state = shared.committed();
-    let decision = shared.coordinator().request(Instant::now(), &state, &req, wall_ms());
+    // A new coordinator has requests wait until it heard the members (the core says how long).
+    let decision = loop {
+        let input = Input::Request { request: req.clone(), wall_ms: wall_ms() };
+        let Some(out) = shared.coordinator.step(input).await else { return ApiError::not_coordinator().into() };
+        match out.decision {
+            None => return ApiError::not_coordinator().into(),
+            Some(Ok(Decision::Wait(left))) => tokio::time::sleep(left).await,
+            Some(decision) => break decision,
+        }
+    };
     let cmd = match decision {
         Err(Refusal::NotFound(m)) => return Answer::from(ApiError::NotFound(m)),
         Err(Refusal::Conflict(m)) => return Answer::from(ApiError::Conflict(m)),
         Ok(Decision::Nothing(m)) => return done(shared, 200, m),
+        Ok(Decision::Wait(_)) => unreachable!("waited above"),
         Ok(Decision::Propose(cmd)) => cmd,
     };
     tracing::warn!(command = ?cmd, "operator request: {action}");
@@ -170,7 +174,7 @@ pub async fn execute(shared: &Shared, action: &str, req: Request) -> Answer {
         Ok(_) => {}
         Err(e) => return ApiError::not_committed(&e).into(),
     }
-    shared.wake_coordinator.notify_one();
+    shared.coordinator.wake();
     let deadline = Instant::now() + wait_limit(shared, action);
     let mut state_rx = shared.raft.state();
     loop {

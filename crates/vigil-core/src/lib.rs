@@ -22,6 +22,7 @@
 pub mod agent;
 pub mod candidate;
 pub mod coordinator;
+pub mod engine;
 pub mod lease;
 pub mod planted;
 pub mod repeats;
@@ -33,6 +34,7 @@ pub mod timing;
 
 pub use agent::{AgentAction, AgentInput, LocalMemory, Upstream};
 pub use coordinator::Coordinator;
+pub use engine::{Input, Note, Output, PendingGrant, ReportAnswer};
 pub use lease::Lease;
 pub use repeats::Repeats;
 pub use report::{DataDir, HealthReport, MemberKind, PgStatus};

@@ -157,6 +157,8 @@ pub enum Decision {
     Propose(Command),
     /// Nothing to do (already so), and why.
     Nothing(String),
+    /// Ask again after this long: the coordinator is new and may not have every member's report.
+    Wait(std::time::Duration),
 }
 
 fn why(e: &Excluded, member: &str) -> String {
@@ -246,7 +248,7 @@ impl Coordinator {
     }
 
     /// An operator's request, checked against the committed state and the latest reports.
-    pub fn request(
+    pub(crate) fn request(
         &self,
         now: Instant,
         state: &ClusterState,

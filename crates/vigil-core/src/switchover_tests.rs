@@ -1,5 +1,6 @@
 use super::*;
 use crate::agent::{reconcile, AgentAction, AgentInput, LocalMemory, Upstream};
+use crate::engine::Input;
 use crate::report::{DataDir, PgStatus, ReplicaStatus};
 use crate::state::{EventKind, Member, Rejected};
 use crate::sync::{SyncMode, SyncState};
@@ -70,9 +71,9 @@ fn cluster() -> (Coordinator, ClusterState, Instant) {
 
 fn hear(c: &mut Coordinator, s: &ClusterState, t: Instant, reports: &[HealthReport]) {
     for r in reports {
-        let a = c.on_report(t, r.clone(), s);
-        if a.grant {
-            c.granted(t, &r.member, a.epoch);
+        let answer = c.step(t, s, Input::Report(Box::new(r.clone()))).answer;
+        if let Some(pending) = answer.and_then(|a| a.pending) {
+            c.step(t, s, Input::LeaseConfirmed(pending));
         }
     }
 }
@@ -81,6 +82,7 @@ fn propose(c: &Coordinator, s: &ClusterState, t: Instant, req: Request) -> Resul
     match c.request(t, s, &req, 1_000)? {
         Decision::Propose(cmd) => Ok(cmd),
         Decision::Nothing(why) => Err(Refusal::Conflict(format!("nothing: {why}"))),
+        Decision::Wait(d) => Err(Refusal::Conflict(format!("wait {d:?}"))),
     }
 }
 
