@@ -14,8 +14,8 @@
 
 use crate::coordinator::Coordinator;
 use crate::report::HealthReport;
+use crate::request::{Decision, Refusal, Request};
 use crate::state::{ClusterState, Command};
-use crate::switchover::{Decision, Refusal, Request};
 use std::time::{Duration, Instant};
 
 /// Something the coordinator must know about.

@@ -1,7 +1,9 @@
 use super::*;
 use crate::agent::{reconcile, AgentAction, AgentInput, LocalMemory, Upstream};
 use crate::engine::Input;
+use crate::format_unix_ms;
 use crate::report::{DataDir, PgStatus, ReplicaStatus};
+use crate::request::{Decision, Refusal, Request};
 use crate::state::{EventKind, Member, Rejected};
 use crate::sync::{SyncMode, SyncState};
 use crate::timing::Timings;

@@ -18,7 +18,7 @@ use proptest::collection::{btree_map, vec};
 use proptest::prelude::*;
 use serde_json::Value;
 use std::time::{Duration, Instant};
-use vigil_core::switchover::format_unix_ms;
+use vigil_core::format_unix_ms;
 use vigil_core::{Coordinator, Decision, Input, Request, Timings};
 use vigil_raft::StateMachine;
 
