@@ -466,14 +466,11 @@ impl Coordinator {
             .filter(|r| r.kind == MemberKind::Postgres && !r.nofailover)
             .filter(|r| matches!(r.pg.data_dir, DataDir::Primary | DataDir::Empty))
             .collect();
-        ok.sort_by(|a, b| {
-            let has_data = |r: &HealthReport| r.pg.data_dir == DataDir::Primary;
-            let failed = |r: &HealthReport| r.pg.bootstrap_failed.is_some();
-            has_data(b)
-                .cmp(&has_data(a))
-                .then(failed(a).cmp(&failed(b)))
-                .then(b.priority.cmp(&a.priority))
-                .then(a.member.cmp(&b.member))
+        // An existing primary data directory first, then one whose initdb did not fail; WAL does
+        // not count (no server runs yet).
+        candidate::rank(&mut ok, |r| {
+            let has_data = r.pg.data_dir == DataDir::Primary;
+            (u8::from(has_data) * 2 + u8::from(r.pg.bootstrap_failed.is_none()), 0)
         });
         // Bootstrap is proposed after the member's own UpsertMember, in the same batch.
         ok.first().map(|r| r.member.clone()).filter(|_| state.primary.is_none())

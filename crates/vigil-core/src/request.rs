@@ -3,6 +3,7 @@
 //! a command or a refusal ([`Coordinator::request`], stepped as `Input::Request`); [`outcome`]
 //! reads what became of the command in the committed state, for the answer to the operator.
 
+use crate::candidate;
 use crate::coordinator::Coordinator;
 use crate::format_unix_ms;
 use crate::report::{HealthReport, MemberKind};
@@ -132,9 +133,7 @@ impl Coordinator {
             .filter(|m| self.planned_problem(now, state, from, m).is_none())
             .filter_map(|m| self.reports.get(m).map(|r| &r.report))
             .collect();
-        ok.sort_by(|a, b| {
-            b.wal_position().cmp(&a.wal_position()).then(b.priority.cmp(&a.priority)).then(a.member.cmp(&b.member))
-        });
+        candidate::rank(&mut ok, |r| (0, r.wal_position()));
         ok.first().map(|r| r.member.clone())
     }
 
