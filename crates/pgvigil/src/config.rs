@@ -65,6 +65,9 @@ pub struct Config {
     /// How members prove to each other that they belong to the cluster.
     #[serde(default)]
     pub peer_auth: PeerAuthConfig,
+    /// pgBackRest archiving and backups. None: no archiving, no backups.
+    #[serde(default)]
+    pub backup: Option<BackupConfig>,
 }
 
 /// The `[stop]` table.
@@ -387,6 +390,8 @@ pub struct Settings {
     pub peer_key: Option<Arc<vigil_raft::auth::ClusterKey>>,
     /// The file these settings were read from ([`load`]), read again on SIGHUP.
     pub path: Option<PathBuf>,
+    /// The `[backup]` table, checked. None: no archiving, no backups.
+    pub backup: Option<BackupSettings>,
 }
 
 impl std::fmt::Debug for Settings {
@@ -401,6 +406,7 @@ impl std::fmt::Debug for Settings {
             .field("tls", &self.tls)
             .field("peer_key", &self.peer_key)
             .field("path", &self.path)
+            .field("backup", &self.backup)
             .finish()
     }
 }
@@ -739,7 +745,9 @@ pub fn check(raw: Config) -> Result<Settings, ConfigError> {
         }
         (MemberKind::Witness, None) => (String::new(), None),
     };
+    let backup = raw.backup.as_ref().map(backup::check).transpose()?;
     Ok(Settings {
+        backup,
         raw,
         timings,
         advertise,
@@ -760,6 +768,10 @@ mod tests;
 mod parse;
 use parse::env_overrides;
 pub use parse::{parse, CLI_VARIABLES, ENV_BOOL_KEYS, ENV_INTEGER_KEYS};
+
+#[path = "config_backup.rs"]
+mod backup;
+pub use backup::{BackupConfig, BackupSettings, ScheduleConfig, DEFAULT_ARCHIVE_TIMEOUT, DEFAULT_BACKUP_TIMEOUT};
 
 #[path = "config_peer_auth.rs"]
 mod peer_auth;

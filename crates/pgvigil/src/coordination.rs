@@ -102,7 +102,8 @@ pub async fn run(shared: Arc<Shared>, shutdown: CancellationToken) -> anyhow::Re
             continue;
         }
         let state = shared.committed();
-        let commands = shared.coordinator().decide(Instant::now(), &state, wall_ms());
+        let mut commands = shared.coordinator().decide(Instant::now(), &state, wall_ms());
+        commands.extend(crate::backup::decide(&shared, &state, wall_ms()));
         let blocked = {
             let c = shared.coordinator();
             c.lease_expires_in(Instant::now(), &state)
@@ -185,5 +186,6 @@ fn describe(cmd: &Command) -> String {
         Command::CancelSwitchover { id, reason, .. } => format!("cancellation of switchover {id} ({reason})"),
         Command::CompleteSwitchover { id, .. } => format!("completion of switchover {id}"),
         Command::RequestReinit { id, member, .. } => format!("reinit {id} of {member}"),
+        Command::Backup { backup } => crate::backup::describe(backup),
     }
 }

@@ -349,6 +349,12 @@ impl Postgres {
             "-c".into(),
             format!("cluster_name={}", s.member).into(),
         ];
+        let mut postgres = postgres;
+        for (name, value) in &s.start_parameters {
+            crate::conf::check_guc_name(name)?;
+            postgres.push("-c".into());
+            postgres.push(format!("{name}={value}").into());
+        }
         let args = KeeperArgs {
             data_dir: s.data_dir.clone(),
             socket: s.keeper.socket.clone(),
