@@ -88,6 +88,8 @@ pub struct PgBackRest {
     pub config: PathBuf,
     pub stanza: String,
     pub run_as: Option<RunAs>,
+    /// This member's PostgreSQL (for a `CHECKPOINT` before a backup).
+    pub pg: PgSettings,
 }
 
 impl PgBackRest {
@@ -97,6 +99,7 @@ impl PgBackRest {
             config: config_path(settings),
             stanza: b.raw.stanza.clone(),
             run_as: pg.run_as,
+            pg: pg.clone(),
         }
     }
 
@@ -111,7 +114,10 @@ impl PgBackRest {
         if let Some(r) = self.run_as {
             cmd.uid(r.uid).gid(r.gid);
         }
+        // Its own group (killed whole at the deadline), and killed with the daemon: a backup
+        // left running by a dead daemon would race the one the next primary takes.
         cmd.process_group(0).kill_on_drop(true);
+        vigil_pg::process::set_parent_death_signal(cmd.as_std_mut(), nix::sys::signal::Signal::SIGKILL);
         let what = format!("pgbackrest {}", args.first().copied().unwrap_or_default());
         let child = cmd.spawn().with_context(|| format!("run {} (backup.pgbackrest)", self.program.display()))?;
         let pgid = child.id();

@@ -132,6 +132,11 @@ async fn take(pgb: Arc<PgBackRest>, kind: BackupType, timeout: Duration) -> Back
         error: Some(e),
         ..Default::default()
     };
+    // Right after a promotion pg_control still names the old timeline until the first checkpoint,
+    // and pgBackRest refuses that ("WAL timeline 2 does not match pg_control timeline 1").
+    if let Err(e) = checkpoint(&pgb).await {
+        return failure(format!("CHECKPOINT before the backup: {e:#}"));
+    }
     if let Err(e) = pgb.run(&["backup", &format!("--type={}", kind.name())], timeout).await {
         tracing::error!("backup failed: {e:#}");
         return failure(format!("{e:#}"));
@@ -147,6 +152,27 @@ async fn take(pgb: Arc<PgBackRest>, kind: BackupType, timeout: Duration) -> Back
         },
         Err(e) => failure(format!("backup done, but {e:#}")),
     }
+}
+
+async fn checkpoint(pgb: &PgBackRest) -> anyhow::Result<()> {
+    let pg = &pgb.pg;
+    let mut config = tokio_postgres::Config::new();
+    config
+        .host_path(&pg.socket_dir)
+        .port(pg.port)
+        .user(&pg.superuser)
+        .dbname("postgres")
+        .application_name("pgvigil backup")
+        .connect_timeout(Duration::from_secs(5));
+    let work = async {
+        let (client, connection) = config.connect(tokio_postgres::NoTls).await?;
+        tokio::spawn(connection);
+        client.batch_execute("CHECKPOINT").await
+    };
+    tokio::time::timeout(vigil_pg::observe::CHECKPOINT_DEADLINE, work)
+        .await
+        .map_err(|_| anyhow::anyhow!("no answer within {:?}", vigil_pg::observe::CHECKPOINT_DEADLINE))?
+        .map_err(anyhow::Error::from)
 }
 
 /// Hand `cmd` to the coordinator (directly, or forwarded); a failure is logged (thinned) and the
