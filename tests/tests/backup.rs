@@ -131,10 +131,8 @@ async fn wal_is_archived_and_backups_follow_the_primary_through_a_kill_9_failove
     // Scheduled incrementals every 20 s (the first, with no full yet, is taken as a full).
     let mut t = TestCluster::prepare(3, 0, |s| with_backup(s, &["schedule.incr = \"*/20 * * * * *\""]))?;
     t.cluster.start_all()?;
-    t.wait_for("a settled cluster with its stanza", CONVERGE, |v| {
-        settled(v) && v.state.backup.stanza_ready.is_some()
-    })
-    .await?;
+    t.wait_for("a settled cluster with its stanza", CONVERGE, |v| settled(v) && v.state.backup.stanza_ready.is_some())
+        .await?;
     let old = t.primary().await?;
     let repo = repo(t.spec());
 
@@ -250,10 +248,8 @@ async fn a_backup_interrupted_by_a_failover_is_retried_on_the_new_primary_exactl
     // Slow enough to be caught running: maximal compression of some tens of MB.
     let mut t = TestCluster::prepare(3, 0, |s| with_backup(s, &["options = { compress-level = \"9\" }"]))?;
     t.cluster.start_all()?;
-    t.wait_for("a settled cluster with its stanza", CONVERGE, |v| {
-        settled(v) && v.state.backup.stanza_ready.is_some()
-    })
-    .await?;
+    t.wait_for("a settled cluster with its stanza", CONVERGE, |v| settled(v) && v.state.backup.stanza_ready.is_some())
+        .await?;
     let old = t.primary().await?;
     t.execute(
         &old,
@@ -314,10 +310,8 @@ async fn a_deposed_primary_that_outlives_its_daemon_cannot_archive() -> anyhow::
     use nix::unistd::Pid;
     let mut t = TestCluster::prepare(3, 0, |s| with_backup(s, &[]))?;
     t.cluster.start_all()?;
-    t.wait_for("a settled cluster with its stanza", CONVERGE, |v| {
-        settled(v) && v.state.backup.stanza_ready.is_some()
-    })
-    .await?;
+    t.wait_for("a settled cluster with its stanza", CONVERGE, |v| settled(v) && v.state.backup.stanza_ready.is_some())
+        .await?;
     let old = t.primary().await?;
     let postmaster = t.postmaster_pid(&old).context("the primary's postmaster")?;
     let keeper = parent_of(postmaster).context("its keeper")?;
@@ -340,10 +334,7 @@ async fn a_deposed_primary_that_outlives_its_daemon_cannot_archive() -> anyhow::
         .await?;
         anyhow::ensure!(!in_archive(&repo(t.spec()), &segment), "{segment} of the deposed primary is not archived");
         let log = log_of(&t, &old);
-        anyhow::ensure!(
-            log.contains(&format!("pgvigil archive-push {segment}: refused")),
-            "the refusal is in its log"
-        );
+        anyhow::ensure!(log.contains(&format!("pgvigil archive-push {segment}: refused")), "the refusal is in its log");
         // The new primary archives as usual.
         let new = v.state.primary.clone().context("a primary")?;
         t.execute(&new, "CREATE TABLE fresh (id int); INSERT INTO fresh VALUES (1)").await?;
@@ -371,7 +362,11 @@ fn a_bad_backup_table_exits_64_naming_the_key() {
     let good = spec.config_text(&spec.members[0]);
     let cases = [
         ("unknown key", good.replace("stanza = ", "stanzza = \"x\"\nstanza = "), "backup.stanzza"),
-        ("bad schedule", good.replace("[backup]\n", "[backup]\nschedule.full = \"61 * * * *\"\n"), "backup.schedule.full"),
+        (
+            "bad schedule",
+            good.replace("[backup]\n", "[backup]\nschedule.full = \"61 * * * *\"\n"),
+            "backup.schedule.full",
+        ),
         ("standby", good.replace("[backup]\n", "[backup]\nrun_on = \"standby\"\n"), "backup.run_on"),
         ("no repository", good.replace("repo_path = ", "# repo_path = "), "backup.repo_path"),
         (
@@ -384,7 +379,8 @@ fn a_bad_backup_table_exits_64_naming_the_key() {
     for (what, text, key) in cases {
         let path = dir.path().join("bad.toml");
         std::fs::write(&path, &text).expect("write");
-        let out = std::process::Command::new(pgvigil_bin()).arg("run").arg("--config").arg(&path).output().expect("run");
+        let out =
+            std::process::Command::new(pgvigil_bin()).arg("run").arg("--config").arg(&path).output().expect("run");
         let stderr = String::from_utf8_lossy(&out.stderr);
         assert_eq!(out.status.code(), Some(64), "{what}: {stderr}");
         assert!(stderr.contains(key), "{what}: stderr should name {key}: {stderr}");

@@ -230,9 +230,16 @@ async fn dispatch(shared: &Shared, action: Action, body: &[u8]) -> Answer {
     let request =
         proto::AdminRequest { action: action.name().into(), body_json: String::from_utf8_lossy(body).into_owned() };
     let lease = shared.settings.timings.lease_timeout;
-    let timeout = if action.is_pause() || action.is_backup() { lease * 2 } else { requests::wait_limit(shared, action.name()) + lease * 2 };
-    let client =
-        if action.is_pause() || action.is_backup() { shared.clients.client(&addr) } else { shared.clients.long_client(&addr, timeout) };
+    let timeout = if action.is_pause() || action.is_backup() {
+        lease * 2
+    } else {
+        requests::wait_limit(shared, action.name()) + lease * 2
+    };
+    let client = if action.is_pause() || action.is_backup() {
+        shared.clients.client(&addr)
+    } else {
+        shared.clients.long_client(&addr, timeout)
+    };
     let reply = match client {
         Ok(mut client) => tokio::time::timeout(timeout, client.admin(request)).await,
         Err(e) => {

@@ -71,8 +71,16 @@ pub const DEFAULT_ARCHIVE_TIMEOUT: Duration = Duration::from_secs(60);
 
 /// Options pgvigil writes itself (from other keys, or per member): setting them would point a
 /// member at another cluster's data, or break the fencing of archiving.
-const OWN_OPTIONS: &[&str] =
-    &["stanza", "config", "lock-path", "log-path", "spool-path", "repo1-path", "repo1-retention-full", "repo1-retention-diff"];
+const OWN_OPTIONS: &[&str] = &[
+    "stanza",
+    "config",
+    "lock-path",
+    "log-path",
+    "spool-path",
+    "repo1-path",
+    "repo1-retention-full",
+    "repo1-retention-diff",
+];
 
 /// The checked `[backup]` table.
 #[derive(Debug, Clone)]

@@ -125,8 +125,9 @@ fn secure_state_dir(settings: &Settings) -> anyhow::Result<()> {
     let dir = &settings.raw.state_dir;
     let below = |p: &std::path::Path| p.starts_with(dir);
     // With [backup], PostgreSQL's archive command reaches `<state_dir>/pgbackrest` too.
-    let pg_below = settings.raw.postgres.as_ref().is_some_and(|pg| below(&pg.data_dir) || below(&settings.socket_dir()))
-        || settings.backup.is_some();
+    let pg_below =
+        settings.raw.postgres.as_ref().is_some_and(|pg| below(&pg.data_dir) || below(&settings.socket_dir()))
+            || settings.backup.is_some();
     let target = if pg_below { 0o711 } else { 0o700 };
     let mode = std::fs::metadata(dir).with_context(|| format!("stat {}", dir.display()))?.permissions().mode() & 0o777;
     if mode & !target != 0 {

@@ -48,7 +48,9 @@ pub fn parse(action: &str, body: &[u8]) -> Result<Body, String> {
     let b: BackupBody = serde_json::from_slice(body).map_err(|e| format!("malformed body: {e}"))?;
     let kind = match b.kind.as_deref() {
         None => BackupType::Full,
-        Some(t) => BackupType::parse(t).ok_or_else(|| format!("malformed body: type {t:?} is not full, diff or incr"))?,
+        Some(t) => {
+            BackupType::parse(t).ok_or_else(|| format!("malformed body: type {t:?} is not full, diff or incr"))?
+        }
     };
     let reason = match b.reason {
         Some(r) if !r.trim().is_empty() => format!("manual: {}", r.trim()),
@@ -96,8 +98,8 @@ async fn request(shared: &Shared, kind: BackupType, reason: String) -> Answer {
         return ApiError::not_committed(&e).into();
     }
     let after = shared.committed();
-    let started = after.backup.running.as_ref().is_some_and(|r| r.id == id)
-        || after.backup.done.iter().any(|d| d.id == id);
+    let started =
+        after.backup.running.as_ref().is_some_and(|r| r.id == id) || after.backup.done.iter().any(|d| d.id == id);
     if !started {
         return ApiError::Conflict("not started: the cluster changed meanwhile; try again".into()).into();
     }
@@ -115,7 +117,9 @@ async fn report(shared: &Shared, cmd: BackupCommand) -> Answer {
     let after = shared.committed();
     let recorded = match &cmd {
         BackupCommand::StanzaReady { .. } => after.backup.stanza_ready.is_some(),
-        BackupCommand::Finish { id, member, .. } => after.backup.done.iter().any(|d| d.id == *id && d.member == *member),
+        BackupCommand::Finish { id, member, .. } => {
+            after.backup.done.iter().any(|d| d.id == *id && d.member == *member)
+        }
         _ => false,
     };
     if recorded {

@@ -25,7 +25,11 @@ pub fn permit(shared: &Shared, now: Instant) -> Result<u64, String> {
     let state = shared.committed();
     if !state.is_primary(shared.name()) {
         let primary = state.primary.as_deref().unwrap_or("none");
-        return Err(format!("{} is not the primary of epoch {} (the primary is {primary})", shared.name(), state.epoch));
+        return Err(format!(
+            "{} is not the primary of epoch {} (the primary is {primary})",
+            shared.name(),
+            state.epoch
+        ));
     }
     if !shared.lease_valid(state.epoch, now) {
         return Err(format!("{} holds no valid lease for epoch {}", shared.name(), state.epoch));
@@ -198,11 +202,7 @@ pub fn postgres_parameters(
         q(pgbackrest_config),
         sh_quote(&b.raw.stanza),
     );
-    vec![
-        ("archive_mode".into(), "on".into()),
-        ("archive_command".into(), push),
-        ("restore_command".into(), get),
-    ]
+    vec![("archive_mode".into(), "on".into()), ("archive_command".into(), push), ("restore_command".into(), get)]
 }
 
 #[cfg(test)]

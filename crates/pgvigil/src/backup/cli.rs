@@ -39,22 +39,22 @@ pub async fn backup(args: BackupArgs) -> anyhow::Result<()> {
         if !l.ok() {
             return Err(fail(&l, "backups"));
         }
-        let done = l.json.get("backups").and_then(|b| b.as_array()).and_then(|b| {
-            b.iter().find(|d| d.get("id").and_then(|v| v.as_u64()) == Some(id)).cloned()
-        });
+        let done = l
+            .json
+            .get("backups")
+            .and_then(|b| b.as_array())
+            .and_then(|b| b.iter().find(|d| d.get("id").and_then(|v| v.as_u64()) == Some(id)).cloned());
         if let Some(d) = done {
             let error = d.pointer("/outcome/error").and_then(|e| e.as_str()).map(str::to_string);
-            match t.output {
-                Output::Json => println!("{d}"),
-                Output::Table => match &error {
-                    None => println!(
-                        "backup {id} done on {}: {} ({} bytes)",
-                        d["member"].as_str().unwrap_or("?"),
-                        d.pointer("/outcome/label").and_then(|v| v.as_str()).unwrap_or("?"),
-                        d.pointer("/outcome/size_bytes").and_then(|v| v.as_u64()).unwrap_or(0)
-                    ),
-                    Some(_) => {}
-                },
+            if t.output == Output::Json {
+                println!("{d}");
+            } else if error.is_none() {
+                println!(
+                    "backup {id} done on {}: {} ({} bytes)",
+                    d["member"].as_str().unwrap_or("?"),
+                    d.pointer("/outcome/label").and_then(|v| v.as_str()).unwrap_or("?"),
+                    d.pointer("/outcome/size_bytes").and_then(|v| v.as_u64()).unwrap_or(0)
+                );
             }
             return match error {
                 None => Ok(()),
@@ -79,7 +79,8 @@ pub async fn backups(args: ApiArgs) -> anyhow::Result<()> {
         println!("{}", serde_json::to_string_pretty(&r.json)?);
         return Ok(());
     }
-    let mut rows = vec![["Id", "Type", "Member", "Epoch", "Finished (UTC)", "Label", "Size", "Result"].map(String::from)];
+    let mut rows =
+        vec![["Id", "Type", "Member", "Epoch", "Finished (UTC)", "Label", "Size", "Result"].map(String::from)];
     for d in r.json.get("backups").and_then(|b| b.as_array()).into_iter().flatten() {
         let s = |p: &str| d.pointer(p).and_then(|v| v.as_str()).unwrap_or("").to_string();
         let n = |p: &str| d.pointer(p).and_then(|v| v.as_u64()).unwrap_or(0);

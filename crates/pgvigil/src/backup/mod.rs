@@ -46,7 +46,9 @@ pub fn decide(shared: &Shared, state: &ClusterState, now_ms: u64) -> Vec<Command
 
 pub fn describe(cmd: &BackupCommand) -> String {
     match cmd {
-        BackupCommand::StanzaReady { member, epoch, .. } => format!("backup stanza ready (by {member} in epoch {epoch})"),
+        BackupCommand::StanzaReady { member, epoch, .. } => {
+            format!("backup stanza ready (by {member} in epoch {epoch})")
+        }
         BackupCommand::Start { id, kind, member, reason, .. } => {
             format!("backup {id} ({}, {reason}) on {member}", kind.name())
         }

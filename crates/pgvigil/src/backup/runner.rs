@@ -48,10 +48,8 @@ pub async fn run(shared: Arc<Shared>, pgb: PgBackRest, b: BackupSettings, shutdo
         let state = shared.committed();
         let me = shared.name().to_string();
         let pg = shared.pg_status.borrow().clone();
-        let writable_primary = state.is_primary(&me)
-            && shared.lease_valid(state.epoch, Instant::now())
-            && pg.running
-            && !pg.in_recovery;
+        let writable_primary =
+            state.is_primary(&me) && shared.lease_valid(state.epoch, Instant::now()) && pg.running && !pg.in_recovery;
 
         // The stanza: created (idempotent) and checked by the primary once per epoch here.
         if writable_primary && stanza_epoch != Some(state.epoch) && Instant::now() >= stanza_next_try {
