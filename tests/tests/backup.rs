@@ -246,7 +246,11 @@ fn pgbackrest_pids(t: &TestCluster, member: &str, what: &str) -> Vec<i32> {
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_backup_interrupted_by_a_failover_is_retried_on_the_new_primary_exactly_once() -> anyhow::Result<()> {
     // Slow enough to be caught running: maximal compression of some tens of MB.
-    let mut t = TestCluster::prepare(3, 0, |s| with_backup(s, &["options = { compress-level = \"9\" }"]))?;
+    let mut t = TestCluster::prepare(3, 0, |s| {
+        with_backup(s, &["options = { compress-level = \"9\" }"]);
+        let log = s.dir.join("hooks.log").display().to_string();
+        s.hooks = vec![format!("on_backup = {:?}", format!("echo \"$PGVIGIL_MEMBER $PGVIGIL_REASON\" >> {log}"))];
+    })?;
     t.cluster.start_all()?;
     t.wait_for("a settled cluster with its stanza", CONVERGE, |v| settled(v) && v.state.backup.stanza_ready.is_some())
         .await?;
@@ -294,6 +298,17 @@ async fn a_backup_interrupted_by_a_failover_is_retried_on_the_new_primary_exactl
         history.iter().filter(|e| e.kind == EventKind::Backup && e.detail.contains("retried on")).collect();
     assert_eq!(retried.len(), 1, "{retried:?}");
     assert_eq!(retried[0].member, new);
+    // The on_backup hook ran where the backup ended.
+    let hooks_log = t.spec().dir.join("hooks.log");
+    let expected = format!("{new} backup {id} done: ");
+    wait_until("the on_backup hook", Duration::from_secs(20), || {
+        let text = std::fs::read_to_string(&hooks_log).unwrap_or_default();
+        let found = text.contains(&expected);
+        async move { Ok(found) }
+    })
+    .await?;
+    let text = std::fs::read_to_string(&hooks_log)?;
+    assert!(!text.contains(&format!("{old} backup {id} done")), "the interrupted attempt never reported done: {text}");
     Ok(())
 }
 

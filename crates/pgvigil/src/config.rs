@@ -109,6 +109,9 @@ pub struct HooksConfig {
     /// This member's PostgreSQL was fenced (immediate shutdown).
     #[serde(default)]
     pub on_fence: Option<HookCommand>,
+    /// A backup this member ran ended (`PGVIGIL_REASON` says how).
+    #[serde(default)]
+    pub on_backup: Option<HookCommand>,
     /// How long a hook may run before it is killed.
     #[serde(default, deserialize_with = "duration_opt")]
     pub timeout: Option<Duration>,
@@ -650,6 +653,7 @@ pub fn check(raw: Config) -> Result<Settings, ConfigError> {
         ("hooks.on_failover", &h.on_failover),
         ("hooks.on_switchover", &h.on_switchover),
         ("hooks.on_fence", &h.on_fence),
+        ("hooks.on_backup", &h.on_backup),
     ] {
         let empty = match hook {
             Some(HookCommand::Shell(s)) => s.trim().is_empty(),

@@ -10,6 +10,7 @@ use crate::admin::{self, Action};
 use crate::config::BackupSettings;
 use crate::coordination::wall_ms;
 use crate::daemon::Shared;
+use crate::hooks;
 use std::sync::Arc;
 use std::time::{Duration, Instant};
 use tokio::task::JoinHandle;
@@ -84,6 +85,19 @@ pub async fn run(shared: Arc<Shared>, pgb: PgBackRest, b: BackupSettings, shutdo
                 error: Some(format!("the backup task failed: {e}")),
                 ..Default::default()
             });
+            let reason = match (&outcome.error, &outcome.label) {
+                (Some(e), _) => format!("backup {} failed: {e}", j.id),
+                (None, label) => format!("backup {} done: {}", j.id, label.as_deref().unwrap_or("?")),
+            };
+            let me = shared.name().to_string();
+            let details = hooks::Details {
+                role: "primary".into(),
+                previous_role: "primary".into(),
+                epoch: j.epoch,
+                primary: me,
+                reason,
+            };
+            shared.hooks.fire(hooks::Event::Backup, details);
             finished = Some((j.id, j.epoch, outcome, wall_ms()));
             job = None;
         }
