@@ -78,7 +78,10 @@ pub fn start(shared: &Arc<Shared>, shutdown: CancellationToken) -> anyhow::Resul
     let pg = crate::agent::pg_settings(shared)?;
     pgbackrest::prepare(&shared.settings, &b, &pg)?;
     let socket = pgbackrest::permit_socket(&shared.settings);
-    tokio::spawn(archive::serve(shared.clone(), socket, pg.run_as, shutdown.clone()));
+    // Permits are answered until the process exits, not only until the agent is told to stop:
+    // PostgreSQL's archiver pushes its last segments while the agent stops it (a primary still
+    // holds its lease then), and a refused push would leave them unarchived.
+    tokio::spawn(archive::serve(shared.clone(), socket, pg.run_as, CancellationToken::new()));
     let pgb = pgbackrest::PgBackRest::of(&shared.settings, &b, &pg);
     tokio::spawn(runner::run(shared.clone(), pgb, b, shutdown));
     Ok(())
