@@ -177,6 +177,13 @@ async fn wal_is_archived_and_backups_follow_the_primary_through_a_kill_9_failove
         .filter_map(|x| x["label"].as_str())
         .collect();
     assert!(listed.contains(&label.as_str()), "{label} in {listed:?}");
+    let metrics = t.get(&old, "/metrics").await?.text;
+    let line = metrics
+        .lines()
+        .find(|l| l.starts_with("pgvigil_backup_last_success_timestamp_seconds{type=\"full\"}"))
+        .context("the last full backup's metric")?;
+    let at: f64 = line.rsplit(' ').next().unwrap_or_default().parse()?;
+    assert!(at > 0.0, "{line}");
     let out = t.cli(&["backups", "--config", &config], "").await?;
     assert!(String::from_utf8_lossy(&out.stdout).contains(&label), "pgvigil backups lists {label}");
 

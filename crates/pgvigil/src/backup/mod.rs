@@ -60,6 +60,26 @@ pub fn describe(cmd: &BackupCommand) -> String {
     }
 }
 
+/// The backup gauges, from the replicated record (the same on every member), set at each scrape:
+/// per type the last success (time, size, duration), the last failure, whether one runs.
+pub fn set_metrics(state: &ClusterState) {
+    use vigil_core::backup::BackupType;
+    let b = &state.backup;
+    for t in BackupType::ALL {
+        let last_ok = b.done.iter().rev().find(|d| d.ok() && d.outcome.taken.unwrap_or(d.kind) == t);
+        let (at, size, took) = last_ok.map_or((0.0, 0.0, 0.0), |d| {
+            let took = d.outcome.stopped_unix_ms.saturating_sub(d.outcome.started_unix_ms);
+            (d.finished_unix_ms as f64 / 1000.0, d.outcome.size_bytes as f64, took as f64 / 1000.0)
+        });
+        metrics::gauge!("pgvigil_backup_last_success_timestamp_seconds", "type" => t.name()).set(at);
+        metrics::gauge!("pgvigil_backup_last_size_bytes", "type" => t.name()).set(size);
+        metrics::gauge!("pgvigil_backup_last_duration_seconds", "type" => t.name()).set(took);
+    }
+    let failed = b.done.iter().rev().find(|d| !d.ok()).map_or(0.0, |d| d.finished_unix_ms as f64 / 1000.0);
+    metrics::gauge!("pgvigil_backup_last_failure_timestamp_seconds").set(failed);
+    metrics::gauge!("pgvigil_backup_running").set(if b.running.is_some() { 1.0 } else { 0.0 });
+}
+
 /// The settings PostgreSQL gets on its command line when `[backup]` is on (none otherwise).
 pub fn postgres_parameters(settings: &Settings) -> anyhow::Result<Vec<(String, String)>> {
     let Some(b) = &settings.backup else { return Ok(vec![]) };

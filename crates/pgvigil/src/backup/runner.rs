@@ -35,6 +35,9 @@ pub async fn run(shared: Arc<Shared>, pgb: PgBackRest, b: BackupSettings, shutdo
     tick.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
     let mut stanza_epoch: Option<u64> = None;
     let mut stanza_next_try = Instant::now();
+    // Why the stanza failed last in this epoch: an assigned backup fails with it at once instead
+    // of waiting for the coordinator's timeout.
+    let mut stanza_error: Option<(u64, String)> = None;
     let mut job: Option<Job> = None;
     // (id, epoch) of the backup this member ran to its end: never run again, reported until
     // committed or no longer assigned here.
@@ -58,9 +61,11 @@ pub async fn run(shared: Arc<Shared>, pgb: PgBackRest, b: BackupSettings, shutdo
                 Ok(()) => {
                     tracing::info!(stanza = %pgb.stanza, "backup stanza created and checked");
                     stanza_epoch = Some(state.epoch);
+                    stanza_error = None;
                 }
                 Err(e) => {
                     stanza_next_try = Instant::now() + STANZA_RETRY;
+                    stanza_error = Some((state.epoch, format!("{e:#}")));
                     if let Some(o) = failed.occurred(Instant::now(), format!("stanza: {e:#}")) {
                         tracing::warn!(suppressed = o.field(), "backup stanza not ready: {e:#}");
                     }
@@ -103,7 +108,19 @@ pub async fn run(shared: Arc<Shared>, pgb: PgBackRest, b: BackupSettings, shutdo
         }
         if let Some(r) = assigned {
             let done_here = finished.as_ref().is_some_and(|f| f.0 == r.id && f.1 == r.epoch);
-            if job.is_none() && !done_here && writable_primary && stanza_epoch == Some(state.epoch) {
+            let stanza_failed = stanza_error.as_ref().filter(|(e, _)| *e == state.epoch).map(|(_, why)| why.clone());
+            if job.is_none() && !done_here && writable_primary && stanza_epoch != Some(state.epoch) {
+                if let Some(why) = stanza_failed {
+                    let now = wall_ms();
+                    let outcome = BackupOutcome {
+                        started_unix_ms: now,
+                        stopped_unix_ms: now,
+                        error: Some(format!("the stanza is not ready on this primary: {why}")),
+                        ..Default::default()
+                    };
+                    finished = Some((r.id, r.epoch, outcome, now));
+                }
+            } else if job.is_none() && !done_here && writable_primary {
                 tracing::warn!(id = r.id, kind = r.kind.name(), attempt = r.attempts, "taking backup");
                 let task = tokio::spawn(take(pgb.clone(), r.kind, b.timeout));
                 job = Some(Job { id: r.id, epoch: r.epoch, task });
