@@ -397,6 +397,11 @@ fn a_bad_backup_table_exits_64_naming_the_key() {
             "backup.options.pg1-path",
         ),
         ("a bad stanza", good.replace("stanza = \"main\"", "stanza = \"a b\""), "backup.stanza"),
+        (
+            "no pgbackrest there",
+            good.replace("[backup]\n", "[backup]\npgbackrest = \"/nonexistent/pgbackrest\"\n"),
+            "backup.pgbackrest",
+        ),
     ];
     for (what, text, key) in cases {
         let path = dir.path().join("bad.toml");
