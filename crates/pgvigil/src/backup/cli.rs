@@ -93,7 +93,7 @@ pub async fn backups(args: ApiArgs) -> anyhow::Result<()> {
             s("/kind"),
             s("/member"),
             n("/epoch").to_string(),
-            vigil_core::switchover::format_unix_ms(n("/finished_unix_ms")),
+            vigil_core::format_unix_ms(n("/finished_unix_ms")),
             s("/outcome/label"),
             n("/outcome/size_bytes").to_string(),
             result,
