@@ -1,4 +1,4 @@
-# Sourced by test.sh and demo.sh: make sure PostgreSQL 15, cargo, haproxy, wrk, ip and nft are there.
+# Sourced by test.sh and demo.sh: make sure PostgreSQL 15, pgBackRest, cargo, haproxy, wrk, ip and nft are there.
 if ! command -v cargo >/dev/null 2>&1; then
   echo "cargo is missing: install Rust (https://rustup.rs), then run this again" >&2
   exit 69
@@ -28,6 +28,10 @@ fi
 # HAProxy: the scenario that routes writes through `option httpchk GET /primary` runs it.
 if ! command -v haproxy >/dev/null 2>&1 && [ ! -x /usr/sbin/haproxy ]; then
   apt_install HAProxy haproxy
+fi
+# pgBackRest (Debian 12: 2.45): archiving and backups ([backup]; tests/tests/backup.rs, the demo).
+if ! command -v pgbackrest >/dev/null 2>&1; then
+  apt_install pgBackRest pgbackrest
 fi
 # wrk: the health-endpoint latency benchmark (bench/health.sh) drives the HTTP API with it.
 if ! command -v wrk >/dev/null 2>&1; then

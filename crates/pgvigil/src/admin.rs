@@ -22,9 +22,13 @@ pub enum Action {
     Failback,
     Reinit,
     CancelSwitchover,
+    /// `POST /backup`.
+    Backup,
+    /// A member's report of its backup stanza or of a backup's end (never from HTTP).
+    BackupReport,
 }
 
-const ACTIONS: [Action; 7] = [
+const ACTIONS: [Action; 9] = [
     Action::Pause,
     Action::Resume,
     Action::Switchover,
@@ -32,6 +36,8 @@ const ACTIONS: [Action; 7] = [
     Action::Failback,
     Action::Reinit,
     Action::CancelSwitchover,
+    Action::Backup,
+    Action::BackupReport,
 ];
 
 impl Action {
@@ -44,6 +50,8 @@ impl Action {
             Action::Failback => "failback",
             Action::Reinit => "reinit",
             Action::CancelSwitchover => "cancel_switchover",
+            Action::Backup => "backup",
+            Action::BackupReport => "backup_report",
         }
     }
 
@@ -54,17 +62,24 @@ impl Action {
     fn is_pause(self) -> bool {
         matches!(self, Action::Pause | Action::Resume)
     }
+
+    fn is_backup(self) -> bool {
+        matches!(self, Action::Backup | Action::BackupReport)
+    }
 }
 
 /// A parsed request body.
 enum Body {
     Pause(PauseBody),
     Request(vigil_core::Request),
+    Backup(crate::backup::api::Body),
 }
 
 fn parse_any(action: Action, body: &[u8]) -> Result<Body, String> {
     if action.is_pause() {
         parse_body(body).map(Body::Pause)
+    } else if action.is_backup() {
+        crate::backup::api::parse(action.name(), body).map(Body::Backup)
     } else {
         requests::parse(action.name(), body, requests::now_ms()).map(Body::Request)
     }
@@ -215,9 +230,16 @@ async fn dispatch(shared: &Shared, action: Action, body: &[u8]) -> Answer {
     let request =
         proto::AdminRequest { action: action.name().into(), body_json: String::from_utf8_lossy(body).into_owned() };
     let lease = shared.settings.timings.lease_timeout;
-    let timeout = if action.is_pause() { lease * 2 } else { requests::wait_limit(shared, action.name()) + lease * 2 };
-    let client =
-        if action.is_pause() { shared.clients.client(&addr) } else { shared.clients.long_client(&addr, timeout) };
+    let timeout = if action.is_pause() || action.is_backup() {
+        lease * 2
+    } else {
+        requests::wait_limit(shared, action.name()) + lease * 2
+    };
+    let client = if action.is_pause() || action.is_backup() {
+        shared.clients.client(&addr)
+    } else {
+        shared.clients.long_client(&addr, timeout)
+    };
     let reply = match client {
         Ok(mut client) => tokio::time::timeout(timeout, client.admin(request)).await,
         Err(e) => {
@@ -259,6 +281,7 @@ async fn execute(shared: &Shared, action: Action, body: Body) -> Answer {
     match body {
         Body::Pause(b) => pause(shared, action, b).await,
         Body::Request(r) => requests::execute(shared, action.name(), r).await,
+        Body::Backup(b) => crate::backup::api::execute(shared, b).await,
     }
 }
 

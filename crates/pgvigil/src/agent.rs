@@ -40,7 +40,7 @@ pub async fn run_witness(shared: Arc<Shared>, shutdown: CancellationToken) -> an
     Ok(())
 }
 
-fn pg_settings(shared: &Shared) -> anyhow::Result<PgSettings> {
+pub(crate) fn pg_settings(shared: &Shared) -> anyhow::Result<PgSettings> {
     let s = &shared.settings;
     let pg = s.raw.postgres.as_ref().context("config key `postgres`: missing")?;
     let run_as = if nix::unistd::geteuid().is_root() {
@@ -65,6 +65,7 @@ fn pg_settings(shared: &Shared) -> anyhow::Result<PgSettings> {
         hba_extra: pg.hba_extra.clone(),
         replication_sources: replication_sources(s),
         parameters: pg.parameters.iter().map(|(k, v)| (k.clone(), v.clone())).collect(),
+        start_parameters: crate::backup::postgres_parameters(s)?,
         keeper: vigil_pg::KeeperCommand {
             program: std::env::current_exe().context("locate the pgvigil binary (for its keeper)")?,
             args: vec!["keeper".into()],

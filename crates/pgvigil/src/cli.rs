@@ -148,10 +148,10 @@ pub struct HealthArgs {
 }
 
 /// Endpoint, TLS and token after flags, environment and config file.
-struct Target {
-    api: Api,
-    token: Option<String>,
-    output: Output,
+pub(crate) struct Target {
+    pub(crate) api: Api,
+    pub(crate) token: Option<String>,
+    pub(crate) output: Output,
 }
 
 fn read_flag(flag: &str, path: &Path) -> Result<Vec<u8>, config::ConfigError> {
@@ -159,7 +159,7 @@ fn read_flag(flag: &str, path: &Path) -> Result<Vec<u8>, config::ConfigError> {
         .map_err(|e| config::ConfigError { key: flag.into(), message: format!("cannot read {}: {e}", path.display()) })
 }
 
-fn target(a: &ApiArgs) -> anyhow::Result<Target> {
+pub(crate) fn target(a: &ApiArgs) -> anyhow::Result<Target> {
     let from_file = match &a.config {
         Some(path) => Some(config::load_file(path)?),
         None => None,
@@ -232,7 +232,7 @@ fn connectable(listen: &str) -> String {
     }
 }
 
-fn fail(r: &Reply, what: &str) -> anyhow::Error {
+pub(crate) fn fail(r: &Reply, what: &str) -> anyhow::Error {
     anyhow::anyhow!("{what}: HTTP {}: {}", r.status, r.message())
 }
 
@@ -361,7 +361,7 @@ async fn mutate(t: &Target, path: &str, reason: Option<String>) -> anyhow::Resul
 }
 
 /// Print the answer (its message, or the JSON with `--output json`); an error unless 2xx.
-fn show(t: &Target, r: &Reply, path: &str) -> anyhow::Result<()> {
+pub(crate) fn show(t: &Target, r: &Reply, path: &str) -> anyhow::Result<()> {
     match t.output {
         Output::Json => println!("{}", if r.json.is_null() { r.text.clone() } else { r.json.to_string() }),
         Output::Table if r.status == 202 => println!("{} (in progress)", r.message()),

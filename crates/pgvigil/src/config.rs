@@ -65,6 +65,9 @@ pub struct Config {
     /// How members prove to each other that they belong to the cluster.
     #[serde(default)]
     pub peer_auth: PeerAuthConfig,
+    /// pgBackRest archiving and backups. None: no archiving, no backups.
+    #[serde(default)]
+    pub backup: Option<BackupConfig>,
 }
 
 /// The `[stop]` table.
@@ -106,6 +109,9 @@ pub struct HooksConfig {
     /// This member's PostgreSQL was fenced (immediate shutdown).
     #[serde(default)]
     pub on_fence: Option<HookCommand>,
+    /// A backup this member ran ended (`PGVIGIL_REASON` says how).
+    #[serde(default)]
+    pub on_backup: Option<HookCommand>,
     /// How long a hook may run before it is killed.
     #[serde(default, deserialize_with = "duration_opt")]
     pub timeout: Option<Duration>,
@@ -387,6 +393,8 @@ pub struct Settings {
     pub peer_key: Option<Arc<vigil_raft::auth::ClusterKey>>,
     /// The file these settings were read from ([`load`]), read again on SIGHUP.
     pub path: Option<PathBuf>,
+    /// The `[backup]` table, checked. None: no archiving, no backups.
+    pub backup: Option<BackupSettings>,
 }
 
 impl std::fmt::Debug for Settings {
@@ -401,6 +409,7 @@ impl std::fmt::Debug for Settings {
             .field("tls", &self.tls)
             .field("peer_key", &self.peer_key)
             .field("path", &self.path)
+            .field("backup", &self.backup)
             .finish()
     }
 }
@@ -644,6 +653,7 @@ pub fn check(raw: Config) -> Result<Settings, ConfigError> {
         ("hooks.on_failover", &h.on_failover),
         ("hooks.on_switchover", &h.on_switchover),
         ("hooks.on_fence", &h.on_fence),
+        ("hooks.on_backup", &h.on_backup),
     ] {
         let empty = match hook {
             Some(HookCommand::Shell(s)) => s.trim().is_empty(),
@@ -739,7 +749,9 @@ pub fn check(raw: Config) -> Result<Settings, ConfigError> {
         }
         (MemberKind::Witness, None) => (String::new(), None),
     };
+    let backup = raw.backup.as_ref().map(backup::check).transpose()?;
     Ok(Settings {
+        backup,
         raw,
         timings,
         advertise,
@@ -760,6 +772,10 @@ mod tests;
 mod parse;
 use parse::env_overrides;
 pub use parse::{parse, CLI_VARIABLES, ENV_BOOL_KEYS, ENV_INTEGER_KEYS};
+
+#[path = "config_backup.rs"]
+mod backup;
+pub use backup::{BackupConfig, BackupSettings, ScheduleConfig, DEFAULT_ARCHIVE_TIMEOUT, DEFAULT_BACKUP_TIMEOUT};
 
 #[path = "config_peer_auth.rs"]
 mod peer_auth;

@@ -69,6 +69,8 @@ pub const ENV_INTEGER_KEYS: &[&str] = &[
     "timing.heartbeat_ticks",
     "timing.maximum_lag_on_failover",
     "replication.synchronous_node_count",
+    "backup.retention_full",
+    "backup.retention_diff",
 ];
 
 /// Set the key of `PGVIGIL_A__B` (`a.b`) in `table` to `value`, parsed as that key's type.

@@ -246,7 +246,8 @@ fn environment_overrides_are_parsed_as_their_key_type() {
 #[test]
 fn every_boolean_and_integer_key_has_a_type_for_the_environment() {
     let text = format!(
-        "{}\n[tags]\nnofailover = true\npriority = 1\n[replication]\nsynchronous_node_count = 1\n",
+        "{}\n[tags]\nnofailover = true\npriority = 1\n[replication]\nsynchronous_node_count = 1\n\
+         [backup]\nstanza = \"main\"\nrepo_path = \"/r\"\nretention_full = 2\nretention_diff = 1\n",
         GOOD.replace(
             "lease_timeout = \"2s\"",
             "lease_timeout = \"2s\"\nelection_ticks = 10\nheartbeat_ticks = 2\nmaximum_lag_on_failover = 1"

@@ -153,7 +153,13 @@ pub async fn run(shared: Arc<Shared>, task: CoordinatorTask, shutdown: Cancellat
         if due && !in_flight {
             due = false;
             let keep_leadership = shared.telemetry.measuring(Instant::now());
-            let out = step(&shared, &mut coordinator, &state_rx, Input::Tick { wall_ms: wall_ms(), keep_leadership });
+            let mut out =
+                step(&shared, &mut coordinator, &state_rx, Input::Tick { wall_ms: wall_ms(), keep_leadership });
+            // Backups are decided beside the coordinator's own commands, from the same state.
+            if coordinator.is_leader() {
+                let state = state_rx.borrow().state.clone();
+                out.proposals.extend(crate::backup::decide(&shared, &state, wall_ms()));
+            }
             for note in &out.notes {
                 match note {
                     Note::FailoverBlocked(why) => {
@@ -275,5 +281,6 @@ fn describe(cmd: &Command) -> String {
         Command::CancelSwitchover { id, reason, .. } => format!("cancellation of switchover {id} ({reason})"),
         Command::CompleteSwitchover { id, .. } => format!("completion of switchover {id}"),
         Command::RequestReinit { id, member, .. } => format!("reinit {id} of {member}"),
+        Command::Backup { backup } => crate::backup::describe(backup),
     }
 }

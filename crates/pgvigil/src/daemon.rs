@@ -117,8 +117,10 @@ fn secure_state_dir(settings: &Settings) -> anyhow::Result<()> {
     use std::os::unix::fs::PermissionsExt;
     let dir = &settings.raw.state_dir;
     let below = |p: &std::path::Path| p.starts_with(dir);
+    // With [backup], PostgreSQL's archive command reaches `<state_dir>/pgbackrest` too.
     let pg_below =
-        settings.raw.postgres.as_ref().is_some_and(|pg| below(&pg.data_dir) || below(&settings.socket_dir()));
+        settings.raw.postgres.as_ref().is_some_and(|pg| below(&pg.data_dir) || below(&settings.socket_dir()))
+            || settings.backup.is_some();
     let target = if pg_below { 0o711 } else { 0o700 };
     let mode = std::fs::metadata(dir).with_context(|| format!("stat {}", dir.display()))?.permissions().mode() & 0o777;
     if mode & !target != 0 {
@@ -215,6 +217,8 @@ pub async fn run(settings: Settings, shutdown: CancellationToken) -> anyhow::Res
             None
         }
     };
+    // Before the agent starts PostgreSQL: its archive command needs the files and the permits.
+    crate::backup::start(&shared, tasks_token.clone()).context("prepare backups ([backup])")?;
     let agent = match raw.kind {
         MemberKind::Postgres => tokio::spawn(agent::run(shared.clone(), tasks_token.clone())),
         MemberKind::Witness => tokio::spawn(agent::run_witness(shared.clone(), tasks_token.clone())),

@@ -87,6 +87,17 @@ async fn demo(args: DemoArgs) -> anyhow::Result<()> {
     let bin = std::env::current_exe()?;
     let mut spec = ClusterSpec::local(&dir, &bin, args.members, args.witnesses)?;
     spec.pg_bin_dir = args.pg_bin_dir.clone();
+    // With pgBackRest installed, a local repository shared by the members: WAL is archived and
+    // `pgvigil backup` works out of the box.
+    let pgbackrest = std::path::Path::new("/usr/bin/pgbackrest");
+    if pgbackrest.exists() {
+        spec.backup = vec![
+            "stanza = \"demo\"".into(),
+            format!("repo_path = {:?}", dir.join("repo").display().to_string()),
+            "schedule.full = \"0 1 * * 0\"".into(),
+            "schedule.diff = \"0 1 * * 1-6\"".into(),
+        ];
+    }
     if stop.is_cancelled() {
         return Ok(());
     }
@@ -126,6 +137,13 @@ async fn demo(args: DemoArgs) -> anyhow::Result<()> {
         "Switch over (zero loss): pgvigil switchover --config {} [--candidate <member>]",
         cluster.spec.config_path(&cluster.spec.members[0].name).display()
     );
+    if !cluster.spec.backup.is_empty() {
+        println!(
+            "Back up (pgBackRest, repository {}/repo): pgvigil backup --config {} [--type full|diff|incr]; pgvigil backups --config ...",
+            dir.display(),
+            cluster.spec.config_path(&cluster.spec.members[0].name).display()
+        );
+    }
     println!("Ctrl-C stops the demo and everything it started.");
 
     match args.run_for {

@@ -19,6 +19,8 @@ pub enum Event {
     Failover,
     Switchover,
     Fence,
+    /// A backup this member ran ended (done or failed).
+    Backup,
 }
 
 impl Event {
@@ -28,6 +30,7 @@ impl Event {
             Event::Failover => "on_failover",
             Event::Switchover => "on_switchover",
             Event::Fence => "on_fence",
+            Event::Backup => "on_backup",
         }
     }
 }
@@ -68,6 +71,7 @@ impl Hooks {
             Event::Failover => c.on_failover.as_ref(),
             Event::Switchover => c.on_switchover.as_ref(),
             Event::Fence => c.on_fence.as_ref(),
+            Event::Backup => c.on_backup.as_ref(),
         };
         hook.map(|h| (h.clone(), c.timeout.unwrap_or(DEFAULT_TIMEOUT)))
     }

@@ -88,6 +88,8 @@ pub fn router(shared: Shr) -> Router {
         .route("/failover", post(|s, h, b| mutate(s, h, b, Action::Failover)))
         .route("/failback", post(|s, h, b| mutate(s, h, b, Action::Failback)))
         .route("/reinit", post(|s, h, b| mutate(s, h, b, Action::Reinit)))
+        .route("/backup", post(|s, h, b| mutate(s, h, b, Action::Backup)))
+        .route("/backups", get(backups))
         .fallback(|| async { reply(Answer::from(ApiError::NotFound("no such endpoint".into()))) })
         .with_state(shared)
 }
@@ -221,6 +223,10 @@ async fn config(State(shared): State<Shr>) -> Response {
     let mut settings = shared.settings.clone();
     shared.runtime.borrow().overlay(&mut settings);
     Json(settings.redacted_json()).into_response()
+}
+
+async fn backups(State(shared): State<Shr>) -> Response {
+    reply(crate::backup::api::list(&shared).await)
 }
 
 async fn metrics(State(shared): State<Shr>) -> Response {

@@ -22,6 +22,24 @@ fn bad(message: String) -> ConfigError {
 /// Check `postgres.bin_dir` of a PostgreSQL member (a witness has none).
 pub fn check(settings: &Settings) -> Result<(), ConfigError> {
     let Some(pg) = &settings.raw.postgres else { return Ok(()) };
+    // pgBackRest runs in PostgreSQL's archiver: missing, every WAL segment would pile up.
+    if let Some(b) = &settings.backup {
+        let path = &b.raw.pgbackrest;
+        let key = || "backup.pgbackrest".to_string();
+        match std::fs::metadata(path) {
+            Ok(m) if m.is_file() && m.permissions().mode() & 0o111 != 0 => {}
+            Ok(_) => {
+                return Err(ConfigError {
+                    key: key(),
+                    message: format!("{} is not an executable file", path.display()),
+                })
+            }
+            Err(e) => {
+                let message = format!("{}: {e} (apt-get install pgbackrest)", path.display());
+                return Err(ConfigError { key: key(), message });
+            }
+        }
+    }
     let bin = &pg.bin_dir;
     for program in PROGRAMS {
         let path = bin.join(program);

@@ -42,6 +42,8 @@ pub struct ClusterSpec {
     pub replication: Vec<String>,
     /// `key = value` lines for a `[hooks]` table (none: no table).
     pub hooks: Vec<String>,
+    /// `key = value` lines for a `[backup]` table, every member's (none: no table).
+    pub backup: Vec<String>,
     /// Every member's `stop.mode`. Local clusters (demo, tests) stop every member at once, where
     /// a switchover first would only wait for standbys that are stopping too: `stop-postgres`.
     pub stop_mode: String,
@@ -161,6 +163,7 @@ impl ClusterSpec {
             timing: Vec::new(),
             replication: Vec::new(),
             hooks: Vec::new(),
+            backup: Vec::new(),
             stop_mode: "stop-postgres".into(),
             superuser_password: "pgvigil".into(),
             hba_extra: vec!["host all all 127.0.0.1/32 scram-sha-256".into()],
@@ -329,6 +332,9 @@ impl ClusterSpec {
         sections.push(("replication", lines("replication", &self.replication)?));
         if !self.hooks.is_empty() {
             sections.push(("hooks", lines("hooks", &self.hooks)?));
+        }
+        if !self.backup.is_empty() {
+            sections.push(("backup", lines("backup", &self.backup)?));
         }
         sections.push(("stop", table(vec![("mode", self.stop_mode.as_str().into())])));
         sections.push(("log", table(vec![("level", self.log_level.as_str().into())])));

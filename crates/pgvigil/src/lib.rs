@@ -24,6 +24,7 @@
 
 mod admin;
 mod agent;
+pub mod backup;
 pub mod cli;
 pub mod client;
 pub mod config;

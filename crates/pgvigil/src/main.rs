@@ -58,6 +58,14 @@ enum Cmd {
     Failback(cli::FailbackArgs),
     /// Re-clone a standby (its data directory is moved aside first).
     Reinit(cli::ReinitArgs),
+    /// Take a backup now (pgBackRest, on the primary); waits for its end unless `--no-wait`.
+    Backup(pgvigil::backup::cli::BackupArgs),
+    /// The backups the cluster recorded (and the running one).
+    Backups(cli::ApiArgs),
+    /// Internal: PostgreSQL's archive_command when [backup] is on. Pushes the WAL file with
+    /// pgBackRest only while the local daemon says this member is the primary holding its lease.
+    #[command(hide = true)]
+    ArchivePush(pgvigil::backup::archive::ArchivePushArgs),
     /// Internal: the keeper that holds a member's postmaster and enforces its lease (started by
     /// the daemon; see ARCHITECTURE.md).
     #[command(hide = true)]
@@ -103,6 +111,10 @@ fn main() -> ExitCode {
     // While this is the only thread: PostgreSQL and hooks must not see these.
     notify::take_environment();
     let cli = Cli::parse();
+    // The archive command runs no async runtime either: one question, one push.
+    if let Cmd::ArchivePush(args) = &cli.cmd {
+        return ExitCode::from(pgvigil::backup::archive::archive_push(args));
+    }
     // The keeper runs no async runtime: nothing of it may stall behind a scheduler.
     if let Cmd::Keeper { args } = cli.cmd {
         return match vigil_pg::keeper::KeeperArgs::parse(args) {
@@ -189,7 +201,9 @@ fn main() -> ExitCode {
         Cmd::Failover(args) => runtime.block_on(report(cli::failover(args))),
         Cmd::Failback(args) => runtime.block_on(report(cli::failback(args))),
         Cmd::Reinit(args) => runtime.block_on(report(cli::reinit(args))),
-        Cmd::Keeper { .. } => unreachable!("handled before the runtime starts"),
+        Cmd::Backup(args) => runtime.block_on(report(pgvigil::backup::cli::backup(args))),
+        Cmd::Backups(args) => runtime.block_on(report(pgvigil::backup::cli::backups(args))),
+        Cmd::Keeper { .. } | Cmd::ArchivePush(_) => unreachable!("handled before the runtime starts"),
     }
 }
 

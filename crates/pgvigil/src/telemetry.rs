@@ -145,6 +145,7 @@ impl Telemetry {
         let (failovers, switchovers) = event_counts(s);
         metrics::counter!("pgvigil_failovers_total").absolute(failovers);
         metrics::counter!("pgvigil_switchovers_total").absolute(switchovers);
+        crate::backup::set_metrics(s);
         handle.render()
     }
 }

@@ -13,6 +13,8 @@
 //! - [`agent`]: the reconciler that turns the committed state and the local PostgreSQL into actions.
 //! - [`planted`]: test-only switches that break a safety rule, for the simulation's teeth test
 //!   (inert unless the `planted-bugs` feature is on and a run sets them).
+//! - [`backup`]: backups as cluster decisions: the schedule (cron-like), the replicated record of
+//!   backups, and which backup is due when and on which member.
 //! - [`repeats`]: thinning repeated warnings (once, then at most once a minute with a count, and
 //!   once when they stop), for every crate's logs.
 //!
@@ -20,6 +22,7 @@
 //! `std::time::Instant` (monotonic) or as Unix milliseconds (for event records only).
 
 pub mod agent;
+pub mod backup;
 pub mod candidate;
 pub mod coordinator;
 pub mod engine;

@@ -4,6 +4,7 @@
 //! was decided under (e.g. the epoch it fails over from), so a stale proposal is rejected instead of
 //! acting twice.
 
+use crate::backup::{BackupCommand, BackupRejected, BackupState};
 use crate::format_unix_ms;
 use crate::report::{MemberKind, RejoinMethod, RejoinRecord};
 use crate::sync::SyncState;
@@ -46,6 +47,8 @@ pub enum EventKind {
     Requested,
     /// A switchover ended without a new primary (cancelled, timed out, or replaced by a failover).
     Cancelled,
+    /// A backup started, moved to a new primary, or ended; the stanza was created.
+    Backup,
 }
 
 #[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
@@ -100,6 +103,9 @@ pub struct ClusterState {
     /// a cluster made before they were agreed: its coordinator commits them then).
     #[serde(default)]
     pub lease_timings: Option<crate::LeaseTimings>,
+    /// Backups: the stanza, the one running, the finished ones (see [`crate::backup`]).
+    #[serde(default)]
+    pub backup: BackupState,
 }
 
 fn first_epoch() -> u64 {
@@ -151,6 +157,8 @@ pub enum Command {
     RequestReinit { id: u64, member: String, at_unix_ms: u64 },
     /// Fix the cluster's lease timings (once: the same values again are a no-op, others refused).
     AgreeTimings { timings: crate::LeaseTimings },
+    /// A backup decision or outcome (see [`crate::backup`]).
+    Backup { backup: BackupCommand },
 }
 
 #[derive(Clone, Debug, PartialEq, Eq)]
@@ -183,6 +191,7 @@ pub enum Rejected {
     TimingsAgreed(crate::LeaseTimings),
     /// The epoch is `u64::MAX`: no change of primary can make a new one.
     NoEpochLeft,
+    Backup(BackupRejected),
 }
 
 impl std::fmt::Display for Rejected {
@@ -208,6 +217,7 @@ impl std::fmt::Display for Rejected {
             Rejected::NotAStandby(m) => write!(f, "{m} is not a standby"),
             Rejected::TimingsAgreed(t) => write!(f, "the cluster's lease timings are agreed already: {t:?}"),
             Rejected::NoEpochLeft => write!(f, "no epoch is left after {}", u64::MAX),
+            Rejected::Backup(r) => write!(f, "{r}"),
         }
     }
 }
@@ -238,6 +248,20 @@ impl ClusterState {
                     member.kind, member.pg_host, member.pg_port, member.nofailover, member.priority
                 );
                 self.record(*at_unix_ms, kind, name, detail);
+                Ok(())
+            }
+            Command::Backup { backup } => {
+                let applied =
+                    self.backup.apply(backup, self.epoch, self.primary.as_deref()).map_err(Rejected::Backup)?;
+                if let Some((member, detail)) = applied {
+                    let at = match backup {
+                        BackupCommand::StanzaReady { at_unix_ms, .. }
+                        | BackupCommand::Start { at_unix_ms, .. }
+                        | BackupCommand::Retry { at_unix_ms, .. }
+                        | BackupCommand::Finish { at_unix_ms, .. } => *at_unix_ms,
+                    };
+                    self.record(at, EventKind::Backup, &member, detail);
+                }
                 Ok(())
             }
             Command::AgreeTimings { timings } => match self.lease_timings {

@@ -349,6 +349,12 @@ impl Postgres {
             "-c".into(),
             format!("cluster_name={}", s.member).into(),
         ];
+        let mut postgres = postgres;
+        for (name, value) in &s.start_parameters {
+            crate::conf::check_guc_name(name)?;
+            postgres.push("-c".into());
+            postgres.push(format!("{name}={value}").into());
+        }
         let args = KeeperArgs {
             data_dir: s.data_dir.clone(),
             socket: s.keeper.socket.clone(),
@@ -467,7 +473,7 @@ impl Postgres {
 /// Arrange for the child to get `signal` when the thread that forks it dies (for the postmaster: the
 /// keeper's main thread, which lives as long as the keeper). The parent-death signal is cleared
 /// when the child's credentials change, so it is set in `pre_exec`, which std runs after `setuid`.
-pub(crate) fn set_parent_death_signal(cmd: &mut std::process::Command, signal: Signal) {
+pub fn set_parent_death_signal(cmd: &mut std::process::Command, signal: Signal) {
     let parent = nix::unistd::getpid();
     #[allow(unsafe_code)]
     // SAFETY: the closure runs in the forked child before exec and only makes two syscalls (prctl,

@@ -51,6 +51,10 @@ pub struct PgSettings {
     pub replication_sources: Vec<String>,
     /// Extra GUCs written into `postgresql.conf` at initdb (so clones inherit them).
     pub parameters: Vec<(String, String)>,
+    /// GUCs given on the postmaster's command line at every start (`-c name=value`): settings the
+    /// daemon owns and that differ per member (the archive command names this member's files),
+    /// so neither a clone's copy of the primary's files nor `ALTER SYSTEM` can change them.
+    pub start_parameters: Vec<(String, String)>,
     /// How to start the keeper that holds the postmaster (see [`crate::keeper`]).
     pub keeper: crate::process::KeeperCommand,
 }
@@ -74,6 +78,7 @@ impl std::fmt::Debug for PgSettings {
             .field("hba_extra", &self.hba_extra)
             .field("replication_sources", &self.replication_sources)
             .field("parameters", &self.parameters)
+            .field("start_parameters", &self.start_parameters)
             .field("keeper", &self.keeper)
             .finish()
     }
@@ -108,6 +113,7 @@ pub(crate) mod tests_support {
             hba_extra: Vec::new(),
             replication_sources: Vec::new(),
             parameters: Vec::new(),
+            start_parameters: Vec::new(),
             keeper: crate::process::KeeperCommand {
                 program: "/usr/bin/pgvigil".into(),
                 args: vec!["keeper".into()],

@@ -88,6 +88,7 @@ pub fn settings_in(base: &Path, member: &str, port: u16) -> PgSettings {
             ("shared_buffers".to_string(), "16MB".to_string()),
             ("max_connections".to_string(), "30".to_string()),
         ],
+        start_parameters: Vec::new(),
     }
 }
 

@@ -1,0 +1,117 @@
+//! `pgvigil backup [--type full|diff|incr]` and `pgvigil backups`, over any member's HTTP API.
+
+use crate::cli::{fail, show, target, ApiArgs, Output};
+use std::time::{Duration, Instant};
+
+#[derive(clap::Args, Debug)]
+pub struct BackupArgs {
+    #[command(flatten)]
+    pub api: ApiArgs,
+    /// full, diff or incr.
+    #[arg(long = "type", default_value = "full")]
+    pub kind: String,
+    /// Recorded with the backup.
+    #[arg(long)]
+    pub reason: Option<String>,
+    /// Answer once the backup started, without waiting for its end.
+    #[arg(long)]
+    pub no_wait: bool,
+    /// How long to wait for the end.
+    #[arg(long, value_parser = humantime::parse_duration, default_value = "4h")]
+    pub wait: Duration,
+}
+
+/// Start a backup; unless `--no-wait`, wait for its outcome in `GET /backups` (exit 1 if it failed).
+pub async fn backup(args: BackupArgs) -> anyhow::Result<()> {
+    let t = target(&args.api)?;
+    let body = serde_json::json!({ "type": args.kind, "reason": args.reason }).to_string();
+    let r = t.api.request("POST", "/backup", t.token.as_deref(), Some(&body), Duration::from_secs(30)).await?;
+    if args.no_wait || !r.ok() {
+        return show(&t, &r, "/backup");
+    }
+    let id = r.json.get("id").and_then(|v| v.as_u64()).ok_or_else(|| anyhow::anyhow!("no backup id in {}", r.text))?;
+    if t.output == Output::Table {
+        println!("{}", r.message());
+    }
+    let deadline = Instant::now() + args.wait;
+    loop {
+        let l = t.api.get("/backups").await?;
+        if !l.ok() {
+            return Err(fail(&l, "backups"));
+        }
+        let done = l
+            .json
+            .get("backups")
+            .and_then(|b| b.as_array())
+            .and_then(|b| b.iter().find(|d| d.get("id").and_then(|v| v.as_u64()) == Some(id)).cloned());
+        if let Some(d) = done {
+            let error = d.pointer("/outcome/error").and_then(|e| e.as_str()).map(str::to_string);
+            if t.output == Output::Json {
+                println!("{d}");
+            } else if error.is_none() {
+                println!(
+                    "backup {id} done on {}: {} ({} bytes)",
+                    d["member"].as_str().unwrap_or("?"),
+                    d.pointer("/outcome/label").and_then(|v| v.as_str()).unwrap_or("?"),
+                    d.pointer("/outcome/size_bytes").and_then(|v| v.as_u64()).unwrap_or(0)
+                );
+            }
+            return match error {
+                None => Ok(()),
+                Some(e) => Err(anyhow::anyhow!("backup {id} failed: {e}")),
+            };
+        }
+        if Instant::now() >= deadline {
+            anyhow::bail!("backup {id} has not ended within {:?} (it goes on; see `pgvigil backups`)", args.wait);
+        }
+        tokio::time::sleep(Duration::from_secs(1)).await;
+    }
+}
+
+/// The backups the cluster recorded, newest last, and the running one.
+pub async fn backups(args: ApiArgs) -> anyhow::Result<()> {
+    let t = target(&args)?;
+    let r = t.api.get("/backups").await?;
+    if !r.ok() {
+        return Err(fail(&r, "backups"));
+    }
+    if t.output == Output::Json {
+        println!("{}", serde_json::to_string_pretty(&r.json)?);
+        return Ok(());
+    }
+    let mut rows =
+        vec![["Id", "Type", "Member", "Epoch", "Finished (UTC)", "Label", "Size", "Result"].map(String::from)];
+    for d in r.json.get("backups").and_then(|b| b.as_array()).into_iter().flatten() {
+        let s = |p: &str| d.pointer(p).and_then(|v| v.as_str()).unwrap_or("").to_string();
+        let n = |p: &str| d.pointer(p).and_then(|v| v.as_u64()).unwrap_or(0);
+        let result = match d.pointer("/outcome/error").and_then(|v| v.as_str()) {
+            None => "ok".to_string(),
+            Some(e) => format!("failed: {}", e.lines().next().unwrap_or(e)),
+        };
+        rows.push([
+            n("/id").to_string(),
+            s("/kind"),
+            s("/member"),
+            n("/epoch").to_string(),
+            vigil_core::format_unix_ms(n("/finished_unix_ms")),
+            s("/outcome/label"),
+            n("/outcome/size_bytes").to_string(),
+            result,
+        ]);
+    }
+    let widths: Vec<usize> = (0..8).map(|i| rows.iter().map(|r| r[i].len()).max().unwrap_or(0)).collect();
+    for row in &rows {
+        let line: Vec<String> = row.iter().zip(&widths).map(|(c, w)| format!("{c:<w$}")).collect();
+        println!("{}", line.join("  ").trim_end());
+    }
+    if let Some(run) = r.json.get("running").filter(|v| !v.is_null()) {
+        println!(
+            "running: backup {} ({}) on {}, attempt {}",
+            run["id"],
+            run["kind"].as_str().unwrap_or("?"),
+            run["member"].as_str().unwrap_or("?"),
+            run["attempts"]
+        );
+    }
+    Ok(())
+}

@@ -1,0 +1,415 @@
+//! Backups that follow the primary, on real clusters with real pgBackRest (Debian's 2.45): WAL
+//! archived only by the primary that holds its lease, scheduled and manual backups recorded in
+//! the replicated history, the next ones taken by the new primary after a kill -9 failover, a
+//! backup interrupted by a failover retried there exactly once, and a deposed primary that
+//! outlives its daemon refused by the archive.
+
+use anyhow::Context;
+use serde_json::Value;
+use std::path::{Path, PathBuf};
+use std::time::{Duration, Instant};
+use vigil_core::EventKind;
+use vigil_tests::{new_primary_writable, pgvigil_bin, settled, ClusterSpec, TestCluster};
+
+const CONVERGE: Duration = Duration::from_secs(90);
+
+fn repo(spec: &ClusterSpec) -> PathBuf {
+    spec.dir.join("repo")
+}
+
+/// Every member's `[backup]`: a posix repository shared through the test's directory.
+fn with_backup(spec: &mut ClusterSpec, extra: &[&str]) {
+    spec.backup = vec![
+        "stanza = \"main\"".into(),
+        format!("repo_path = {:?}", repo(spec).display().to_string()),
+        "archive_timeout = \"30s\"".into(),
+        "timeout = \"5m\"".into(),
+    ];
+    spec.backup.extend(extra.iter().map(|s| s.to_string()));
+}
+
+async fn wait_until<F, Fut>(what: &str, timeout: Duration, mut check: F) -> anyhow::Result<()>
+where
+    F: FnMut() -> Fut,
+    Fut: std::future::Future<Output = anyhow::Result<bool>>,
+{
+    let deadline = Instant::now() + timeout;
+    let mut last = None;
+    loop {
+        match check().await {
+            Ok(true) => return Ok(()),
+            Ok(false) => {}
+            Err(e) => last = Some(e),
+        }
+        if Instant::now() >= deadline {
+            anyhow::bail!("{what}: not within {timeout:?} (last error: {last:?})");
+        }
+        tokio::time::sleep(Duration::from_millis(200)).await;
+    }
+}
+
+/// The WAL files (pgBackRest's names: `<segment>-<sha1>[.gz]`, `<segment>.partial-...`) in the
+/// repository's archive.
+fn archived_files(repo: &Path) -> Vec<String> {
+    let mut out = Vec::new();
+    let mut stack = vec![repo.join("archive")];
+    while let Some(dir) = stack.pop() {
+        for e in std::fs::read_dir(&dir).into_iter().flatten().flatten() {
+            let p = e.path();
+            if p.is_dir() {
+                stack.push(p);
+            } else if let Some(n) = p.file_name().and_then(|n| n.to_str()) {
+                out.push(n.to_string());
+            }
+        }
+    }
+    out
+}
+
+fn in_archive(repo: &Path, segment: &str) -> bool {
+    archived_files(repo).iter().any(|f| f.starts_with(&format!("{segment}-")))
+}
+
+/// Close the current WAL segment on `member` after a write; its name.
+async fn switch_wal(t: &TestCluster, member: &str) -> anyhow::Result<String> {
+    let c = t.client(member).await?;
+    let row = c.query_one("SELECT pg_walfile_name(pg_current_wal_lsn())", &[]).await?;
+    let segment: String = row.get(0);
+    c.query_one("SELECT pg_switch_wal()::text", &[]).await?;
+    Ok(segment)
+}
+
+async fn archiver(t: &TestCluster, member: &str) -> anyhow::Result<(i64, String, i64, String)> {
+    let c = t.client(member).await?;
+    let r = c
+        .query_one(
+            "SELECT archived_count, coalesce(last_archived_wal, ''), failed_count, coalesce(last_failed_wal, '') \
+             FROM pg_stat_archiver",
+            &[],
+        )
+        .await?;
+    Ok((r.get(0), r.get(1), r.get(2), r.get(3)))
+}
+
+async fn backups(t: &TestCluster, member: &str) -> anyhow::Result<Value> {
+    let r = t.get(member, "/backups").await?;
+    anyhow::ensure!(r.status == 200, "GET /backups on {member}: {} {}", r.status, r.text);
+    Ok(r.json)
+}
+
+fn records(b: &Value) -> Vec<Value> {
+    b["backups"].as_array().cloned().unwrap_or_default()
+}
+
+/// Wait for a recorded backup that `pick` accepts.
+async fn wait_backup(
+    t: &TestCluster,
+    member: &str,
+    what: &str,
+    pick: impl Fn(&Value) -> bool,
+) -> anyhow::Result<Value> {
+    let deadline = Instant::now() + CONVERGE;
+    loop {
+        if let Ok(b) = backups(t, member).await {
+            if let Some(r) = records(&b).into_iter().find(|r| pick(r)) {
+                return Ok(r);
+            }
+        }
+        if Instant::now() >= deadline {
+            anyhow::bail!("{what}: not recorded within {CONVERGE:?}: {:?}", backups(t, member).await);
+        }
+        tokio::time::sleep(Duration::from_millis(250)).await;
+    }
+}
+
+fn log_of(t: &TestCluster, member: &str) -> String {
+    std::fs::read_to_string(t.spec().state_dir(member).join("postgresql.log")).unwrap_or_default()
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn wal_is_archived_and_backups_follow_the_primary_through_a_kill_9_failover() -> anyhow::Result<()> {
+    // Scheduled incrementals every 20 s (the first, with no full yet, is taken as a full).
+    let mut t = TestCluster::prepare(3, 0, |s| with_backup(s, &["schedule.incr = \"*/20 * * * * *\""]))?;
+    t.cluster.start_all()?;
+    t.wait_for("a settled cluster with its stanza", CONVERGE, |v| settled(v) && v.state.backup.stanza_ready.is_some())
+        .await?;
+    let old = t.primary().await?;
+    let repo = repo(t.spec());
+
+    // WAL is archived by the primary.
+    t.execute(&old, "CREATE TABLE items (id int primary key); INSERT INTO items SELECT generate_series(1, 1000)")
+        .await?;
+    let segment = switch_wal(&t, &old).await?;
+    wait_until("the primary's segment in the archive", CONVERGE, || {
+        let (repo, segment) = (repo.clone(), segment.clone());
+        async move { Ok(in_archive(&repo, &segment)) }
+    })
+    .await?;
+
+    // A scheduled backup runs on the primary and is recorded.
+    let scheduled = wait_backup(&t, &old, "a scheduled backup", |r| r["reason"] == "scheduled").await?;
+    assert_eq!(scheduled["member"], old.as_str(), "{scheduled}");
+    assert!(scheduled["outcome"]["error"].is_null(), "{scheduled}");
+    assert!(scheduled["outcome"]["label"].is_string(), "{scheduled}");
+
+    // A manual full through the command line (retried while a scheduled one runs: 409).
+    let config = t.spec().config_path(&old).display().to_string();
+    let deadline = Instant::now() + CONVERGE;
+    let out = loop {
+        let out = t.cli(&["backup", "--type", "full", "--config", &config], "").await?;
+        let stderr = String::from_utf8_lossy(&out.stderr).to_string();
+        if out.status.success() || !stderr.contains("is running") || Instant::now() >= deadline {
+            break out;
+        }
+        tokio::time::sleep(Duration::from_millis(500)).await;
+    };
+    let stdout = String::from_utf8_lossy(&out.stdout);
+    assert!(out.status.success(), "pgvigil backup: {stdout} {}", String::from_utf8_lossy(&out.stderr));
+    assert!(stdout.contains(&format!("done on {old}")), "{stdout}");
+    let b = backups(&t, &old).await?;
+    let manual = records(&b).into_iter().find(|r| r["reason"] == "manual").context("the manual backup")?;
+    assert_eq!((manual["kind"].as_str(), manual["outcome"]["taken"].as_str()), (Some("full"), Some("full")));
+    let label = manual["outcome"]["label"].as_str().context("label")?.to_string();
+    let listed: Vec<&str> = b["repository"][0]["backup"]
+        .as_array()
+        .context("pgbackrest info in GET /backups")?
+        .iter()
+        .filter_map(|x| x["label"].as_str())
+        .collect();
+    assert!(listed.contains(&label.as_str()), "{label} in {listed:?}");
+    let metrics = t.get(&old, "/metrics").await?.text;
+    let line = metrics
+        .lines()
+        .find(|l| l.starts_with("pgvigil_backup_last_success_timestamp_seconds{type=\"full\"}"))
+        .context("the last full backup's metric")?;
+    let at: f64 = line.rsplit(' ').next().unwrap_or_default().parse()?;
+    assert!(at > 0.0, "{line}");
+    let out = t.cli(&["backups", "--config", &config], "").await?;
+    assert!(String::from_utf8_lossy(&out.stdout).contains(&label), "pgvigil backups lists {label}");
+
+    // kill -9 of the primary's host.
+    t.execute(&old, "INSERT INTO items SELECT generate_series(1001, 2000)").await?;
+    for s in t.other_pg_members(&old) {
+        t.wait_rows(&s, "items", 2000, Duration::from_secs(20)).await?;
+    }
+    let killed_at = vigil_tests_wall_ms();
+    t.kill_host(&old);
+    let v = t.wait_for("a new writable primary", CONVERGE, |v| new_primary_writable(v, &old)).await?;
+    let new = v.state.primary.clone().context("a primary")?;
+
+    // The new primary archives on its timeline, with its own epoch's permit.
+    t.execute(&new, "INSERT INTO items SELECT generate_series(2001, 3000)").await?;
+    let segment = switch_wal(&t, &new).await?;
+    assert!(!segment.starts_with("00000001"), "a new timeline: {segment}");
+    wait_until("the new primary's segment in the archive", CONVERGE, || {
+        let (repo, segment) = (repo.clone(), segment.clone());
+        async move { Ok(in_archive(&repo, &segment)) }
+    })
+    .await?;
+    let (_, _, failed, _) = archiver(&t, &new).await?;
+    assert_eq!(failed, 0, "no failed push on the new primary (no 'different checksum')");
+    let new_log = log_of(&t, &new);
+    let epoch = v.state.epoch;
+    assert!(new_log.contains(&format!("pushed (epoch {epoch})")), "the new primary pushes in epoch {epoch}");
+    assert!(!new_log.contains("different checksum"), "no conflicting push");
+
+    // The next scheduled backup runs on the new primary.
+    let next = wait_backup(&t, &new, "a scheduled backup on the new primary", |r| {
+        r["member"] == new.as_str() && r["reason"] == "scheduled" && r["requested_unix_ms"].as_u64() > Some(killed_at)
+    })
+    .await?;
+    assert!(next["outcome"]["error"].is_null(), "{next}");
+    // The old primary pushed only in its own epoch, and never after it was killed.
+    let old_log = log_of(&t, &old);
+    assert!(old_log.contains("pushed (epoch 1)"));
+    assert!(!old_log.lines().any(|l| l.contains("pushed (epoch") && !l.contains("pushed (epoch 1)")), "{old_log}");
+    let history = t.view().await?.state.history;
+    assert!(history.iter().any(|e| e.kind == EventKind::Backup && e.member == new));
+    Ok(())
+}
+
+fn vigil_tests_wall_ms() -> u64 {
+    std::time::SystemTime::now().duration_since(std::time::UNIX_EPOCH).map(|d| d.as_millis() as u64).unwrap_or(0)
+}
+
+/// The pids of pgBackRest processes that run `what` with `member`'s configuration.
+fn pgbackrest_pids(t: &TestCluster, member: &str, what: &str) -> Vec<i32> {
+    let config = t.spec().state_dir(member).join("pgbackrest").join("pgbackrest.conf").display().to_string();
+    let mut pids = Vec::new();
+    for e in std::fs::read_dir("/proc").into_iter().flatten().flatten() {
+        let Ok(pid) = e.file_name().to_string_lossy().parse::<i32>() else { continue };
+        let cmdline = std::fs::read(e.path().join("cmdline")).unwrap_or_default();
+        let args: Vec<String> = cmdline.split(|b| *b == 0).map(|a| String::from_utf8_lossy(a).into_owned()).collect();
+        if args.first().is_some_and(|a| a.ends_with("pgbackrest"))
+            && args.iter().any(|a| a.contains(&config))
+            && args.iter().any(|a| a == what)
+        {
+            pids.push(pid);
+        }
+    }
+    pids
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_backup_interrupted_by_a_failover_is_retried_on_the_new_primary_exactly_once() -> anyhow::Result<()> {
+    // Slow enough to be caught running: maximal compression of some tens of MB.
+    let mut t = TestCluster::prepare(3, 0, |s| {
+        with_backup(s, &["options = { compress-level = \"9\" }"]);
+        let log = s.dir.join("hooks.log").display().to_string();
+        s.hooks = vec![format!("on_backup = {:?}", format!("echo \"$PGVIGIL_MEMBER $PGVIGIL_REASON\" >> {log}"))];
+    })?;
+    t.cluster.start_all()?;
+    t.wait_for("a settled cluster with its stanza", CONVERGE, |v| settled(v) && v.state.backup.stanza_ready.is_some())
+        .await?;
+    let old = t.primary().await?;
+    t.execute(
+        &old,
+        "CREATE TABLE filler AS SELECT g AS id, repeat(md5(g::text), 4) AS pad FROM generate_series(1, 200000) g",
+    )
+    .await?;
+    for s in t.other_pg_members(&old) {
+        t.wait_rows(&s, "filler", 200_000, Duration::from_secs(60)).await?;
+    }
+    let other = t.other_pg_members(&old).into_iter().next().context("a standby")?;
+    let r = t.post(&other, "/backup", r#"{"type": "full", "reason": "before the upgrade"}"#).await?;
+    assert_eq!(r.status, 202, "{}", r.text);
+    assert_eq!(r.json["member"], old.as_str());
+    let id = r.json["id"].as_u64().context("id")?;
+    // Killed while pgBackRest is copying.
+    wait_until("pgbackrest backup running on the primary", Duration::from_secs(20), || {
+        let found = !pgbackrest_pids(&t, &old, "backup").is_empty();
+        async move { Ok(found) }
+    })
+    .await?;
+    t.kill_host(&old);
+    // The daemon's death kills its pgBackRest (parent-death signal).
+    wait_until("the old primary's pgbackrest gone", Duration::from_secs(10), || {
+        let gone = pgbackrest_pids(&t, &old, "backup").is_empty();
+        async move { Ok(gone) }
+    })
+    .await?;
+    let v = t.wait_for("a new writable primary", CONVERGE, |v| new_primary_writable(v, &old)).await?;
+    let new = v.state.primary.clone().context("a primary")?;
+    let done = wait_backup(&t, &new, "the retried backup", |r| r["id"].as_u64() == Some(id)).await?;
+    assert_eq!(done["member"], new.as_str(), "{done}");
+    assert_eq!(done["attempts"], 2, "{done}");
+    assert!(done["outcome"]["error"].is_null(), "{done}");
+    assert_eq!(done["reason"], "manual: before the upgrade");
+    let b = backups(&t, &new).await?;
+    assert_eq!(records(&b).len(), 1, "recorded once: {b}");
+    assert!(b["running"].is_null(), "nothing runs any more: {b}");
+    let in_repo = b["repository"][0]["backup"].as_array().map(Vec::len);
+    assert_eq!(in_repo, Some(1), "one backup in the repository: {}", b["repository"]);
+    let history = t.view().await?.state.history;
+    let retried: Vec<_> =
+        history.iter().filter(|e| e.kind == EventKind::Backup && e.detail.contains("retried on")).collect();
+    assert_eq!(retried.len(), 1, "{retried:?}");
+    assert_eq!(retried[0].member, new);
+    // The on_backup hook ran where the backup ended.
+    let hooks_log = t.spec().dir.join("hooks.log");
+    let expected = format!("{new} backup {id} done: ");
+    wait_until("the on_backup hook", Duration::from_secs(20), || {
+        let text = std::fs::read_to_string(&hooks_log).unwrap_or_default();
+        let found = text.contains(&expected);
+        async move { Ok(found) }
+    })
+    .await?;
+    let text = std::fs::read_to_string(&hooks_log)?;
+    assert!(!text.contains(&format!("{old} backup {id} done")), "the interrupted attempt never reported done: {text}");
+    Ok(())
+}
+
+/// The parent of a process (its keeper, for a postmaster).
+fn parent_of(pid: i32) -> Option<i32> {
+    let stat = std::fs::read_to_string(format!("/proc/{pid}/stat")).ok()?;
+    // pid (comm) state ppid ...: comm may hold spaces, so split after its closing parenthesis.
+    stat.rsplit_once(')')?.1.split_whitespace().nth(1)?.parse().ok()
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_deposed_primary_that_outlives_its_daemon_cannot_archive() -> anyhow::Result<()> {
+    use nix::sys::signal::{kill, Signal};
+    use nix::unistd::Pid;
+    let mut t = TestCluster::prepare(3, 0, |s| with_backup(s, &[]))?;
+    t.cluster.start_all()?;
+    t.wait_for("a settled cluster with its stanza", CONVERGE, |v| settled(v) && v.state.backup.stanza_ready.is_some())
+        .await?;
+    let old = t.primary().await?;
+    let postmaster = t.postmaster_pid(&old).context("the primary's postmaster")?;
+    let keeper = parent_of(postmaster).context("its keeper")?;
+    // The one case where PostgreSQL outlives its lease: its keeper stopped, its daemon killed.
+    kill(Pid::from_raw(keeper), Signal::SIGSTOP)?;
+    t.cluster.kill_daemon(&old);
+    let outcome = async {
+        let v = t.wait_for("a new writable primary", CONVERGE, |v| new_primary_writable(v, &old)).await?;
+        anyhow::ensure!(t.postmaster_pid(&old) == Some(postmaster), "the deposed server still runs");
+        // It still takes writes (nothing fences it), but its WAL must not reach the archive.
+        t.execute(&old, "CREATE TABLE late (id int); INSERT INTO late VALUES (1)").await?;
+        let segment = switch_wal(&t, &old).await?;
+        wait_until("a refused push on the deposed primary", CONVERGE, || {
+            let (t, segment, old) = (&t, segment.clone(), old.clone());
+            async move {
+                let (_, _, failed, last_failed) = archiver(t, &old).await?;
+                Ok(failed > 0 && last_failed == segment)
+            }
+        })
+        .await?;
+        anyhow::ensure!(!in_archive(&repo(t.spec()), &segment), "{segment} of the deposed primary is not archived");
+        let log = log_of(&t, &old);
+        anyhow::ensure!(log.contains(&format!("pgvigil archive-push {segment}: refused")), "the refusal is in its log");
+        // The new primary archives as usual.
+        let new = v.state.primary.clone().context("a primary")?;
+        t.execute(&new, "CREATE TABLE fresh (id int); INSERT INTO fresh VALUES (1)").await?;
+        let segment = switch_wal(&t, &new).await?;
+        let repo = repo(t.spec());
+        wait_until("the new primary's segment in the archive", CONVERGE, || {
+            let (repo, segment) = (repo.clone(), segment.clone());
+            async move { Ok(in_archive(&repo, &segment)) }
+        })
+        .await
+    }
+    .await;
+    // Our processes, stopped or not: SIGKILL works on a stopped one.
+    let _ = kill(Pid::from_raw(postmaster), Signal::SIGKILL);
+    let _ = kill(Pid::from_raw(keeper), Signal::SIGKILL);
+    outcome
+}
+
+#[test]
+fn a_bad_backup_table_exits_64_naming_the_key() {
+    let dir = tempfile::tempdir().expect("tempdir");
+    let mut spec = ClusterSpec::local(dir.path(), &pgvigil_bin(), 2, 0).expect("spec");
+    spec.write_secret().expect("secret file");
+    with_backup(&mut spec, &[]);
+    let good = spec.config_text(&spec.members[0]).expect("config text");
+    let cases = [
+        ("unknown key", good.replace("stanza = ", "stanzza = \"x\"\nstanza = "), "backup.stanzza"),
+        (
+            "bad schedule",
+            good.replace("[backup]\n", "[backup]\nschedule.full = \"61 * * * *\"\n"),
+            "backup.schedule.full",
+        ),
+        ("standby", good.replace("[backup]\n", "[backup]\nrun_on = \"standby\"\n"), "backup.run_on"),
+        ("no repository", good.replace("repo_path = ", "# repo_path = "), "backup.repo_path"),
+        (
+            "an option pgvigil owns",
+            good.replace("[backup]\n", "[backup]\noptions = { pg1-path = \"/tmp\" }\n"),
+            "backup.options.pg1-path",
+        ),
+        ("a bad stanza", good.replace("stanza = \"main\"", "stanza = \"a b\""), "backup.stanza"),
+        (
+            "no pgbackrest there",
+            good.replace("[backup]\n", "[backup]\npgbackrest = \"/nonexistent/pgbackrest\"\n"),
+            "backup.pgbackrest",
+        ),
+    ];
+    for (what, text, key) in cases {
+        let path = dir.path().join("bad.toml");
+        std::fs::write(&path, &text).expect("write");
+        // check-config: it exits whatever it finds, so a case that turns out valid fails, not hangs.
+        let out = std::process::Command::new(pgvigil_bin()).arg("check-config").arg(&path).output().expect("run");
+        let stderr = String::from_utf8_lossy(&out.stderr);
+        assert_eq!(out.status.code(), Some(64), "{what}: {stderr}");
+        assert!(stderr.contains(key), "{what}: stderr should name {key}: {stderr}");
+    }
+}
