@@ -13,6 +13,7 @@
 //! - [`agent`]: the reconciler that turns the committed state and the local PostgreSQL into actions.
 //! - [`planted`]: test-only switches that break a safety rule, for the simulation's teeth test
 //!   (inert unless the `planted-bugs` feature is on and a run sets them).
+//! - [`proxy`]: the routing proxy's decisions (read-write fenced by the lease, the read-only pool).
 //! - [`repeats`]: thinning repeated warnings (once, then at most once a minute with a count, and
 //!   once when they stop), for every crate's logs.
 //!
@@ -24,6 +25,7 @@ pub mod candidate;
 pub mod coordinator;
 pub mod lease;
 pub mod planted;
+pub mod proxy;
 pub mod repeats;
 pub mod report;
 pub mod state;
