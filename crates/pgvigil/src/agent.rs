@@ -316,6 +316,7 @@ impl Agent {
                 .and_then(vigil_core::sync::parse_setting),
             last_rejoin: self.last_rejoin.clone(),
             switchover_stop: self.memory.switchover_stop.clone().filter(|s| s.lsn != 0 && !obs.running),
+            replay_paused: obs.replay_paused,
         };
         let lease_valid = self.lease.lock().unwrap_or_else(|p| p.into_inner()).valid(state.epoch, now);
         let actions = reconcile(&AgentInput {

@@ -58,8 +58,14 @@ fn push_name(key: &mut String, name: &str) {
 }
 
 /// Keys whose environment override is a boolean (`true`/`false`, also `yes`/`no`, `on`/`off`, `1`/`0`).
-pub const ENV_BOOL_KEYS: &[&str] =
-    &["tags.nofailover", "tls.peer_mtls", "tls.api", "tls.api_verify_client", "peer_auth.insecure_unauthenticated"];
+pub const ENV_BOOL_KEYS: &[&str] = &[
+    "tags.nofailover",
+    "tags.noloadbalance",
+    "tls.peer_mtls",
+    "tls.api",
+    "tls.api_verify_client",
+    "peer_auth.insecure_unauthenticated",
+];
 /// Keys whose environment override is an integer.
 pub const ENV_INTEGER_KEYS: &[&str] = &[
     "tags.priority",
@@ -69,6 +75,9 @@ pub const ENV_INTEGER_KEYS: &[&str] = &[
     "timing.heartbeat_ticks",
     "timing.maximum_lag_on_failover",
     "replication.synchronous_node_count",
+    "proxy.rw_port",
+    "proxy.ro_port",
+    "proxy.max_lag_bytes",
 ];
 
 /// Set the key of `PGVIGIL_A__B` (`a.b`) in `table` to `value`, parsed as that key's type.

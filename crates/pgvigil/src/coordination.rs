@@ -33,6 +33,7 @@ pub async fn handle_report(shared: &Shared, report: HealthReport) -> ReportAck {
             epoch: 0,
             term: status.term,
             primary_lsn: 0,
+            ..Default::default()
         };
     }
     let state = shared.committed();
@@ -67,7 +68,12 @@ pub async fn handle_report(shared: &Shared, report: HealthReport) -> ReportAck {
         .as_ref()
         .and_then(|p| shared.coordinator().reports().get(p).map(|r| r.report.wal_position()))
         .unwrap_or(0);
+    // What the members' routing proxies need: the primary's lease as granted, the standbys.
+    let (primary_lease_ms, primary_writable, standbys) = crate::proxy_feed::answer(shared, &state);
     ReportAck {
+        primary_lease_ms,
+        primary_writable,
+        standbys,
         is_coordinator: true,
         coordinator: shared.name().to_string(),
         lease_granted: granted,

@@ -19,12 +19,17 @@ pub struct Fence {
     pub epoch: u64,
     /// New read-write sessions may be forwarded to that epoch's primary before this instant.
     pub until: Option<Instant>,
+    /// The primary's latest report to the coordinator showed it writable (it gets its lease
+    /// before it is promoted).
+    pub writable: bool,
+    /// When the report whose answer said `writable` was sent.
+    pub sent: Option<Instant>,
 }
 
 impl Fence {
     /// The bound from one answer: `lease_left` counted from when the report was sent.
-    pub fn from_answer(sent_at: Instant, epoch: u64, lease_left: Duration) -> Fence {
-        Fence { epoch, until: (!lease_left.is_zero()).then(|| sent_at + lease_left) }
+    pub fn from_answer(sent_at: Instant, epoch: u64, lease_left: Duration, writable: bool) -> Fence {
+        Fence { epoch, until: (!lease_left.is_zero()).then(|| sent_at + lease_left), writable, sent: Some(sent_at) }
     }
 
     /// Take a later answer. Answers can arrive out of order (a slow one after a quick one): within
@@ -37,6 +42,10 @@ impl Fence {
                 (Some(a), Some(b)) => Some(a.max(b)),
                 (a, b) => a.or(b),
             };
+            if other.sent >= self.sent {
+                self.writable = other.writable;
+                self.sent = other.sent;
+            }
         }
     }
 
@@ -52,6 +61,8 @@ pub enum HoldReason {
     NoPrimary,
     /// A planned switchover has started: the primary is shutting down.
     Switchover,
+    /// The primary has its lease but did not report itself writable yet (being promoted).
+    NotWritable,
     /// This member knows of no valid lease of the current primary (cut off from the quorum,
     /// a failover under way, or the answers are about another epoch).
     NoLease,
@@ -63,6 +74,7 @@ impl HoldReason {
             HoldReason::NoPrimary => "no_primary",
             HoldReason::Switchover => "switchover",
             HoldReason::NoLease => "no_lease",
+            HoldReason::NotWritable => "not_writable",
         }
     }
 }
@@ -71,7 +83,10 @@ impl HoldReason {
 #[derive(Clone, Debug, PartialEq, Eq)]
 pub enum RwRoute {
     /// To this member (the primary of `epoch`).
-    Forward { member: String, epoch: u64 },
+    Forward {
+        member: String,
+        epoch: u64,
+    },
     Hold(HoldReason),
 }
 
@@ -95,6 +110,9 @@ pub fn rw_route(committed: &Committed, fence: &Fence, now: Instant) -> RwRoute {
     }
     if !fence.valid(committed.epoch, now) {
         return RwRoute::Hold(HoldReason::NoLease);
+    }
+    if !fence.writable {
+        return RwRoute::Hold(HoldReason::NotWritable);
     }
     RwRoute::Forward { member: primary.clone(), epoch: committed.epoch }
 }
@@ -216,8 +234,11 @@ impl RoPool {
         for s in standbys {
             let was_in = self.members.contains(&s.member);
             // Hysteresis: leaving at the bound, returning at half of it.
-            let (bytes_limit, time_limit) =
-                if was_in { (rules.max_lag_bytes, rules.max_lag_time) } else { (rules.max_lag_bytes / 2, rules.max_lag_time / 2) };
+            let (bytes_limit, time_limit) = if was_in {
+                (rules.max_lag_bytes, rules.max_lag_time)
+            } else {
+                (rules.max_lag_bytes / 2, rules.max_lag_time / 2)
+            };
             let verdict = if s.noloadbalance {
                 Some(Out::NoLoadBalance)
             } else if !fresh {

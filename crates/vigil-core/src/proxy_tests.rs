@@ -9,29 +9,43 @@ fn committed(epoch: u64, primary: Option<&str>) -> Committed {
 #[test]
 fn the_fence_counts_from_the_send_time_and_ends_with_the_lease() {
     let sent = Instant::now();
-    let f = Fence::from_answer(sent, 3, 1500 * MS);
+    let f = Fence::from_answer(sent, 3, 1500 * MS, true);
     let c = committed(3, Some("a"));
     assert_eq!(rw_route(&c, &f, sent + 1499 * MS), RwRoute::Forward { member: "a".into(), epoch: 3 });
     assert_eq!(rw_route(&c, &f, sent + 1500 * MS), RwRoute::Hold(HoldReason::NoLease));
     // No lease left: no bound at all.
-    assert_eq!(Fence::from_answer(sent, 3, Duration::ZERO).until, None);
+    assert_eq!(Fence::from_answer(sent, 3, Duration::ZERO, true).until, None);
 }
 
 #[test]
 fn a_fence_for_another_epoch_forwards_nothing() {
     let now = Instant::now();
-    let f = Fence::from_answer(now, 3, 2000 * MS);
+    let f = Fence::from_answer(now, 3, 2000 * MS, true);
     // The committed state moved on (a failover): the old primary's lease says nothing of the new one.
     assert_eq!(rw_route(&committed(4, Some("b")), &f, now), RwRoute::Hold(HoldReason::NoLease));
     // Committed state lagging behind the answers: nothing either.
-    let f5 = Fence::from_answer(now, 5, 2000 * MS);
+    let f5 = Fence::from_answer(now, 5, 2000 * MS, true);
     assert_eq!(rw_route(&committed(4, Some("b")), &f5, now), RwRoute::Hold(HoldReason::NoLease));
+}
+
+#[test]
+fn a_primary_not_writable_yet_holds() {
+    let now = Instant::now();
+    let f = Fence::from_answer(now, 1, 2000 * MS, false);
+    assert_eq!(rw_route(&committed(1, Some("a")), &f, now), RwRoute::Hold(HoldReason::NotWritable));
+    // The next answer says it is.
+    let mut f2 = f;
+    f2.merge(Fence::from_answer(now + MS, 1, Duration::ZERO, true));
+    assert!(matches!(rw_route(&committed(1, Some("a")), &f2, now + MS), RwRoute::Forward { .. }));
+    // A late answer to an older report does not take it back.
+    f2.merge(Fence::from_answer(now, 1, 2000 * MS, false));
+    assert!(f2.writable);
 }
 
 #[test]
 fn no_primary_or_a_started_switchover_holds() {
     let now = Instant::now();
-    let f = Fence::from_answer(now, 1, 2000 * MS);
+    let f = Fence::from_answer(now, 1, 2000 * MS, true);
     assert_eq!(rw_route(&committed(1, None), &f, now), RwRoute::Hold(HoldReason::NoPrimary));
     let mut c = committed(1, Some("a"));
     c.switching_over = true;
@@ -42,17 +56,17 @@ fn no_primary_or_a_started_switchover_holds() {
 fn answers_out_of_order_keep_the_later_bound_and_newer_epochs_replace() {
     let t0 = Instant::now();
     let mut f = Fence::default();
-    f.merge(Fence::from_answer(t0 + 500 * MS, 2, 1000 * MS));
+    f.merge(Fence::from_answer(t0 + 500 * MS, 2, 1000 * MS, true));
     // A slow answer to an earlier report arrives after: it does not shorten the bound.
-    f.merge(Fence::from_answer(t0, 2, 1000 * MS));
+    f.merge(Fence::from_answer(t0, 2, 1000 * MS, true));
     assert_eq!(f.until, Some(t0 + 1500 * MS));
     // An answer with no lease left does not shorten it either: what was said still holds.
-    f.merge(Fence::from_answer(t0 + 600 * MS, 2, Duration::ZERO));
+    f.merge(Fence::from_answer(t0 + 600 * MS, 2, Duration::ZERO, true));
     assert_eq!(f.until, Some(t0 + 1500 * MS));
     // An older epoch is ignored; a newer one replaces, even with no lease yet.
-    f.merge(Fence::from_answer(t0 + 700 * MS, 1, 2000 * MS));
+    f.merge(Fence::from_answer(t0 + 700 * MS, 1, 2000 * MS, true));
     assert_eq!((f.epoch, f.until), (2, Some(t0 + 1500 * MS)));
-    f.merge(Fence::from_answer(t0 + 800 * MS, 3, Duration::ZERO));
+    f.merge(Fence::from_answer(t0 + 800 * MS, 3, Duration::ZERO, true));
     assert_eq!((f.epoch, f.until), (3, None));
 }
 
