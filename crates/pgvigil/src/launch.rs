@@ -26,6 +26,10 @@ pub struct MemberSpec {
     pub api_port: u16,
     pub nofailover: bool,
     pub priority: i32,
+    /// `tags.noloadbalance`.
+    pub noloadbalance: bool,
+    /// The routing proxy's read-write and read-only ports (None: no `[proxy]` table).
+    pub proxy_ports: Option<(u16, u16)>,
 }
 
 #[derive(Clone, Debug)]
@@ -42,6 +46,8 @@ pub struct ClusterSpec {
     pub replication: Vec<String>,
     /// `key = value` lines for a `[hooks]` table (none: no table).
     pub hooks: Vec<String>,
+    /// Extra `key = value` lines for the `[proxy]` table of members with `proxy_ports`.
+    pub proxy: Vec<String>,
     /// Every member's `stop.mode`. Local clusters (demo, tests) stop every member at once, where
     /// a switchover first would only wait for standbys that are stopping too: `stop-postgres`.
     pub stop_mode: String,
@@ -151,6 +157,8 @@ impl ClusterSpec {
                 api_port: free_port()?,
                 nofailover: false,
                 priority: 0,
+                noloadbalance: false,
+                proxy_ports: None,
             });
         }
         Ok(ClusterSpec {
@@ -161,6 +169,7 @@ impl ClusterSpec {
             timing: Vec::new(),
             replication: Vec::new(),
             hooks: Vec::new(),
+            proxy: Vec::new(),
             stop_mode: "stop-postgres".into(),
             superuser_password: "pgvigil".into(),
             hba_extra: vec!["host all all 127.0.0.1/32 scram-sha-256".into()],
@@ -305,7 +314,18 @@ impl ClusterSpec {
                 su = self.superuser_password,
             ));
         }
-        t.push_str(&format!("[tags]\nnofailover = {}\npriority = {}\n\n", m.nofailover, m.priority));
+        t.push_str(&format!(
+            "[tags]\nnofailover = {}\npriority = {}\nnoloadbalance = {}\n\n",
+            m.nofailover, m.priority, m.noloadbalance
+        ));
+        if let Some((rw, ro)) = m.proxy_ports {
+            t.push_str(&format!("[proxy]\nlisten_address = {:?}\nrw_port = {rw}\nro_port = {ro}\n", m.host));
+            for line in &self.proxy {
+                t.push_str(line);
+                t.push('\n');
+            }
+            t.push('\n');
+        }
         t.push_str("[timing]\n");
         for line in &self.timing {
             t.push_str(line);

@@ -149,8 +149,41 @@ async fn route(shared: Arc<Shared>, inner: Arc<Inner>, shutdown: CancellationTok
             primary: state.primary.clone(),
             switching_over: state.switchover.as_ref().is_some_and(|s| s.started),
         };
-        inner.routes.send_replace(Routes { committed, fence, pool: pool.clone(), addrs });
+        let routes = Routes { committed, fence, pool: pool.clone(), addrs };
+        shared.proxy_status.send_replace(Some(status(&inner, &routes, now)));
+        inner.routes.send_replace(routes);
     }
+}
+
+/// `GET /proxy`: where new sessions go now, the read-only pool, open sessions.
+fn status(inner: &Inner, routes: &Routes, now: Instant) -> serde_json::Value {
+    let rw = match rules::rw_route(&routes.committed, &routes.fence, now) {
+        RwRoute::Forward { member, .. } => serde_json::json!({ "forward": member }),
+        RwRoute::Hold(reason) => serde_json::json!({ "hold": reason.as_str() }),
+    };
+    let lease_ms = routes
+        .fence
+        .until
+        .filter(|_| routes.fence.epoch == routes.committed.epoch)
+        .map_or(0, |u| u.saturating_duration_since(now).as_millis() as u64);
+    let out: BTreeMap<&String, String> =
+        routes.pool.out().iter().map(|(m, why)| (m, format!("{why:?}").to_lowercase())).collect();
+    let sessions = inner.sessions.lock().unwrap_or_else(|p| p.into_inner()).clone();
+    let sessions: Vec<serde_json::Value> = sessions
+        .iter()
+        .map(|((port, backend), n)| serde_json::json!({ "port": port.name(), "backend": backend, "sessions": n }))
+        .collect();
+    serde_json::json!({
+        "epoch": routes.committed.epoch,
+        "primary": routes.committed.primary,
+        "rw": rw,
+        "lease_left_ms": lease_ms,
+        "ro_pool": routes.pool.members(),
+        "ro_out": out,
+        "sessions": sessions,
+        "rw_port": inner.cfg.rw_port,
+        "ro_port": inner.cfg.ro_port,
+    })
 }
 
 async fn accept(inner: Arc<Inner>, listener: TcpListener, port: Port, shutdown: CancellationToken) {
@@ -234,7 +267,6 @@ impl Inner {
         sessions.iter().filter(|((p, _), _)| *p == port).map(|((_, b), n)| (b.clone(), *n)).collect()
     }
 
-    /// Open sessions per port and backend, for `GET /proxy`.
     fn refuse(&self, port: Port, reason: &str) {
         metrics::counter!("pgvigil_proxy_refused_total", "port" => port.name(), "reason" => reason.to_string())
             .increment(1);
