@@ -268,3 +268,90 @@ async fn a_cancel_request_through_the_ro_port_ends_a_long_query_at_once() -> any
     eprintln!("pg_sleep(30) through the ro port cancelled in {took:?}");
     Ok(())
 }
+
+/// Kills the stopped keeper however the test ends (a stopped process would stay forever).
+struct StoppedKeeper(i32);
+
+impl Drop for StoppedKeeper {
+    fn drop(&mut self) {
+        let _ = nix::sys::signal::kill(nix::unistd::Pid::from_raw(self.0), nix::sys::signal::Signal::SIGKILL);
+    }
+}
+
+fn parent_of(pid: i32) -> anyhow::Result<i32> {
+    let stat = std::fs::read_to_string(format!("/proc/{pid}/stat"))?;
+    // `pid (comm) state ppid ...`; comm may hold spaces, so read after the last ')'.
+    let after = stat.rsplit_once(')').map(|(_, rest)| rest).unwrap_or_default();
+    Ok(after.split_whitespace().nth(1).unwrap_or_default().parse()?)
+}
+
+/// The primary's daemon is killed (SIGKILL) while its keeper is stopped (SIGSTOP), so its
+/// PostgreSQL stays writable past the lease: only the proxies' lease fence keeps the writer
+/// off it. Afterwards both servers are read: no id the writer tried after the new primary
+/// acknowledged its first write is on the old primary.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn after_a_failover_no_write_through_the_proxy_lands_on_the_old_primary() -> anyhow::Result<()> {
+    let mut t = TestCluster::prepare(3, 0, with_proxy)?;
+    t.cluster.start_all()?;
+    let v = t.wait_for("a settled cluster", CONVERGE, vigil_tests::settled).await?;
+    let old = v.state.primary.clone().expect("primary");
+    let via = t.other_pg_members(&old).remove(0);
+    // When each row was committed, by the server's clock (this machine's).
+    t.execute(&old, "CREATE TABLE sentinel (id bigint primary key, at timestamptz DEFAULT clock_timestamp())").await?;
+    wait_proxy(&t, &via, "forwarding to the primary", CONVERGE, |s| s["rw"]["forward"] == old.as_str()).await?;
+    let (rw, _) = ports(&t, &via);
+    let writer = RwWriter::start(conninfo(&t, rw, 40));
+    t.wait_rows(&old, "sentinel", 20, Duration::from_secs(20)).await?;
+
+    let postmaster = t.postmaster_pid(&old).expect("the old primary's postmaster");
+    let keeper = parent_of(postmaster)?;
+    nix::sys::signal::kill(nix::unistd::Pid::from_raw(keeper), nix::sys::signal::Signal::SIGSTOP)?;
+    let _keeper = StoppedKeeper(keeper);
+    let killed_at = Instant::now();
+    let killed_unix = std::time::SystemTime::now().duration_since(std::time::UNIX_EPOCH)?.as_secs_f64();
+    t.cluster.kill_daemon(&old);
+    let v = t.wait_for("a new primary", CONVERGE, |v| v.state.primary.as_deref().is_some_and(|p| p != old)).await?;
+    let new = v.state.primary.clone().expect("primary");
+    let (old_port, new_port) = (pg_port(&t, &old), pg_port(&t, &new));
+    let deadline = Instant::now() + Duration::from_secs(30);
+    loop {
+        let n = t.client(&new).await?.query_one("SELECT count(*) FROM sentinel", &[]).await?.get::<_, i64>(0);
+        let before = ids_on(&t, &old).await?.len() as i64;
+        if n >= before + 20 {
+            break;
+        }
+        anyhow::ensure!(Instant::now() < deadline, "no writes through the proxy reached {new}");
+        tokio::time::sleep(Duration::from_millis(100)).await;
+    }
+    let w = writer.stop().await?;
+    // The old server still takes writes (its keeper is stopped): read both.
+    let on_old = ids_on(&t, &old).await?;
+    let first_new = w.acked.iter().find(|a| a.1 == new_port).map(|a| a.0).expect("a write on the new primary");
+    let late: Vec<i64> = on_old.iter().copied().filter(|id| *id >= first_new).collect();
+    assert!(late.is_empty(), "ids committed on the old primary after the new one took writes: {late:?}");
+    let last_old_ack = w.acked.iter().filter(|a| a.1 == old_port).map(|a| a.2).max().expect("acks on the old");
+    let first_new_ack = w.acked.iter().find(|a| a.1 == new_port).map(|a| a.2).expect("acks on the new");
+    assert!(last_old_ack < first_new_ack);
+    // The old primary's last grant answered a report sent before its daemon was killed, so the
+    // proxy's bound ends by the kill + lease_timeout (2 s), plus that report's flight (its grant
+    // may arrive after the kill) and a commit's time: nothing through the proxy commits there
+    // later, acknowledged or not. A coordinator may promote at lease_timeout + lease_margin
+    // (2.5 s): half the margin is the slack. Without the fence writes would go on until the
+    // failover's commit.
+    let lease = Duration::from_millis(2250);
+    let last = last_old_ack.saturating_duration_since(killed_at);
+    assert!(last < lease, "acknowledged on the old primary {last:?} after its daemon was killed");
+    let q = "SELECT count(*) FROM sentinel WHERE at >= to_timestamp($1)";
+    let after_lease: i64 = t.client(&old).await?.query_one(q, &[&(killed_unix + lease.as_secs_f64())]).await?.get(0);
+    assert_eq!(after_lease, 0, "rows committed on the old primary after its lease");
+    assert!(w.connect_errors.is_empty(), "new-connection errors through the rw port: {:?}", w.connect_errors);
+    eprintln!(
+        "failover through the proxy: last write on the old primary {:?} after its daemon was killed, first on the \
+         new {:?} after; {} write errors, 0 connection errors; {} rows on the old server, none at or after id {first_new}",
+        last_old_ack.saturating_duration_since(killed_at),
+        first_new_ack.saturating_duration_since(killed_at),
+        w.write_errors.len(),
+        on_old.len()
+    );
+    Ok(())
+}
