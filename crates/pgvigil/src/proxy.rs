@@ -394,7 +394,8 @@ async fn forward_cancel(inner: &Arc<Inner>, port: Port, packet: Vec<u8>) {
         Port::Ro => backends.extend(routes.pool.members().iter().cloned()),
     }
     let mut sends = tokio::task::JoinSet::new();
-    for addr in backends.iter().filter_map(|b| routes.addrs.get(b)).cloned() {
+    let addrs: Vec<String> = backends.iter().filter_map(|b| routes.addrs.get(b).cloned()).collect();
+    for addr in addrs {
         let (packet, cfg) = (packet.clone(), inner.cfg.clone());
         sends.spawn(async move {
             if let Ok(mut s) = connect(&addr, &cfg).await {
