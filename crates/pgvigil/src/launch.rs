@@ -48,6 +48,8 @@ pub struct ClusterSpec {
     pub hooks: Vec<String>,
     /// Extra `key = value` lines for the `[proxy]` table of members with `proxy_ports`.
     pub proxy: Vec<String>,
+    /// `postgres.parameters` of every member, as `key = "value"` items.
+    pub pg_parameters: Vec<String>,
     /// Every member's `stop.mode`. Local clusters (demo, tests) stop every member at once, where
     /// a switchover first would only wait for standbys that are stopping too: `stop-postgres`.
     pub stop_mode: String,
@@ -170,6 +172,7 @@ impl ClusterSpec {
             replication: Vec::new(),
             hooks: Vec::new(),
             proxy: Vec::new(),
+            pg_parameters: Vec::new(),
             stop_mode: "stop-postgres".into(),
             superuser_password: "pgvigil".into(),
             hba_extra: vec!["host all all 127.0.0.1/32 scram-sha-256".into()],
@@ -305,13 +308,14 @@ impl ClusterSpec {
             t.push_str(&format!(
                 "[postgres]\nbin_dir = {bin:?}\ndata_dir = {data:?}\nlisten_address = {host:?}\nport = {port}\n\
                  replication_password = \"replication-secret\"\nsuperuser_password = {su:?}\n\
-                 hba_extra = {hba:?}\n\n",
+                 hba_extra = {hba:?}\nparameters = {{ {params} }}\n\n",
                 bin = self.pg_bin_dir.display().to_string(),
                 data = self.data_dir(&m.name).display().to_string(),
                 host = m.host,
                 port = m.pg_port,
                 hba = self.hba_extra,
                 su = self.superuser_password,
+                params = self.pg_parameters.join(", "),
             ));
         }
         t.push_str(&format!(

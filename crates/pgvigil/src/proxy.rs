@@ -4,7 +4,9 @@
 //! Bytes are passed through untouched (TLS, SCRAM and channel binding work end to end; the proxy
 //! holds no credentials). Only the first 8 bytes of a connection are looked at, to tell a
 //! CancelRequest, which goes to every backend of the port (the proxy cannot know which one holds
-//! the key). The decisions are `vigil_core::proxy`'s pure functions; this is the IO around them:
+//! the key). On the read-write port the client's first message is kept until the server's first
+//! byte, to be sent again to the next primary if the first one closes (or, while the primary is
+//! changing, errs) before answering. The decisions are `vigil_core::proxy`'s pure functions; this is the IO around them:
 //! a router task turns the coordinator's answers (`proxy_feed`) and the committed state into
 //! [`Routes`], and one task per session reads them.
 
@@ -290,15 +292,26 @@ async fn session(inner: Arc<Inner>, mut client: TcpStream, port: Port, shutdown:
         }
         return;
     }
-    let picked = match port {
-        Port::Rw => hold_for_primary(&inner, &shutdown).await,
-        Port::Ro => pick_standby(&inner).await,
+    let (backend, epoch, mut server) = match port {
+        Port::Rw => {
+            let Some(hello) = first_message(&mut client, first).await else { return };
+            let Some((backend, epoch, server, answer)) = hold_for_primary(&inner, &hello, &shutdown).await else {
+                return;
+            };
+            if client.write_all(&[answer]).await.is_err() {
+                return;
+            }
+            (backend, epoch, server)
+        }
+        Port::Ro => {
+            let Some((backend, epoch, mut server)) = pick_standby(&inner).await else { return };
+            if server.write_all(&first).await.is_err() {
+                return;
+            }
+            (backend, epoch, server)
+        }
     };
-    let Some((backend, epoch, mut server)) = picked else { return };
     let _counted = Counted::new(&inner, port, &backend);
-    if server.write_all(&first).await.is_err() {
-        return;
-    }
     let mut routes = inner.routes.subscribe();
     tokio::select! {
         _ = tokio::io::copy_bidirectional(&mut client, &mut server) => {}
@@ -313,9 +326,39 @@ async fn session(inner: Arc<Inner>, mut client: TcpStream, port: Port, shutdown:
     }
 }
 
+/// The client's whole first message, which it sends before the server says anything: 8 bytes for
+/// an SSLRequest or GSSENCRequest, the whole startup packet otherwise (user and database names,
+/// never a password). Kept unparsed, to be sent again to the next primary when the first one
+/// closes before it answered (a postmaster that is shutting down for a switchover).
+async fn first_message(client: &mut TcpStream, first: [u8; 8]) -> Option<Vec<u8>> {
+    let len = u32::from_be_bytes([first[0], first[1], first[2], first[3]]) as usize;
+    let code = u32::from_be_bytes([first[4], first[5], first[6], first[7]]);
+    let mut hello = first.to_vec();
+    // 80877103: SSLRequest, 80877104: GSSENCRequest, both 8 bytes. PostgreSQL refuses startup
+    // packets over 10000 bytes.
+    if len > 8 && len <= 10_000 && code != 80_877_103 && code != 80_877_104 {
+        let mut rest = vec![0u8; len - 8];
+        match tokio::time::timeout(FIRST_BYTES_DEADLINE, client.read_exact(&mut rest)).await {
+            Ok(Ok(_)) => hello.extend_from_slice(&rest),
+            _ => return None,
+        }
+    }
+    Some(hello)
+}
+
+/// How long an error as a primary's first answer waits for news that the primary is changing
+/// (a switchover committed on this member a moment after the old primary began to shut down):
+/// then the session goes to the next primary instead. About two Raft heartbeats.
+const ERROR_SETTLE: Duration = Duration::from_millis(300);
+
 /// A new read-write session: to the primary as soon as it may write (the lease fence), waiting up
-/// to `hold_timeout`; None: refused (the client's connection is closed).
-async fn hold_for_primary(inner: &Arc<Inner>, shutdown: &CancellationToken) -> Option<(String, u64, TcpStream)> {
+/// to `hold_timeout`; the client's first message `hello` is sent there and the server's first
+/// byte returned with it. None: refused (the client's connection is closed).
+async fn hold_for_primary(
+    inner: &Arc<Inner>,
+    hello: &[u8],
+    shutdown: &CancellationToken,
+) -> Option<(String, u64, TcpStream, u8)> {
     let deadline = tokio::time::Instant::now() + inner.cfg.hold_timeout();
     let mut rx = inner.routes.subscribe();
     let mut held: Option<HoldReason> = None;
@@ -324,17 +367,28 @@ async fn hold_for_primary(inner: &Arc<Inner>, shutdown: &CancellationToken) -> O
         let wait_a_bit = match rules::rw_route(&routes.committed, &routes.fence, Instant::now()) {
             RwRoute::Forward { member, epoch } => {
                 let addr = routes.addrs.get(&member).cloned().unwrap_or_default();
+                let route = RwRoute::Forward { member: member.clone(), epoch };
+                let still = |rx: &watch::Receiver<Routes>| {
+                    let r = rx.borrow();
+                    rules::rw_route(&r.committed, &r.fence, Instant::now()) == route
+                };
                 match connect(&addr, &inner.cfg).await {
-                    Ok(server) => {
-                        // Connecting took time: the bound must still hold now.
-                        let again = inner.routes.borrow().clone();
-                        if rules::rw_route(&again.committed, &again.fence, Instant::now())
-                            == (RwRoute::Forward { member: member.clone(), epoch })
-                        {
-                            return Some((member, epoch, server));
+                    // Connecting took time: the bound must still hold now.
+                    Ok(mut server) if still(&rx) => match first_answer(&mut server, hello, &inner.cfg).await {
+                        // 'E': an error as the first answer. Passed on, unless the primary is
+                        // changing (it was shutting down): then the next one is tried.
+                        Some(b'E') => {
+                            let _ = tokio::time::timeout(ERROR_SETTLE, rx.changed()).await;
+                            if still(&rx) {
+                                return Some((member, epoch, server, b'E'));
+                            }
+                            true
                         }
-                        false
-                    }
+                        Some(answer) => return Some((member, epoch, server, answer)),
+                        // Closed before answering (a postmaster going away): try again.
+                        None => true,
+                    },
+                    Ok(_) => false,
                     // Refused while it restarts or promotes: not an error for the client yet.
                     Err(e) => {
                         tracing::debug!(%member, "proxy: {e:#}");
@@ -361,6 +415,18 @@ async fn hold_for_primary(inner: &Arc<Inner>, shutdown: &CancellationToken) -> O
             _ = tokio::time::sleep_until(retry), if wait_a_bit => {}
         }
     }
+}
+
+/// Send the client's first message and read the server's first byte (bounded); None: the server
+/// closed or said nothing.
+async fn first_answer(server: &mut TcpStream, hello: &[u8], cfg: &ProxyConfig) -> Option<u8> {
+    let exchange = async {
+        server.write_all(hello).await?;
+        let mut b = [0u8; 1];
+        server.read_exact(&mut b).await?;
+        Ok::<u8, std::io::Error>(b[0])
+    };
+    tokio::time::timeout(cfg.connect_timeout(), exchange).await.ok()?.ok()
 }
 
 /// A new read-only session: the pool member with the fewest sessions, else what `no_standby` says.
