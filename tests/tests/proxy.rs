@@ -355,3 +355,59 @@ async fn after_a_failover_no_write_through_the_proxy_lands_on_the_old_primary() 
     );
     Ok(())
 }
+
+/// TLS between the client and PostgreSQL through both ports: `sslmode=verify-ca` and
+/// `channel_binding=require` (SCRAM-SHA-256-PLUS binds the authentication to the TLS session
+/// with PostgreSQL itself, so a proxy that terminated TLS could not pass it).
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn tls_and_channel_binding_work_end_to_end_through_both_ports() -> anyhow::Result<()> {
+    let mut t = TestCluster::prepare(3, 0, |spec| {
+        with_proxy(spec);
+        let dir = spec.dir.join("pgtls");
+        let (cert, key) = (dir.join("server.crt"), dir.join("server.key"));
+        spec.pg_parameters = vec![
+            "ssl = \"on\"".into(),
+            format!("ssl_cert_file = {:?}", cert.display().to_string()),
+            format!("ssl_key_file = {:?}", key.display().to_string()),
+        ];
+    })?;
+    let dir = t.spec().dir.join("pgtls");
+    std::fs::create_dir_all(&dir)?;
+    let ca = vigil_tests::certs::Ca::new("PostgreSQL test CA")?;
+    std::fs::write(dir.join("ca.pem"), ca.pem())?;
+    ca.issue("postgres", &["127.0.0.1"])?.write(&dir.join("server.crt"), &dir.join("server.key"))?;
+    // PostgreSQL reads its key as its own user and wants it private.
+    let pg_user = nix::unistd::User::from_name("postgres")?.expect("a postgres user");
+    nix::unistd::chown(&dir.join("server.key"), Some(pg_user.uid), Some(pg_user.gid))?;
+    {
+        use std::os::unix::fs::PermissionsExt;
+        std::fs::set_permissions(&dir, std::fs::Permissions::from_mode(0o755))?;
+        std::fs::set_permissions(dir.join("server.crt"), std::fs::Permissions::from_mode(0o644))?;
+    }
+    t.cluster.start_all()?;
+    let v = t.wait_for("a healthy cluster", CONVERGE, healthy).await?;
+    let primary = v.state.primary.clone().expect("primary");
+    let via = t.other_pg_members(&primary).remove(0);
+    wait_proxy(&t, &via, "routing both ports", CONVERGE, |s| {
+        s["rw"]["forward"] == primary.as_str() && !pool(s).is_empty()
+    })
+    .await?;
+    let (rw, ro) = ports(&t, &via);
+    for (port, want_recovery) in [(rw, "f"), (ro, "t")] {
+        let conn = format!(
+            "host=127.0.0.1 port={port} user=postgres dbname=postgres connect_timeout=10 sslmode=verify-ca \
+             sslrootcert={} channel_binding=require",
+            dir.join("ca.pem").display()
+        );
+        let sql = "SELECT s.ssl, pg_is_in_recovery() FROM pg_stat_ssl s WHERE s.pid = pg_backend_pid()";
+        let out = tokio::process::Command::new("psql")
+            .args([conn.as_str(), "-AtF", " ", "-c", sql])
+            .env("PGPASSWORD", &t.spec().superuser_password)
+            .output()
+            .await?;
+        let text = String::from_utf8_lossy(&out.stdout).trim().to_string();
+        assert!(out.status.success(), "psql through port {port}: {}", String::from_utf8_lossy(&out.stderr));
+        assert_eq!(text, format!("t {want_recovery}"), "through port {port}");
+    }
+    Ok(())
+}
