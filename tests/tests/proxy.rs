@@ -332,13 +332,12 @@ async fn after_a_failover_no_write_through_the_proxy_lands_on_the_old_primary() 
     let last_old_ack = w.acked.iter().filter(|a| a.1 == old_port).map(|a| a.2).max().expect("acks on the old");
     let first_new_ack = w.acked.iter().find(|a| a.1 == new_port).map(|a| a.2).expect("acks on the new");
     assert!(last_old_ack < first_new_ack);
-    // The old primary's last grant answered a report sent before its daemon was killed, so the
-    // proxy's bound ends by the kill + lease_timeout (2 s), plus that report's flight (its grant
-    // may arrive after the kill) and a commit's time: nothing through the proxy commits there
-    // later, acknowledged or not. A coordinator may promote at lease_timeout + lease_margin
-    // (2.5 s): half the margin is the slack. Without the fence writes would go on until the
-    // failover's commit.
-    let lease = Duration::from_millis(2250);
+    // The old primary's last grant answered a report sent before its daemon was killed; the
+    // proxies' bound ends before any coordinator may promote, lease_timeout + lease_margin
+    // (2.5 s) after that grant: nothing through the proxy commits on the old server later,
+    // acknowledged or not. Without the fence writes would go on until this member applied the
+    // failover's commit (about 3.5 s here).
+    let lease = Duration::from_millis(2500);
     let last = last_old_ack.saturating_duration_since(killed_at);
     assert!(last < lease, "acknowledged on the old primary {last:?} after its daemon was killed");
     let q = "SELECT count(*) FROM sentinel WHERE at >= to_timestamp($1)";
