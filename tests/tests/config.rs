@@ -1,14 +1,39 @@
 //! The daemon refuses bad configuration files: exit code 64, and the key named on stderr.
 
-use std::process::Command;
+use std::io::Read;
+use std::process::{Command, Stdio};
+use std::time::{Duration, Instant};
 use vigil_tests::{pgvigil_bin, ClusterSpec};
 
+/// A daemon that refuses its file exits at once; one that takes it would run on: stopped after
+/// a deadline, and the case fails.
 fn run_with(text: &str) -> (Option<i32>, String) {
     let dir = tempfile::tempdir().expect("tempdir");
     let path = dir.path().join("pgvigil.toml");
     std::fs::write(&path, text).expect("write config");
-    let out = Command::new(pgvigil_bin()).arg("run").arg("--config").arg(&path).output().expect("run pgvigil");
-    (out.status.code(), String::from_utf8_lossy(&out.stderr).to_string())
+    let mut child = Command::new(pgvigil_bin())
+        .arg("run")
+        .arg("--config")
+        .arg(&path)
+        .stdout(Stdio::null())
+        .stderr(Stdio::piped())
+        .spawn()
+        .expect("run pgvigil");
+    let deadline = Instant::now() + Duration::from_secs(30);
+    let status = loop {
+        if let Some(status) = child.try_wait().expect("wait for pgvigil") {
+            break status;
+        }
+        if Instant::now() > deadline {
+            let _ = child.kill();
+            let _ = child.wait();
+            panic!("pgvigil took this file and ran for 30 s:\n{text}");
+        }
+        std::thread::sleep(Duration::from_millis(20));
+    };
+    let mut stderr = String::new();
+    child.stderr.take().expect("stderr").read_to_string(&mut stderr).expect("read stderr");
+    (status.code(), stderr)
 }
 
 #[test]
@@ -16,11 +41,12 @@ fn bad_config_files_exit_64_naming_the_key() {
     let dir = tempfile::tempdir().expect("tempdir");
     let spec = ClusterSpec::local(dir.path(), &pgvigil_bin(), 2, 0).expect("spec");
     spec.write_secret().expect("secret file");
-    let good = spec.config_text(&spec.members[0]);
+    let good = spec.config_text(&spec.members[0]).expect("config text");
     let cases = [
-        ("missing key", good.replace("name = \"pg1\"\n", ""), "`name`"),
+        // The first `name` is the member's own (top-level keys come before the tables).
+        ("missing key", good.replacen("name = \"pg1\"\n", "", 1), "`name`"),
         ("bad duration", good.replace("[timing]\n", "[timing]\nlease_timeout = \"soon\"\n"), "timing.lease_timeout"),
-        ("unknown peer", good.replace("name = \"pg1\"\n", "name = \"pg9\"\n"), "`name`"),
+        ("unknown peer", good.replacen("name = \"pg1\"\n", "name = \"pg9\"\n", 1), "`name`"),
         ("unknown key", good.replace("[timing]\n", "[timing]\nlease_timout = \"2s\"\n"), "lease_timout"),
         (
             "inconsistent timings",
@@ -50,7 +76,7 @@ fn environment_variables_override_the_file() {
     let spec = ClusterSpec::local(dir.path(), &pgvigil_bin(), 2, 0).expect("spec");
     spec.write_secret().expect("secret file");
     let path = dir.path().join("pgvigil.toml");
-    std::fs::write(&path, spec.config_text(&spec.members[0])).expect("write config");
+    std::fs::write(&path, spec.config_text(&spec.members[0]).expect("config text")).expect("write config");
     let run = |var: &str, value: &str| {
         let out = Command::new(pgvigil_bin())
             .arg("run")
@@ -84,7 +110,7 @@ fn check_config_validates_a_file_without_starting_anything() {
     let dir = tempfile::tempdir().expect("tempdir");
     let spec = ClusterSpec::local(dir.path(), &pgvigil_bin(), 2, 0).expect("spec");
     spec.write_secret().expect("secret file");
-    let good = spec.config_text(&spec.members[0]);
+    let good = spec.config_text(&spec.members[0]).expect("config text");
     let (code, stdout, stderr) = check_config(&good);
     assert_eq!(code, Some(0), "{stderr}");
     assert!(stdout.starts_with("ok: ") && stdout.contains("member pg1"), "{stdout}");

@@ -52,7 +52,7 @@ async fn a_daemon_outside_the_member_lists_costs_each_member_one_warning() -> an
     let mut members = t.spec().clone();
     members.members.retain(|m| m.name != STRAY);
     for m in &members.members {
-        std::fs::write(members.config_path(&m.name), members.config_text(m))?;
+        std::fs::write(members.config_path(&m.name), members.config_text(m)?)?;
     }
     let names: Vec<String> = members.members.iter().map(|m| m.name.clone()).collect();
     t.cluster.start_all()?;

@@ -286,7 +286,7 @@ fn bad_tls_files_exit_64_naming_the_key() -> anyhow::Result<()> {
     let ca = vigil_tests::certs::write_cluster(&spec)?;
     // The cluster secret, for the case without mutual TLS at the end.
     spec.write_secret()?;
-    let good = spec.config_text(&spec.members[0]);
+    let good = spec.config_text(&spec.members[0])?;
     let path = dir.path().join("pg1").join("pgvigil.toml");
     std::fs::write(&path, &good)?;
     pgvigil::config::load(&path).map_err(|e| anyhow::anyhow!("the good file: {e}"))?;

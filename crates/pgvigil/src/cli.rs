@@ -284,7 +284,7 @@ pub async fn history(args: ApiArgs) -> anyhow::Result<()> {
                 let kind = serde_json::to_value(e.kind).ok().and_then(|v| v.as_str().map(str::to_string));
                 rows.push(vec![
                     e.epoch.to_string(),
-                    vigil_core::switchover::format_unix_ms(e.at_unix_ms),
+                    vigil_core::format_unix_ms(e.at_unix_ms),
                     kind.unwrap_or_default(),
                     e.member.clone(),
                     e.detail.clone(),

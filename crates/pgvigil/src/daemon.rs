@@ -20,7 +20,8 @@ use vigil_raft::{PeerClients, PeerNames, RaftConfig, RaftHandle};
 pub struct Shared {
     pub settings: Settings,
     pub raft: RaftHandle<Replicated>,
-    pub coordinator: Mutex<Coordinator>,
+    /// The coordinator task (`coordination::run`), which owns the coordinator.
+    pub coordinator: coordination::CoordinatorHandle,
     pub clients: PeerClients,
     /// Raft node id -> (member name, peer address).
     pub peers: HashMap<u64, (String, String)>,
@@ -36,8 +37,6 @@ pub struct Shared {
     pub alive: Liveness,
     /// The metrics of this process, and what they need to measure a failover.
     pub telemetry: telemetry::Telemetry,
-    /// Wakes the coordinator loop before its next tick (a report that may finish a switchover).
-    pub wake_coordinator: tokio::sync::Notify,
     /// The `[hooks]` commands.
     pub hooks: hooks::Hooks,
     /// What a configuration reload (SIGHUP) may change: tags, the API token, ... (`reload.rs`).
@@ -103,12 +102,6 @@ impl Shared {
 
     pub fn leader(&self) -> Option<&(String, String)> {
         self.peers.get(&self.raft.status().borrow().leader_id)
-    }
-
-    /// The coordinator, even if a previous holder of the lock panicked: its data stays consistent
-    /// because every method leaves it whole.
-    pub fn coordinator(&self) -> std::sync::MutexGuard<'_, Coordinator> {
-        self.coordinator.lock().unwrap_or_else(|p| p.into_inner())
     }
 
     /// Whether this member holds the primary lease for `epoch` now.
@@ -179,11 +172,13 @@ pub async fn run(settings: Settings, shutdown: CancellationToken) -> anyhow::Res
         vigil_raft::start(cfg, Replicated::default(), raft_token.clone()).await.context("start the raft node")?;
     let coordinator = Coordinator::new(raw.members.iter().map(|m| m.name.clone()), t.clone())
         .with_sync(raw.replication.synchronous_mode, raw.replication.synchronous_node_count)
-        .with_preferred_primary(raw.replication.preferred_primary.clone());
+        .with_preferred_primary(raw.replication.preferred_primary.clone())
+        .named(&raw.name);
+    let (coordinator, coordinator_task) = coordination::channel(coordinator);
     let shared = Arc::new(Shared {
         settings: settings.clone(),
         raft,
-        coordinator: Mutex::new(coordinator),
+        coordinator,
         clients,
         peers,
         names,
@@ -192,7 +187,6 @@ pub async fn run(settings: Settings, shutdown: CancellationToken) -> anyhow::Res
         primary_lsn: AtomicU64::new(0),
         alive: Liveness::new(Instant::now()),
         telemetry: telemetry::Telemetry::install(),
-        wake_coordinator: tokio::sync::Notify::new(),
         hooks: hooks::Hooks::new(&raw.name, &raw.hooks),
         runtime: watch::Sender::new(reload::Runtime::of(&settings)),
         tls,
@@ -208,7 +202,7 @@ pub async fn run(settings: Settings, shutdown: CancellationToken) -> anyhow::Res
     let server_token = CancellationToken::new();
     let server = tokio::spawn(peer_service::serve(shared.clone(), listener, server_token.clone()));
     let tasks_token = CancellationToken::new();
-    let coord = tokio::spawn(coordination::run(shared.clone(), tasks_token.clone()));
+    let coord = tokio::spawn(coordination::run(shared.clone(), coordinator_task, tasks_token.clone()));
     let api_token = CancellationToken::new();
     let api = match &raw.api {
         Some(api) => {

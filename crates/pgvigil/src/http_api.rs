@@ -193,7 +193,7 @@ pub async fn view(shared: &Shared) -> View {
             }
         }
     }
-    let reports = shared.coordinator().reports().iter().map(|(k, v)| (k.clone(), v.report.clone())).collect();
+    let reports = shared.coordinator.reports().await;
     View {
         state: shared.committed(),
         reports,

@@ -289,87 +289,106 @@ impl ClusterSpec {
     }
 
     /// The TOML configuration of one member.
-    pub fn config_text(&self, m: &MemberSpec) -> String {
-        let members: Vec<String> = self
+    /// Member `m`'s configuration file, serialised from a TOML document (never written by hand,
+    /// so a path or a password with quotes in it stays what it is). The extra `[timing]`,
+    /// `[replication]` and `[hooks]` lines must each be valid TOML.
+    pub fn config_text(&self, m: &MemberSpec) -> anyhow::Result<String> {
+        use toml::{Table, Value};
+        let path = |p: PathBuf| Value::from(p.display().to_string());
+        let table =
+            |pairs: Vec<(&str, Value)>| -> Table { pairs.into_iter().map(|(k, v)| (k.to_string(), v)).collect() };
+        let lines = |section: &str, lines: &[String]| -> anyhow::Result<Table> {
+            toml::from_str(&lines.join("\n"))
+                .with_context(|| format!("the extra [{section}] lines of the cluster spec"))
+        };
+        let members = self
             .members
             .iter()
-            .map(|o| format!("  {{ name = \"{}\", address = \"{}:{}\" }},", o.name, o.host, o.peer_port))
-            .collect();
-        let mut t = format!(
-            "name = \"{name}\"\nkind = \"{kind}\"\nstate_dir = {state:?}\nlisten = \"{host}:{port}\"\nmembers = [\n{members}\n]\n\n",
-            name = m.name,
-            kind = crate::convert::kind_name(m.kind),
-            state = self.state_dir(&m.name).display().to_string(),
-            host = m.host,
-            port = m.peer_port,
-            members = members.join("\n"),
-        );
+            .map(|o| {
+                Value::Table(table(vec![
+                    ("name", o.name.as_str().into()),
+                    ("address", format!("{}:{}", o.host, o.peer_port).into()),
+                ]))
+            })
+            .collect::<Vec<_>>();
+        let mut doc = table(vec![
+            ("name", m.name.as_str().into()),
+            ("kind", crate::convert::kind_name(m.kind).into()),
+            ("state_dir", path(self.state_dir(&m.name))),
+            ("listen", format!("{}:{}", m.host, m.peer_port).into()),
+            ("members", Value::Array(members)),
+        ]);
+        let mut sections: Vec<(&str, Table)> = Vec::new();
         if m.kind == MemberKind::Postgres {
-            t.push_str(&format!(
-                "[postgres]\nbin_dir = {bin:?}\ndata_dir = {data:?}\nlisten_address = {host:?}\nport = {port}\n\
-                 replication_password = \"replication-secret\"\nsuperuser_password = {su:?}\n\
-                 hba_extra = {hba:?}\nparameters = {{ {params} }}\n\n",
-                bin = self.pg_bin_dir.display().to_string(),
-                data = self.data_dir(&m.name).display().to_string(),
-                host = m.host,
-                port = m.pg_port,
-                hba = self.hba_extra,
-                su = self.superuser_password,
-                params = self.pg_parameters.join(", "),
+            sections.push((
+                "postgres",
+                table(vec![
+                    ("bin_dir", path(self.pg_bin_dir.clone())),
+                    ("data_dir", path(self.data_dir(&m.name))),
+                    ("listen_address", m.host.as_str().into()),
+                    ("port", i64::from(m.pg_port).into()),
+                    ("replication_password", "replication-secret".into()),
+                    ("superuser_password", self.superuser_password.as_str().into()),
+                    ("hba_extra", self.hba_extra.iter().map(|l| Value::from(l.as_str())).collect::<Vec<_>>().into()),
+                    ("parameters", Value::Table(lines("postgres.parameters", &self.pg_parameters)?)),
+                ]),
             ));
         }
-        t.push_str(&format!(
-            "[tags]\nnofailover = {}\npriority = {}\nnoloadbalance = {}\n\n",
-            m.nofailover, m.priority, m.noloadbalance
+        sections.push((
+            "tags",
+            table(vec![
+                ("nofailover", m.nofailover.into()),
+                ("priority", i64::from(m.priority).into()),
+                ("noloadbalance", m.noloadbalance.into()),
+            ]),
         ));
         if let Some((rw, ro)) = m.proxy_ports {
-            t.push_str(&format!("[proxy]\nlisten_address = {:?}\nrw_port = {rw}\nro_port = {ro}\n", m.host));
-            for line in &self.proxy {
-                t.push_str(line);
-                t.push('\n');
-            }
-            t.push('\n');
+            let mut proxy = lines("proxy", &self.proxy)?;
+            proxy.insert("listen_address".into(), m.host.as_str().into());
+            proxy.insert("rw_port".into(), i64::from(rw).into());
+            proxy.insert("ro_port".into(), i64::from(ro).into());
+            sections.push(("proxy", proxy));
         }
-        t.push_str("[timing]\n");
-        for line in &self.timing {
-            t.push_str(line);
-            t.push('\n');
-        }
-        t.push_str("\n[replication]\n");
-        for line in &self.replication {
-            t.push_str(line);
-            t.push('\n');
-        }
+        sections.push(("timing", lines("timing", &self.timing)?));
+        sections.push(("replication", lines("replication", &self.replication)?));
         if !self.hooks.is_empty() {
-            t.push_str("\n[hooks]\n");
-            for line in &self.hooks {
-                t.push_str(line);
-                t.push('\n');
-            }
+            sections.push(("hooks", lines("hooks", &self.hooks)?));
         }
-        t.push_str(&format!("\n[stop]\nmode = {:?}\n", self.stop_mode));
-        t.push_str(&format!("\n[log]\nlevel = {:?}\n", self.log_level));
-        t.push_str(&format!("\n[api]\nlisten = \"127.0.0.1:{}\"\ntoken = {:?}\n", m.api_port, self.api_token));
+        sections.push(("stop", table(vec![("mode", self.stop_mode.as_str().into())])));
+        sections.push(("log", table(vec![("level", self.log_level.as_str().into())])));
+        sections.push((
+            "api",
+            table(vec![
+                ("listen", format!("127.0.0.1:{}", m.api_port).into()),
+                ("token", self.api_token.as_str().into()),
+            ]),
+        ));
         match &self.peer_auth {
             PeerAuthSpec::Secret(_) => {
-                t.push_str(&format!("\n[peer_auth]\nsecret_file = {:?}\n", self.secret_file().display().to_string()))
+                sections.push(("peer_auth", table(vec![("secret_file", path(self.secret_file()))])));
             }
             PeerAuthSpec::Nothing => {}
-            PeerAuthSpec::Insecure => t.push_str("\n[peer_auth]\ninsecure_unauthenticated = true\n"),
+            PeerAuthSpec::Insecure => {
+                sections.push(("peer_auth", table(vec![("insecure_unauthenticated", true.into())])));
+            }
         }
         if let Some(tls) = &self.tls {
-            t.push_str(&format!(
-                "\n[tls]\nca_file = {ca:?}\ncert_file = {cert:?}\nkey_file = {key:?}\npeer_mtls = {mtls}\napi = {api}\n\
-                 api_verify_client = {verify}\n",
-                ca = self.ca_file().display().to_string(),
-                cert = self.cert_file(&m.name).display().to_string(),
-                key = self.key_file(&m.name).display().to_string(),
-                mtls = tls.peer_mtls,
-                api = tls.api,
-                verify = tls.api_verify_client,
+            sections.push((
+                "tls",
+                table(vec![
+                    ("ca_file", path(self.ca_file())),
+                    ("cert_file", path(self.cert_file(&m.name))),
+                    ("key_file", path(self.key_file(&m.name))),
+                    ("peer_mtls", tls.peer_mtls.into()),
+                    ("api", tls.api.into()),
+                    ("api_verify_client", tls.api_verify_client.into()),
+                ]),
             ));
         }
-        t
+        for (name, t) in sections {
+            doc.insert(name.to_string(), Value::Table(t));
+        }
+        Ok(toml::to_string(&doc)?)
     }
 }
 
@@ -399,7 +418,7 @@ impl LocalCluster {
             let dir = spec.state_dir(&m.name);
             std::fs::create_dir_all(&dir).with_context(|| format!("create {}", dir.display()))?;
             std::fs::set_permissions(&dir, std::fs::Permissions::from_mode(0o711))?;
-            write_private(&spec.config_path(&m.name), &spec.config_text(m))?;
+            write_private(&spec.config_path(&m.name), &spec.config_text(m)?)?;
         }
         Ok(LocalCluster { spec, children: BTreeMap::new(), env: BTreeMap::new() })
     }

@@ -96,8 +96,7 @@ impl proto::peer_server::Peer for PeerService {
         let status = self.shared.raft.status().borrow().clone();
         let cluster_json =
             serde_json::to_string(&self.shared.committed()).map_err(|e| Status::internal(e.to_string()))?;
-        let reports: std::collections::BTreeMap<String, vigil_core::HealthReport> =
-            self.shared.coordinator().reports().iter().map(|(k, v)| (k.clone(), v.report.clone())).collect();
+        let reports = self.shared.coordinator.reports().await;
         let reports_json = serde_json::to_string(&reports).map_err(|e| Status::internal(e.to_string()))?;
         Ok(Response::new(proto::StateReply {
             cluster_json,

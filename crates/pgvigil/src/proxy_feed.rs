@@ -5,7 +5,6 @@
 use crate::daemon::Shared;
 use std::time::{Duration, Instant};
 use vigil_core::proxy::StandbyView;
-use vigil_core::ClusterState;
 use vigil_raft::proto;
 
 /// One answer of the coordinator, as the proxy needs it.
@@ -22,39 +21,23 @@ pub struct Feed {
     pub standbys: Vec<StandbyView>,
 }
 
-/// The coordinator's part of an answer to a report judged on `state`: how long the lease of the
-/// primary of `state.epoch` still runs as granted, whether that primary last reported itself
-/// writable, and every other member whose report is current.
-pub(crate) fn answer(shared: &Shared, state: &ClusterState) -> (u64, bool, Vec<proto::StandbyView>) {
-    let now = Instant::now();
-    let coordinator = shared.coordinator();
-    let left = coordinator.primary_lease_left(now, state);
-    let report_timeout = shared.settings.timings.report_timeout;
-    let mut writable = false;
-    let mut standbys = Vec::new();
-    for (name, r) in coordinator.reports() {
-        if now.saturating_duration_since(r.at) > report_timeout {
-            continue;
-        }
-        let pg = &r.report.pg;
-        if state.is_primary(name) {
-            writable = pg.running && !pg.in_recovery;
-            continue;
-        }
-        if r.report.kind != vigil_core::MemberKind::Postgres {
-            continue;
-        }
-        standbys.push(proto::StandbyView {
-            member: name.clone(),
-            running: pg.running,
-            in_recovery: pg.in_recovery,
-            streaming: pg.streaming,
-            replay_lsn: pg.replay_lsn,
-            replay_paused: pg.replay_paused,
-            noloadbalance: r.report.noloadbalance,
-        });
-    }
-    (u64::try_from(left.as_millis()).unwrap_or(u64::MAX), writable, standbys)
+/// The coordinator's part for the proxies, put into its answer to a report (once, at the wire).
+pub(crate) fn fill(ack: &mut proto::ReportAck, a: &vigil_core::proxy::ProxyAnswer) {
+    ack.primary_lease_ms = u64::try_from(a.lease_left.as_millis()).unwrap_or(u64::MAX);
+    ack.primary_writable = a.primary_writable;
+    ack.standbys = a
+        .standbys
+        .iter()
+        .map(|s| proto::StandbyView {
+            member: s.member.clone(),
+            running: s.running,
+            in_recovery: s.in_recovery,
+            streaming: s.streaming,
+            replay_lsn: s.replay_lsn,
+            replay_paused: s.replay_paused,
+            noloadbalance: s.noloadbalance,
+        })
+        .collect();
 }
 
 /// The member's side: publish an answer from the coordinator for the proxy (only when a

@@ -9,7 +9,7 @@ use crate::coordination::wall_ms;
 use crate::daemon::Shared;
 use serde::Deserialize;
 use std::time::{Duration, Instant, SystemTime, UNIX_EPOCH};
-use vigil_core::{ClusterState, Command, Decision, EventKind, Refusal, Request};
+use vigil_core::{ClusterState, Command, Decision, Input, Outcome, Refusal, Request};
 
 /// How long a reinit request waits for the clone before answering 202 (still in progress).
 const REINIT_WAIT: Duration = Duration::from_secs(120);
@@ -152,17 +152,21 @@ pub async fn execute(shared: &Shared, action: &str, req: Request) -> Answer {
                 .into()
         }
     }
-    let settle = t.loop_interval * 2;
-    let young = shared.coordinator().leader_for(Instant::now()).and_then(|age| settle.checked_sub(age));
-    if let Some(left) = young {
-        tokio::time::sleep(left).await;
-    }
-    let state = shared.committed();
-    let decision = shared.coordinator().request(Instant::now(), &state, &req, wall_ms());
+    // A new coordinator has requests wait until it heard the members (the core says how long).
+    let decision = loop {
+        let input = Input::Request { request: req.clone(), wall_ms: wall_ms() };
+        let Some(out) = shared.coordinator.step(input).await else { return ApiError::not_coordinator().into() };
+        match out.decision {
+            None => return ApiError::not_coordinator().into(),
+            Some(Ok(Decision::Wait(left))) => tokio::time::sleep(left).await,
+            Some(decision) => break decision,
+        }
+    };
     let cmd = match decision {
         Err(Refusal::NotFound(m)) => return Answer::from(ApiError::NotFound(m)),
         Err(Refusal::Conflict(m)) => return Answer::from(ApiError::Conflict(m)),
         Ok(Decision::Nothing(m)) => return done(shared, 200, m),
+        Ok(Decision::Wait(_)) => unreachable!("waited above"),
         Ok(Decision::Propose(cmd)) => cmd,
     };
     tracing::warn!(command = ?cmd, "operator request: {action}");
@@ -170,7 +174,7 @@ pub async fn execute(shared: &Shared, action: &str, req: Request) -> Answer {
         Ok(_) => {}
         Err(e) => return ApiError::not_committed(&e).into(),
     }
-    shared.wake_coordinator.notify_one();
+    shared.coordinator.wake();
     let deadline = Instant::now() + wait_limit(shared, action);
     let mut state_rx = shared.raft.state();
     loop {
@@ -189,69 +193,19 @@ pub async fn execute(shared: &Shared, action: &str, req: Request) -> Answer {
     }
 }
 
-/// The answer for `cmd` once `state` shows its outcome; None while it is still under way.
+/// The answer for `cmd` once `state` shows its outcome ([`vigil_core::request::outcome`]); None
+/// while it is still under way.
 fn outcome(shared: &Shared, cmd: &Command, state: &ClusterState) -> Option<Answer> {
-    let not_applied = || {
-        Some(Answer::from(ApiError::Conflict(
-            "not applied: the cluster changed meanwhile (another request came first); try again".into(),
-        )))
+    let with_id = |a: Answer, id: Option<u64>| match id {
+        Some(id) => a.with("id", id),
+        None => a,
     };
-    match cmd {
-        Command::BeginSwitchover { id, to, not_before_unix_ms, .. } => {
-            if state.requests < *id {
-                return not_applied();
-            }
-            if let Some(o) = state.last_switchover.as_ref().filter(|o| o.id == *id) {
-                let what = if o.forced { "failed over" } else { "switched over" };
-                return Some(if o.completed {
-                    done(shared, 200, format!("{what} from {} to {}", o.from, o.to)).with("id", *id)
-                } else {
-                    Answer::from(ApiError::Conflict(o.detail.clone())).with("id", *id)
-                });
-            }
-            match &state.switchover {
-                Some(s) if s.id == *id && !s.started && *not_before_unix_ms > 0 => Some(
-                    done(
-                        shared,
-                        202,
-                        format!(
-                            "switchover {id} to {to} scheduled at {}",
-                            vigil_core::switchover::format_unix_ms(*not_before_unix_ms)
-                        ),
-                    )
-                    .with("id", *id),
-                ),
-                Some(s) if s.id == *id => None,
-                // Neither pending nor ended: another request replaced it at once.
-                _ => not_applied(),
-            }
-        }
-        Command::CancelSwitchover { id, .. } => match &state.last_switchover {
-            Some(o) if o.id == *id && o.completed => Some(Answer::from(ApiError::Conflict(format!(
-                "switchover {id} completed before it could be cancelled"
-            )))),
-            Some(o) if o.id == *id => Some(done(shared, 200, o.detail.clone())),
-            _ if state.switchover.as_ref().is_some_and(|s| s.id == *id) => None,
-            _ => not_applied(),
-        },
-        Command::RequestReinit { id, member, .. } => {
-            if state.requests < *id {
-                return not_applied();
-            }
-            if state.reinit.get(member) == Some(id) {
-                return None;
-            }
-            let event = state.history.iter().rev().find(|e| e.kind == EventKind::Reclone && e.member == *member);
-            let detail = event.map_or_else(|| format!("{member} re-initialised"), |e| e.detail.clone());
-            let failed = detail.starts_with("failed");
-            Some(if failed {
-                Answer::from(ApiError::Failed(format!("re-initialisation of {member}: {detail}")))
-            } else {
-                done(shared, 200, format!("{member} re-initialised: {detail}"))
-            })
-        }
-        _ => None,
-    }
+    Some(match vigil_core::request::outcome(cmd, state)? {
+        Outcome::Done { message, id } => with_id(done(shared, 200, message), id),
+        Outcome::Scheduled { message, id } => done(shared, 202, message).with("id", id),
+        Outcome::Refused { message, id } => with_id(Answer::from(ApiError::Conflict(message)), id),
+        Outcome::Failed(message) => Answer::from(ApiError::Failed(message)),
+    })
 }
 
 fn done(shared: &Shared, status: u16, message: String) -> Answer {

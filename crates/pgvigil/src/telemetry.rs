@@ -10,6 +10,7 @@ use crate::http_api::Snapshot;
 use metrics_exporter_prometheus::{PrometheusBuilder, PrometheusHandle};
 use std::sync::Mutex;
 use std::time::{Duration, Instant};
+use vigil_core::coordinator::Received;
 use vigil_core::{ClusterState, EventKind, HealthReport};
 
 const ROLES: [&str; 4] = ["primary", "replica", "witness", "uninitialized"];
@@ -69,9 +70,8 @@ impl Telemetry {
 
     /// The coordinator proposes replacing the primary of `from_epoch`: by a failover (automatic
     /// or forced), or by a planned switchover (`planned`), measured apart.
-    pub fn change_proposed(&self, now: Instant, shared: &Shared, from_epoch: u64, planned: bool) {
-        let state = shared.committed();
-        let last = state.primary.as_ref().and_then(|p| shared.coordinator().reports().get(p).cloned());
+    /// `last`: the old primary's latest report to this coordinator.
+    pub fn change_proposed(&self, now: Instant, last: Option<&Received>, from_epoch: u64, planned: bool) {
         let since = match last {
             Some(r) if r.report.pg.running => r.at,
             Some(r) => r.at.checked_sub(r.report.pg.down_for).unwrap_or(r.at),

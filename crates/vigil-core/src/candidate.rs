@@ -52,8 +52,18 @@ pub fn exclusion(state: &ClusterState, seen: &Seen<'_>, primary_lsn: Option<u64>
     None
 }
 
-/// The best candidate among `seen`, by received WAL (highest first), then priority (highest
-/// first), then name (for a deterministic answer).
+/// Orders members best first, the one way every choice of a member ranks them (failover,
+/// switchover, the synchronous set, bootstrap): by what the caller's `key` puts first (larger
+/// wins: having data, say), then by WAL (more wins; each caller says which position counts),
+/// then by configured priority (higher wins), then by name (for a deterministic answer).
+pub fn rank(reports: &mut [&HealthReport], key: impl Fn(&HealthReport) -> (u8, u64)) {
+    reports.sort_by(|a, b| {
+        let ((first_a, wal_a), (first_b, wal_b)) = (key(a), key(b));
+        first_b.cmp(&first_a).then(wal_b.cmp(&wal_a)).then(b.priority.cmp(&a.priority)).then(a.member.cmp(&b.member))
+    });
+}
+
+/// The best candidate among `seen` ([`rank`]ed by received WAL).
 ///
 /// `primary_lsn` is the last WAL position the failed primary reported, when known.
 pub fn choose<'a>(
@@ -64,9 +74,7 @@ pub fn choose<'a>(
 ) -> Option<&'a HealthReport> {
     let mut ok: Vec<&HealthReport> =
         seen.iter().filter(|s| exclusion(state, s, primary_lsn, max_lag).is_none()).map(|s| s.report).collect();
-    ok.sort_by(|a, b| {
-        b.wal_position().cmp(&a.wal_position()).then(b.priority.cmp(&a.priority)).then(a.member.cmp(&b.member))
-    });
+    rank(&mut ok, |r| (0, r.wal_position()));
     ok.first().copied()
 }
 
@@ -160,5 +168,15 @@ mod tests {
         let r = standby("a", 1, 0);
         let seen = Seen { report: &r, current: true };
         assert_eq!(exclusion(&s, &seen, Some(5000), 1000), Some(Excluded::Lagging { behind: 4999 }));
+    }
+
+    #[test]
+    fn rank_puts_the_callers_key_then_wal_then_priority_then_name_first() {
+        let (low_wal_first, high_wal) = (standby("z", 10, 0), standby("y", 99, 0));
+        let (prio, same_wal_a, same_wal_b) = (standby("x", 50, 5), standby("b", 50, 0), standby("a", 50, 0));
+        let mut all = vec![&high_wal, &same_wal_b, &prio, &low_wal_first, &same_wal_a];
+        rank(&mut all, |r| (u8::from(r.member == "z"), r.wal_position()));
+        let order: Vec<&str> = all.iter().map(|r| r.member.as_str()).collect();
+        assert_eq!(order, ["z", "y", "x", "a", "b"]);
     }
 }

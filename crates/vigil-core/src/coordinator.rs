@@ -71,6 +71,12 @@ pub struct Coordinator {
     /// Per member, the highest WAL position (and its timeline) a writable report of it showed:
     /// a writable report behind it was sent earlier and arrived late (see [`Self::on_report`]).
     written: BTreeMap<String, (u32, u64)>,
+    /// This member's name (where the coordinator runs).
+    me: String,
+    /// Why no failover is possible, as last said (said again only when it changes).
+    pub(crate) last_blocked: Option<String>,
+    /// When the coordinator role was last handed off the primary's host (kept across terms).
+    pub(crate) last_transfer: Option<Instant>,
 }
 
 impl Coordinator {
@@ -90,7 +96,16 @@ impl Coordinator {
             hung: None,
             failing_over: None,
             written: BTreeMap::new(),
+            me: String::new(),
+            last_blocked: None,
+            last_transfer: None,
         }
+    }
+
+    /// The name of the member this coordinator runs on (it hands its role off the primary's host).
+    pub fn named(mut self, me: &str) -> Self {
+        self.me = me.to_string();
+        self
     }
 
     /// The synchronous mode and standby count from this member's configuration.
@@ -111,7 +126,7 @@ impl Coordinator {
     /// Tell the coordinator whether this member is the Raft leader now (`Some(term)`) or not. A
     /// new leadership (or a new term, even if the change between two calls was missed) starts the
     /// full promotion wait; losing it forgets everything, since another coordinator may act meanwhile.
-    pub fn set_leader(&mut self, now: Instant, leader_term: Option<u64>) {
+    pub(crate) fn set_leader(&mut self, now: Instant, leader_term: Option<u64>) {
         match leader_term {
             Some(term) if self.leader_since.is_some() && self.term == term => {}
             Some(term) => {
@@ -132,6 +147,7 @@ impl Coordinator {
         self.failing_over = None;
         self.written.clear();
         self.reports.clear();
+        self.last_blocked = None;
     }
 
     pub fn reports(&self) -> &BTreeMap<String, Received> {
@@ -139,7 +155,7 @@ impl Coordinator {
     }
 
     /// Record a report and say whether its sender would get the primary lease.
-    pub fn on_report(&mut self, now: Instant, report: HealthReport, state: &ClusterState) -> LeaseAnswer {
+    pub(crate) fn on_report(&mut self, now: Instant, report: HealthReport, state: &ClusterState) -> LeaseAnswer {
         let epoch = state.epoch;
         if !self.is_leader() || !self.expected.contains(&report.member) {
             return LeaseAnswer { grant: false, epoch };
@@ -208,7 +224,7 @@ impl Coordinator {
     /// Record a grant that was sent, after the quorum confirmed this coordinator's leadership.
     /// `now` may be when the report arrived (any time after it was sent will do); confirmations
     /// can end out of order, so an earlier grant never replaces a later one.
-    pub fn granted(&mut self, now: Instant, member: &str, epoch: u64) {
+    pub(crate) fn granted(&mut self, now: Instant, member: &str, epoch: u64) {
         if !self.is_leader() {
             return;
         }
@@ -223,7 +239,7 @@ impl Coordinator {
     /// read index) still makes `member` the primary of `epoch`; false: no grant. A new leader may
     /// judge a report on a state that lacks the previous leader's last entries (a failover away
     /// from `member`), and only the confirmation tells it what was committed before its term.
-    pub fn confirm_grant(&mut self, now: Instant, member: &str, epoch: u64, state: &ClusterState) -> bool {
+    pub(crate) fn confirm_grant(&mut self, now: Instant, member: &str, epoch: u64, state: &ClusterState) -> bool {
         if state.epoch != epoch || !state.is_primary(member) {
             return false;
         }
@@ -252,7 +268,7 @@ impl Coordinator {
     }
 
     /// How long until the current primary's lease has certainly expired (zero when it has).
-    pub fn lease_expires_in(&self, now: Instant, state: &ClusterState) -> Option<std::time::Duration> {
+    pub(crate) fn lease_expires_in(&self, now: Instant, state: &ClusterState) -> Option<std::time::Duration> {
         let start = self.wait_start(state)?;
         Some((start + self.promotion_wait(state)).saturating_duration_since(now))
     }
@@ -277,7 +293,7 @@ impl Coordinator {
     }
 
     /// The commands to propose now, in order. `wall_ms` only stamps event records.
-    pub fn decide(&mut self, now: Instant, state: &ClusterState, wall_ms: u64) -> Vec<Command> {
+    pub(crate) fn decide(&mut self, now: Instant, state: &ClusterState, wall_ms: u64) -> Vec<Command> {
         let Some(leader_since) = self.leader_since else {
             return Vec::new();
         };
@@ -352,7 +368,7 @@ impl Coordinator {
     }
 
     /// Why no failover is possible now in a synchronous mode, if it is not (for the logs).
-    pub fn sync_failover_blocked(&self, now: Instant, state: &ClusterState) -> Option<String> {
+    pub(crate) fn sync_failover_blocked(&self, now: Instant, state: &ClusterState) -> Option<String> {
         let sync = &state.sync;
         if !sync.mode.is_sync() {
             return None;
@@ -378,7 +394,8 @@ impl Coordinator {
     /// Where to hand Raft leadership when this coordinator (`me`) sits on the primary's host: a
     /// member with a current report, a witness first, then a running standby. So the death of the
     /// primary's host costs one lease wait, not an election plus a lease wait.
-    pub fn leadership_target(&self, now: Instant, state: &ClusterState, me: &str) -> Option<String> {
+    pub(crate) fn leadership_target(&self, now: Instant, state: &ClusterState) -> Option<String> {
+        let me = self.me.as_str();
         if !self.is_leader() || !state.is_primary(me) {
             return None;
         }
@@ -464,14 +481,11 @@ impl Coordinator {
             .filter(|r| r.kind == MemberKind::Postgres && !r.nofailover)
             .filter(|r| matches!(r.pg.data_dir, DataDir::Primary | DataDir::Empty))
             .collect();
-        ok.sort_by(|a, b| {
-            let has_data = |r: &HealthReport| r.pg.data_dir == DataDir::Primary;
-            let failed = |r: &HealthReport| r.pg.bootstrap_failed.is_some();
-            has_data(b)
-                .cmp(&has_data(a))
-                .then(failed(a).cmp(&failed(b)))
-                .then(b.priority.cmp(&a.priority))
-                .then(a.member.cmp(&b.member))
+        // An existing primary data directory first, then one whose initdb did not fail; WAL does
+        // not count (no server runs yet).
+        candidate::rank(&mut ok, |r| {
+            let has_data = r.pg.data_dir == DataDir::Primary;
+            (u8::from(has_data) * 2 + u8::from(r.pg.bootstrap_failed.is_none()), 0)
         });
         // Bootstrap is proposed after the member's own UpsertMember, in the same batch.
         ok.first().map(|r| r.member.clone()).filter(|_| state.primary.is_none())

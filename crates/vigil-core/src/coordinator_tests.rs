@@ -1,4 +1,5 @@
 use super::*;
+use crate::engine::Input;
 use crate::report::PgStatus;
 use crate::sync::SyncMode;
 use std::collections::BTreeSet;
@@ -61,9 +62,9 @@ fn running_cluster() -> (Coordinator, ClusterState, Instant) {
 /// Everyone reports at `t`; the primary's grant is recorded as the shell would.
 fn round(c: &mut Coordinator, s: &ClusterState, t: Instant, reports: &[HealthReport]) {
     for r in reports {
-        let answer = c.on_report(t, r.clone(), s);
-        if answer.grant {
-            c.granted(t, &r.member, answer.epoch);
+        let answer = c.step(t, s, Input::Report(Box::new(r.clone()))).answer;
+        if let Some(pending) = answer.and_then(|a| a.pending) {
+            c.step(t, s, Input::LeaseConfirmed(pending));
         }
     }
 }
@@ -353,13 +354,14 @@ fn leadership_moves_off_the_primary_to_a_current_standby() {
     let (mut c, s, t0) = running_cluster();
     let t = t0 + ms(100);
     round(&mut c, &s, t, &[primary_r("a", 1), standby_r("b", 1), standby_r("c", 1)]);
-    assert_eq!(c.leadership_target(t, &s, "b"), None, "not on the primary: stay");
-    assert_eq!(c.leadership_target(t, &s, "a").as_deref(), Some("b"));
+    assert_eq!(c.leadership_target(t, &s), None, "not on the primary: stay");
+    let mut c = c.named("a");
+    assert_eq!(c.leadership_target(t, &s).as_deref(), Some("b"));
     let mut down = standby_r("b", 1);
     down.pg.running = false;
     round(&mut c, &s, t, &[down]);
-    assert_eq!(c.leadership_target(t, &s, "a").as_deref(), Some("c"), "only to a running standby");
-    assert_eq!(c.leadership_target(t + ms(5000), &s, "a"), None, "not to members with stale reports");
+    assert_eq!(c.leadership_target(t, &s).as_deref(), Some("c"), "only to a running standby");
+    assert_eq!(c.leadership_target(t + ms(5000), &s), None, "not to members with stale reports");
 }
 
 #[test]

@@ -23,11 +23,13 @@
 pub mod agent;
 pub mod candidate;
 pub mod coordinator;
+pub mod engine;
 pub mod lease;
 pub mod planted;
 pub mod proxy;
 pub mod repeats;
 pub mod report;
+pub mod request;
 pub mod state;
 pub mod switchover;
 pub mod sync;
@@ -35,11 +37,13 @@ pub mod timing;
 
 pub use agent::{AgentAction, AgentInput, LocalMemory, Upstream};
 pub use coordinator::Coordinator;
+pub use engine::{Input, Note, Output, PendingGrant, ReportAnswer};
 pub use lease::Lease;
 pub use repeats::Repeats;
 pub use report::{DataDir, HealthReport, MemberKind, PgStatus};
+pub use request::{Decision, Outcome, Refusal, Request};
 pub use state::{ClusterState, Command, Event, EventKind, Member, Rejected};
-pub use switchover::{Decision, Refusal, Request, Switchover, SwitchoverOutcome};
+pub use state::{Switchover, SwitchoverOutcome};
 pub use sync::SyncMode;
 pub use timing::{LeaseTimings, TimingError, Timings, MAX_TIMING};
 
@@ -73,6 +77,18 @@ pub fn node_id(member: &str) -> u64 {
 /// A WAL position as PostgreSQL writes it (`16/B374D848`).
 pub fn format_lsn(lsn: u64) -> String {
     format!("{:X}/{:X}", lsn >> 32, lsn & 0xFFFF_FFFF)
+}
+
+/// `YYYY-MM-DDTHH:MM:SSZ` for Unix milliseconds (for people; history details).
+pub fn format_unix_ms(ms: u64) -> String {
+    use std::fmt::Write as _;
+    let t = std::time::UNIX_EPOCH + std::time::Duration::from_millis(ms);
+    // humantime writes years up to 9999 and fails after (`to_string` would panic on that).
+    let mut text = String::new();
+    match write!(text, "{}", humantime::format_rfc3339_seconds(t)) {
+        Ok(()) => text,
+        Err(_) => format!("{ms} ms after 1970-01-01T00:00:00Z"),
+    }
 }
 
 #[cfg(test)]

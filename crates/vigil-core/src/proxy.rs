@@ -9,6 +9,9 @@
 //! least `lease_margin` before any coordinator may promote another member (see ARCHITECTURE.md,
 //! "The proxy's lease fence").
 
+use crate::coordinator::Coordinator;
+use crate::report::MemberKind;
+use crate::state::ClusterState;
 use std::collections::{BTreeMap, BTreeSet, VecDeque};
 use std::time::{Duration, Instant};
 
@@ -292,6 +295,40 @@ pub fn ro_route(pool: &RoPool, sessions: &BTreeMap<String, usize>, rules: &RoRul
         (None, NoStandby::Primary, RwRoute::Forward { member, .. }) => RoRoute::Forward(member.clone()),
         _ => RoRoute::Refuse,
     }
+}
+
+/// What the coordinator's answer to every report carries for the members' routing proxies.
+#[derive(Clone, Debug, Default, PartialEq, Eq)]
+pub struct ProxyAnswer {
+    /// How long from the coordinator's now the lease it last granted (confirmed) to the primary
+    /// of the committed epoch still runs ([`Coordinator::primary_lease_left`]).
+    pub lease_left: Duration,
+    /// The primary's latest current report shows it writable.
+    pub primary_writable: bool,
+    /// Every other PostgreSQL member with a current report.
+    pub standbys: Vec<StandbyView>,
+}
+
+/// The coordinator's part of an answer to a report judged on `state`.
+pub(crate) fn answer(c: &Coordinator, now: Instant, state: &ClusterState) -> ProxyAnswer {
+    let mut a = ProxyAnswer { lease_left: c.primary_lease_left(now, state), ..Default::default() };
+    for (name, r) in c.reports().iter().filter(|(_, r)| c.is_current(now, r)) {
+        let pg = &r.report.pg;
+        if state.is_primary(name) {
+            a.primary_writable = pg.running && !pg.in_recovery;
+        } else if r.report.kind == MemberKind::Postgres {
+            a.standbys.push(StandbyView {
+                member: name.clone(),
+                running: pg.running,
+                in_recovery: pg.in_recovery,
+                streaming: pg.streaming,
+                replay_lsn: pg.replay_lsn,
+                replay_paused: pg.replay_paused,
+                noloadbalance: r.report.noloadbalance,
+            });
+        }
+    }
+    a
 }
 
 /// The first 8 bytes of a connection's first packet: length and code. A CancelRequest is

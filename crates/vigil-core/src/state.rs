@@ -4,8 +4,8 @@
 //! was decided under (e.g. the epoch it fails over from), so a stale proposal is rejected instead of
 //! acting twice.
 
+use crate::format_unix_ms;
 use crate::report::{MemberKind, RejoinMethod, RejoinRecord};
-use crate::switchover::{Switchover, SwitchoverOutcome};
 use crate::sync::SyncState;
 use serde::{Deserialize, Serialize};
 use std::collections::{BTreeMap, BTreeSet};
@@ -505,6 +505,72 @@ impl ClusterState {
         if self.history.len() > HISTORY_LIMIT {
             let excess = self.history.len() - HISTORY_LIMIT;
             self.history.drain(..excess);
+        }
+    }
+}
+
+/// A switchover an operator asked for, from its request until it completes or is cancelled.
+#[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
+pub struct Switchover {
+    /// The request's id (unique in the cluster).
+    pub id: u64,
+    /// The epoch of the primary it replaces.
+    pub from_epoch: u64,
+    pub from: String,
+    pub to: String,
+    /// A forced failover (`POST /failover`): the old primary's lease is withheld and the candidate
+    /// promoted once it has run out, whether or not the candidate has all its WAL.
+    pub forced: bool,
+    /// Not before this time (the coordinator's wall clock, Unix ms); 0: at once.
+    pub not_before_unix_ms: u64,
+    /// The old primary has been told to stop.
+    pub started: bool,
+    pub requested_unix_ms: u64,
+    /// Why, for the history ("requested by the operator", "failback ...").
+    pub reason: String,
+}
+
+impl Switchover {
+    pub fn describe(&self) -> String {
+        let what = if self.forced { "failover" } else { "switchover" };
+        let when = match self.not_before_unix_ms {
+            0 => "at once".to_string(),
+            t => format!("scheduled at {}", format_unix_ms(t)),
+        };
+        format!("{what} {} from {} to {} ({}), {when}", self.id, self.from, self.to, self.reason)
+    }
+}
+
+/// How the last switchover ended.
+#[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
+pub struct SwitchoverOutcome {
+    pub id: u64,
+    pub from: String,
+    pub from_epoch: u64,
+    pub to: String,
+    pub forced: bool,
+    /// The candidate became the primary (at `epoch`).
+    pub completed: bool,
+    /// The epoch it created; `from_epoch` when it did not complete.
+    pub epoch: u64,
+    /// Where the old primary stopped cleanly, when it did.
+    pub lsn: Option<u64>,
+    pub detail: String,
+}
+
+impl SwitchoverOutcome {
+    /// `done`: the new epoch and the clean stop position, when it completed.
+    pub(crate) fn ended(s: &Switchover, done: Option<(u64, Option<u64>)>, detail: String) -> Self {
+        SwitchoverOutcome {
+            id: s.id,
+            from: s.from.clone(),
+            from_epoch: s.from_epoch,
+            to: s.to.clone(),
+            forced: s.forced,
+            completed: done.is_some(),
+            epoch: done.map_or(s.from_epoch, |(e, _)| e),
+            lsn: done.and_then(|(_, l)| l),
+            detail,
         }
     }
 }

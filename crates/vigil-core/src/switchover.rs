@@ -1,6 +1,6 @@
-//! Operator-driven role changes: planned switchover, forced failover, failback, reinit. The
-//! coordinator turns an operator's [`Request`] into a command (or a refusal), and drives a pending
-//! switchover to its end ([`Coordinator::switchover_step`]).
+//! The running switchover: the coordinator drives a pending one to its end
+//! ([`Coordinator::switchover_step`]), with the checks an operator's request shares
+//! ([`crate::request`] turns requests into commands; the replicated records are in [`crate::state`]).
 //!
 //! # A planned switchover, step by step
 //! 1. `BeginSwitchover` commits the request as `ClusterState::switchover` (a scheduled one waits
@@ -35,74 +35,7 @@ use crate::candidate::{self, Excluded, Seen};
 use crate::coordinator::{Coordinator, Received};
 use crate::report::{HealthReport, MemberKind, SwitchoverStop};
 use crate::state::{ClusterState, Command};
-use serde::{Deserialize, Serialize};
 use std::time::Instant;
-
-/// A switchover an operator asked for, from its request until it completes or is cancelled.
-#[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
-pub struct Switchover {
-    /// The request's id (unique in the cluster).
-    pub id: u64,
-    /// The epoch of the primary it replaces.
-    pub from_epoch: u64,
-    pub from: String,
-    pub to: String,
-    /// A forced failover (`POST /failover`): the old primary's lease is withheld and the candidate
-    /// promoted once it has run out, whether or not the candidate has all its WAL.
-    pub forced: bool,
-    /// Not before this time (the coordinator's wall clock, Unix ms); 0: at once.
-    pub not_before_unix_ms: u64,
-    /// The old primary has been told to stop.
-    pub started: bool,
-    pub requested_unix_ms: u64,
-    /// Why, for the history ("requested by the operator", "failback ...").
-    pub reason: String,
-}
-
-impl Switchover {
-    pub fn describe(&self) -> String {
-        let what = if self.forced { "failover" } else { "switchover" };
-        let when = match self.not_before_unix_ms {
-            0 => "at once".to_string(),
-            t => format!("scheduled at {}", format_unix_ms(t)),
-        };
-        format!("{what} {} from {} to {} ({}), {when}", self.id, self.from, self.to, self.reason)
-    }
-}
-
-/// How the last switchover ended.
-#[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
-pub struct SwitchoverOutcome {
-    pub id: u64,
-    pub from: String,
-    pub from_epoch: u64,
-    pub to: String,
-    pub forced: bool,
-    /// The candidate became the primary (at `epoch`).
-    pub completed: bool,
-    /// The epoch it created; `from_epoch` when it did not complete.
-    pub epoch: u64,
-    /// Where the old primary stopped cleanly, when it did.
-    pub lsn: Option<u64>,
-    pub detail: String,
-}
-
-impl SwitchoverOutcome {
-    /// `done`: the new epoch and the clean stop position, when it completed.
-    pub(crate) fn ended(s: &Switchover, done: Option<(u64, Option<u64>)>, detail: String) -> Self {
-        SwitchoverOutcome {
-            id: s.id,
-            from: s.from.clone(),
-            from_epoch: s.from_epoch,
-            to: s.to.clone(),
-            forced: s.forced,
-            completed: done.is_some(),
-            epoch: done.map_or(s.from_epoch, |(e, _)| e),
-            lsn: done.and_then(|(_, l)| l),
-            detail,
-        }
-    }
-}
 
 /// Whether `me`, the old primary of the switchover that made the current epoch, stopped cleanly
 /// at the position it recorded in `stop`: then its data directory can follow the new primary as it
@@ -118,45 +51,6 @@ pub fn clean_switchover_source(state: &ClusterState, me: &str, stop: &Switchover
             && o.lsn == Some(stop.lsn)
             && state.primary.as_deref() == Some(o.to.as_str())
     })
-}
-
-/// What an operator asks the coordinator for.
-#[derive(Clone, Debug, PartialEq, Eq)]
-pub enum Request {
-    /// Planned, zero-loss. No candidate: the best standby. `primary`: the primary the operator
-    /// expects (refused if it is not).
-    Switchover {
-        candidate: Option<String>,
-        primary: Option<String>,
-        not_before_unix_ms: u64,
-    },
-    /// Forced: for when the primary is gone.
-    Failover {
-        candidate: String,
-    },
-    /// A switchover back to `preferred_primary`, else to the primary before the last change.
-    Failback {
-        not_before_unix_ms: u64,
-    },
-    Reinit {
-        member: String,
-    },
-    /// Cancel the pending switchover.
-    CancelSwitchover,
-}
-
-/// Why a request is refused (the HTTP layer maps these to 404 and 409).
-#[derive(Clone, Debug, PartialEq, Eq)]
-pub enum Refusal {
-    NotFound(String),
-    Conflict(String),
-}
-
-#[derive(Clone, Debug, PartialEq, Eq)]
-pub enum Decision {
-    Propose(Command),
-    /// Nothing to do (already so), and why.
-    Nothing(String),
 }
 
 fn why(e: &Excluded, member: &str) -> String {
@@ -180,16 +74,16 @@ impl Coordinator {
         self
     }
 
-    fn seen<'a>(&self, now: Instant, r: &'a Received) -> Seen<'a> {
+    pub(crate) fn seen<'a>(&self, now: Instant, r: &'a Received) -> Seen<'a> {
         Seen { report: &r.report, current: self.is_current(now, r) }
     }
 
-    fn current_report(&self, now: Instant, member: &str) -> Option<&HealthReport> {
+    pub(crate) fn current_report(&self, now: Instant, member: &str) -> Option<&HealthReport> {
         self.reports.get(member).filter(|r| self.is_current(now, r)).map(|r| &r.report)
     }
 
     /// Why `to` cannot take over from `from` in a planned switchover now, if it cannot.
-    fn planned_problem(&self, now: Instant, state: &ClusterState, from: &str, to: &str) -> Option<String> {
+    pub(crate) fn planned_problem(&self, now: Instant, state: &ClusterState, from: &str, to: &str) -> Option<String> {
         let p = match self.current_report(now, from) {
             Some(p) if p.pg.running && !p.pg.in_recovery && p.epoch_seen == state.epoch => p,
             _ => return Some(format!("the primary {from} is not running as primary (if it is gone: POST /failover)")),
@@ -208,7 +102,7 @@ impl Coordinator {
 
     /// Why `to` cannot be promoted by a forced failover now, if it cannot: a running standby
     /// (however far behind), and in a synchronous mode the holder with the most WAL.
-    fn forced_problem(&self, now: Instant, state: &ClusterState, to: &str) -> Option<String> {
+    pub(crate) fn forced_problem(&self, now: Instant, state: &ClusterState, to: &str) -> Option<String> {
         let Some(r) = self.reports.get(to) else { return Some(format!("no report from {to}")) };
         if let Some(e) = candidate::exclusion(state, &self.seen(now, r), None, u64::MAX) {
             return Some(why(&e, to));
@@ -229,145 +123,6 @@ impl Coordinator {
         let mine = r.report.wal_position();
         let ahead = holders.iter().find(|h| self.reports.get(**h).is_some_and(|x| x.report.wal_position() > mine));
         ahead.map(|h| format!("synchronous mode: {h} has more WAL than {to}"))
-    }
-
-    /// The best target of a planned switchover from `from`: most WAL, then priority, then name.
-    fn best_planned(&self, now: Instant, state: &ClusterState, from: &str) -> Option<String> {
-        let mut ok: Vec<&HealthReport> = state
-            .members
-            .keys()
-            .filter(|m| self.planned_problem(now, state, from, m).is_none())
-            .filter_map(|m| self.reports.get(m).map(|r| &r.report))
-            .collect();
-        ok.sort_by(|a, b| {
-            b.wal_position().cmp(&a.wal_position()).then(b.priority.cmp(&a.priority)).then(a.member.cmp(&b.member))
-        });
-        ok.first().map(|r| r.member.clone())
-    }
-
-    /// An operator's request, checked against the committed state and the latest reports.
-    pub fn request(
-        &self,
-        now: Instant,
-        state: &ClusterState,
-        req: &Request,
-        wall_ms: u64,
-    ) -> Result<Decision, Refusal> {
-        let known = |m: &str| -> Result<(), Refusal> {
-            match state.members.get(m) {
-                None => Err(Refusal::NotFound(format!("no member {m:?} in the cluster"))),
-                Some(x) if x.kind != MemberKind::Postgres => {
-                    Err(Refusal::Conflict(format!("{m} is a witness: it runs no PostgreSQL")))
-                }
-                Some(_) => Ok(()),
-            }
-        };
-        let conflict = |m: String| Err(Refusal::Conflict(m));
-        let (candidate, forced, not_before, reason) = match req {
-            Request::CancelSwitchover => {
-                return match &state.switchover {
-                    None => Err(Refusal::NotFound("no switchover is pending".into())),
-                    Some(s) => Ok(Decision::Propose(Command::CancelSwitchover {
-                        id: s.id,
-                        reason: "cancelled by the operator".into(),
-                        at_unix_ms: wall_ms,
-                    })),
-                };
-            }
-            Request::Reinit { member } => {
-                known(member)?;
-                return self.reinit(now, state, member, wall_ms);
-            }
-            Request::Switchover { candidate, primary: expected, not_before_unix_ms } => {
-                if let Some(c) = candidate {
-                    known(c)?;
-                }
-                if let Some(e) = expected.as_ref().filter(|e| state.primary.as_ref() != Some(*e)) {
-                    return conflict(format!(
-                        "the primary is {}, not {e}",
-                        state.primary.as_deref().unwrap_or("nobody")
-                    ));
-                }
-                (candidate.clone(), false, *not_before_unix_ms, "requested by the operator".to_string())
-            }
-            Request::Failover { candidate } => {
-                known(candidate)?;
-                (Some(candidate.clone()), true, 0, "forced failover requested by the operator".to_string())
-            }
-            Request::Failback { not_before_unix_ms } => {
-                let (to, why) = match (&self.preferred_primary, &state.previous_primary) {
-                    (Some(p), _) => (p.clone(), "failback to the preferred primary"),
-                    (None, Some(p)) => (p.clone(), "failback to the primary before the last change"),
-                    (None, None) => {
-                        return conflict("no preferred_primary is configured and no earlier primary is known".into())
-                    }
-                };
-                known(&to)?;
-                if state.is_primary(&to) {
-                    return Ok(Decision::Nothing(format!("{to} is already the primary")));
-                }
-                (Some(to), false, *not_before_unix_ms, why.to_string())
-            }
-        };
-        let Some(primary) = state.primary.clone() else { return conflict("the cluster has no primary yet".into()) };
-        if state.paused {
-            return conflict("the cluster is paused: resume it first".into());
-        }
-        if let Some(s) = &state.switchover {
-            return conflict(format!("{} is pending; cancel it first (DELETE /switchover)", s.describe()));
-        }
-        let to = match candidate {
-            Some(c) => c,
-            None => match self.best_planned(now, state, &primary) {
-                Some(c) => c,
-                None => return conflict(format!("no standby can take over from {primary} now")),
-            },
-        };
-        if to == primary {
-            return conflict(format!("{to} is already the primary"));
-        }
-        if state.members.get(&to).is_some_and(|m| m.nofailover) {
-            return conflict(format!("{to} is tagged nofailover"));
-        }
-        // A scheduled switchover is checked again when it is due.
-        let problem = match (forced, not_before) {
-            (true, _) => self.forced_problem(now, state, &to),
-            (false, 0) => self.planned_problem(now, state, &primary, &to),
-            (false, t) if t <= wall_ms => Some("the scheduled time has passed".into()),
-            (false, _) => None,
-        };
-        if let Some(p) = problem {
-            return conflict(p);
-        }
-        Ok(Decision::Propose(Command::BeginSwitchover {
-            // At u64::MAX (a damaged snapshot) this wraps, and applying refuses it as stale.
-            id: state.requests.wrapping_add(1),
-            from_epoch: state.epoch,
-            to,
-            forced,
-            not_before_unix_ms: not_before,
-            reason,
-            at_unix_ms: wall_ms,
-        }))
-    }
-
-    fn reinit(&self, now: Instant, state: &ClusterState, member: &str, wall_ms: u64) -> Result<Decision, Refusal> {
-        let conflict = |m: String| Err(Refusal::Conflict(m));
-        let Some(primary) = state.primary.as_deref() else { return conflict("the cluster has no primary yet".into()) };
-        if state.paused {
-            return conflict("the cluster is paused: resume it first".into());
-        }
-        if member == primary {
-            return conflict(format!("{member} is the primary: only a standby can be re-initialised"));
-        }
-        if state.reinit.contains_key(member) {
-            return Ok(Decision::Nothing(format!("a re-initialisation of {member} is already pending")));
-        }
-        if !self.current_report(now, primary).is_some_and(|p| p.pg.running && !p.pg.in_recovery) {
-            return conflict(format!("the primary {primary} is not running: there is nothing to clone from"));
-        }
-        let id = state.requests.wrapping_add(1);
-        Ok(Decision::Propose(Command::RequestReinit { id, member: member.to_string(), at_unix_ms: wall_ms }))
     }
 
     /// The next step of the pending switchover, if one is due: start a scheduled one, complete it,
@@ -458,18 +213,6 @@ impl Coordinator {
             _ => reason,
         };
         Some(Command::CancelSwitchover { id: s.id, reason, at_unix_ms: wall_ms })
-    }
-}
-
-/// `YYYY-MM-DDTHH:MM:SSZ` for Unix milliseconds (for people; history details).
-pub fn format_unix_ms(ms: u64) -> String {
-    use std::fmt::Write as _;
-    let t = std::time::UNIX_EPOCH + std::time::Duration::from_millis(ms);
-    // humantime writes years up to 9999 and fails after (`to_string` would panic on that).
-    let mut text = String::new();
-    match write!(text, "{}", humantime::format_rfc3339_seconds(t)) {
-        Ok(()) => text,
-        Err(_) => format!("{ms} ms after 1970-01-01T00:00:00Z"),
     }
 }
 

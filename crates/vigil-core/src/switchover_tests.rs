@@ -1,6 +1,9 @@
 use super::*;
 use crate::agent::{reconcile, AgentAction, AgentInput, LocalMemory, Upstream};
+use crate::engine::Input;
+use crate::format_unix_ms;
 use crate::report::{DataDir, PgStatus, ReplicaStatus};
+use crate::request::{Decision, Refusal, Request};
 use crate::state::{EventKind, Member, Rejected};
 use crate::sync::{SyncMode, SyncState};
 use crate::timing::Timings;
@@ -71,9 +74,9 @@ fn cluster() -> (Coordinator, ClusterState, Instant) {
 
 fn hear(c: &mut Coordinator, s: &ClusterState, t: Instant, reports: &[HealthReport]) {
     for r in reports {
-        let a = c.on_report(t, r.clone(), s);
-        if a.grant {
-            c.granted(t, &r.member, a.epoch);
+        let answer = c.step(t, s, Input::Report(Box::new(r.clone()))).answer;
+        if let Some(pending) = answer.and_then(|a| a.pending) {
+            c.step(t, s, Input::LeaseConfirmed(pending));
         }
     }
 }
@@ -82,6 +85,7 @@ fn propose(c: &Coordinator, s: &ClusterState, t: Instant, req: Request) -> Resul
     match c.request(t, s, &req, 1_000)? {
         Decision::Propose(cmd) => Ok(cmd),
         Decision::Nothing(why) => Err(Refusal::Conflict(format!("nothing: {why}"))),
+        Decision::Wait(d) => Err(Refusal::Conflict(format!("wait {d:?}"))),
     }
 }
 

@@ -220,9 +220,8 @@ pub fn plan(
     if good < want {
         let mut extra: Vec<&HealthReport> =
             healthy.iter().copied().filter(|r| !sync.standbys.contains(&r.member)).collect();
-        extra.sort_by(|a, b| {
-            flush(&b.member).cmp(&flush(&a.member)).then(b.priority.cmp(&a.priority)).then(a.member.cmp(&b.member))
-        });
+        // WAL as the primary sees it flushed: what a commit waits for.
+        crate::candidate::rank(&mut extra, |r| (0, flush(&r.member)));
         let add: Vec<String> = extra.iter().take(want - good).map(|r| r.member.clone()).collect();
         if !add.is_empty() {
             let mut next = sync.clone();

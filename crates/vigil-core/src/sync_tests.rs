@@ -1,5 +1,6 @@
 use super::*;
 use crate::coordinator::Coordinator;
+use crate::engine::Input;
 use crate::report::{DataDir, PgStatus, ReplicaStatus};
 use crate::state::{Command, EventKind, Member};
 use crate::timing::Timings;
@@ -110,9 +111,9 @@ impl World {
         names.extend(self.standbys.iter().filter(|(_, _, a)| *a).map(|(n, ..)| n.clone()));
         for n in names {
             let r = self.report(&n);
-            let ans = self.c.on_report(self.t, r, &self.s);
-            if ans.grant {
-                self.c.granted(self.t, &n, ans.epoch);
+            let answer = self.c.step(self.t, &self.s, Input::Report(Box::new(r))).answer;
+            if let Some(pending) = answer.and_then(|a| a.pending) {
+                self.c.step(self.t, &self.s, Input::LeaseConfirmed(pending));
             }
         }
         let mut out = Vec::new();

@@ -186,6 +186,18 @@ struct Node<S> {
     replies: Vec<Reply>,
 }
 
+/// Runs `f`, which waits for the disk (an fsync), without holding up the runtime's other tasks:
+/// on a multi-threaded runtime the worker hands them to another thread meanwhile (a slow disk must
+/// not delay the answer to a report or the API). Only where there is something to write: at rest
+/// heartbeats write nothing, and the hand-over costs thread wake-ups.
+fn off_runtime<R>(f: impl FnOnce() -> R) -> R {
+    use tokio::runtime::{Handle, RuntimeFlavor};
+    match Handle::try_current() {
+        Ok(h) if h.runtime_flavor() == RuntimeFlavor::MultiThread => tokio::task::block_in_place(f),
+        _ => f(),
+    }
+}
+
 impl<S: StateMachine> Node<S> {
     async fn run(mut self, mut rx: mpsc::Receiver<Request>, tick: Duration, shutdown: CancellationToken) {
         let mut ticker = tokio::time::interval(tick);
@@ -389,18 +401,26 @@ impl<S: StateMachine> Node<S> {
             // messages here when that is safe.
             self.send(ready.take_messages());
             if !ready.snapshot().is_empty() {
-                self.install_snapshot(ready.snapshot().clone())?;
+                let snap = ready.snapshot().clone();
+                off_runtime(|| self.install_snapshot(snap))?;
             }
             self.apply(ready.take_committed_entries())?;
-            self.raw.mut_store().append(ready.entries())?;
-            if let Some(hs) = ready.hs() {
-                self.raw.mut_store().set_hard_state(hs.clone())?;
+            if !ready.entries().is_empty() || ready.hs().is_some() {
+                let store = self.raw.mut_store();
+                off_runtime(|| -> anyhow::Result<()> {
+                    store.append(ready.entries())?;
+                    if let Some(hs) = ready.hs() {
+                        store.set_hard_state(hs.clone())?;
+                    }
+                    Ok(())
+                })?;
             }
             self.send(ready.take_persisted_messages());
 
             let mut light = self.raw.advance(ready);
             if let Some(commit) = light.commit_index() {
-                self.raw.mut_store().set_commit(commit)?;
+                let store = self.raw.mut_store();
+                off_runtime(|| store.set_commit(commit))?;
             }
             self.send(light.take_messages());
             self.apply(light.take_committed_entries())?;

@@ -19,7 +19,8 @@ use std::time::{Duration, Instant};
 use vigil_core::agent::{divergence, reconcile, AgentAction, AgentInput};
 use vigil_core::report::{RejoinMethod, RejoinRecord, ReplicaStatus};
 use vigil_core::{
-    ClusterState, Coordinator, DataDir, HealthReport, Lease, LocalMemory, MemberKind, PgStatus, Timings, Upstream,
+    ClusterState, Coordinator, DataDir, HealthReport, Input, Lease, LocalMemory, MemberKind, PgStatus, Timings,
+    Upstream,
 };
 
 mod daemon;
@@ -48,7 +49,6 @@ pub struct Daemon {
     next_loop: Instant,
     /// Run the loop at the next tick (a committed state changed, a lease was granted).
     wake: bool,
-    last_transfer: Option<Instant>,
     last_rejoin: Option<RejoinRecord>,
     seen_applied: usize,
     /// The last action noted in the trace.
@@ -250,7 +250,8 @@ impl World {
         } else if let Some((epoch, until)) = m.keeper.filter(|(e, _)| Some(*e) == m.local.primary_epoch && *e != 0) {
             lease.restore(epoch, until);
         }
-        let coordinator = Coordinator::new(expected.iter().cloned(), self.timings.clone()).with_sync(cfg_sync, 1);
+        let coordinator =
+            Coordinator::new(expected.iter().cloned(), self.timings.clone()).with_sync(cfg_sync, 1).named(&m.name);
         m.daemon = Some(Daemon {
             coordinator,
             lease,
@@ -263,7 +264,6 @@ impl World {
             divergence_checked: None,
             next_loop: now_l,
             wake: true,
-            last_transfer: None,
             last_rejoin: None,
             seen_applied: 0,
             last_action: String::new(),

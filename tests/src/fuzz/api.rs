@@ -17,9 +17,9 @@ use pgvigil::http_api::authorize;
 use proptest::collection::{btree_map, vec};
 use proptest::prelude::*;
 use serde_json::Value;
-use std::time::Instant;
-use vigil_core::switchover::format_unix_ms;
-use vigil_core::{Coordinator, Decision, Request, Timings};
+use std::time::{Duration, Instant};
+use vigil_core::format_unix_ms;
+use vigil_core::{Coordinator, Decision, Input, Request, Timings};
 use vigil_raft::StateMachine;
 
 #[derive(Clone, Debug)]
@@ -121,9 +121,14 @@ pub fn check_body(input: &ApiInput) -> Outcome {
 /// The coordinator's decision on an accepted request, against a cluster with a primary and two
 /// standbys; a proposed command must apply on every member, as committed (encoded bytes).
 fn decide(req: &Request, now_ms: u64) {
-    let coordinator = Coordinator::new(["a", "b", "c", "w"].map(String::from), Timings::default());
+    let mut coordinator = Coordinator::new(["a", "b", "c", "w"].map(String::from), Timings::default());
+    let elected = Instant::now();
     for state in commands::states() {
-        if let Ok(Decision::Propose(cmd)) = coordinator.request(Instant::now(), &state, req, now_ms) {
+        coordinator.step(elected, &state, Input::Leadership(Some(1)));
+        // Past the settling time of a new coordinator, which would have the request wait.
+        let input = Input::Request { request: req.clone(), wall_ms: now_ms };
+        let out = coordinator.step(elected + Duration::from_secs(5), &state, input);
+        if let Some(Ok(Decision::Propose(cmd))) = out.decision {
             let mut member = Replicated { state: state.clone() };
             member.apply(1, &cmd.encode().expect("a command encodes"));
             assert_eq!(state.clone().apply(&cmd), Ok(()), "proposed {cmd:?} for {req:?}, and it does not apply");

@@ -17,7 +17,7 @@ use prost::Message as _;
 use protobuf::{Message as _, ProtobufEnum};
 use raft::eraftpb::{ConfChange, ConfChangeV2, Entry, EntryType, Message, MessageType, Snapshot};
 use std::time::{Duration, Instant};
-use vigil_core::{Coordinator, Timings};
+use vigil_core::{Coordinator, Input, Timings};
 use vigil_raft::proto;
 use vigil_raft::StateMachine;
 
@@ -116,12 +116,13 @@ pub fn check_report(bytes: &Vec<u8>) -> Outcome {
     for state in commands::states() {
         let now = Instant::now();
         let mut c = Coordinator::new(["a", "b", "c", "w"].map(String::from), Timings::default());
-        c.set_leader(now, Some(2));
-        c.on_report(now, report.clone(), &state);
+        c.step(now, &state, Input::Leadership(Some(2)));
+        c.step(now, &state, Input::Report(Box::new(report.clone())));
         let later = now + Duration::from_secs(30);
-        c.on_report(later, report.clone(), &state);
+        c.step(later, &state, Input::Report(Box::new(report.clone())));
         let mut member = Replicated { state: state.clone() };
-        for cmd in c.decide(later, &state, 1_796_083_200_000) {
+        let tick = Input::Tick { wall_ms: 1_796_083_200_000, keep_leadership: false };
+        for cmd in c.step(later, &state, tick).proposals {
             member.apply(1, &cmd.encode().expect("a command encodes"));
         }
     }

@@ -316,74 +316,70 @@ impl World {
         self.push_keeper(i);
     }
 
-    /// The coordinator's side of a report (the shell's `handle_report`).
-    pub(super) fn handle_report(&mut self, c: usize, report: HealthReport) -> (bool, u64) {
-        let now_c = self.clock(c);
+    /// Raft's leadership as the coordinator on `c` sees it at `now_c` (the shell steps it before
+    /// every input); None: no daemon there, or not the leader.
+    fn leadership(&mut self, c: usize, now_c: Instant) -> Option<u64> {
         let node = &self.raft.nodes[c];
         let term = node.leader.then_some(node.term);
         let m = &mut self.members[c];
-        let Some(d) = m.daemon.as_mut() else { return (false, 0) };
-        d.coordinator.set_leader(now_c, term);
-        if term.is_none() {
+        let d = m.daemon.as_mut()?;
+        d.coordinator.step(now_c, &m.state, Input::Leadership(term));
+        term
+    }
+
+    /// The coordinator's side of a report (the shell's `handle_report`).
+    pub(super) fn handle_report(&mut self, c: usize, report: HealthReport) -> (bool, u64) {
+        let now_c = self.clock(c);
+        if self.leadership(c, now_c).is_none() {
             return (false, 0);
         }
+        let m = &mut self.members[c];
+        let Some(d) = m.daemon.as_mut() else { return (false, 0) };
         let member = report.member.clone();
-        let answer = d.coordinator.on_report(now_c, report, &m.state);
+        let Some(answer) = d.coordinator.step(now_c, &m.state, Input::Report(Box::new(report))).answer else {
+            return (false, 0);
+        };
         // A change of the answer for the primary is worth a line.
-        if m.state.is_primary(&member) && d.last_answer != Some(answer.grant) {
-            d.last_answer = Some(answer.grant);
-            let line = format!("LEASE {} would grant {member} (epoch {}): {}", m.name, answer.epoch, answer.grant);
+        let grant = answer.pending.is_some();
+        if m.state.is_primary(&member) && d.last_answer != Some(grant) {
+            d.last_answer = Some(grant);
+            let line = format!("LEASE {} would grant {member} (epoch {}): {grant}", m.name, answer.epoch);
             self.trace.note(self.now, || line);
         }
-        if !answer.grant {
+        let Some(pending) = answer.pending else {
             return (false, answer.epoch);
-        }
-        let confirmed = if self.cfg.planted.contains(&Planted::GrantWithoutConfirm) {
-            true
-        } else {
+        };
+        // The planted bug skips the quorum round: the grant is judged on the state it was
+        // answered from.
+        if !self.cfg.planted.contains(&Planted::GrantWithoutConfirm) {
             let up = self.up();
             let mut changes = Vec::new();
             let ok = self.raft.confirm(c, self.now, &self.net, &up, &mut changes);
             self.note_raft(changes);
-            ok
-        };
-        if !confirmed {
-            return (false, answer.epoch);
-        }
-        let planted = self.cfg.planted.contains(&Planted::GrantWithoutConfirm);
-        if !planted {
+            if !ok {
+                return (false, answer.epoch);
+            }
             // The quorum round confirmed an entry of this term: the leader has applied everything
             // committed before it (raft-rs confirms reads only then).
             self.apply_log(c);
         }
         let m = &mut self.members[c];
         let Some(d) = m.daemon.as_mut() else { return (false, 0) };
-        let granted = if planted {
-            d.coordinator.granted(now_c, &member, answer.epoch);
-            true
-        } else {
-            d.coordinator.confirm_grant(now_c, &member, answer.epoch, &m.state)
-        };
-        (granted, answer.epoch)
+        let granted = d.coordinator.step(now_c, &m.state, Input::LeaseConfirmed(pending)).granted;
+        (granted == Some(true), answer.epoch)
     }
 
     /// The coordinator's loop (the shell's `coordination::run`): decide, propose, hand off.
     pub(super) fn coordinate(&mut self, c: usize) {
         let now_c = self.clock(c);
-        let node = &self.raft.nodes[c];
-        let term = node.leader.then_some(node.term);
-        let m = &mut self.members[c];
-        let Some(d) = m.daemon.as_mut() else { return };
-        d.coordinator.set_leader(now_c, term);
-        if term.is_none() {
+        if self.leadership(c, now_c).is_none() {
             return;
         }
-        let commands = d.coordinator.decide(now_c, &m.state, self.now);
-        let target = d.coordinator.leadership_target(now_c, &m.state, &m.name);
-        let transfer_due = d.last_transfer.is_none_or(|t| now_c - t > self.timings.loop_interval * 20);
-        if target.is_some() && transfer_due {
-            d.last_transfer = Some(now_c);
-        }
+        let m = &mut self.members[c];
+        let Some(d) = m.daemon.as_mut() else { return };
+        let out = d.coordinator.step(now_c, &m.state, Input::Tick { wall_ms: self.now, keep_leadership: false });
+        let commands = out.proposals;
+        let target = out.transfer_to;
         for cmd in commands {
             if !matches!(cmd, vigil_core::Command::UpsertMember { .. }) {
                 let line = format!("PROPOSE by {}: {}", self.members[c].name, describe(&cmd));
@@ -392,7 +388,7 @@ impl World {
             let delay = self.rng.range(2, 30);
             self.raft.propose(c, cmd, self.now, delay);
         }
-        if let Some(t) = target.filter(|_| transfer_due).and_then(|t| self.index(&t)) {
+        if let Some(t) = target.and_then(|t| self.index(&t)) {
             let up = self.up();
             let mut changes = Vec::new();
             self.raft.transfer(c, t, self.now, &self.net, &up, &mut changes);
