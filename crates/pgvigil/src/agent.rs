@@ -26,6 +26,10 @@ use vigil_pg::{DataDirState, Observation, PgSettings, Postgres, RunAs, StopMode}
 /// A standby not streaming for this long gets its timeline checked against the primary's.
 const DIVERGENCE_CHECK_AFTER: Duration = Duration::from_secs(2);
 
+/// With `[proxy]`: how long after the switchover's start the old primary keeps answering, for
+/// sessions the proxies forwarded just before they saw it to finish authenticating.
+const PROXY_DRAIN: Duration = Duration::from_millis(500);
+
 pub async fn run_witness(shared: Arc<Shared>, shutdown: CancellationToken) -> anyhow::Result<()> {
     let status = shared.pg_status.subscribe();
     let link = Link {
@@ -317,6 +321,7 @@ impl Agent {
                 .and_then(vigil_core::sync::parse_setting),
             last_rejoin: self.last_rejoin.clone(),
             switchover_stop: self.memory.switchover_stop.clone().filter(|s| s.lsn != 0 && !obs.running),
+            replay_paused: obs.replay_paused,
         };
         let lease_valid = self.lease.lock().unwrap_or_else(|p| p.into_inner()).valid(state.epoch, now);
         let actions = reconcile(&AgentInput {
@@ -524,6 +529,12 @@ impl Agent {
                 tracing::warn!(epoch, id, "switchover: CHECKPOINT before the shutdown failed: {e:#}");
             }
             let checkpointed_ms = started.elapsed().as_millis() as u64;
+            // The routing proxies stop forwarding new sessions once they apply the switchover's
+            // start (a heartbeat); one forwarded a moment before may still be authenticating,
+            // and a fast shutdown would cut it off: a connection error for the client.
+            if self.shared.settings.raw.proxy.is_some() {
+                tokio::time::sleep(PROXY_DRAIN.saturating_sub(started.elapsed())).await;
+            }
             self.pg.stop(StopMode::Fast).await.context("switchover: fast shutdown")?;
             tracing::warn!(
                 epoch,

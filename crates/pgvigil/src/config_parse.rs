@@ -58,8 +58,14 @@ fn push_name(key: &mut String, name: &str) {
 }
 
 /// Keys whose environment override is a boolean (`true`/`false`, also `yes`/`no`, `on`/`off`, `1`/`0`).
-pub const ENV_BOOL_KEYS: &[&str] =
-    &["tags.nofailover", "tls.peer_mtls", "tls.api", "tls.api_verify_client", "peer_auth.insecure_unauthenticated"];
+pub const ENV_BOOL_KEYS: &[&str] = &[
+    "tags.nofailover",
+    "tags.noloadbalance",
+    "tls.peer_mtls",
+    "tls.api",
+    "tls.api_verify_client",
+    "peer_auth.insecure_unauthenticated",
+];
 /// Keys whose environment override is an integer.
 pub const ENV_INTEGER_KEYS: &[&str] = &[
     "tags.priority",
@@ -71,6 +77,9 @@ pub const ENV_INTEGER_KEYS: &[&str] = &[
     "replication.synchronous_node_count",
     "backup.retention_full",
     "backup.retention_diff",
+    "proxy.rw_port",
+    "proxy.ro_port",
+    "proxy.max_lag_bytes",
 ];
 
 /// Set the key of `PGVIGIL_A__B` (`a.b`) in `table` to `value`, parsed as that key's type.

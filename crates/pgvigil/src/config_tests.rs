@@ -247,12 +247,13 @@ fn environment_overrides_are_parsed_as_their_key_type() {
 fn every_boolean_and_integer_key_has_a_type_for_the_environment() {
     let text = format!(
         "{}\n[tags]\nnofailover = true\npriority = 1\n[replication]\nsynchronous_node_count = 1\n\
-         [backup]\nstanza = \"main\"\nrepo_path = \"/r\"\nretention_full = 2\nretention_diff = 1\n",
+         [backup]\nstanza = \"main\"\nrepo_path = \"/r\"\nretention_full = 2\nretention_diff = 1\n{}",
         GOOD.replace(
             "lease_timeout = \"2s\"",
             "lease_timeout = \"2s\"\nelection_ticks = 10\nheartbeat_ticks = 2\nmaximum_lag_on_failover = 1"
         )
-        .replace("port = 6001", "port = 6001\nkeep_moved_data_dirs = 2")
+        .replace("port = 6001", "port = 6001\nkeep_moved_data_dirs = 2"),
+        "[proxy]\nlisten_address = \"127.0.0.1\"\nrw_port = 1\nro_port = 2\nmax_lag_bytes = 3\n"
     );
     let raw = parse(&text, Vec::new()).expect("parses");
     let mut v = serde_json::to_value(&raw).expect("json");
@@ -421,4 +422,23 @@ fn the_peer_port_needs_a_credential_unless_the_operator_says_otherwise() {
     assert_eq!(key_of(&relative), "peer_auth.secret_file");
     let coerced = without.replace("[postgres]", "[peer_auth]\ninsecure_unauthenticated = \"yes\"\n[postgres]");
     assert_eq!(key_of(&coerced), "peer_auth.insecure_unauthenticated");
+}
+
+#[test]
+fn the_proxy_table_is_checked() {
+    let proxy = |body: &str| key_of(&format!("{GOOD}[proxy]\n{body}"));
+    let ok = "listen_address = \"127.0.0.1\"\nrw_port = 6432\nro_port = 6433\n";
+    assert_eq!(proxy(ok), "(accepted)");
+    assert_eq!(
+        proxy(&format!("{ok}hold_timeout = \"20s\"\nno_standby = \"refuse\"\nmax_lag_time = \"5s\"\n")),
+        "(accepted)"
+    );
+    assert_eq!(proxy(&ok.replace("127.0.0.1", "localhost:1")), "proxy.listen_address");
+    assert_eq!(proxy(&ok.replace("6433", "6432")), "proxy.ro_port");
+    assert_eq!(proxy(&ok.replace("6432", "0")), "proxy.rw_port");
+    assert_eq!(proxy(&ok.replace("rw_port = 6432\n", "")), "proxy.rw_port");
+    assert_eq!(proxy(&format!("{ok}hold_timeout = \"0s\"\n")), "proxy.hold_timeout");
+    assert_eq!(proxy(&format!("{ok}no_standby = \"random\"\n")), "proxy.no_standby");
+    assert_eq!(proxy(&format!("{ok}dead_peer_timeout = \"100ms\"\n")), "proxy.dead_peer_timeout");
+    assert_eq!(proxy(&format!("{ok}rw = 1\n")), "proxy.rw");
 }

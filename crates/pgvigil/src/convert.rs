@@ -31,6 +31,7 @@ pub fn to_proto(r: &HealthReport) -> proto::HealthReport {
         pg_port: u32::from(r.pg_port),
         nofailover: r.nofailover,
         priority: r.priority,
+        noloadbalance: r.noloadbalance,
         pg: Some(proto::PgState {
             running: p.running,
             in_recovery: p.in_recovery,
@@ -76,6 +77,7 @@ pub fn to_proto(r: &HealthReport) -> proto::HealthReport {
                 .bootstrap_failed
                 .as_ref()
                 .map(|f| proto::BootstrapFailure { epoch: f.epoch, error: f.error.clone() }),
+            replay_paused: p.replay_paused,
         }),
         epoch_seen: r.epoch_seen,
     }
@@ -104,6 +106,7 @@ pub fn from_proto(r: proto::HealthReport) -> Result<HealthReport, String> {
         pg_port,
         nofailover: r.nofailover,
         priority: r.priority,
+        noloadbalance: r.noloadbalance,
         pg: PgStatus {
             running: p.running,
             in_recovery: p.in_recovery,
@@ -145,6 +148,7 @@ pub fn from_proto(r: proto::HealthReport) -> Result<HealthReport, String> {
             }),
             data_dir_problem: Some(p.data_dir_problem).filter(|w| !w.is_empty()),
             bootstrap_failed: p.bootstrap_failed.map(|f| BootstrapFailure { epoch: f.epoch, error: f.error }),
+            replay_paused: p.replay_paused,
         },
         epoch_seen: r.epoch_seen,
     })
@@ -163,6 +167,7 @@ mod tests {
             pg_port: 5432,
             nofailover: true,
             priority: 3,
+            noloadbalance: true,
             pg: PgStatus {
                 running: true,
                 in_recovery: true,
@@ -188,6 +193,7 @@ mod tests {
                 switchover_stop: Some(SwitchoverStop { epoch: 3, id: 4, lsn: 5, timeline: 6 }),
                 data_dir_problem: Some("found: x".into()),
                 bootstrap_failed: Some(BootstrapFailure { epoch: 1, error: "initdb: exit 1".into() }),
+                replay_paused: true,
             },
             epoch_seen: 7,
         };
@@ -210,6 +216,7 @@ mod tests {
             pg_port: 0,
             nofailover: false,
             priority: 0,
+            noloadbalance: false,
             pg: PgStatus::default(),
             epoch_seen: 0,
         });

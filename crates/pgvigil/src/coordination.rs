@@ -78,6 +78,7 @@ pub async fn handle_report(shared: &Shared, report: HealthReport) -> ReportAck {
         epoch: 0,
         term: status.term,
         primary_lsn: 0,
+        ..Default::default()
     };
     if !status.is_leader {
         return ack;
@@ -104,6 +105,8 @@ pub async fn handle_report(shared: &Shared, report: HealthReport) -> ReportAck {
     ack.coordinator = shared.name().to_string();
     ack.epoch = answer.epoch;
     ack.primary_lsn = answer.primary_lsn;
+    // What the members' routing proxies need: the primary's lease as granted, the standbys.
+    crate::proxy_feed::fill(&mut ack, &answer.proxy);
     ack
 }
 

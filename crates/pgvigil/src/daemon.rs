@@ -44,6 +44,10 @@ pub struct Shared {
     pub runtime: watch::Sender<reload::Runtime>,
     /// The TLS material in use for new connections (a reload may renew it); None: plain text.
     pub tls: Option<LiveTls>,
+    /// The coordinator's latest answer, as the routing proxy needs it (`proxy_feed.rs`).
+    pub proxy_feed: watch::Sender<Option<crate::proxy_feed::Feed>>,
+    /// What the routing proxy routes by now, for `GET /proxy` (None: no proxy).
+    pub proxy_status: watch::Sender<Option<serde_json::Value>>,
 }
 
 /// When the daemon's periodic loops last went round, for `GET /liveness`.
@@ -188,6 +192,8 @@ pub async fn run(settings: Settings, shutdown: CancellationToken) -> anyhow::Res
         hooks: hooks::Hooks::new(&raw.name, &raw.hooks),
         runtime: watch::Sender::new(reload::Runtime::of(&settings)),
         tls,
+        proxy_feed: watch::Sender::new(None),
+        proxy_status: watch::Sender::new(None),
     });
     tokio::spawn(reload::run(shared.clone(), shutdown.child_token()));
     tokio::spawn(logging::follow_epoch(shared.raft.state(), shutdown.child_token()));
@@ -219,6 +225,13 @@ pub async fn run(settings: Settings, shutdown: CancellationToken) -> anyhow::Res
     };
     // Before the agent starts PostgreSQL: its archive command needs the files and the permits.
     crate::backup::start(&shared, tasks_token.clone()).context("prepare backups ([backup])")?;
+    // Bound here so that a port in use fails the start, naming the key.
+    let proxy = match &raw.proxy {
+        Some(cfg) => Some(crate::proxy::Proxy::bind(cfg).await?),
+        None => None,
+    };
+    let proxy_token = CancellationToken::new();
+    let proxy = proxy.map(|p| tokio::spawn(p.run(shared.clone(), proxy_token.clone())));
     let agent = match raw.kind {
         MemberKind::Postgres => tokio::spawn(agent::run(shared.clone(), tasks_token.clone())),
         MemberKind::Witness => tokio::spawn(agent::run_witness(shared.clone(), tasks_token.clone())),
@@ -257,6 +270,10 @@ pub async fn run(settings: Settings, shutdown: CancellationToken) -> anyhow::Res
     hand_over_coordinator(&shared).await;
     server_token.cancel();
     api_token.cancel();
+    proxy_token.cancel();
+    if let Some(proxy) = proxy {
+        let _ = tokio::time::timeout(Duration::from_secs(5), proxy).await;
+    }
     let _ = tokio::time::timeout(Duration::from_secs(5), server).await;
     if let Some(api) = api {
         let _ = tokio::time::timeout(Duration::from_secs(5), api).await;

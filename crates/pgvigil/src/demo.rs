@@ -98,6 +98,10 @@ async fn demo(args: DemoArgs) -> anyhow::Result<()> {
             "schedule.diff = \"0 1 * * 1-6\"".into(),
         ];
     }
+    // Every PostgreSQL member runs the routing proxy, so clients can try them all (libpq multi-host).
+    for m in spec.members.iter_mut().filter(|m| m.kind == vigil_core::MemberKind::Postgres) {
+        m.proxy_ports = Some((launch::free_port()?, launch::free_port()?));
+    }
     if stop.is_cancelled() {
         return Ok(());
     }
@@ -127,6 +131,22 @@ async fn demo(args: DemoArgs) -> anyhow::Result<()> {
             vigil_core::MemberKind::Witness => println!("  {:<9} api {api}  (witness)", m.name),
         }
     }
+    let proxies: Vec<(u16, u16)> = cluster.spec.members.iter().filter_map(|m| m.proxy_ports).collect();
+    let ports_of =
+        |pick: fn(&(u16, u16)) -> u16| proxies.iter().map(|p| pick(p).to_string()).collect::<Vec<_>>().join(",");
+    let hosts = vec!["127.0.0.1"; proxies.len()].join(",");
+    let pgpass = cluster.spec.pgpass_file();
+    println!("\n  Through the routing proxy of any member (libpq tries each in turn):");
+    println!(
+        "  read-write  PGPASSFILE={} psql \"host={hosts} port={} user=postgres\"",
+        pgpass.display(),
+        ports_of(|p| p.0)
+    );
+    println!(
+        "  read-only   PGPASSFILE={} psql \"host={hosts} port={} user=postgres\"",
+        pgpass.display(),
+        ports_of(|p| p.1)
+    );
     println!("  logs: {}/<member>/pgvigil.log and postgresql.log\n", dir.display());
     print!("{}", list::table(&view));
     let first = cluster.spec.api_address(&cluster.spec.members[0].name).unwrap_or_default();

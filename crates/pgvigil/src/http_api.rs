@@ -77,6 +77,7 @@ pub fn router(shared: Shr) -> Router {
         .route("/cluster/{member}", get(cluster_member))
         .route("/history", get(history))
         .route("/config", get(config))
+        .route("/proxy", get(proxy))
         .route("/metrics", get(metrics))
         .route("/pause", post(|s, h, b| mutate(s, h, b, Action::Pause)))
         .route("/resume", post(|s, h, b| mutate(s, h, b, Action::Resume)))
@@ -227,6 +228,13 @@ async fn config(State(shared): State<Shr>) -> Response {
 
 async fn backups(State(shared): State<Shr>) -> Response {
     reply(crate::backup::api::list(&shared).await)
+}
+
+async fn proxy(State(shared): State<Shr>) -> Response {
+    match shared.proxy_status.borrow().clone() {
+        Some(status) => Json(status).into_response(),
+        None => reply(Answer::from(ApiError::NotFound("this member runs no routing proxy (no [proxy] table)".into()))),
+    }
 }
 
 async fn metrics(State(shared): State<Shr>) -> Response {

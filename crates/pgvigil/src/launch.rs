@@ -26,6 +26,10 @@ pub struct MemberSpec {
     pub api_port: u16,
     pub nofailover: bool,
     pub priority: i32,
+    /// `tags.noloadbalance`.
+    pub noloadbalance: bool,
+    /// The routing proxy's read-write and read-only ports (None: no `[proxy]` table).
+    pub proxy_ports: Option<(u16, u16)>,
 }
 
 #[derive(Clone, Debug)]
@@ -44,6 +48,10 @@ pub struct ClusterSpec {
     pub hooks: Vec<String>,
     /// `key = value` lines for a `[backup]` table, every member's (none: no table).
     pub backup: Vec<String>,
+    /// Extra `key = value` lines for the `[proxy]` table of members with `proxy_ports`.
+    pub proxy: Vec<String>,
+    /// `postgres.parameters` of every member, as `key = "value"` items.
+    pub pg_parameters: Vec<String>,
     /// Every member's `stop.mode`. Local clusters (demo, tests) stop every member at once, where
     /// a switchover first would only wait for standbys that are stopping too: `stop-postgres`.
     pub stop_mode: String,
@@ -153,6 +161,8 @@ impl ClusterSpec {
                 api_port: free_port()?,
                 nofailover: false,
                 priority: 0,
+                noloadbalance: false,
+                proxy_ports: None,
             });
         }
         Ok(ClusterSpec {
@@ -164,6 +174,8 @@ impl ClusterSpec {
             replication: Vec::new(),
             hooks: Vec::new(),
             backup: Vec::new(),
+            proxy: Vec::new(),
+            pg_parameters: Vec::new(),
             stop_mode: "stop-postgres".into(),
             superuser_password: "pgvigil".into(),
             hba_extra: vec!["host all all 127.0.0.1/32 scram-sha-256".into()],
@@ -321,13 +333,25 @@ impl ClusterSpec {
                     ("replication_password", "replication-secret".into()),
                     ("superuser_password", self.superuser_password.as_str().into()),
                     ("hba_extra", self.hba_extra.iter().map(|l| Value::from(l.as_str())).collect::<Vec<_>>().into()),
+                    ("parameters", Value::Table(lines("postgres.parameters", &self.pg_parameters)?)),
                 ]),
             ));
         }
         sections.push((
             "tags",
-            table(vec![("nofailover", m.nofailover.into()), ("priority", i64::from(m.priority).into())]),
+            table(vec![
+                ("nofailover", m.nofailover.into()),
+                ("priority", i64::from(m.priority).into()),
+                ("noloadbalance", m.noloadbalance.into()),
+            ]),
         ));
+        if let Some((rw, ro)) = m.proxy_ports {
+            let mut proxy = lines("proxy", &self.proxy)?;
+            proxy.insert("listen_address".into(), m.host.as_str().into());
+            proxy.insert("rw_port".into(), i64::from(rw).into());
+            proxy.insert("ro_port".into(), i64::from(ro).into());
+            sections.push(("proxy", proxy));
+        }
         sections.push(("timing", lines("timing", &self.timing)?));
         sections.push(("replication", lines("replication", &self.replication)?));
         if !self.hooks.is_empty() {

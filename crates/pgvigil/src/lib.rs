@@ -20,6 +20,8 @@
 //!   [`tls_live`]: the acceptor both ports use and the material a reload replaces.
 //! - [`list`]: the cluster view and its table; [`cli`] + [`client`]: the verbs that talk to the
 //!   HTTP API; [`demo`]: the `demo` command. [`logging`]: tracing setup (member and epoch on every line).
+//! - [`proxy`]: the routing proxy (read-write port fenced by the lease, read-only port by lag);
+//!   `proxy_feed`: what it learns from the coordinator's answers.
 //! - [`fuzzing`]: the private parsers of untrusted input, named for the fuzz targets of `vigil-tests`.
 
 mod admin;
@@ -43,6 +45,8 @@ mod local;
 pub mod logging;
 pub mod notify;
 mod peer_service;
+pub mod proxy;
+mod proxy_feed;
 pub mod reload;
 mod replicated;
 mod reporter;

@@ -69,8 +69,16 @@ impl Runtime {
 
 /// Keys that take effect without a restart: a changed key equal to one of these, or below it
 /// (`hooks.on_fence` is below `hooks`), is applied; [`TLS_FILES`] too, under a condition.
-pub const RELOADABLE: &[&str] =
-    &["log.level", "log.format", "tags.nofailover", "tags.priority", "hooks", "api.token", "api.token_file"];
+pub const RELOADABLE: &[&str] = &[
+    "log.level",
+    "log.format",
+    "tags.nofailover",
+    "tags.priority",
+    "tags.noloadbalance",
+    "hooks",
+    "api.token",
+    "api.token_file",
+];
 
 /// The `[tls]` files (their paths or their contents): applied for new connections, unless one of
 /// [`TLS_FILES_NEED`] changed too. The running flags and this member's address are those the

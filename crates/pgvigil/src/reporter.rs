@@ -116,6 +116,7 @@ async fn send_report(shared: &Shared, link: &Link, epoch: u64, lease_timeout: st
         pg_host,
         pg_port,
         nofailover: tags.nofailover,
+        noloadbalance: tags.noloadbalance,
         priority: tags.priority,
         pg,
         epoch_seen: epoch,
@@ -144,6 +145,7 @@ async fn send_report(shared: &Shared, link: &Link, epoch: u64, lease_timeout: st
         None
     };
     if let Some(ack) = ack {
+        crate::proxy_feed::publish(shared, sent_at, &ack);
         shared.primary_lsn.store(ack.primary_lsn, Ordering::Relaxed);
         let mut lease = link.lease.lock().unwrap_or_else(|p| p.into_inner());
         lease.on_ack(sent_at, ack.lease_granted, ack.epoch, lease_timeout);

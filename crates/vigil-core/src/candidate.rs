@@ -92,6 +92,7 @@ mod tests {
             pg_port: 1,
             nofailover: false,
             priority,
+            noloadbalance: false,
             pg: PgStatus {
                 running: true,
                 in_recovery: true,

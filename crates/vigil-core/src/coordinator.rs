@@ -273,6 +273,21 @@ impl Coordinator {
         Some((start + self.promotion_wait(state)).saturating_duration_since(now))
     }
 
+    /// How long from `now` the lease this coordinator last granted (confirmed) to the primary of
+    /// the committed epoch still runs: grant + `lease_timeout` - now, zero without one. Only a
+    /// confirmed grant counts (not the election or the first sight of the epoch): a quorum
+    /// answered after it, so any later coordinator was elected after it and waits from then.
+    /// For the routing proxies' lease fence (`crate::proxy`).
+    pub fn primary_lease_left(&self, now: Instant, state: &ClusterState) -> std::time::Duration {
+        let lease = self.timings.agreed(state.lease_timings).lease_timeout;
+        match &self.last_grant {
+            Some(g) if self.is_leader() && g.epoch == state.epoch && state.is_primary(&g.member) => {
+                (g.at + lease).saturating_duration_since(now)
+            }
+            _ => std::time::Duration::ZERO,
+        }
+    }
+
     pub(crate) fn is_current(&self, now: Instant, r: &Received) -> bool {
         now.saturating_duration_since(r.at) <= self.timings.report_timeout
     }

@@ -17,6 +17,7 @@ fn report(name: &str, data_dir: DataDir, running: bool, in_recovery: bool, lsn: 
         pg_port: 5000,
         nofailover: false,
         priority: 0,
+        noloadbalance: false,
         pg: PgStatus {
             running,
             in_recovery,

@@ -56,6 +56,8 @@ pub struct ReportAnswer {
     pub pending: Option<PendingGrant>,
     /// The primary's WAL position as last reported here (0: not known).
     pub primary_lsn: u64,
+    /// For the members' routing proxies: the primary's lease as granted, the standbys.
+    pub proxy: crate::proxy::ProxyAnswer,
 }
 
 /// Something worth a log line, said once when it changes.
@@ -114,6 +116,7 @@ impl Coordinator {
                     epoch: answer.epoch,
                     pending: answer.grant.then_some(PendingGrant { member, epoch: answer.epoch, arrived: now }),
                     primary_lsn,
+                    proxy: crate::proxy::answer(self, now, state),
                 });
             }
             Input::LeaseConfirmed(g) => {

@@ -14,6 +14,7 @@ fn report(name: &str, in_recovery: bool) -> HealthReport {
         pg_port: 5000,
         nofailover: false,
         priority: 0,
+        noloadbalance: false,
         pg: PgStatus {
             running: true,
             in_recovery,

@@ -15,6 +15,7 @@
 //!   (inert unless the `planted-bugs` feature is on and a run sets them).
 //! - [`backup`]: backups as cluster decisions: the schedule (cron-like), the replicated record of
 //!   backups, and which backup is due when and on which member.
+//! - [`proxy`]: the routing proxy's decisions (read-write fenced by the lease, the read-only pool).
 //! - [`repeats`]: thinning repeated warnings (once, then at most once a minute with a count, and
 //!   once when they stop), for every crate's logs.
 //!
@@ -28,6 +29,7 @@ pub mod coordinator;
 pub mod engine;
 pub mod lease;
 pub mod planted;
+pub mod proxy;
 pub mod repeats;
 pub mod report;
 pub mod request;

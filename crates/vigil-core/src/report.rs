@@ -70,6 +70,9 @@ pub struct PgStatus {
     /// ([`crate::state::Command::AbandonBootstrap`]) and chooses again.
     #[serde(default)]
     pub bootstrap_failed: Option<BootstrapFailure>,
+    /// Standby: its replay is paused (`pg_is_wal_replay_paused()`): no read-only sessions.
+    #[serde(default)]
+    pub replay_paused: bool,
 }
 
 /// "I was chosen to create the cluster at `epoch` and initdb failed": no server ever ran on the
@@ -132,6 +135,9 @@ pub struct HealthReport {
     pub pg_port: u16,
     pub nofailover: bool,
     pub priority: i32,
+    /// Tagged `noloadbalance`: the routing proxies send it no read-only sessions.
+    #[serde(default)]
+    pub noloadbalance: bool,
     pub pg: PgStatus,
     /// The epoch of the committed state the agent acts on.
     pub epoch_seen: u64,

@@ -25,6 +25,7 @@ fn primary_r(name: &str, lsn: u64, replicas: &[&str]) -> HealthReport {
         },
         nofailover: false,
         priority: 0,
+        noloadbalance: false,
         pg: PgStatus {
             running: true,
             timeline: 1,

@@ -77,6 +77,7 @@ impl World {
             pg_port: 0,
             nofailover: false,
             priority: 0,
+            noloadbalance: false,
             pg: PgStatus {
                 running: alive,
                 in_recovery: !primary,

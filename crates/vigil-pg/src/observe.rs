@@ -48,6 +48,8 @@ pub struct Observation {
     pub replay_lsn: u64,
     /// Standby: `pg_stat_wal_receiver.status = 'streaming'`.
     pub streaming: bool,
+    /// Standby: `pg_is_wal_replay_paused()`.
+    pub replay_paused: bool,
     /// Standby: host/port it streams from (`pg_stat_wal_receiver.sender_host/sender_port`).
     pub upstream: Option<(String, u16)>,
     /// Primary: `synchronous_standby_names` as this server runs with it now.
@@ -81,7 +83,8 @@ SELECT pg_is_in_recovery(),
        CASE WHEN r.received_tli IS NULL AND pg_is_in_recovery()
             THEN (SELECT timeline_id FROM pg_control_checkpoint()) END,
        CASE WHEN r.received_tli IS NULL AND pg_is_in_recovery()
-            THEN (SELECT max(name) FROM pg_ls_waldir() WHERE name ~ '^[0-9A-F]{24}$') END
+            THEN (SELECT max(name) FROM pg_ls_waldir() WHERE name ~ '^[0-9A-F]{24}$') END,
+       CASE WHEN pg_is_in_recovery() THEN pg_is_wal_replay_paused() END
 FROM (SELECT 1) AS one LEFT JOIN pg_stat_wal_receiver AS r ON true";
 
 /// A primary's position and its WAL senders, one row per sender (one row of NULLs without).
@@ -209,6 +212,7 @@ async fn query_observation(o: &Observer) -> anyhow::Result<Observation> {
             received_lsn: lsn,
             replay_lsn: lsn,
             streaming: false,
+            replay_paused: false,
             upstream: None,
             sync_standby_names: Some(sync),
             replicas,
@@ -222,6 +226,7 @@ async fn query_observation(o: &Observer) -> anyhow::Result<Observation> {
     let sender_port: Option<i32> = row.try_get(6)?;
     let checkpoint_tli: Option<i32> = row.try_get(7)?;
     let newest_walfile: Option<String> = row.try_get(8)?;
+    let replay_paused: Option<bool> = row.try_get(9)?;
     let timeline = match received_tli.and_then(|t| u32::try_from(t).ok()) {
         Some(t) if t > 0 => t,
         _ => {
@@ -242,6 +247,7 @@ async fn query_observation(o: &Observer) -> anyhow::Result<Observation> {
         received_lsn,
         replay_lsn,
         streaming: status.as_deref() == Some("streaming"),
+        replay_paused: replay_paused.unwrap_or(false),
         upstream,
         sync_standby_names: None,
         replicas: Vec::new(),

@@ -26,7 +26,7 @@ fn word(known: &'static [&'static str]) -> impl Strategy<Value = String> {
 }
 
 fn pg_state() -> impl Strategy<Value = proto::PgState> {
-    let flags = vec(any::<bool>(), 7);
+    let flags = vec(any::<bool>(), 8);
     let lsns = (any::<u32>(), any::<u64>(), any::<u64>(), any::<u64>(), any::<u64>());
     let replica = (mutate::name(), any::<u64>(), any::<bool>())
         .prop_map(|(member, flush_lsn, streaming)| proto::ReplicaState { member, flush_lsn, streaming });
@@ -72,6 +72,7 @@ fn pg_state() -> impl Strategy<Value = proto::PgState> {
         bootstrap_failed: p.4,
         data_dir: p.5,
         data_dir_problem: p.6,
+        replay_paused: f[7],
     })
 }
 
@@ -86,6 +87,7 @@ fn report() -> impl Strategy<Value = proto::HealthReport> {
             pg_port,
             nofailover,
             priority,
+            noloadbalance: nofailover && priority % 2 == 0,
             pg,
             epoch_seen,
         },

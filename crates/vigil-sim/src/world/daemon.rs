@@ -281,6 +281,7 @@ impl World {
             pg_port: if m.kind == MemberKind::Postgres { PG_PORT } else { 0 },
             nofailover: false,
             priority: 0,
+            noloadbalance: false,
             pg: d.status.clone(),
             epoch_seen: m.state.epoch,
         };
