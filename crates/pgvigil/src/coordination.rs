@@ -156,13 +156,7 @@ pub async fn run(shared: Arc<Shared>, task: CoordinatorTask, shutdown: Cancellat
         if due && !in_flight {
             due = false;
             let keep_leadership = shared.telemetry.measuring(Instant::now());
-            let mut out =
-                step(&shared, &mut coordinator, &state_rx, Input::Tick { wall_ms: wall_ms(), keep_leadership });
-            // Backups are decided beside the coordinator's own commands, from the same state.
-            if coordinator.is_leader() {
-                let state = state_rx.borrow().state.clone();
-                out.proposals.extend(crate::backup::decide(&shared, &state, wall_ms()));
-            }
+            let out = step(&shared, &mut coordinator, &state_rx, Input::Tick { wall_ms: wall_ms(), keep_leadership });
             for note in &out.notes {
                 match note {
                     Note::FailoverBlocked(why) => {

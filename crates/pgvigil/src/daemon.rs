@@ -175,7 +175,8 @@ pub async fn run(settings: Settings, shutdown: CancellationToken) -> anyhow::Res
     let coordinator = Coordinator::new(raw.members.iter().map(|m| m.name.clone()), t.clone())
         .with_sync(raw.replication.synchronous_mode, raw.replication.synchronous_node_count)
         .with_preferred_primary(raw.replication.preferred_primary.clone())
-        .named(&raw.name);
+        .named(&raw.name)
+        .with_backups(crate::backup::policy(&settings));
     let (coordinator, coordinator_task) = coordination::channel(coordinator);
     let shared = Arc::new(Shared {
         settings: settings.clone(),

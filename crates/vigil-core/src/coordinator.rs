@@ -77,6 +77,8 @@ pub struct Coordinator {
     pub(crate) last_blocked: Option<String>,
     /// When the coordinator role was last handed off the primary's host (kept across terms).
     pub(crate) last_transfer: Option<Instant>,
+    /// The cluster's backup schedule (None: this coordinator decides no backups).
+    pub(crate) backups: Option<crate::backup::Policy>,
 }
 
 impl Coordinator {
@@ -99,7 +101,14 @@ impl Coordinator {
             me: String::new(),
             last_blocked: None,
             last_transfer: None,
+            backups: None,
         }
+    }
+
+    /// Decide backups by this policy, beside the other commands of each tick.
+    pub fn with_backups(mut self, policy: crate::backup::Policy) -> Self {
+        self.backups = Some(policy);
+        self
     }
 
     /// The name of the member this coordinator runs on (it hands its role off the primary's host).

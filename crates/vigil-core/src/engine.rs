@@ -124,6 +124,17 @@ impl Coordinator {
             }
             Input::Tick { wall_ms, keep_leadership } => {
                 out.proposals = self.decide(now, state, wall_ms);
+                // Backups are decided from the same state, after the coordinator's own commands.
+                if let Some(policy) = self.backups.as_ref().filter(|_| self.is_leader()) {
+                    let view = crate::backup::View {
+                        epoch: state.epoch,
+                        primary: state.primary.as_deref(),
+                        switchover: state.switchover.is_some(),
+                        backup: &state.backup,
+                    };
+                    let backups = crate::backup::decide(&view, policy, wall_ms);
+                    out.proposals.extend(backups.into_iter().map(|backup| Command::Backup { backup }));
+                }
                 let blocked = self
                     .lease_expires_in(now, state)
                     .filter(|left| left.is_zero())

@@ -143,3 +143,27 @@ fn a_blocked_failover_is_noted_once() {
     assert!(matches!(&notes[..], [Note::FailoverBlocked(why)] if why.contains("only the primary a")), "{notes:?}");
     assert!(c.step(late + ms(1), &s, tick).notes.is_empty(), "said once");
 }
+
+#[test]
+fn a_tick_of_the_leader_decides_scheduled_backups_too() {
+    use crate::backup::{BackupType, Cron, Policy, StanzaReady};
+    let hourly = Cron::parse("0 * * * *").expect("cron");
+    let policy = Policy { schedule: [(BackupType::Full, hourly)].into(), timeout_ms: 3_600_000 };
+    let (c, mut s, t0) = cluster("b");
+    let mut c = c.with_backups(policy);
+    s.backup.stanza_ready = Some(StanzaReady { member: "a".into(), epoch: s.epoch, at_unix_ms: 0 });
+    let tick = |wall_ms| Input::Tick { wall_ms, keep_leadership: true };
+    let backups =
+        |out: Output| out.proposals.into_iter().filter(|p| matches!(p, Command::Backup { .. })).collect::<Vec<_>>();
+    let due = 3_600_000;
+    let started = backups(c.step(t0, &s, tick(due)));
+    assert!(
+        matches!(&started[..], [Command::Backup { backup: crate::backup::BackupCommand::Start { member, .. } }] if member == "a"),
+        "{started:?}"
+    );
+    c.step(t0, &s, Input::Leadership(None));
+    assert!(backups(c.step(t0, &s, tick(due))).is_empty(), "only the leader decides");
+    // The same state, due the same: a coordinator without a policy starts nothing.
+    let (mut plain, _, _) = cluster("b");
+    assert!(backups(plain.step(t0, &s, tick(due))).is_empty(), "no policy, no backups");
+}

@@ -19,29 +19,24 @@ use crate::config::Settings;
 use crate::daemon::Shared;
 use std::sync::Arc;
 use tokio_util::sync::CancellationToken;
-use vigil_core::backup::{BackupCommand, Policy, View};
-use vigil_core::{ClusterState, Command};
+use vigil_core::backup::{BackupCommand, Policy};
+use vigil_core::ClusterState;
 
 pub use archive::postgres_parameters as archive_parameters;
 
 /// The coordinator's backup commands for this tick (see [`vigil_core::backup::decide`]). A
 /// coordinator without `[backup]` schedules nothing, but still moves a backup whose member was
 /// deposed and gives up on one that never reported.
-pub fn decide(shared: &Shared, state: &ClusterState, now_ms: u64) -> Vec<Command> {
-    let policy = match &shared.settings.backup {
+/// The coordinator's backup policy: the configured schedule, or none (a backup that was running
+/// when `[backup]` was removed still times out).
+pub fn policy(settings: &crate::config::Settings) -> Policy {
+    match &settings.backup {
         Some(b) => b.policy.clone(),
         None => Policy {
             schedule: Default::default(),
             timeout_ms: crate::config::DEFAULT_BACKUP_TIMEOUT.as_millis() as u64 + 300_000,
         },
-    };
-    let view = View {
-        epoch: state.epoch,
-        primary: state.primary.as_deref(),
-        switchover: state.switchover.is_some(),
-        backup: &state.backup,
-    };
-    vigil_core::backup::decide(&view, &policy, now_ms).into_iter().map(|backup| Command::Backup { backup }).collect()
+    }
 }
 
 pub fn describe(cmd: &BackupCommand) -> String {
