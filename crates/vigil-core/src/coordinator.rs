@@ -553,4 +553,4 @@ impl Coordinator {
 
 #[cfg(test)]
 #[path = "coordinator_tests.rs"]
-mod tests;
+pub(crate) mod tests;

@@ -33,11 +33,11 @@ fn report(name: &str, data_dir: DataDir, running: bool, in_recovery: bool, lsn: 
     }
 }
 
-fn primary_r(name: &str, lsn: u64) -> HealthReport {
+pub(crate) fn primary_r(name: &str, lsn: u64) -> HealthReport {
     report(name, DataDir::Primary, true, false, lsn)
 }
 
-fn standby_r(name: &str, lsn: u64) -> HealthReport {
+pub(crate) fn standby_r(name: &str, lsn: u64) -> HealthReport {
     report(name, DataDir::Standby, true, true, lsn)
 }
 

@@ -1,5 +1,5 @@
 use super::*;
-use crate::report::{DataDir, MemberKind, PgStatus};
+use crate::coordinator::tests::{primary_r, standby_r};
 use crate::timing::Timings;
 
 fn ms(n: u64) -> Duration {
@@ -7,26 +7,10 @@ fn ms(n: u64) -> Duration {
 }
 
 fn report(name: &str, in_recovery: bool) -> HealthReport {
-    HealthReport {
-        member: name.into(),
-        kind: MemberKind::Postgres,
-        pg_host: "127.0.0.1".into(),
-        pg_port: 5000,
-        nofailover: false,
-        priority: 0,
-        noloadbalance: false,
-        pg: PgStatus {
-            running: true,
-            in_recovery,
-            timeline: 1,
-            current_lsn: if in_recovery { 0 } else { 100 },
-            received_lsn: 100,
-            replay_lsn: 100,
-            data_dir: if in_recovery { DataDir::Standby } else { DataDir::Primary },
-            streaming: in_recovery,
-            ..Default::default()
-        },
-        epoch_seen: 1,
+    if in_recovery {
+        standby_r(name, 100)
+    } else {
+        primary_r(name, 100)
     }
 }
 
