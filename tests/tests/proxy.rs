@@ -196,7 +196,12 @@ async fn paused_replay_leaves_the_ro_pool_and_noloadbalance_never_joins() -> any
     let standby = t.other_pg_members(&primary).into_iter().find(|m| *m != tagged).expect("an untagged standby");
     let via = primary.clone();
     let (_, ro) = ports(&t, &via);
-    let s = wait_proxy(&t, &via, "pooling the untagged standby", CONVERGE, |s| pool(s) == [standby.clone()]).await?;
+    // The tagged standby's report may reach the coordinator after the untagged one's: wait for
+    // both (a tagged standby that joined the pool, or never shows as tagged, fails here).
+    let s = wait_proxy(&t, &via, "pooling the untagged standby, not the tagged one", CONVERGE, |s| {
+        pool(s) == [standby.clone()] && s["ro_out"][&tagged] == "noloadbalance"
+    })
+    .await?;
     assert_eq!(s["ro_out"][&tagged], "noloadbalance", "{s}");
 
     // Held sessions: every one on the untagged standby, none on the tagged one.

@@ -25,12 +25,13 @@ async fn sighup_applies_tags_and_log_level_and_refuses_a_broken_file() -> anyhow
     let log = t.spec().state_dir(&member).join("pgvigil.log");
     let config = t.spec().config_path(&member);
     let original = std::fs::read_to_string(&config)?;
-    assert!(original.contains("[tags]\nnofailover = false\npriority = 0\n"), "{original}");
+    assert!(original.contains("\nnofailover = false\n") && original.contains("\npriority = 0\n"), "{original}");
     assert_eq!(member_tags(&t, &primary, &member).await?, (false, 0));
 
     // Tags and log level reload; the synchronous node count needs a restart.
     let changed = original
-        .replace("[tags]\nnofailover = false\npriority = 0\n", "[tags]\nnofailover = true\npriority = 7\n")
+        .replace("\nnofailover = false\n", "\nnofailover = true\n")
+        .replace("\npriority = 0\n", "\npriority = 7\n")
         .replace("level = \"info\"", "level = \"debug\"")
         .replace("[replication]\n", "[replication]\nsynchronous_node_count = 2\n");
     std::fs::write(&config, &changed)?;
