@@ -73,63 +73,6 @@ pub struct Config {
     pub proxy: Option<ProxyConfig>,
 }
 
-/// The `[proxy]` table: a read-write and a read-only port routed by what this member knows.
-#[derive(Debug, Clone, Deserialize, Serialize)]
-#[serde(deny_unknown_fields)]
-pub struct ProxyConfig {
-    /// The IP address both ports listen on.
-    pub listen_address: String,
-    /// Reaches the primary, while it holds its lease.
-    pub rw_port: u16,
-    /// Reaches the standbys within the lag bounds.
-    pub ro_port: u16,
-    /// How long a new read-write session waits for a primary that may write.
-    #[serde(default, deserialize_with = "duration_opt")]
-    pub hold_timeout: Option<Duration>,
-    /// Read-only: a standby further behind the primary (bytes of WAL replayed) leaves the pool.
-    #[serde(default = "default_max_lag_bytes")]
-    pub max_lag_bytes: u64,
-    /// Read-only: a standby whose replay position the primary passed longer ago leaves the pool.
-    #[serde(default, deserialize_with = "duration_opt")]
-    pub max_lag_time: Option<Duration>,
-    /// Read-only sessions when no standby qualifies: to the primary, or refused.
-    #[serde(default)]
-    pub no_standby: NoStandbyConfig,
-    /// Both legs of every session: TCP_USER_TIMEOUT and keepalives that give up after this.
-    #[serde(default, deserialize_with = "duration_opt")]
-    pub dead_peer_timeout: Option<Duration>,
-    /// How long connecting to a backend may take.
-    #[serde(default, deserialize_with = "duration_opt")]
-    pub connect_timeout: Option<Duration>,
-}
-
-#[derive(Debug, Clone, Copy, Default, PartialEq, Eq, Deserialize, Serialize)]
-#[serde(rename_all = "kebab-case")]
-pub enum NoStandbyConfig {
-    #[default]
-    Primary,
-    Refuse,
-}
-
-fn default_max_lag_bytes() -> u64 {
-    16 << 20
-}
-
-impl ProxyConfig {
-    pub fn hold_timeout(&self) -> Duration {
-        self.hold_timeout.unwrap_or(Duration::from_secs(30))
-    }
-    pub fn max_lag_time(&self) -> Duration {
-        self.max_lag_time.unwrap_or(Duration::from_secs(10))
-    }
-    pub fn dead_peer_timeout(&self) -> Duration {
-        self.dead_peer_timeout.unwrap_or(Duration::from_secs(10))
-    }
-    pub fn connect_timeout(&self) -> Duration {
-        self.connect_timeout.unwrap_or(Duration::from_secs(2))
-    }
-}
-
 /// The `[stop]` table.
 #[derive(Debug, Clone, Deserialize, Serialize, Default)]
 #[serde(deny_unknown_fields)]
@@ -592,35 +535,6 @@ fn hook_program(key: &str, hook: &HookCommand) -> Result<(), ConfigError> {
 /// (`info`) or `target=level` (`pgvigil=debug`), targets made of letters, digits, `_`, `-` and
 /// `::`. tracing itself takes any word for a target (`verbose!!` would enable only that target,
 /// so nothing would be logged); a span filter (`[...]`) is left to tracing.
-fn check_proxy(p: &ProxyConfig) -> Result<(), ConfigError> {
-    if p.listen_address.parse::<std::net::IpAddr>().is_err() {
-        return Err(bad("proxy.listen_address", format!("{:?} is not an IP address", p.listen_address)));
-    }
-    if p.rw_port == 0 {
-        return Err(bad("proxy.rw_port", "must not be 0"));
-    }
-    if p.ro_port == 0 {
-        return Err(bad("proxy.ro_port", "must not be 0"));
-    }
-    if p.rw_port == p.ro_port {
-        return Err(bad("proxy.ro_port", format!("{} is also proxy.rw_port", p.ro_port)));
-    }
-    for (key, d) in [
-        ("proxy.hold_timeout", p.hold_timeout),
-        ("proxy.max_lag_time", p.max_lag_time),
-        ("proxy.dead_peer_timeout", p.dead_peer_timeout),
-        ("proxy.connect_timeout", p.connect_timeout),
-    ] {
-        if d.is_some_and(|d| d.is_zero() || d > vigil_core::MAX_TIMING) {
-            return Err(bad(key, format!("must be more than 0 and at most {:?}", vigil_core::MAX_TIMING)));
-        }
-    }
-    if p.dead_peer_timeout.is_some_and(|d| d < Duration::from_secs(1)) {
-        return Err(bad("proxy.dead_peer_timeout", "must be at least 1s (keepalives are counted in seconds)"));
-    }
-    Ok(())
-}
-
 fn check_log_level(level: &str) -> Result<(), ConfigError> {
     const LEVELS: &[&str] = &["trace", "debug", "info", "warn", "error", "off"];
     let is_level = |s: &str| LEVELS.contains(&s.trim().to_ascii_lowercase().as_str());
@@ -764,7 +678,7 @@ pub fn check(raw: Config) -> Result<Settings, ConfigError> {
     }
     check_log_level(&raw.log.level)?;
     if let Some(proxy) = &raw.proxy {
-        check_proxy(proxy)?;
+        proxy::check(proxy)?;
     }
     let api_token = match &raw.api {
         None => None,
@@ -871,6 +785,10 @@ pub use parse::{parse, CLI_VARIABLES, ENV_BOOL_KEYS, ENV_INTEGER_KEYS};
 #[path = "config_backup.rs"]
 mod backup;
 pub use backup::{BackupConfig, BackupSettings, ScheduleConfig, DEFAULT_ARCHIVE_TIMEOUT, DEFAULT_BACKUP_TIMEOUT};
+
+#[path = "config_proxy.rs"]
+mod proxy;
+pub use proxy::{NoStandbyConfig, ProxyConfig};
 
 #[path = "config_peer_auth.rs"]
 mod peer_auth;

@@ -1,0 +1,93 @@
+//! The `[proxy]` table: the routing proxy's ports, how long a new read-write session may be
+//! held, the read-only pool's lag bounds, and the sockets' timeouts (`crate::proxy`).
+
+use super::{bad, duration_opt, ConfigError};
+use serde::{Deserialize, Serialize};
+use std::time::Duration;
+
+/// The `[proxy]` table: a read-write and a read-only port routed by what this member knows.
+#[derive(Debug, Clone, Deserialize, Serialize)]
+#[serde(deny_unknown_fields)]
+pub struct ProxyConfig {
+    /// The IP address both ports listen on.
+    pub listen_address: String,
+    /// Reaches the primary, while it holds its lease.
+    pub rw_port: u16,
+    /// Reaches the standbys within the lag bounds.
+    pub ro_port: u16,
+    /// How long a new read-write session waits for a primary that may write.
+    #[serde(default, deserialize_with = "duration_opt")]
+    pub hold_timeout: Option<Duration>,
+    /// Read-only: a standby further behind the primary (bytes of WAL replayed) leaves the pool.
+    #[serde(default = "default_max_lag_bytes")]
+    pub max_lag_bytes: u64,
+    /// Read-only: a standby whose replay position the primary passed longer ago leaves the pool.
+    #[serde(default, deserialize_with = "duration_opt")]
+    pub max_lag_time: Option<Duration>,
+    /// Read-only sessions when no standby qualifies: to the primary, or refused.
+    #[serde(default)]
+    pub no_standby: NoStandbyConfig,
+    /// Both legs of every session: TCP_USER_TIMEOUT and keepalives that give up after this.
+    #[serde(default, deserialize_with = "duration_opt")]
+    pub dead_peer_timeout: Option<Duration>,
+    /// How long connecting to a backend may take.
+    #[serde(default, deserialize_with = "duration_opt")]
+    pub connect_timeout: Option<Duration>,
+}
+
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq, Deserialize, Serialize)]
+#[serde(rename_all = "kebab-case")]
+pub enum NoStandbyConfig {
+    #[default]
+    Primary,
+    Refuse,
+}
+
+fn default_max_lag_bytes() -> u64 {
+    16 << 20
+}
+
+impl ProxyConfig {
+    pub fn hold_timeout(&self) -> Duration {
+        self.hold_timeout.unwrap_or(Duration::from_secs(30))
+    }
+    pub fn max_lag_time(&self) -> Duration {
+        self.max_lag_time.unwrap_or(Duration::from_secs(10))
+    }
+    pub fn dead_peer_timeout(&self) -> Duration {
+        self.dead_peer_timeout.unwrap_or(Duration::from_secs(10))
+    }
+    pub fn connect_timeout(&self) -> Duration {
+        self.connect_timeout.unwrap_or(Duration::from_secs(2))
+    }
+}
+
+/// The `[proxy]` table's values, each refused naming its key.
+pub(super) fn check(p: &ProxyConfig) -> Result<(), ConfigError> {
+    if p.listen_address.parse::<std::net::IpAddr>().is_err() {
+        return Err(bad("proxy.listen_address", format!("{:?} is not an IP address", p.listen_address)));
+    }
+    if p.rw_port == 0 {
+        return Err(bad("proxy.rw_port", "must not be 0"));
+    }
+    if p.ro_port == 0 {
+        return Err(bad("proxy.ro_port", "must not be 0"));
+    }
+    if p.rw_port == p.ro_port {
+        return Err(bad("proxy.ro_port", format!("{} is also proxy.rw_port", p.ro_port)));
+    }
+    for (key, d) in [
+        ("proxy.hold_timeout", p.hold_timeout),
+        ("proxy.max_lag_time", p.max_lag_time),
+        ("proxy.dead_peer_timeout", p.dead_peer_timeout),
+        ("proxy.connect_timeout", p.connect_timeout),
+    ] {
+        if d.is_some_and(|d| d.is_zero() || d > vigil_core::MAX_TIMING) {
+            return Err(bad(key, format!("must be more than 0 and at most {:?}", vigil_core::MAX_TIMING)));
+        }
+    }
+    if p.dead_peer_timeout.is_some_and(|d| d < Duration::from_secs(1)) {
+        return Err(bad("proxy.dead_peer_timeout", "must be at least 1s (keepalives are counted in seconds)"));
+    }
+    Ok(())
+}
