@@ -6,6 +6,7 @@
 //!   run SQL against a member; everything is stopped and removed on drop, also on failure.
 //! - [`pgvigil_bin`]: where the daemon binary is (built by `cargo build --workspace`).
 //! - HTTP helpers on [`TestCluster`]: ask a member's API, wait for an answer, run the CLI.
+//! - [`backup`]: `[backup]` with a repository in the test's directory, its archive, recorded backups.
 //! - [`certs`]: a CA and certificates made at test time, for clusters with TLS
 //!   ([`TestCluster::prepare_tls`]).
 //!
@@ -25,6 +26,7 @@
 //! [`fuzz`]: the daemon's parsers of untrusted input (config, API bodies, peer messages, committed
 //! commands) fed random and mutated inputs; property tests here, a bounded run in `bench fuzz`.
 
+pub mod backup;
 pub mod certs;
 pub mod compose;
 pub mod compose_bench;

@@ -5,122 +5,12 @@
 //! outlives its daemon refused by the archive.
 
 use anyhow::Context;
-use serde_json::Value;
-use std::path::{Path, PathBuf};
 use std::time::{Duration, Instant};
 use vigil_core::EventKind;
+use vigil_tests::backup::{
+    archiver, backups, in_archive, records, repo, switch_wal, wait_backup, wait_until, with_backup, CONVERGE,
+};
 use vigil_tests::{new_primary_writable, pgvigil_bin, settled, ClusterSpec, TestCluster};
-
-const CONVERGE: Duration = Duration::from_secs(90);
-
-fn repo(spec: &ClusterSpec) -> PathBuf {
-    spec.dir.join("repo")
-}
-
-/// Every member's `[backup]`: a posix repository shared through the test's directory.
-fn with_backup(spec: &mut ClusterSpec, extra: &[&str]) {
-    spec.backup = vec![
-        "stanza = \"main\"".into(),
-        format!("repo_path = {:?}", repo(spec).display().to_string()),
-        "archive_timeout = \"30s\"".into(),
-        "timeout = \"5m\"".into(),
-    ];
-    spec.backup.extend(extra.iter().map(|s| s.to_string()));
-}
-
-async fn wait_until<F, Fut>(what: &str, timeout: Duration, mut check: F) -> anyhow::Result<()>
-where
-    F: FnMut() -> Fut,
-    Fut: std::future::Future<Output = anyhow::Result<bool>>,
-{
-    let deadline = Instant::now() + timeout;
-    let mut last = None;
-    loop {
-        match check().await {
-            Ok(true) => return Ok(()),
-            Ok(false) => {}
-            Err(e) => last = Some(e),
-        }
-        if Instant::now() >= deadline {
-            anyhow::bail!("{what}: not within {timeout:?} (last error: {last:?})");
-        }
-        tokio::time::sleep(Duration::from_millis(200)).await;
-    }
-}
-
-/// The WAL files (pgBackRest's names: `<segment>-<sha1>[.gz]`, `<segment>.partial-...`) in the
-/// repository's archive.
-fn archived_files(repo: &Path) -> Vec<String> {
-    let mut out = Vec::new();
-    let mut stack = vec![repo.join("archive")];
-    while let Some(dir) = stack.pop() {
-        for e in std::fs::read_dir(&dir).into_iter().flatten().flatten() {
-            let p = e.path();
-            if p.is_dir() {
-                stack.push(p);
-            } else if let Some(n) = p.file_name().and_then(|n| n.to_str()) {
-                out.push(n.to_string());
-            }
-        }
-    }
-    out
-}
-
-fn in_archive(repo: &Path, segment: &str) -> bool {
-    archived_files(repo).iter().any(|f| f.starts_with(&format!("{segment}-")))
-}
-
-/// Close the current WAL segment on `member` after a write; its name.
-async fn switch_wal(t: &TestCluster, member: &str) -> anyhow::Result<String> {
-    let c = t.client(member).await?;
-    let row = c.query_one("SELECT pg_walfile_name(pg_current_wal_lsn())", &[]).await?;
-    let segment: String = row.get(0);
-    c.query_one("SELECT pg_switch_wal()::text", &[]).await?;
-    Ok(segment)
-}
-
-async fn archiver(t: &TestCluster, member: &str) -> anyhow::Result<(i64, String, i64, String)> {
-    let c = t.client(member).await?;
-    let r = c
-        .query_one(
-            "SELECT archived_count, coalesce(last_archived_wal, ''), failed_count, coalesce(last_failed_wal, '') \
-             FROM pg_stat_archiver",
-            &[],
-        )
-        .await?;
-    Ok((r.get(0), r.get(1), r.get(2), r.get(3)))
-}
-
-async fn backups(t: &TestCluster, member: &str) -> anyhow::Result<Value> {
-    let r = t.get(member, "/backups").await?;
-    anyhow::ensure!(r.status == 200, "GET /backups on {member}: {} {}", r.status, r.text);
-    Ok(r.json)
-}
-
-fn records(b: &Value) -> Vec<Value> {
-    b["backups"].as_array().cloned().unwrap_or_default()
-}
-
-/// Wait for a recorded backup that `pick` accepts.
-async fn wait_backup(
-    t: &TestCluster,
-    member: &str,
-    what: &str,
-    pick: impl Fn(&Value) -> bool,
-) -> anyhow::Result<Value> {
-    let deadline = Instant::now() + CONVERGE;
-    loop {
-        if let Ok(b) = backups(t, member).await {
-            if let Some(r) = records(&b).into_iter().find(|r| pick(r)) {
-                return Ok(r);
-            }
-        }
-        if Instant::now() >= deadline {
-            anyhow::bail!("{what}: not recorded within {CONVERGE:?}: {:?}", backups(t, member).await);
-        }
-        tokio::time::sleep(Duration::from_millis(250)).await;
-    }
-}
 
 fn log_of(t: &TestCluster, member: &str) -> String {
     std::fs::read_to_string(t.spec().state_dir(member).join("postgresql.log")).unwrap_or_default()

@@ -45,7 +45,12 @@ pub async fn run_witness(shared: Arc<Shared>, shutdown: CancellationToken) -> an
 }
 
 pub(crate) fn pg_settings(shared: &Shared) -> anyhow::Result<PgSettings> {
-    let s = &shared.settings;
+    pg_settings_of(&shared.settings)
+}
+
+/// This member's PostgreSQL settings from its configuration (also for `pgvigil restore`, which
+/// runs without a daemon).
+pub(crate) fn pg_settings_of(s: &crate::config::Settings) -> anyhow::Result<PgSettings> {
     let pg = s.raw.postgres.as_ref().context("config key `postgres`: missing")?;
     let run_as = if nix::unistd::geteuid().is_root() {
         let user = pg.run_as.as_deref().unwrap_or("postgres");

@@ -62,6 +62,10 @@ enum Cmd {
     Backup(pgvigil::backup::cli::BackupArgs),
     /// The backups the cluster recorded (and the running one).
     Backups(cli::ApiArgs),
+    /// Bootstrap a new cluster's data directory from another cluster's stanza (to the end of its
+    /// archive, or --time, --lsn, --name). Run before the member's daemon first starts; the new
+    /// cluster archives into its own stanza. An existing data directory is moved aside.
+    Restore(pgvigil::backup::restore::RestoreArgs),
     /// Internal: PostgreSQL's archive_command when [backup] is on. Pushes the WAL file with
     /// pgBackRest only while the local daemon says this member is the primary holding its lease.
     #[command(hide = true)]
@@ -110,7 +114,14 @@ fn main() -> ExitCode {
     }
     // While this is the only thread: PostgreSQL and hooks must not see these.
     notify::take_environment();
-    let cli = Cli::parse();
+    // A bad command line is a usage error (64), like a bad config; help and --version exit 0.
+    let cli = match Cli::try_parse() {
+        Ok(cli) => cli,
+        Err(e) => {
+            let _ = e.print();
+            return if e.use_stderr() { ExitCode::from(EXIT_CONFIG) } else { ExitCode::SUCCESS };
+        }
+    };
     // The archive command runs no async runtime either: one question, one push.
     if let Cmd::ArchivePush(args) = &cli.cmd {
         return ExitCode::from(pgvigil::backup::archive::archive_push(args));
@@ -203,6 +214,10 @@ fn main() -> ExitCode {
         Cmd::Reinit(args) => runtime.block_on(report(cli::reinit(args))),
         Cmd::Backup(args) => runtime.block_on(report(pgvigil::backup::cli::backup(args))),
         Cmd::Backups(args) => runtime.block_on(report(pgvigil::backup::cli::backups(args))),
+        Cmd::Restore(args) => {
+            logging::init(&config::LogConfig { level: "warn".into(), ..Default::default() });
+            runtime.block_on(report(pgvigil::backup::restore::restore(args)))
+        }
         Cmd::Keeper { .. } | Cmd::ArchivePush(_) => unreachable!("handled before the runtime starts"),
     }
 }
@@ -213,7 +228,9 @@ async fn report(verb: impl std::future::Future<Output = anyhow::Result<()>>) -> 
         Ok(()) => ExitCode::SUCCESS,
         Err(e) => {
             eprintln!("pgvigil: {e:#}");
-            if e.downcast_ref::<config::ConfigError>().is_some() {
+            if e.downcast_ref::<config::ConfigError>().is_some()
+                || e.downcast_ref::<pgvigil::backup::restore::UsageError>().is_some()
+            {
                 ExitCode::from(EXIT_CONFIG)
             } else {
                 ExitCode::FAILURE

@@ -8,11 +8,15 @@
 //! - [`api`]: `POST /backup`, `GET /backups`, and the members' reports, carried out by the
 //!   coordinator.
 //! - [`cli`]: `pgvigil backup`, `pgvigil backups`.
+//! - [`recovery`]: restoring a backup into a directory and recovering it once (archiving off).
+//! - [`restore`]: `pgvigil restore`, a new cluster from another's stanza, to a point in time.
 
 pub mod api;
 pub mod archive;
 pub mod cli;
 pub mod pgbackrest;
+pub mod recovery;
+pub mod restore;
 mod runner;
 
 use crate::config::Settings;

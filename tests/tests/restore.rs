@@ -1,0 +1,170 @@
+//! `pgvigil restore` on real clusters with real pgBackRest (Debian's 2.45): a point-in-time
+//! restore of one cluster's stanza bootstraps a new cluster, which has the rows committed before
+//! the target and none after, streams to its standbys and archives into its own stanza, while the
+//! source's archive stays exactly as it was; bad command lines exit 64.
+
+use anyhow::Context;
+use std::path::Path;
+use std::time::{Duration, Instant};
+use vigil_tests::backup::{in_archive, repo, switch_wal, wait_until, with_backup, CONVERGE};
+use vigil_tests::{settled, TestCluster};
+
+/// Every file under `dir` with its size and modification time.
+fn listing(dir: &Path) -> Vec<(String, u64, std::time::SystemTime)> {
+    let mut out = Vec::new();
+    let mut stack = vec![dir.to_path_buf()];
+    while let Some(d) = stack.pop() {
+        for e in std::fs::read_dir(&d).into_iter().flatten().flatten() {
+            let p = e.path();
+            let Ok(m) = std::fs::symlink_metadata(&p) else { continue };
+            if m.is_dir() {
+                stack.push(p);
+            } else {
+                out.push((p.display().to_string(), m.len(), m.modified().unwrap_or(std::time::UNIX_EPOCH)));
+            }
+        }
+    }
+    out.sort();
+    out
+}
+
+async fn max_id(t: &TestCluster, member: &str) -> anyhow::Result<(i64, i64)> {
+    let c = t.client(member).await?;
+    let r = c.query_one("SELECT count(*), coalesce(max(id), 0)::bigint FROM items", &[]).await?;
+    Ok((r.get(0), r.get(1)))
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_point_in_time_restore_bootstraps_a_new_cluster_and_leaves_the_source_archive_alone() -> anyhow::Result<()> {
+    let mut src = TestCluster::prepare(2, 1, |s| with_backup(s, &[]))?;
+    src.cluster.start_all()?;
+    src.wait_for("a settled cluster with its stanza", CONVERGE, |v| {
+        settled(v) && v.state.backup.stanza_ready.is_some()
+    })
+    .await?;
+    let p = src.primary().await?;
+    let shared_repo = repo(src.spec());
+
+    // Rows 1..100, a full backup, rows 101..200, the target time, rows 201..300.
+    src.execute(&p, "CREATE TABLE items (id int primary key); INSERT INTO items SELECT generate_series(1, 100)")
+        .await?;
+    let config = src.spec().config_path(&p).display().to_string();
+    let out = src.cli(&["backup", "--type", "full", "--config", &config], "").await?;
+    anyhow::ensure!(out.status.success(), "pgvigil backup: {}", String::from_utf8_lossy(&out.stderr));
+    src.execute(&p, "INSERT INTO items SELECT generate_series(101, 200)").await?;
+    let c = src.client(&p).await?;
+    let target: String = c
+        .query_one("SELECT to_char(clock_timestamp() AT TIME ZONE 'UTC', 'YYYY-MM-DD HH24:MI:SS.US') || '+00'", &[])
+        .await?
+        .get(0);
+    wait_until("the primary's clock past the target", Duration::from_secs(5), || {
+        let (c, target) = (&c, target.clone());
+        async move {
+            Ok(c.query_one("SELECT clock_timestamp() > $1::text::timestamptz + interval '20 ms'", &[&target])
+                .await?
+                .get(0))
+        }
+    })
+    .await?;
+    src.execute(&p, "INSERT INTO items SELECT generate_series(201, 300)").await?;
+    let segment = switch_wal(&src, &p).await?;
+    wait_until("the segment after the target in the archive", CONVERGE, || {
+        let (r, s) = (shared_repo.clone(), segment.clone());
+        async move { Ok(in_archive(&r, &s)) }
+    })
+    .await?;
+    drop(c);
+    src.cluster.stop_all(Duration::from_secs(30));
+    let source_archive = shared_repo.join("archive").join("main");
+    let before = listing(&source_archive);
+    anyhow::ensure!(!before.is_empty(), "the source archive has files");
+
+    // The new cluster: stanza "restored" in the same repository.
+    let mut dst = TestCluster::prepare(2, 1, |s| {
+        s.backup = vec![
+            "stanza = \"restored\"".into(),
+            format!("repo_path = {:?}", shared_repo.display().to_string()),
+            "archive_timeout = \"30s\"".into(),
+            "timeout = \"5m\"".into(),
+        ];
+    })?;
+    let first = dst.spec().members[0].name.clone();
+    let dst_config = dst.spec().config_path(&first).display().to_string();
+    let data_dir = dst.spec().data_dir(&first);
+    // Something in the data directory already: it is moved aside, not deleted.
+    std::fs::create_dir_all(&data_dir)?;
+    std::fs::write(data_dir.join("keep-me"), b"not a cluster")?;
+
+    // Bad command lines: exit 64 with a message naming the problem.
+    for (args, says) in [
+        (vec!["--from-stanza", "main", "--time", &target, "--lsn", "0/1"], "at most one"),
+        (vec!["--from-stanza", "main", "--time", "yesterday"], "--time"),
+        (vec!["--from-stanza", "main", "--lsn", "12345"], "--lsn"),
+        (vec!["--from-stanza", "restored"], "archive into the source's stanza"),
+        (vec!["--from-stanza", "a b"], "--from-stanza"),
+        (vec!["--from-stanza", "main", "--frobnicate"], "--frobnicate"),
+    ] {
+        let mut all = vec!["restore", "--config", &dst_config];
+        all.extend(args.iter().copied());
+        let out = dst.cli(&all, "").await?;
+        let stderr = String::from_utf8_lossy(&out.stderr);
+        assert_eq!(out.status.code(), Some(64), "{args:?}: {stderr}");
+        assert!(stderr.contains(says), "{args:?}: stderr should say {says:?}: {stderr}");
+    }
+    assert!(data_dir.join("keep-me").exists(), "a refused restore touches nothing");
+
+    let started = Instant::now();
+    let out = dst.cli(&["restore", "--config", &dst_config, "--from-stanza", "main", "--time", &target], "").await?;
+    let stdout = String::from_utf8_lossy(&out.stdout).to_string();
+    assert!(out.status.success(), "pgvigil restore: {stdout} {}", String::from_utf8_lossy(&out.stderr));
+    println!("restore to {target}: {stdout} (CLI {:.1} s)", started.elapsed().as_secs_f64());
+    assert!(stdout.contains("restored stanza main"), "{stdout}");
+    let parent = data_dir.parent().context("parent")?;
+    let name = data_dir.file_name().context("name")?.to_string_lossy().to_string();
+    let moved: Vec<_> = std::fs::read_dir(parent)?
+        .flatten()
+        .filter(|e| e.file_name().to_string_lossy().starts_with(&format!("{name}.old-")))
+        .collect();
+    assert_eq!(moved.len(), 1, "the old data directory moved aside");
+    assert!(moved[0].path().join("keep-me").exists());
+    let auto = std::fs::read_to_string(data_dir.join("postgresql.auto.conf"))?;
+    assert!(!auto.contains("recovery_target") && !auto.contains("restore_command"), "{auto}");
+
+    // The new cluster bootstraps from the restored directory.
+    dst.cluster.start_all()?;
+    let v = dst
+        .wait_for("the new cluster settled with its stanza", CONVERGE, |v| {
+            settled(v) && v.state.backup.stanza_ready.is_some()
+        })
+        .await?;
+    assert_eq!(v.state.primary.as_deref(), Some(first.as_str()), "the member with the restored data is the primary");
+    assert_eq!(max_id(&dst, &first).await?, (200, 200), "rows before the target, none after");
+    for s in dst.other_pg_members(&first) {
+        dst.wait_rows(&s, "items", 200, Duration::from_secs(60)).await?;
+    }
+    // It writes, and archives into its own stanza.
+    dst.execute(&first, "INSERT INTO items SELECT generate_series(1001, 1100)").await?;
+    let segment = switch_wal(&dst, &first).await?;
+    let own = shared_repo.join("archive").join("restored");
+    wait_until("the new cluster's segment in its own stanza", CONVERGE, || {
+        let (own, s) = (own.clone(), segment.clone());
+        async move {
+            let names = listing(&own);
+            Ok(names.iter().any(|(p, _, _)| p.rsplit('/').next().is_some_and(|n| n.starts_with(&format!("{s}-")))))
+        }
+    })
+    .await?;
+
+    // The source's archive: not one file added, changed or removed.
+    let after = listing(&source_archive);
+    assert_eq!(before, after, "the source's archive is untouched");
+
+    // A second restore into the new cluster's stanza, now in use, is refused.
+    let second = dst.spec().members[1].name.clone();
+    let second_config = dst.spec().config_path(&second).display().to_string();
+    let out = dst.cli(&["restore", "--config", &second_config, "--from-stanza", "main"], "").await?;
+    let stderr = String::from_utf8_lossy(&out.stderr);
+    assert_eq!(out.status.code(), Some(64), "{stderr}");
+    assert!(stderr.contains("expected an empty archive"), "{stderr}");
+    Ok(())
+}
