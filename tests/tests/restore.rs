@@ -1,12 +1,15 @@
 //! `pgvigil restore` on real clusters with real pgBackRest (Debian's 2.45): a point-in-time
 //! restore of one cluster's stanza bootstraps a new cluster, which has the rows committed before
 //! the target and none after, streams to its standbys and archives into its own stanza, while the
-//! source's archive stays exactly as it was; bad command lines exit 64.
+//! source's archive stays exactly as it was; bad command lines exit 64. The scheduled
+//! verification (the proof of restorability) records a success, then a failure once a backup
+//! file in the repository was damaged on purpose, and the metrics show both.
 
 use anyhow::Context;
+use serde_json::Value;
 use std::path::Path;
 use std::time::{Duration, Instant};
-use vigil_tests::backup::{in_archive, repo, switch_wal, wait_until, with_backup, CONVERGE};
+use vigil_tests::backup::{backups, in_archive, repo, switch_wal, wait_until, with_backup, CONVERGE};
 use vigil_tests::{settled, TestCluster};
 
 /// Every file under `dir` with its size and modification time.
@@ -166,5 +169,108 @@ async fn a_point_in_time_restore_bootstraps_a_new_cluster_and_leaves_the_source_
     let stderr = String::from_utf8_lossy(&out.stderr);
     assert_eq!(out.status.code(), Some(64), "{stderr}");
     assert!(stderr.contains("expected an empty archive"), "{stderr}");
+    Ok(())
+}
+
+fn verifications(b: &Value) -> Vec<Value> {
+    b["verifications"].as_array().cloned().unwrap_or_default()
+}
+
+/// Wait for a recorded verification that `pick` accepts.
+async fn wait_verification(
+    t: &TestCluster,
+    member: &str,
+    what: &str,
+    pick: impl Fn(&Value) -> bool,
+) -> anyhow::Result<Value> {
+    let deadline = Instant::now() + Duration::from_secs(180);
+    loop {
+        if let Ok(b) = backups(t, member).await {
+            if let Some(v) = verifications(&b).into_iter().find(|v| pick(v)) {
+                return Ok(v);
+            }
+        }
+        if Instant::now() >= deadline {
+            anyhow::bail!("{what}: not recorded within 180 s: {:?}", backups(t, member).await);
+        }
+        tokio::time::sleep(Duration::from_millis(250)).await;
+    }
+}
+
+fn gauge(metrics: &str, name: &str) -> Option<f64> {
+    metrics.lines().find(|l| l.starts_with(&format!("{name} "))).and_then(|l| l.rsplit(' ').next()?.parse().ok())
+}
+
+/// The largest file of a backup's copy of the data directory in the repository.
+fn largest_backup_file(repo: &Path) -> Option<std::path::PathBuf> {
+    let backups = repo.join("backup").join("main");
+    listing(&backups)
+        .into_iter()
+        .filter(|(p, _, _)| p.contains("/pg_data/base/"))
+        .max_by_key(|(_, size, _)| *size)
+        .map(|(p, _, _)| p.into())
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn the_scheduled_verification_records_a_success_and_a_damaged_backup_as_a_failure() -> anyhow::Result<()> {
+    let mut t = TestCluster::prepare(2, 1, |s| with_backup(s, &["schedule.verify = \"*/15 * * * * *\""]))?;
+    t.cluster.start_all()?;
+    t.wait_for("a settled cluster with its stanza", CONVERGE, |v| settled(v) && v.state.backup.stanza_ready.is_some())
+        .await?;
+    let p = t.primary().await?;
+    let standby = t.other_pg_members(&p).into_iter().next().context("a standby")?;
+    t.execute(&p, "CREATE TABLE items (id int primary key); INSERT INTO items SELECT generate_series(1, 10000)")
+        .await?;
+    let config = t.spec().config_path(&p).display().to_string();
+    let out = t.cli(&["backup", "--type", "full", "--config", &config], "").await?;
+    anyhow::ensure!(out.status.success(), "pgvigil backup: {}", String::from_utf8_lossy(&out.stderr));
+
+    // A scheduled verification on the standby passes, with its duration, in the history.
+    let ok = wait_verification(&t, &p, "a passed verification", |v| v["outcome"]["error"].is_null()).await?;
+    println!("verification: {ok}");
+    assert_eq!(ok["member"], standby.as_str(), "{ok}");
+    assert_eq!(ok["reason"], "scheduled", "{ok}");
+    assert!(ok["duration_ms"].as_u64() > Some(0), "{ok}");
+    assert!(ok["outcome"]["label"].is_string(), "{ok}");
+    let history = t.view().await?.state.history;
+    assert!(history.iter().any(|e| e.detail.contains(&format!("verification {} passed on {standby}", ok["id"]))));
+    let metrics = t.get(&p, "/metrics").await?.text;
+    assert_eq!(gauge(&metrics, "pgvigil_backup_verify_last_success"), Some(1.0), "{metrics}");
+    assert!(gauge(&metrics, "pgvigil_backup_verify_last_timestamp_seconds").is_some_and(|s| s > 0.0));
+    // The scratch copy is gone once no verification runs (only it: the standby's own data stays).
+    let scratch = t.spec().state_dir(&standby).join("pgbackrest").join("verify-scratch");
+    wait_until("no verification running and no scratch copy", Duration::from_secs(60), || {
+        let (t, p, scratch) = (&t, p.clone(), scratch.clone());
+        async move { Ok(backups(t, &p).await?["verifying"].is_null() && !scratch.exists()) }
+    })
+    .await?;
+    assert!(t.spec().data_dir(&standby).join("PG_VERSION").exists());
+    // On request too, through the command line (retried while a scheduled one runs).
+    let deadline = Instant::now() + Duration::from_secs(120);
+    let out = loop {
+        let out = t.cli(&["verify-backup", "--config", &config], "").await?;
+        let stderr = String::from_utf8_lossy(&out.stderr).to_string();
+        if !stderr.contains("is running") || Instant::now() >= deadline {
+            break out;
+        }
+        tokio::time::sleep(Duration::from_millis(300)).await;
+    };
+    let stdout = String::from_utf8_lossy(&out.stdout);
+    assert!(out.status.success(), "pgvigil verify-backup: {stdout} {}", String::from_utf8_lossy(&out.stderr));
+    assert!(stdout.contains("passed on"), "{stdout}");
+    println!("{stdout}");
+
+    // Damage the backup: the next verification fails, and says so.
+    let victim = largest_backup_file(&repo(t.spec())).context("a backup file")?;
+    let len = std::fs::metadata(&victim)?.len() as usize;
+    std::fs::write(&victim, vec![0x5a_u8; len.max(64)])?;
+    let last_ok = ok["id"].as_u64().context("id")?;
+    let failed = wait_verification(&t, &p, "a failed verification", |v| {
+        v["id"].as_u64() > Some(last_ok) && !v["outcome"]["error"].is_null()
+    })
+    .await?;
+    println!("after damaging {}: {failed}", victim.display());
+    let metrics = t.get(&p, "/metrics").await?.text;
+    assert_eq!(gauge(&metrics, "pgvigil_backup_verify_last_success"), Some(0.0), "{metrics}");
     Ok(())
 }

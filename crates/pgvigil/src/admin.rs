@@ -26,9 +26,11 @@ pub enum Action {
     Backup,
     /// A member's report of its backup stanza or of a backup's end (never from HTTP).
     BackupReport,
+    /// `POST /backup/verify`.
+    BackupVerify,
 }
 
-const ACTIONS: [Action; 9] = [
+const ACTIONS: [Action; 10] = [
     Action::Pause,
     Action::Resume,
     Action::Switchover,
@@ -38,6 +40,7 @@ const ACTIONS: [Action; 9] = [
     Action::CancelSwitchover,
     Action::Backup,
     Action::BackupReport,
+    Action::BackupVerify,
 ];
 
 impl Action {
@@ -52,6 +55,7 @@ impl Action {
             Action::CancelSwitchover => "cancel_switchover",
             Action::Backup => "backup",
             Action::BackupReport => "backup_report",
+            Action::BackupVerify => "backup_verify",
         }
     }
 
@@ -64,7 +68,7 @@ impl Action {
     }
 
     fn is_backup(self) -> bool {
-        matches!(self, Action::Backup | Action::BackupReport)
+        matches!(self, Action::Backup | Action::BackupReport | Action::BackupVerify)
     }
 }
 

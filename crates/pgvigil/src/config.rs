@@ -784,7 +784,10 @@ pub use parse::{parse, CLI_VARIABLES, ENV_BOOL_KEYS, ENV_INTEGER_KEYS};
 
 #[path = "config_backup.rs"]
 mod backup;
-pub use backup::{BackupConfig, BackupSettings, ScheduleConfig, DEFAULT_ARCHIVE_TIMEOUT, DEFAULT_BACKUP_TIMEOUT};
+pub use backup::{
+    BackupConfig, BackupSettings, ScheduleConfig, DEFAULT_ARCHIVE_TIMEOUT, DEFAULT_BACKUP_TIMEOUT,
+    DEFAULT_VERIFY_TIMEOUT,
+};
 
 #[path = "config_proxy.rs"]
 mod proxy;

@@ -39,6 +39,9 @@ pub struct BackupConfig {
     /// How long one backup may run before it is killed and recorded as failed.
     #[serde(default, deserialize_with = "duration_opt")]
     pub timeout: Option<Duration>,
+    /// How long one verification (restore, recovery, checks, `pgbackrest verify`) may run.
+    #[serde(default, deserialize_with = "duration_opt")]
+    pub verify_timeout: Option<Duration>,
     /// How long one `archive-push` / `archive-get` may take before it is killed (PostgreSQL retries).
     #[serde(default, deserialize_with = "duration_opt")]
     pub archive_timeout: Option<Duration>,
@@ -54,6 +57,10 @@ pub struct ScheduleConfig {
     pub diff: Option<String>,
     #[serde(default)]
     pub incr: Option<String>,
+    /// The proof of restorability: restore the latest backup on a standby's host, recover it,
+    /// query it, `pgbackrest verify` the repository (see ARCHITECTURE.md).
+    #[serde(default)]
+    pub verify: Option<String>,
 }
 
 fn default_retention_full() -> u32 {
@@ -68,6 +75,7 @@ fn default_pgbackrest() -> PathBuf {
 
 pub const DEFAULT_BACKUP_TIMEOUT: Duration = Duration::from_secs(4 * 3600);
 pub const DEFAULT_ARCHIVE_TIMEOUT: Duration = Duration::from_secs(60);
+pub const DEFAULT_VERIFY_TIMEOUT: Duration = Duration::from_secs(2 * 3600);
 
 /// Options pgvigil writes itself (from other keys, or per member): setting them would point a
 /// member at another cluster's data, or break the fencing of archiving.
@@ -89,6 +97,7 @@ pub struct BackupSettings {
     pub policy: Policy,
     pub timeout: Duration,
     pub archive_timeout: Duration,
+    pub verify_timeout: Duration,
 }
 
 pub fn check(cfg: &BackupConfig) -> Result<BackupSettings, ConfigError> {
@@ -154,6 +163,14 @@ pub fn check(cfg: &BackupConfig) -> Result<BackupSettings, ConfigError> {
             schedule.insert(t, cron);
         }
     }
+    let verify = match &cfg.schedule.verify {
+        Some(text) => Some(Cron::parse(text).map_err(|e| bad("backup.schedule.verify", e))?),
+        None => None,
+    };
+    let verify_timeout = cfg.verify_timeout.unwrap_or(DEFAULT_VERIFY_TIMEOUT);
+    if verify_timeout.is_zero() || verify_timeout > Duration::from_secs(7 * 86_400) {
+        return Err(bad("backup.verify_timeout", "must be more than 0 and at most 7 days"));
+    }
     let timeout = cfg.timeout.unwrap_or(DEFAULT_BACKUP_TIMEOUT);
     if timeout.is_zero() || timeout > Duration::from_secs(7 * 86_400) {
         return Err(bad("backup.timeout", "must be more than 0 and at most 7 days"));
@@ -164,6 +181,13 @@ pub fn check(cfg: &BackupConfig) -> Result<BackupSettings, ConfigError> {
     }
     // The coordinator gives up a few minutes after the member's own kill, so that the member's
     // report of the failure (with pgBackRest's error) is the one recorded.
-    let policy = Policy { schedule, timeout_ms: (timeout + Duration::from_secs(300)).as_millis() as u64 };
-    Ok(BackupSettings { raw: cfg.clone(), policy, timeout, archive_timeout })
+    let policy = Policy {
+        schedule,
+        timeout_ms: (timeout + Duration::from_secs(300)).as_millis() as u64,
+        verify: vigil_core::verify::VerifyPolicy {
+            schedule: verify,
+            timeout_ms: (verify_timeout + Duration::from_secs(300)).as_millis() as u64,
+        },
+    };
+    Ok(BackupSettings { raw: cfg.clone(), policy, timeout, archive_timeout, verify_timeout })
 }

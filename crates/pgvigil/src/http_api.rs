@@ -90,6 +90,7 @@ pub fn router(shared: Shr) -> Router {
         .route("/failback", post(|s, h, b| mutate(s, h, b, Action::Failback)))
         .route("/reinit", post(|s, h, b| mutate(s, h, b, Action::Reinit)))
         .route("/backup", post(|s, h, b| mutate(s, h, b, Action::Backup)))
+        .route("/backup/verify", post(|s, h, b| mutate(s, h, b, Action::BackupVerify)))
         .route("/backups", get(backups))
         .fallback(|| async { reply(Answer::from(ApiError::NotFound("no such endpoint".into()))) })
         .with_state(shared)

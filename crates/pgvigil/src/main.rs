@@ -62,6 +62,9 @@ enum Cmd {
     Backup(pgvigil::backup::cli::BackupArgs),
     /// The backups the cluster recorded (and the running one).
     Backups(cli::ApiArgs),
+    /// Verify the latest backup now: restored and recovered on a standby's host, queried, and
+    /// `pgbackrest verify` on the repository; waits for the outcome unless `--no-wait`.
+    VerifyBackup(pgvigil::backup::cli::VerifyArgs),
     /// Bootstrap a new cluster's data directory from another cluster's stanza (to the end of its
     /// archive, or --time, --lsn, --name). Run before the member's daemon first starts; the new
     /// cluster archives into its own stanza. An existing data directory is moved aside.
@@ -214,6 +217,7 @@ fn main() -> ExitCode {
         Cmd::Reinit(args) => runtime.block_on(report(cli::reinit(args))),
         Cmd::Backup(args) => runtime.block_on(report(pgvigil::backup::cli::backup(args))),
         Cmd::Backups(args) => runtime.block_on(report(pgvigil::backup::cli::backups(args))),
+        Cmd::VerifyBackup(args) => runtime.block_on(report(pgvigil::backup::cli::verify(args))),
         Cmd::Restore(args) => {
             logging::init(&config::LogConfig { level: "warn".into(), ..Default::default() });
             runtime.block_on(report(pgvigil::backup::restore::restore(args)))

@@ -127,6 +127,9 @@ pub struct BackupState {
     /// never starts a backup again.
     #[serde(default)]
     pub served_unix_ms: BTreeMap<BackupType, u64>,
+    /// The scheduled verifications of the repository (see [`crate::verify`]).
+    #[serde(default)]
+    pub verify: crate::verify::VerifyState,
 }
 
 #[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
@@ -149,6 +152,8 @@ pub enum BackupRejected {
     NotPrimary { member: String, epoch: u64 },
     /// No such backup runs, or it runs elsewhere now.
     NotAssigned { id: u64, member: String, epoch: u64 },
+    /// A verification command was refused.
+    Verify(crate::verify::VerifyRejected),
 }
 
 impl std::fmt::Display for BackupRejected {
@@ -161,6 +166,7 @@ impl std::fmt::Display for BackupRejected {
             BackupRejected::NotAssigned { id, member, epoch } => {
                 write!(f, "backup {id} is not running on {member} in epoch {epoch}")
             }
+            BackupRejected::Verify(v) => write!(f, "{v}"),
         }
     }
 }
@@ -188,6 +194,24 @@ pub enum BackupCommand {
     Retry { id: u64, from_epoch: u64, member: String, epoch: u64, at_unix_ms: u64 },
     /// Backup `id` ended on `member` in `epoch`, as `outcome` says.
     Finish { id: u64, member: String, epoch: u64, outcome: BackupOutcome, at_unix_ms: u64 },
+    /// Verification `id` of the latest backup starts on `member`, a standby in `epoch`.
+    VerifyStart { id: u64, member: String, epoch: u64, reason: String, at_unix_ms: u64 },
+    /// Verification `id` ended on `member`, as `outcome` says.
+    VerifyFinish { id: u64, member: String, outcome: crate::verify::VerifyOutcome, at_unix_ms: u64 },
+}
+
+impl BackupCommand {
+    /// The wall time the command carries (for its history line).
+    pub fn at_unix_ms(&self) -> u64 {
+        match self {
+            BackupCommand::StanzaReady { at_unix_ms, .. }
+            | BackupCommand::Start { at_unix_ms, .. }
+            | BackupCommand::Retry { at_unix_ms, .. }
+            | BackupCommand::Finish { at_unix_ms, .. }
+            | BackupCommand::VerifyStart { at_unix_ms, .. }
+            | BackupCommand::VerifyFinish { at_unix_ms, .. } => *at_unix_ms,
+        }
+    }
 }
 
 /// What a command did, for the history line (None: nothing to record).
@@ -294,16 +318,26 @@ impl BackupState {
                 }
                 Ok(Some((member.clone(), detail)))
             }
+            BackupCommand::VerifyStart { id, member, epoch: e, reason, at_unix_ms } => {
+                crate::verify::start(self, (*id, member, *e, reason, *at_unix_ms), epoch, primary)
+                    .map(Some)
+                    .map_err(BackupRejected::Verify)
+            }
+            BackupCommand::VerifyFinish { id, member, outcome, at_unix_ms } => {
+                crate::verify::finish(self, *id, member, outcome, *at_unix_ms).map(Some).map_err(BackupRejected::Verify)
+            }
         }
     }
 }
 
 /// The coordinator's backup policy (from its `[backup]` table).
-#[derive(Clone, Debug, PartialEq, Eq)]
+#[derive(Clone, Debug, Default, PartialEq, Eq)]
 pub struct Policy {
     pub schedule: BTreeMap<BackupType, Cron>,
     /// A backup that has not reported after this long is recorded as failed.
     pub timeout_ms: u64,
+    /// The scheduled verification of the repository.
+    pub verify: crate::verify::VerifyPolicy,
 }
 
 /// The cluster's view the decision needs.
@@ -313,12 +347,23 @@ pub struct View<'a> {
     /// A switchover is under way: no new backup starts (the primary is about to stop).
     pub switchover: bool,
     pub backup: &'a BackupState,
+    /// The members whose latest report shows a running standby (where a verification may run).
+    pub standbys: Vec<&'a str>,
 }
 
 /// The backup commands due at wall time `now_ms`: move a backup whose member was deposed to the
 /// new primary, give up on one that overran `timeout_ms`, or start the scheduled backup that is
 /// due (the widest type among those due; it serves the narrower ones' slots too).
 pub fn decide(view: &View, policy: &Policy, now_ms: u64) -> Vec<BackupCommand> {
+    let mut out = decide_backups(view, policy, now_ms);
+    if view.primary.is_some() {
+        let busy = view.switchover || out.iter().any(|c| matches!(c, BackupCommand::Start { .. }));
+        out.extend(crate::verify::decide(view.backup, &policy.verify, view.epoch, &view.standbys, busy, now_ms));
+    }
+    out
+}
+
+fn decide_backups(view: &View, policy: &Policy, now_ms: u64) -> Vec<BackupCommand> {
     let Some(primary) = view.primary else { return vec![] };
     let b = view.backup;
     if let Some(r) = &b.running {

@@ -73,12 +73,12 @@ fn policy() -> Policy {
     schedule.insert(BackupType::Full, cron("0 1 * * 0"));
     schedule.insert(BackupType::Diff, cron("0 1 * * 1-6"));
     schedule.insert(BackupType::Incr, cron("0 */6 * * *"));
-    Policy { schedule, timeout_ms: 3_600_000 }
+    Policy { schedule, timeout_ms: 3_600_000, ..Default::default() }
 }
 
 fn view(b: &BackupState, epoch: u64, primary: &'static str) -> View<'static> {
     // The tests keep their states alive for the call; leak a clone for the 'static view.
-    View { epoch, primary: Some(primary), switchover: false, backup: Box::leak(Box::new(b.clone())) }
+    View { epoch, primary: Some(primary), switchover: false, backup: Box::leak(Box::new(b.clone())), standbys: vec![] }
 }
 
 #[test]

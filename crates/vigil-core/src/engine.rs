@@ -131,6 +131,7 @@ impl Coordinator {
                         primary: state.primary.as_deref(),
                         switchover: state.switchover.is_some(),
                         backup: &state.backup,
+                        standbys: self.running_standbys(now, state),
                     };
                     let backups = crate::backup::decide(&view, policy, wall_ms);
                     out.proposals.extend(backups.into_iter().map(|backup| Command::Backup { backup }));

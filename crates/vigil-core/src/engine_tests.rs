@@ -132,7 +132,7 @@ fn a_blocked_failover_is_noted_once() {
 fn a_tick_of_the_leader_decides_scheduled_backups_too() {
     use crate::backup::{BackupType, Cron, Policy, StanzaReady};
     let hourly = Cron::parse("0 * * * *").expect("cron");
-    let policy = Policy { schedule: [(BackupType::Full, hourly)].into(), timeout_ms: 3_600_000 };
+    let policy = Policy { schedule: [(BackupType::Full, hourly)].into(), timeout_ms: 3_600_000, ..Default::default() };
     let (c, mut s, t0) = cluster("b");
     let mut c = c.with_backups(policy);
     s.backup.stanza_ready = Some(StanzaReady { member: "a".into(), epoch: s.epoch, at_unix_ms: 0 });

@@ -15,6 +15,8 @@
 //!   (inert unless the `planted-bugs` feature is on and a run sets them).
 //! - [`backup`]: backups as cluster decisions: the schedule (cron-like), the replicated record of
 //!   backups, and which backup is due when and on which member.
+//! - [`verify`]: the scheduled proof of restorability (restore the latest backup on a standby's
+//!   host, recover, query, `pgbackrest verify`): when it is due, which standby, its record.
 //! - [`proxy`]: the routing proxy's decisions (read-write fenced by the lease, the read-only pool).
 //! - [`repeats`]: thinning repeated warnings (once, then at most once a minute with a count, and
 //!   once when they stop), for every crate's logs.
@@ -37,6 +39,7 @@ pub mod state;
 pub mod switchover;
 pub mod sync;
 pub mod timing;
+pub mod verify;
 
 pub use agent::{AgentAction, AgentInput, LocalMemory, Upstream};
 pub use coordinator::Coordinator;

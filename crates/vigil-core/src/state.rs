@@ -254,13 +254,7 @@ impl ClusterState {
                 let applied =
                     self.backup.apply(backup, self.epoch, self.primary.as_deref()).map_err(Rejected::Backup)?;
                 if let Some((member, detail)) = applied {
-                    let at = match backup {
-                        BackupCommand::StanzaReady { at_unix_ms, .. }
-                        | BackupCommand::Start { at_unix_ms, .. }
-                        | BackupCommand::Retry { at_unix_ms, .. }
-                        | BackupCommand::Finish { at_unix_ms, .. } => *at_unix_ms,
-                    };
-                    self.record(at, EventKind::Backup, &member, detail);
+                    self.record(backup.at_unix_ms(), EventKind::Backup, &member, detail);
                 }
                 Ok(())
             }

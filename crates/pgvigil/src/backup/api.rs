@@ -32,8 +32,13 @@ pub struct Report {
 }
 
 pub enum Body {
-    Request { kind: BackupType, reason: String },
+    Request {
+        kind: BackupType,
+        reason: String,
+    },
     Report(BackupCommand),
+    /// `POST /backup/verify`: verify the latest backup now, on a running standby.
+    Verify,
 }
 
 pub fn parse(action: &str, body: &[u8]) -> Result<Body, String> {
@@ -41,9 +46,18 @@ pub fn parse(action: &str, body: &[u8]) -> Result<Body, String> {
     if action == "backup_report" {
         let r: Report = serde_json::from_slice(body).map_err(|e| format!("malformed report: {e}"))?;
         return match r.command {
-            c @ (BackupCommand::StanzaReady { .. } | BackupCommand::Finish { .. }) => Ok(Body::Report(c)),
-            _ => Err("a member reports only its stanza or a backup's end".into()),
+            c @ (BackupCommand::StanzaReady { .. }
+            | BackupCommand::Finish { .. }
+            | BackupCommand::VerifyFinish { .. }) => Ok(Body::Report(c)),
+            _ => Err("a member reports only its stanza, a backup's end or a verification's end".into()),
         };
+    }
+    if action == "backup_verify" {
+        let _: serde_json::Map<String, serde_json::Value> = serde_json::from_slice(body)
+            .ok()
+            .filter(|m: &serde_json::Map<String, serde_json::Value>| m.is_empty())
+            .ok_or("malformed body: POST /backup/verify takes no fields")?;
+        return Ok(Body::Verify);
     }
     let b: BackupBody = serde_json::from_slice(body).map_err(|e| format!("malformed body: {e}"))?;
     let kind = match b.kind.as_deref() {
@@ -64,7 +78,54 @@ pub async fn execute(shared: &Shared, body: Body) -> Answer {
     match body {
         Body::Request { kind, reason } => request(shared, kind, reason).await,
         Body::Report(cmd) => report(shared, cmd).await,
+        Body::Verify => verify_request(shared).await,
     }
+}
+
+/// Start a verification of the latest backup on a running standby (chosen as the schedule does).
+async fn verify_request(shared: &Shared) -> Answer {
+    let state = shared.committed();
+    let Some(primary) = state.primary.clone() else {
+        return ApiError::Conflict("the cluster has no primary".into()).into();
+    };
+    let v = &state.backup.verify;
+    if let Some(r) = &v.running {
+        return ApiError::Conflict(format!("verification {} is running on {}", r.id, r.member)).into();
+    }
+    if !state.backup.done.iter().any(|d| d.ok()) {
+        return ApiError::Conflict("no backup to verify yet".into()).into();
+    }
+    let reports = shared.coordinator.reports().await;
+    let standbys: Vec<&str> = reports
+        .iter()
+        .filter(|(name, r)| **name != primary && r.pg.running && r.pg.in_recovery)
+        .map(|(name, _)| name.as_str())
+        .collect();
+    let last = v.done.last().map(|d| d.member.as_str());
+    let Some(member) = vigil_core::verify::choose(&standbys, last).map(str::to_string) else {
+        return ApiError::Conflict("no running standby to verify on".into()).into();
+    };
+    let id = v.last_id + 1;
+    let cmd = Command::Backup {
+        backup: BackupCommand::VerifyStart {
+            id,
+            member: member.clone(),
+            epoch: state.epoch,
+            reason: "manual".into(),
+            at_unix_ms: wall_ms(),
+        },
+    };
+    tracing::warn!(command = ?cmd, "operator request: verify the latest backup");
+    if let Err(e) = shared.propose(&cmd, shared.settings.timings.lease_timeout).await {
+        return ApiError::not_committed(&e).into();
+    }
+    let after = shared.committed();
+    let started = after.backup.verify.running.as_ref().is_some_and(|r| r.id == id)
+        || after.backup.verify.done.iter().any(|d| d.id == id);
+    if !started {
+        return ApiError::Conflict("not started: the cluster changed meanwhile; try again".into()).into();
+    }
+    Answer::ok(202, format!("verification {id} started on {member}")).with("id", id).with("member", member)
 }
 
 async fn request(shared: &Shared, kind: BackupType, reason: String) -> Answer {
@@ -120,6 +181,9 @@ async fn report(shared: &Shared, cmd: BackupCommand) -> Answer {
         BackupCommand::Finish { id, member, .. } => {
             after.backup.done.iter().any(|d| d.id == *id && d.member == *member)
         }
+        BackupCommand::VerifyFinish { id, member, .. } => {
+            after.backup.verify.done.iter().any(|d| d.id == *id && d.member == *member)
+        }
         _ => false,
     };
     if recorded {
@@ -150,6 +214,8 @@ pub async fn list(shared: &Shared) -> Answer {
         .with("stanza_ready", json!(b.stanza_ready))
         .with("running", json!(b.running))
         .with("backups", json!(b.done))
+        .with("verifying", json!(b.verify.running))
+        .with("verifications", json!(b.verify.done))
         .with("repository", repository)
         .with("repository_error", repository_error)
 }

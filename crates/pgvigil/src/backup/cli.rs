@@ -115,3 +115,62 @@ pub async fn backups(args: ApiArgs) -> anyhow::Result<()> {
     }
     Ok(())
 }
+
+#[derive(clap::Args, Debug)]
+pub struct VerifyArgs {
+    #[command(flatten)]
+    pub api: ApiArgs,
+    /// Answer once the verification started, without waiting for its end.
+    #[arg(long)]
+    pub no_wait: bool,
+    /// How long to wait for the end.
+    #[arg(long, value_parser = humantime::parse_duration, default_value = "2h")]
+    pub wait: Duration,
+}
+
+/// Verify the latest backup now (on a standby); unless `--no-wait`, wait for the outcome in
+/// `GET /backups` (exit 1 if it failed).
+pub async fn verify(args: VerifyArgs) -> anyhow::Result<()> {
+    let t = target(&args.api)?;
+    let r = t.api.request("POST", "/backup/verify", t.token.as_deref(), Some("{}"), Duration::from_secs(30)).await?;
+    if args.no_wait || !r.ok() {
+        return show(&t, &r, "/backup/verify");
+    }
+    let id = r.json.get("id").and_then(|v| v.as_u64()).ok_or_else(|| anyhow::anyhow!("no id in {}", r.text))?;
+    if t.output == Output::Table {
+        println!("{}", r.message());
+    }
+    let deadline = Instant::now() + args.wait;
+    loop {
+        let l = t.api.get("/backups").await?;
+        if !l.ok() {
+            return Err(fail(&l, "backups"));
+        }
+        let done = l
+            .json
+            .get("verifications")
+            .and_then(|b| b.as_array())
+            .and_then(|b| b.iter().find(|d| d.get("id").and_then(|v| v.as_u64()) == Some(id)).cloned());
+        if let Some(d) = done {
+            let error = d.pointer("/outcome/error").and_then(|e| e.as_str()).map(str::to_string);
+            if t.output == Output::Json {
+                println!("{d}");
+            } else if error.is_none() {
+                println!(
+                    "verification {id} passed on {}: {} restored, recovered and verified in {} ms",
+                    d["member"].as_str().unwrap_or("?"),
+                    d.pointer("/outcome/label").and_then(|v| v.as_str()).unwrap_or("?"),
+                    d["duration_ms"].as_u64().unwrap_or(0)
+                );
+            }
+            return match error {
+                None => Ok(()),
+                Some(e) => Err(anyhow::anyhow!("verification {id} failed: {e}")),
+            };
+        }
+        if Instant::now() >= deadline {
+            anyhow::bail!("verification {id} has not ended within {:?} (see `pgvigil backups`)", args.wait);
+        }
+        tokio::time::sleep(Duration::from_secs(1)).await;
+    }
+}

@@ -9,6 +9,8 @@
 //!   coordinator.
 //! - [`cli`]: `pgvigil backup`, `pgvigil backups`.
 //! - [`recovery`]: restoring a backup into a directory and recovering it once (archiving off).
+//! - [`verifier`]: the member's part of the scheduled verification (restore on this host into a
+//!   scratch directory, recover, query, `pgbackrest verify`, remove the scratch copy, report).
 //! - [`restore`]: `pgvigil restore`, a new cluster from another's stanza, to a point in time.
 
 pub mod api;
@@ -18,6 +20,7 @@ pub mod pgbackrest;
 pub mod recovery;
 pub mod restore;
 mod runner;
+pub mod verifier;
 
 use crate::config::Settings;
 use crate::daemon::Shared;
@@ -39,6 +42,10 @@ pub fn policy(settings: &crate::config::Settings) -> Policy {
         None => Policy {
             schedule: Default::default(),
             timeout_ms: crate::config::DEFAULT_BACKUP_TIMEOUT.as_millis() as u64 + 300_000,
+            verify: vigil_core::verify::VerifyPolicy {
+                schedule: None,
+                timeout_ms: crate::config::DEFAULT_VERIFY_TIMEOUT.as_millis() as u64 + 300_000,
+            },
         },
     }
 }
@@ -55,6 +62,11 @@ pub fn describe(cmd: &BackupCommand) -> String {
         BackupCommand::Finish { id, member, outcome, .. } => match &outcome.error {
             None => format!("backup {id} done on {member}"),
             Some(e) => format!("backup {id} failed on {member}: {e}"),
+        },
+        BackupCommand::VerifyStart { id, member, reason, .. } => format!("verification {id} ({reason}) on {member}"),
+        BackupCommand::VerifyFinish { id, member, outcome, .. } => match &outcome.error {
+            None => format!("verification {id} passed on {member}"),
+            Some(e) => format!("verification {id} failed on {member}: {e}"),
         },
     }
 }
@@ -77,6 +89,15 @@ pub fn set_metrics(state: &ClusterState) {
     let failed = b.done.iter().rev().find(|d| !d.ok()).map_or(0.0, |d| d.finished_unix_ms as f64 / 1000.0);
     metrics::gauge!("pgvigil_backup_last_failure_timestamp_seconds").set(failed);
     metrics::gauge!("pgvigil_backup_running").set(if b.running.is_some() { 1.0 } else { 0.0 });
+    // The last verification: when it ended, whether it passed, how long it took.
+    let last = b.verify.done.last();
+    metrics::gauge!("pgvigil_backup_verify_last_timestamp_seconds")
+        .set(last.map_or(0.0, |d| d.finished_unix_ms as f64 / 1000.0));
+    metrics::gauge!("pgvigil_backup_verify_last_success").set(if last.is_some_and(|d| d.ok()) { 1.0 } else { 0.0 });
+    metrics::gauge!("pgvigil_backup_verify_last_duration_seconds")
+        .set(last.map_or(0.0, |d| d.duration_ms as f64 / 1000.0));
+    let ok_at = b.verify.done.iter().rev().find(|d| d.ok()).map_or(0.0, |d| d.finished_unix_ms as f64 / 1000.0);
+    metrics::gauge!("pgvigil_backup_verify_last_success_timestamp_seconds").set(ok_at);
 }
 
 /// The settings PostgreSQL gets on its command line when `[backup]` is on (none otherwise).
@@ -102,6 +123,8 @@ pub fn start(shared: &Arc<Shared>, shutdown: CancellationToken) -> anyhow::Resul
     // holds its lease then), and a refused push would leave them unarchived.
     tokio::spawn(archive::serve(shared.clone(), socket, pg.run_as, CancellationToken::new()));
     let pgb = pgbackrest::PgBackRest::of(&shared.settings, &b, &pg);
+    let verify_pgb = pgbackrest::PgBackRest::of(&shared.settings, &b, &pg);
+    tokio::spawn(verifier::run(shared.clone(), verify_pgb, b.verify_timeout, shutdown.clone()));
     tokio::spawn(runner::run(shared.clone(), pgb, b, shutdown));
     Ok(())
 }

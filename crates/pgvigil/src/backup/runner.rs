@@ -206,7 +206,7 @@ async fn checkpoint(pgb: &PgBackRest) -> anyhow::Result<()> {
 
 /// Hand `cmd` to the coordinator (directly, or forwarded); a failure is logged (thinned) and the
 /// caller tries again on its next round.
-async fn report(shared: &Shared, cmd: BackupCommand, failed: &mut Repeats<String>) {
+pub(super) async fn report(shared: &Shared, cmd: BackupCommand, failed: &mut Repeats<String>) {
     let body = match serde_json::to_vec(&Report { command: cmd }) {
         Ok(b) => b,
         Err(e) => {
