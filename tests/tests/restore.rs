@@ -274,3 +274,49 @@ async fn the_scheduled_verification_records_a_success_and_a_damaged_backup_as_a_
     assert_eq!(gauge(&metrics, "pgvigil_backup_verify_last_success"), Some(0.0), "{metrics}");
     Ok(())
 }
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_standby_reinitialised_from_the_repository_streams_and_falls_back_to_pg_basebackup() -> anyhow::Result<()> {
+    use std::os::unix::fs::PermissionsExt;
+    let mut t = TestCluster::prepare(2, 1, |s| with_backup(s, &["clone_from_repo = true"]))?;
+    t.cluster.start_all()?;
+    t.wait_for("a settled cluster with its stanza", CONVERGE, |v| settled(v) && v.state.backup.stanza_ready.is_some())
+        .await?;
+    let p = t.primary().await?;
+    let standby = t.other_pg_members(&p).into_iter().next().context("a standby")?;
+    t.execute(&p, "CREATE TABLE items (id int primary key); INSERT INTO items SELECT generate_series(1, 1000)").await?;
+    let config = t.spec().config_path(&p).display().to_string();
+    let out = t.cli(&["backup", "--type", "full", "--config", &config], "").await?;
+    anyhow::ensure!(out.status.success(), "pgvigil backup: {}", String::from_utf8_lossy(&out.stderr));
+    // Written after the backup: the new standby gets it from the archive or by streaming.
+    t.execute(&p, "INSERT INTO items SELECT generate_series(1001, 2000)").await?;
+
+    let reinit = |n: i64| {
+        let (t, p, standby) = (&t, p.clone(), standby.clone());
+        async move {
+            let started = Instant::now();
+            let r = t.post(&p, "/reinit", &format!(r#"{{"member": "{standby}"}}"#)).await?;
+            anyhow::ensure!(r.status == 200, "reinit: {r:?}");
+            println!("reinit in {:.1} s: {}", started.elapsed().as_secs_f64(), r.message());
+            t.execute(&p, &format!("INSERT INTO items SELECT generate_series({n} + 1, {n} + 1000)")).await?;
+            t.wait_rows(&standby, "items", n + 1000, Duration::from_secs(60)).await?;
+            t.wait_for("the standby streaming", CONVERGE, |v| {
+                v.reports.get(&standby).is_some_and(|r| r.pg.running && r.pg.in_recovery && r.pg.streaming)
+            })
+            .await?;
+            Ok(r.message())
+        }
+    };
+    let message = reinit(2000).await?;
+    assert!(message.contains("cloned from the repository ("), "{message}");
+
+    // The repository unreadable for PostgreSQL's user: pg_basebackup instead.
+    let backup_dir = repo(t.spec()).join("backup");
+    let mode = std::fs::metadata(&backup_dir)?.permissions().mode();
+    std::fs::set_permissions(&backup_dir, std::fs::Permissions::from_mode(0o000))?;
+    let message = reinit(3000).await;
+    std::fs::set_permissions(&backup_dir, std::fs::Permissions::from_mode(mode))?;
+    let message = message?;
+    assert!(message.contains("cloned with pg_basebackup (not from the repository"), "{message}");
+    Ok(())
+}

@@ -468,8 +468,8 @@ impl Agent {
             AgentAction::Rejoin { from, slot, reason } => self.rejoin(&from, &slot, &reason, epoch).await?,
             AgentAction::Clone { from, slot } => {
                 tracing::info!(epoch, "cloning from {}:{} through slot {slot}", from.host, from.port);
-                self.pg.clone_from(&up(&from), &slot).await.context("clone with pg_basebackup")?;
-                tracing::info!(epoch, took_ms = started.elapsed().as_millis() as u64, "cloned");
+                let how = self.clone_member(&up(&from), &slot).await.context("clone")?;
+                tracing::info!(epoch, took_ms = started.elapsed().as_millis() as u64, "cloned {how}");
                 self.remember(|m| m.upstream = Some(from))?;
             }
             AgentAction::ConfigureStandby { from, slot } => {
@@ -649,11 +649,12 @@ impl Agent {
                 if let Err(e) = vigil_pg::datadir::prune_moved(&self.pg.settings().data_dir, keep) {
                     tracing::warn!("pruning old moved-aside data directories: {e:#}");
                 }
-                let cloned = self.pg.clone_from(&up, slot).await;
+                let cloned = self.clone_member(&up, slot).await;
                 let detail = format!(
-                    "{reason}; pg_rewind failed ({}); old data moved to {}",
+                    "{reason}; pg_rewind failed ({}); old data moved to {}{}",
                     first_line(&format!("{rewind_err:#}")),
-                    moved.display()
+                    moved.display(),
+                    cloned.as_ref().map(|how| format!("; cloned {how}")).unwrap_or_default()
                 );
                 if let Err(e) = cloned {
                     self.last_rejoin = Some(RejoinRecord {
@@ -712,10 +713,13 @@ impl Agent {
             m.switchover_stop = None;
             m.upstream = None;
         })?;
-        let cloned = self.pg.clone_from(&up, slot).await;
+        let cloned = self.clone_member(&up, slot).await;
         let mut detail = format!("reinit {id} requested by the operator");
         if let Some(moved) = &moved {
             detail.push_str(&format!("; old data moved to {}", moved.display()));
+        }
+        if let Ok(how) = &cloned {
+            detail.push_str(&format!("; cloned {how}"));
         }
         if let Err(e) = &cloned {
             detail.push_str(&format!("; clone failed: {}", first_line(&format!("{e:#}"))));
@@ -734,6 +738,28 @@ impl Agent {
         self.diverged = None;
         self.not_streaming_since = None;
         self.remember(|m| m.upstream = Some(from.clone()))
+    }
+}
+
+impl Agent {
+    /// Fill the empty data directory as a standby of `up`: from the backup repository when
+    /// `backup.clone_from_repo` is on and a recent backup succeeded, else (or when that fails)
+    /// with `pg_basebackup`. Says how.
+    async fn clone_member(&mut self, up: &vigil_pg::Upstream, slot: &str) -> anyhow::Result<String> {
+        if let Some(b) = self.shared.settings.backup.as_ref().filter(|b| b.raw.clone_from_repo) {
+            let state = self.shared.committed();
+            match crate::backup::clone::from_repository(&self.shared.settings, b, &self.pg, &state, up, slot).await {
+                Ok(label) => return Ok(format!("from the repository ({label})")),
+                Err(e) => {
+                    let why = format!("{e:#}");
+                    tracing::warn!("not created from the repository, cloning with pg_basebackup: {why}");
+                    self.pg.clone_from(up, slot).await.context("clone with pg_basebackup")?;
+                    return Ok(format!("with pg_basebackup (not from the repository: {})", first_line(&why)));
+                }
+            }
+        }
+        self.pg.clone_from(up, slot).await.context("clone with pg_basebackup")?;
+        Ok("with pg_basebackup".into())
     }
 }
 

@@ -39,6 +39,14 @@ pub struct BackupConfig {
     /// How long one backup may run before it is killed and recorded as failed.
     #[serde(default, deserialize_with = "duration_opt")]
     pub timeout: Option<Duration>,
+    /// Create and re-initialise standbys from the repository (`pgbackrest restore --type=standby`,
+    /// then streaming) instead of `pg_basebackup`, which stays the fallback.
+    #[serde(default)]
+    pub clone_from_repo: bool,
+    /// The newest successful backup must have ended within this for a standby to be created from
+    /// it (an older one means replaying much WAL: `pg_basebackup` instead).
+    #[serde(default, deserialize_with = "duration_opt")]
+    pub clone_max_age: Option<Duration>,
     /// How long one verification (restore, recovery, checks, `pgbackrest verify`) may run.
     #[serde(default, deserialize_with = "duration_opt")]
     pub verify_timeout: Option<Duration>,
@@ -98,6 +106,7 @@ pub struct BackupSettings {
     pub timeout: Duration,
     pub archive_timeout: Duration,
     pub verify_timeout: Duration,
+    pub clone_max_age: Duration,
 }
 
 pub fn check(cfg: &BackupConfig) -> Result<BackupSettings, ConfigError> {
@@ -171,6 +180,10 @@ pub fn check(cfg: &BackupConfig) -> Result<BackupSettings, ConfigError> {
     if verify_timeout.is_zero() || verify_timeout > Duration::from_secs(7 * 86_400) {
         return Err(bad("backup.verify_timeout", "must be more than 0 and at most 7 days"));
     }
+    let clone_max_age = cfg.clone_max_age.unwrap_or(Duration::from_secs(86_400));
+    if clone_max_age.is_zero() {
+        return Err(bad("backup.clone_max_age", "must be more than 0"));
+    }
     let timeout = cfg.timeout.unwrap_or(DEFAULT_BACKUP_TIMEOUT);
     if timeout.is_zero() || timeout > Duration::from_secs(7 * 86_400) {
         return Err(bad("backup.timeout", "must be more than 0 and at most 7 days"));
@@ -189,5 +202,5 @@ pub fn check(cfg: &BackupConfig) -> Result<BackupSettings, ConfigError> {
             timeout_ms: (verify_timeout + Duration::from_secs(300)).as_millis() as u64,
         },
     };
-    Ok(BackupSettings { raw: cfg.clone(), policy, timeout, archive_timeout, verify_timeout })
+    Ok(BackupSettings { raw: cfg.clone(), policy, timeout, archive_timeout, verify_timeout, clone_max_age })
 }

@@ -65,6 +65,7 @@ pub const ENV_BOOL_KEYS: &[&str] = &[
     "tls.api",
     "tls.api_verify_client",
     "peer_auth.insecure_unauthenticated",
+    "backup.clone_from_repo",
 ];
 /// Keys whose environment override is an integer.
 pub const ENV_INTEGER_KEYS: &[&str] = &[

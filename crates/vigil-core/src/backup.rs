@@ -330,6 +330,18 @@ impl BackupState {
     }
 }
 
+/// The backup a new standby may be created from at `now_ms`: the newest that succeeded (by its
+/// end), if it ended within `max_age_ms`; else why not (the member clones with `pg_basebackup`).
+pub fn clone_source(b: &BackupState, now_ms: u64, max_age_ms: u64) -> Result<String, String> {
+    let newest = b.done.iter().filter(|d| d.ok() && d.outcome.label.is_some()).max_by_key(|d| d.finished_unix_ms);
+    let Some(d) = newest else { return Err("no backup has succeeded yet".into()) };
+    let age = now_ms.saturating_sub(d.finished_unix_ms);
+    if age > max_age_ms {
+        return Err(format!("the newest backup is {} s old (more than {} s)", age / 1000, max_age_ms / 1000));
+    }
+    d.outcome.label.clone().ok_or_else(|| "no label".into())
+}
+
 /// The coordinator's backup policy (from its `[backup]` table).
 #[derive(Clone, Debug, Default, PartialEq, Eq)]
 pub struct Policy {

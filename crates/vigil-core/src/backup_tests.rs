@@ -226,3 +226,27 @@ fn old_states_and_commands_round_trip() {
     let text = serde_json::to_string(&s).expect("encode");
     assert_eq!(serde_json::from_str::<BackupState>(&text).expect("decode"), s);
 }
+
+#[test]
+fn a_standby_is_created_from_the_newest_recent_successful_backup() {
+    let mut b = ready_state();
+    assert!(clone_source(&b, 10_000, 5_000).is_err_and(|e| e.contains("no backup")));
+    let rec = |id: u64, label: &str, finished: u64, error: Option<&str>| BackupRecord {
+        id,
+        kind: BackupType::Full,
+        member: "a".into(),
+        epoch: 1,
+        reason: "scheduled".into(),
+        attempts: 1,
+        requested_unix_ms: 0,
+        finished_unix_ms: finished,
+        duration_ms: 1,
+        outcome: BackupOutcome { label: Some(label.into()), error: error.map(str::to_string), ..Default::default() },
+    };
+    b.done.push(rec(1, "F1", 1_000, None));
+    b.done.push(rec(2, "F2", 8_000, Some("disk full")));
+    assert_eq!(clone_source(&b, 5_000, 5_000), Ok("F1".into()));
+    assert!(clone_source(&b, 6_001, 5_000).is_err_and(|e| e.contains("5 s old")), "too old");
+    b.done.push(rec(3, "F3", 9_000, None));
+    assert_eq!(clone_source(&b, 10_000, 5_000), Ok("F3".into()));
+}

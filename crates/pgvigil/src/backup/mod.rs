@@ -8,6 +8,7 @@
 //! - [`api`]: `POST /backup`, `GET /backups`, and the members' reports, carried out by the
 //!   coordinator.
 //! - [`cli`]: `pgvigil backup`, `pgvigil backups`.
+//! - [`clone`]: a standby created from the repository (the agent falls back to `pg_basebackup`).
 //! - [`recovery`]: restoring a backup into a directory and recovering it once (archiving off).
 //! - [`verifier`]: the member's part of the scheduled verification (restore on this host into a
 //!   scratch directory, recover, query, `pgbackrest verify`, remove the scratch copy, report).
@@ -16,6 +17,7 @@
 pub mod api;
 pub mod archive;
 pub mod cli;
+pub mod clone;
 pub mod pgbackrest;
 pub mod recovery;
 pub mod restore;
