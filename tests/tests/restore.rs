@@ -260,6 +260,25 @@ async fn the_scheduled_verification_records_a_success_and_a_damaged_backup_as_a_
     assert!(stdout.contains("passed on"), "{stdout}");
     println!("{stdout}");
 
+    // The archive's health and the repository's size on the primary; the last backup and
+    // verification in `pgvigil list`.
+    wait_until("the archive gauges", Duration::from_secs(30), || {
+        let (t, p) = (&t, p.clone());
+        async move {
+            let m = t.get(&p, "/metrics").await?.text;
+            Ok(gauge(&m, "pgvigil_backup_repository_size_bytes").is_some_and(|s| s > 0.0)
+                && gauge(&m, "pgvigil_archive_ready_files").is_some()
+                && gauge(&m, "pgvigil_archive_last_archived_age_seconds").is_some_and(|a| a > 0.0 && a < 600.0)
+                && gauge(&m, "pgvigil_archive_failed_total").is_some())
+        }
+    })
+    .await?;
+    let out = t.cli(&["list", "--config", &config], "").await?;
+    let listed = String::from_utf8_lossy(&out.stdout);
+    assert!(listed.contains("Last backup: full"), "{listed}");
+    assert!(listed.contains("Last verification: passed"), "{listed}");
+    println!("{listed}");
+
     // Damage the backup: the next verification fails, and says so.
     let victim = largest_backup_file(&repo(t.spec())).context("a backup file")?;
     let len = std::fs::metadata(&victim)?.len() as usize;

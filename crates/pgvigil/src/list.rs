@@ -61,6 +61,12 @@ pub struct ClusterView {
     #[serde(default)]
     pub reinit: Vec<String>,
     pub members: Vec<MemberView>,
+    /// The latest backup recorded, described (`[backup]`).
+    #[serde(default)]
+    pub last_backup: Option<String>,
+    /// The latest verification of the backups, described.
+    #[serde(default)]
+    pub last_verification: Option<String>,
 }
 
 #[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
@@ -142,6 +148,30 @@ impl ClusterView {
             switchover: s.switchover.as_ref().map(|x| x.describe()),
             reinit: s.reinit.keys().cloned().collect(),
             members,
+            last_backup: s.backup.done.last().map(|d| {
+                let what = match &d.outcome.error {
+                    None => format!(
+                        "{} {} ok, {} bytes",
+                        d.outcome.taken.unwrap_or(d.kind).name(),
+                        d.outcome.label.as_deref().unwrap_or("?"),
+                        d.outcome.size_bytes
+                    ),
+                    Some(e) => format!("{} failed: {}", d.kind.name(), e.lines().next().unwrap_or(e)),
+                };
+                format!("{what} (backup {} on {}, {})", d.id, d.member, vigil_core::format_unix_ms(d.finished_unix_ms))
+            }),
+            last_verification: s.backup.verify.done.last().map(|d| {
+                let what = match &d.outcome.error {
+                    None => format!("passed ({}, {} ms)", d.outcome.label.as_deref().unwrap_or("?"), d.duration_ms),
+                    Some(e) => format!("failed: {}", e.lines().next().unwrap_or(e)),
+                };
+                format!(
+                    "{what} (verification {} on {}, {})",
+                    d.id,
+                    d.member,
+                    vigil_core::format_unix_ms(d.finished_unix_ms)
+                )
+            }),
         }
     }
 
@@ -219,6 +249,12 @@ pub fn render(v: &ClusterView) -> String {
     }
     if !v.reinit.is_empty() {
         out.push_str(&format!(" Re-initialisation pending: {}\n", v.reinit.join(", ")));
+    }
+    if let Some(b) = &v.last_backup {
+        out.push_str(&format!(" Last backup: {b}\n"));
+    }
+    if let Some(b) = &v.last_verification {
+        out.push_str(&format!(" Last verification: {b}\n"));
     }
     out
 }

@@ -8,6 +8,8 @@
 //! - [`api`]: `POST /backup`, `GET /backups`, and the members' reports, carried out by the
 //!   coordinator.
 //! - [`cli`]: `pgvigil backup`, `pgvigil backups`.
+//! - [`health`]: the archive's health as gauges (age of the last archived segment, `.ready`
+//!   files, the archiver's failures) and the repository's size.
 //! - [`clone`]: a standby created from the repository (the agent falls back to `pg_basebackup`).
 //! - [`recovery`]: restoring a backup into a directory and recovering it once (archiving off).
 //! - [`verifier`]: the member's part of the scheduled verification (restore on this host into a
@@ -18,6 +20,7 @@ pub mod api;
 pub mod archive;
 pub mod cli;
 pub mod clone;
+pub mod health;
 pub mod pgbackrest;
 pub mod recovery;
 pub mod restore;
@@ -126,6 +129,8 @@ pub fn start(shared: &Arc<Shared>, shutdown: CancellationToken) -> anyhow::Resul
     tokio::spawn(archive::serve(shared.clone(), socket, pg.run_as, CancellationToken::new()));
     let pgb = pgbackrest::PgBackRest::of(&shared.settings, &b, &pg);
     let verify_pgb = pgbackrest::PgBackRest::of(&shared.settings, &b, &pg);
+    let health_pgb = std::sync::Arc::new(pgbackrest::PgBackRest::of(&shared.settings, &b, &pg));
+    tokio::spawn(health::run(health_pgb, b.raw.repo_path.clone(), shutdown.clone()));
     tokio::spawn(verifier::run(shared.clone(), verify_pgb, b.verify_timeout, shutdown.clone()));
     tokio::spawn(runner::run(shared.clone(), pgb, b, shutdown));
     Ok(())
