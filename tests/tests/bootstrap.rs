@@ -35,8 +35,8 @@ fn working_without(v: &View, not: &[&str]) -> bool {
 async fn foreign_data_directories_are_never_chosen_and_left_untouched() -> anyhow::Result<()> {
     // pg1 and pg2 are preferred, so only their data directories could keep them from being chosen.
     let mut t = TestCluster::prepare(3, 0, |spec| {
-        spec.members[0].priority = 10;
-        spec.members[1].priority = 5;
+        spec.members[0].tags.set("priority", 10i64);
+        spec.members[1].tags.set("priority", 5i64);
     })?;
     let stray = t.spec().data_dir("pg1");
     std::fs::create_dir_all(&stray)?;
@@ -91,7 +91,7 @@ async fn a_failed_initdb_gives_the_bootstrap_to_another_member() -> anyhow::Resu
     let bin = bin_dir_with_breakable_initdb(scratch.path())?;
     let mut t = TestCluster::prepare(3, 0, |spec| {
         spec.pg_bin_dir = bin.clone();
-        spec.members[0].priority = 10;
+        spec.members[0].tags.set("priority", 10i64);
     })?;
     std::fs::write(broken_marker(&t, "pg1"), "")?;
     t.cluster.start_all()?;

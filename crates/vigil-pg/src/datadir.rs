@@ -26,6 +26,19 @@ pub enum DataDirState {
     Foreign(String),
 }
 
+impl DataDirState {
+    /// The core's name for it (what a report carries), and what was found in a foreign one.
+    pub fn split(self) -> (vigil_core::DataDir, Option<String>) {
+        use vigil_core::DataDir;
+        match self {
+            DataDirState::Empty => (DataDir::Empty, None),
+            DataDirState::Primary => (DataDir::Primary, None),
+            DataDirState::Standby => (DataDir::Standby, None),
+            DataDirState::Foreign(found) => (DataDir::Foreign, Some(found)),
+        }
+    }
+}
+
 /// How many names a [`DataDirState::Foreign`] description lists.
 const NAMES_SHOWN: usize = 5;
 
