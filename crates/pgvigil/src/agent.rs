@@ -369,7 +369,8 @@ impl Agent {
 
     fn remember(&mut self, change: impl FnOnce(&mut LocalMemory)) -> anyhow::Result<()> {
         change(&mut self.memory);
-        self.local.save(&self.memory).context("save local memory")
+        // An fsync: off the runtime's threads.
+        vigil_pg::datadir::off_runtime(|| self.local.save(&self.memory)).context("save local memory")
     }
 
     async fn act(&mut self, action: AgentAction, state: &ClusterState) -> anyhow::Result<()> {

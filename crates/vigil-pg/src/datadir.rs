@@ -42,8 +42,24 @@ impl DataDirState {
 /// How many names a [`DataDirState::Foreign`] description lists.
 const NAMES_SHOWN: usize = 5;
 
+/// Runs blocking file IO (an fsync, a rename, listing or removing a directory) so that it holds
+/// up no other task: on the daemon's multi-threaded runtime the worker first hands its other tasks
+/// to another thread (`block_in_place`), so a slow or stuck disk stalls only the task that waits
+/// for it. Elsewhere (a current-thread runtime in tests, the keeper, the CLI) it just runs.
+pub fn off_runtime<R>(f: impl FnOnce() -> R) -> R {
+    use tokio::runtime::{Handle, RuntimeFlavor};
+    match Handle::try_current() {
+        Ok(h) if h.runtime_flavor() == RuntimeFlavor::MultiThread => tokio::task::block_in_place(f),
+        _ => f(),
+    }
+}
+
 /// What `dir` holds.
 pub fn data_dir_state(dir: &Path) -> DataDirState {
+    off_runtime(|| state_of(dir))
+}
+
+fn state_of(dir: &Path) -> DataDirState {
     let mut names: Vec<String> = match std::fs::read_dir(dir) {
         Err(e) if e.kind() == std::io::ErrorKind::NotFound => return DataDirState::Empty,
         Err(e) => return DataDirState::Foreign(format!("{} cannot be listed: {e}", dir.display())),
@@ -93,6 +109,10 @@ pub fn chown(path: &Path, run_as: Option<RunAs>) -> anyhow::Result<()> {
 /// Create `dir` (and missing parents, left root-owned and world-traversable) with `mode`, owned by
 /// `run_as`. An existing directory gets the mode and owner too.
 pub fn create_dir_owned(dir: &Path, mode: u32, run_as: Option<RunAs>) -> anyhow::Result<()> {
+    off_runtime(|| create_owned(dir, mode, run_as))
+}
+
+fn create_owned(dir: &Path, mode: u32, run_as: Option<RunAs>) -> anyhow::Result<()> {
     if let Some(parent) = dir.parent().filter(|p| !p.as_os_str().is_empty()) {
         std::fs::create_dir_all(parent).with_context(|| format!("create directory {}", parent.display()))?;
     }
@@ -109,6 +129,10 @@ pub fn create_dir_owned(dir: &Path, mode: u32, run_as: Option<RunAs>) -> anyhow:
 
 /// Replace `path` atomically with `contents` (temp file, fsync, rename, fsync of the directory).
 pub fn write_file_atomic(path: &Path, contents: &[u8], mode: u32, run_as: Option<RunAs>) -> anyhow::Result<()> {
+    off_runtime(|| write_atomic(path, contents, mode, run_as))
+}
+
+fn write_atomic(path: &Path, contents: &[u8], mode: u32, run_as: Option<RunAs>) -> anyhow::Result<()> {
     let tmp = sibling(path, ".pgvigil-tmp");
     let result = (|| {
         let mut f = std::fs::OpenOptions::new()
@@ -122,7 +146,7 @@ pub fn write_file_atomic(path: &Path, contents: &[u8], mode: u32, run_as: Option
         f.sync_all().with_context(|| format!("fsync {}", tmp.display()))?;
         chown(&tmp, run_as)?;
         std::fs::rename(&tmp, path).with_context(|| format!("rename {} to {}", tmp.display(), path.display()))?;
-        fsync_parent(path)
+        fsync_dir_of(path)
     })();
     if result.is_err() {
         let _ = std::fs::remove_file(&tmp);
@@ -132,14 +156,20 @@ pub fn write_file_atomic(path: &Path, contents: &[u8], mode: u32, run_as: Option
 
 /// Append `contents` to an existing file.
 pub fn append_file(path: &Path, contents: &[u8]) -> anyhow::Result<()> {
-    let mut f =
-        std::fs::OpenOptions::new().append(true).open(path).with_context(|| format!("open {}", path.display()))?;
-    f.write_all(contents).with_context(|| format!("append to {}", path.display()))?;
-    f.sync_all().with_context(|| format!("fsync {}", path.display()))
+    off_runtime(|| {
+        let mut f =
+            std::fs::OpenOptions::new().append(true).open(path).with_context(|| format!("open {}", path.display()))?;
+        f.write_all(contents).with_context(|| format!("append to {}", path.display()))?;
+        f.sync_all().with_context(|| format!("fsync {}", path.display()))
+    })
 }
 
 /// fsync the directory holding `path`, so a rename in it survives a crash.
 pub fn fsync_parent(path: &Path) -> anyhow::Result<()> {
+    off_runtime(|| fsync_dir_of(path))
+}
+
+fn fsync_dir_of(path: &Path) -> anyhow::Result<()> {
     let parent = match path.parent() {
         Some(p) if !p.as_os_str().is_empty() => p,
         _ => Path::new("."),
@@ -198,9 +228,11 @@ impl Postgres {
             n += 1;
             target = sibling(&base, &format!("-{n}"));
         }
-        std::fs::rename(data_dir, &target)
-            .with_context(|| format!("rename {} to {}", data_dir.display(), target.display()))?;
-        fsync_parent(&target)?;
+        off_runtime(|| {
+            std::fs::rename(data_dir, &target)
+                .with_context(|| format!("rename {} to {}", data_dir.display(), target.display()))?;
+            fsync_dir_of(&target)
+        })?;
         tracing::info!(from = %data_dir.display(), to = %target.display(), "moved data directory aside");
         Ok(target)
     }
@@ -209,6 +241,11 @@ impl Postgres {
 /// Remove all but the newest `keep` data directories that [`Postgres::move_aside`] made next to
 /// `data_dir` (their names sort by time). Returns the removed paths.
 pub fn prune_moved(data_dir: &Path, keep: usize) -> anyhow::Result<Vec<PathBuf>> {
+    // Removing a whole data directory can take a while.
+    off_runtime(|| prune(data_dir, keep))
+}
+
+fn prune(data_dir: &Path, keep: usize) -> anyhow::Result<Vec<PathBuf>> {
     let (Some(parent), Some(name)) = (data_dir.parent(), data_dir.file_name()) else {
         return Ok(Vec::new());
     };
