@@ -135,6 +135,13 @@ async fn a_single_member_whose_initdb_failed_bootstraps_once_fixed() -> anyhow::
     assert!(v.state.epoch >= 2, "a new epoch for the new bootstrap: {}", v.state.epoch);
     assert_eq!(v.state.bootstrap_epoch, v.state.epoch);
     assert!(v.reports.get("pg1").is_some_and(|r| r.pg.bootstrap_failed.is_none()));
+    // The superuser's password is set just after the new primary reports itself (seen failing
+    // authentication on a loaded machine): wait for it.
+    let deadline = std::time::Instant::now() + Duration::from_secs(20);
+    while !t.accepts_connections("pg1").await {
+        anyhow::ensure!(std::time::Instant::now() < deadline, "pg1 takes no connection with the password");
+        tokio::time::sleep(Duration::from_millis(100)).await;
+    }
     t.execute("pg1", "CREATE TABLE t (id int); INSERT INTO t VALUES (1)").await?;
     Ok(())
 }

@@ -367,6 +367,17 @@ impl Agent {
         }
     }
 
+    /// Before a promotion with archiving on: the segments this standby received become ready to
+    /// archive, so none the old primary had not archived yet is missing from the archive
+    /// (`vigil_pg::datadir::mark_received_wal_ready`). A failure here is logged, not fatal: the
+    /// promotion matters more than a hole in the archive, which the next full backup bounds.
+    fn mark_received_wal_ready(&self) {
+        match vigil_pg::datadir::mark_received_wal_ready(&self.pg.settings().data_dir) {
+            Ok(n) => tracing::info!(segments = n, "marked received WAL ready to archive before the promotion"),
+            Err(e) => tracing::warn!("cannot mark received WAL ready to archive; the archive may miss segments: {e:#}"),
+        }
+    }
+
     fn remember(&mut self, change: impl FnOnce(&mut LocalMemory)) -> anyhow::Result<()> {
         change(&mut self.memory);
         // An fsync: off the runtime's threads.
@@ -432,6 +443,9 @@ impl Agent {
                 self.arm_keeper(state).await?;
                 // Named before promotion, so the first commit on the new primary already waits for them.
                 self.pg.set_sync_standby_names(&sync).await.context("set synchronous_standby_names")?;
+                if self.shared.settings.backup.is_some() {
+                    self.mark_received_wal_ready();
+                }
                 self.pg.promote(Duration::from_secs(60)).await.context("promote")?;
                 tracing::warn!(epoch, took_ms = started.elapsed().as_millis() as u64, "promoted to primary");
                 promotion_hook(&self.shared, state);

@@ -179,6 +179,50 @@ fn fsync_dir_of(path: &Path) -> anyhow::Result<()> {
         .with_context(|| format!("fsync directory {}", parent.display()))
 }
 
+/// Marks the complete WAL segments of the newest timeline in `pg_wal` that a standby received
+/// (archive status `.done`: with `archive_mode = on` a standby archives nothing and marks what it
+/// receives done) as ready, so that once it is promoted its archiver pushes them. The old
+/// primary may have died before it archived them, which would leave a hole in the archive that
+/// no later backup covers. Segments the archive holds already are found identical there and
+/// skipped by pgBackRest. Returns how many were marked. Call it while PostgreSQL is in recovery
+/// and no more WAL arrives (the old primary is fenced), just before the promotion.
+pub fn mark_received_wal_ready(data_dir: &Path) -> anyhow::Result<usize> {
+    off_runtime(|| {
+        let status = data_dir.join("pg_wal/archive_status");
+        let names: Vec<String> = std::fs::read_dir(&status)
+            .with_context(|| format!("list {}", status.display()))?
+            .filter_map(|e| e.ok())
+            .filter_map(|e| e.file_name().to_str().map(String::from))
+            .collect();
+        let segment =
+            |n: &String, suffix: &str| n.strip_suffix(suffix).filter(|s| is_segment_name(s)).map(String::from);
+        // The timeline is the first 8 hex digits; segments of older timelines were the previous
+        // promotion's to push.
+        let newest = names
+            .iter()
+            .filter_map(|n| segment(n, ".done").or_else(|| segment(n, ".ready")))
+            .map(|n| n[..8].to_string())
+            .max();
+        let Some(newest) = newest else { return Ok(0) };
+        let done: Vec<String> = names.iter().filter_map(|n| segment(n, ".done")).collect();
+        let mut marked = 0;
+        for n in done.iter().filter(|n| n.starts_with(&newest)) {
+            let (from, to) = (status.join(format!("{n}.done")), status.join(format!("{n}.ready")));
+            std::fs::rename(&from, &to).with_context(|| format!("rename {} to {}", from.display(), to.display()))?;
+            marked += 1;
+        }
+        if marked > 0 {
+            fsync_dir_of(&status.join("x"))?;
+        }
+        Ok(marked)
+    })
+}
+
+/// A complete WAL segment's file name: 24 hex digits (not `.partial`, `.history`, `.backup`).
+fn is_segment_name(n: &str) -> bool {
+    n.len() == 24 && n.bytes().all(|b| b.is_ascii_hexdigit())
+}
+
 /// `path` with `suffix` appended to its last component (`/a/data` → `/a/data.suffix`).
 pub fn sibling(path: &Path, suffix: &str) -> PathBuf {
     let mut s = path.as_os_str().to_owned();
@@ -291,6 +335,42 @@ mod tests {
         // 2000-03-01 00:00:00 UTC
         let t = UNIX_EPOCH + Duration::from_secs(951_868_800);
         assert_eq!(utc_timestamp(t), "20000301T000000");
+    }
+
+    #[test]
+    fn received_segments_of_the_newest_timeline_are_marked_ready() {
+        let dir = tempfile::tempdir().expect("tempdir");
+        let status = dir.path().join("pg_wal/archive_status");
+        std::fs::create_dir_all(&status).expect("mkdir");
+        let names = [
+            "000000020000000000000007.done",
+            "000000020000000000000008.done",
+            "000000020000000000000006.ready",
+            "000000010000000000000005.done",
+            "000000020000000000000009.partial.done",
+            "00000002.history.done",
+        ];
+        for n in names {
+            std::fs::write(status.join(n), "").expect("write");
+        }
+        assert_eq!(mark_received_wal_ready(dir.path()).expect("marks"), 2);
+        let mut now: Vec<String> = std::fs::read_dir(&status)
+            .expect("list")
+            .map(|e| e.expect("entry").file_name().to_string_lossy().into_owned())
+            .collect();
+        now.sort();
+        assert_eq!(
+            now,
+            [
+                "000000010000000000000005.done",
+                "00000002.history.done",
+                "000000020000000000000006.ready",
+                "000000020000000000000007.ready",
+                "000000020000000000000008.ready",
+                "000000020000000000000009.partial.done",
+            ]
+        );
+        assert_eq!(mark_received_wal_ready(dir.path()).expect("again"), 0, "nothing left to mark");
     }
 
     #[test]
