@@ -102,7 +102,8 @@ fn sync_state() -> impl Strategy<Value = SyncState> {
         .prop_map(|(mode, count, holders, standbys)| SyncState { mode, count, holders, standbys })
 }
 
-fn rejoin() -> impl Strategy<Value = RejoinRecord> {
+/// A rewind/re-clone record (also a report's `last_rejoin`).
+pub fn rejoin() -> impl Strategy<Value = RejoinRecord> {
     let method = prop::sample::select(vec![RejoinMethod::Rewind, RejoinMethod::Reclone]);
     (ms(), method, any::<bool>(), any::<u64>(), mutate::odd_text(), prop::option::of(number())).prop_map(
         |(started_unix_ms, method, ok, took_ms, detail, reinit)| RejoinRecord {

@@ -17,7 +17,7 @@ use prost::Message as _;
 use protobuf::{Message as _, ProtobufEnum};
 use raft::eraftpb::{ConfChange, ConfChangeV2, Entry, EntryType, Message, MessageType, Snapshot};
 use std::time::{Duration, Instant};
-use vigil_core::report::{BootstrapFailure, RejoinMethod, RejoinRecord, ReplicaStatus, SwitchoverStop};
+use vigil_core::report::{BootstrapFailure, ReplicaStatus, SwitchoverStop};
 use vigil_core::{Coordinator, DataDir, HealthReport, Input, MemberKind, PgStatus, Tags, Timings};
 use vigil_raft::proto;
 use vigil_raft::StateMachine;
@@ -27,16 +27,7 @@ fn pg_status() -> impl Strategy<Value = PgStatus> {
     let lsns = (any::<u32>(), any::<u64>(), any::<u64>(), any::<u64>(), any::<u64>());
     let replica = (mutate::name(), any::<u64>(), any::<bool>())
         .prop_map(|(member, flush_lsn, streaming)| ReplicaStatus { member, flush_lsn, streaming });
-    let method = prop::sample::select(vec![RejoinMethod::Rewind, RejoinMethod::Reclone]);
-    let rejoin = (any::<u64>(), method, any::<bool>(), any::<u64>(), mutate::odd_text(), any::<Option<u64>>())
-        .prop_map(|(started_unix_ms, method, ok, took_ms, detail, reinit)| RejoinRecord {
-            started_unix_ms,
-            method,
-            ok,
-            took_ms,
-            detail,
-            reinit,
-        });
+    let rejoin = commands::rejoin();
     let stop = (any::<u64>(), any::<u64>(), any::<u64>(), any::<u32>())
         .prop_map(|(epoch, id, lsn, timeline)| SwitchoverStop { epoch, id, lsn, timeline });
     let failure = (any::<u64>(), mutate::odd_text()).prop_map(|(epoch, error)| BootstrapFailure { epoch, error });
