@@ -245,12 +245,14 @@ async fn the_scheduled_verification_records_a_success_and_a_damaged_backup_as_a_
     })
     .await?;
     assert!(t.spec().data_dir(&standby).join("PG_VERSION").exists());
-    // On request too, through the command line (retried while a scheduled one runs).
+    // On request too, through the command line (retried while a scheduled one runs, or while a
+    // coordinator that just took over has no report of the standby yet).
     let deadline = Instant::now() + Duration::from_secs(120);
     let out = loop {
         let out = t.cli(&["verify-backup", "--config", &config], "").await?;
         let stderr = String::from_utf8_lossy(&out.stderr).to_string();
-        if !stderr.contains("is running") || Instant::now() >= deadline {
+        let retry = stderr.contains("is running") || stderr.contains("no running standby");
+        if !retry || Instant::now() >= deadline {
             break out;
         }
         tokio::time::sleep(Duration::from_millis(300)).await;
@@ -262,7 +264,8 @@ async fn the_scheduled_verification_records_a_success_and_a_damaged_backup_as_a_
 
     // The archive's health and the repository's size on the primary; the last backup and
     // verification in `pgvigil list`.
-    wait_until("the archive gauges", Duration::from_secs(30), || {
+    // (The repository's size is measured once a minute.)
+    wait_until("the archive gauges", Duration::from_secs(90), || {
         let (t, p) = (&t, p.clone());
         async move {
             let m = t.get(&p, "/metrics").await?.text;
@@ -272,7 +275,12 @@ async fn the_scheduled_verification_records_a_success_and_a_damaged_backup_as_a_
                 && gauge(&m, "pgvigil_archive_failed_total").is_some())
         }
     })
-    .await?;
+    .await
+    .with_context(|| {
+        let m = std::process::Command::new("curl").arg("-s").arg(format!("http://{}/metrics", t.api(&p))).output();
+        let text = m.map(|o| String::from_utf8_lossy(&o.stdout).to_string()).unwrap_or_default();
+        text.lines().filter(|l| l.contains("archive") || l.contains("repository")).collect::<Vec<_>>().join("\n")
+    })?;
     let out = t.cli(&["list", "--config", &config], "").await?;
     let listed = String::from_utf8_lossy(&out.stdout);
     assert!(listed.contains("Last backup: full"), "{listed}");
