@@ -231,8 +231,8 @@ async fn backups(State(shared): State<Shr>) -> Response {
 }
 
 async fn proxy(State(shared): State<Shr>) -> Response {
-    match shared.proxy_status.borrow().clone() {
-        Some(status) => Json(status).into_response(),
+    match shared.proxy_status.get() {
+        Some(status) => Json(status.json()).into_response(),
         None => reply(Answer::from(ApiError::NotFound("this member runs no routing proxy (no [proxy] table)".into()))),
     }
 }

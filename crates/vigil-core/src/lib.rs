@@ -16,6 +16,8 @@
 //! - [`backup`]: backups as cluster decisions: the schedule (cron-like), the replicated record of
 //!   backups, and which backup is due when and on which member.
 //! - [`proxy`]: the routing proxy's decisions (read-write fenced by the lease, the read-only pool).
+//! - [`pgwire`]: the few bits of PostgreSQL's wire protocol the proxy reads and writes (a client's
+//!   first packet, the ErrorResponse of a refused session).
 //! - [`repeats`]: thinning repeated warnings (once, then at most once a minute with a count, and
 //!   once when they stop), for every crate's logs.
 //!
@@ -28,6 +30,7 @@ pub mod candidate;
 pub mod coordinator;
 pub mod engine;
 pub mod lease;
+pub mod pgwire;
 pub mod planted;
 pub mod proxy;
 pub mod repeats;
