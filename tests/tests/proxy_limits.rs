@@ -1,7 +1,8 @@
 //! The routing proxy's refusals and limits on a real one-member cluster: a refused client reads
 //! why (an ErrorResponse with SQLSTATE 57P03 or 53300, also after an SSLRequest), sessions over
 //! `max_sessions_per_backend` queue for `queue_timeout` and then are refused, a queued session
-//! gets the slot another one gives back, and `GET /proxy` and `/metrics` count all of it.
+//! gets the slot another one gives back, and `GET /proxy`, `/metrics` and `pgvigil list` count
+//! all of it.
 
 use std::time::{Duration, Instant};
 use tokio_postgres::NoTls;
@@ -138,6 +139,16 @@ async fn refused_clients_read_why_and_sessions_queue_for_a_slot() -> anyhow::Res
     // The sessions that reached the primary: the two and the queued one.
     let total = m("pgvigil_proxy_sessions_total", &[("port", "rw"), ("backend", &p)]).unwrap_or(0.0);
     assert!(total >= 3.0, "sessions_total {total}");
+
+    // `pgvigil list` shows the proxy of the member it asks: the route, the sessions, the refusals.
+    let out = t.cli(&["list", "--endpoint", &t.api(&p)], "").await?;
+    let text = String::from_utf8_lossy(&out.stdout);
+    println!("{text}");
+    assert!(out.status.success(), "{text}");
+    let row = text.lines().find(|l| l.starts_with(&format!("| {p} "))).expect("the primary's row");
+    assert!(row.contains("| rw; sessions rw 2"), "{row}");
+    assert!(text.contains(&format!(" Proxy on {p}: rw port {rw}, ro port {ro},")), "{text}");
+    assert!(text.contains("queued 0 now (2 in all), refused ro no_standby 2, rw backend_full 1"), "{text}");
     drop((second, c));
     Ok(())
 }

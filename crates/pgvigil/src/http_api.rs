@@ -205,7 +205,9 @@ pub async fn view(shared: &Shared) -> View {
 }
 
 async fn cluster(State(shared): State<Shr>) -> Response {
-    Json(ClusterView::from_view(&view(&shared).await)).into_response()
+    let status = shared.proxy_status.get().map(|s| s.json());
+    let name = &shared.settings.raw.name;
+    Json(ClusterView::from_view(&view(&shared).await).with_proxy(name, status)).into_response()
 }
 
 async fn cluster_member(State(shared): State<Shr>, Path(member): Path<String>) -> Response {
