@@ -234,7 +234,7 @@ impl Compose {
         let view: ClusterView =
             serde_json::from_str(&out).with_context(|| format!("pgvigil list on {service}: {out}"))?;
         if let Some(p) = view.primary.as_deref() {
-            if view.members.iter().any(|m| m.name == p && m.nofailover) {
+            if view.members.iter().any(|m| m.name == p && m.tags.nofailover()) {
                 self.nofailover_promoted = Some(p.to_string());
             }
         }

@@ -228,6 +228,98 @@ async fn wal_is_archived_and_backups_follow_the_primary_through_a_kill_9_failove
     Ok(())
 }
 
+/// The segment after `name` (16 MB segments: 256 per "log" number).
+fn next_segment(name: &str) -> anyhow::Result<String> {
+    anyhow::ensure!(name.len() == 24, "not a segment name: {name}");
+    let (tli, log, seg) = (&name[..8], u32::from_str_radix(&name[8..16], 16)?, u32::from_str_radix(&name[16..], 16)?);
+    let (log, seg) = if seg == 0xFF { (log + 1, 0) } else { (log, seg + 1) };
+    Ok(format!("{tli}{log:08X}{seg:08X}"))
+}
+
+/// The archive falls behind on the primary (its pushes fail), the primary's host is killed: the
+/// new primary pushes the segments it had received, so the archive has no hole on the old
+/// timeline, and nothing conflicts.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn segments_the_dead_primary_never_archived_are_archived_by_the_new_one() -> anyhow::Result<()> {
+    let mut t = TestCluster::prepare(3, 0, |s| with_backup(s, &[]))?;
+    t.cluster.start_all()?;
+    t.wait_for("a settled cluster with its stanza", CONVERGE, |v| settled(v) && v.state.backup.stanza_ready.is_some())
+        .await?;
+    let old = t.primary().await?;
+    let repo = repo(t.spec());
+    t.execute(&old, "CREATE TABLE items (id int primary key)").await?;
+    let first = switch_wal(&t, &old).await?;
+    wait_until("the first segment in the archive", CONVERGE, || {
+        let (repo, first) = (repo.clone(), first.clone());
+        async move { Ok(in_archive(&repo, &first)) }
+    })
+    .await?;
+
+    // The repository's archive goes away for a while: every push of the primary fails.
+    let archive = repo.join("archive").join("main");
+    let hidden = repo.join("archive").join("main.hidden");
+    std::fs::rename(&archive, &hidden)?;
+    let mut behind = Vec::new();
+    for i in 0..3 {
+        t.execute(&old, &format!("INSERT INTO items SELECT generate_series({i} * 1000 + 1, {i} * 1000 + 1000)"))
+            .await?;
+        behind.push(switch_wal(&t, &old).await?);
+    }
+    t.execute(&old, "INSERT INTO items SELECT generate_series(3001, 3500)").await?;
+    for s in t.other_pg_members(&old) {
+        t.wait_rows(&s, "items", 3500, Duration::from_secs(30)).await?;
+    }
+    wait_until("a failed push on the primary", CONVERGE, || {
+        let (t, old) = (&t, old.clone());
+        async move { Ok(archiver(t, &old).await?.2 > 0) }
+    })
+    .await?;
+    std::fs::rename(&hidden, &archive).ok();
+    let missing: Vec<&String> = behind.iter().filter(|s| !in_archive(&repo, s)).collect();
+    anyhow::ensure!(!missing.is_empty(), "the archive did not fall behind: {behind:?} all there");
+    // The old primary must not push them itself: its host dies now, the archive back in place.
+    std::fs::rename(&archive, &hidden)?;
+    let killed = Instant::now();
+    t.kill_host(&old);
+    std::fs::rename(&hidden, &archive)?;
+    let v = t.wait_for("a new writable primary", CONVERGE, |v| new_primary_writable(v, &old)).await?;
+    let writable = killed.elapsed();
+    let new = v.state.primary.clone().context("a primary")?;
+
+    // Every segment of the old timeline from the first archived one to the last the old
+    // primary closed is in the archive: no hole.
+    let mut wanted = vec![first.clone()];
+    while wanted.last() != behind.last() {
+        let next = next_segment(wanted.last().context("a segment")?)?;
+        wanted.push(next);
+    }
+    wait_until("the old timeline's segments in the archive", CONVERGE, || {
+        let (repo, wanted) = (repo.clone(), wanted.clone());
+        async move { Ok(wanted.iter().all(|s| in_archive(&repo, s))) }
+    })
+    .await
+    .with_context(|| {
+        let gone: Vec<&String> = wanted.iter().filter(|s| !in_archive(&repo, s)).collect();
+        format!("missing from the archive: {gone:?}")
+    })?;
+    println!(
+        "archive after a kill -9 failover with {} segments not archived by the old primary: no hole; \
+         the new primary writable {:.2} s after the kill, the old timeline complete in the archive {:.2} s after it",
+        missing.len(),
+        writable.as_secs_f64(),
+        killed.elapsed().as_secs_f64()
+    );
+    let (_, _, failed, last_failed) = archiver(&t, &new).await?;
+    assert_eq!(failed, 0, "no failed push on the new primary: {last_failed}");
+    let new_log = log_of(&t, &new);
+    assert!(!new_log.contains("different checksum"), "no conflicting push");
+    assert!(
+        std::fs::read_to_string(t.spec().state_dir(&new).join("pgvigil.log"))?.contains("marked received WAL ready"),
+        "the new primary's agent marked them"
+    );
+    Ok(())
+}
+
 fn vigil_tests_wall_ms() -> u64 {
     std::time::SystemTime::now().duration_since(std::time::UNIX_EPOCH).map(|d| d.as_millis() as u64).unwrap_or(0)
 }

@@ -35,8 +35,8 @@ fn working_without(v: &View, not: &[&str]) -> bool {
 async fn foreign_data_directories_are_never_chosen_and_left_untouched() -> anyhow::Result<()> {
     // pg1 and pg2 are preferred, so only their data directories could keep them from being chosen.
     let mut t = TestCluster::prepare(3, 0, |spec| {
-        spec.members[0].priority = 10;
-        spec.members[1].priority = 5;
+        spec.members[0].tags.set("priority", 10i64);
+        spec.members[1].tags.set("priority", 5i64);
     })?;
     let stray = t.spec().data_dir("pg1");
     std::fs::create_dir_all(&stray)?;
@@ -91,7 +91,7 @@ async fn a_failed_initdb_gives_the_bootstrap_to_another_member() -> anyhow::Resu
     let bin = bin_dir_with_breakable_initdb(scratch.path())?;
     let mut t = TestCluster::prepare(3, 0, |spec| {
         spec.pg_bin_dir = bin.clone();
-        spec.members[0].priority = 10;
+        spec.members[0].tags.set("priority", 10i64);
     })?;
     std::fs::write(broken_marker(&t, "pg1"), "")?;
     t.cluster.start_all()?;
@@ -135,6 +135,13 @@ async fn a_single_member_whose_initdb_failed_bootstraps_once_fixed() -> anyhow::
     assert!(v.state.epoch >= 2, "a new epoch for the new bootstrap: {}", v.state.epoch);
     assert_eq!(v.state.bootstrap_epoch, v.state.epoch);
     assert!(v.reports.get("pg1").is_some_and(|r| r.pg.bootstrap_failed.is_none()));
+    // The superuser's password is set just after the new primary reports itself (seen failing
+    // authentication on a loaded machine): wait for it.
+    let deadline = std::time::Instant::now() + Duration::from_secs(20);
+    while !t.accepts_connections("pg1").await {
+        anyhow::ensure!(std::time::Instant::now() < deadline, "pg1 takes no connection with the password");
+        tokio::time::sleep(Duration::from_millis(100)).await;
+    }
     t.execute("pg1", "CREATE TABLE t (id int); INSERT INTO t VALUES (1)").await?;
     Ok(())
 }

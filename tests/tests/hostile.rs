@@ -70,13 +70,16 @@ async fn peer_rpcs_without_the_cluster_credential_are_refused_and_change_nothing
                 .with_key(std::sync::Arc::new(ClusterKey::parse_file(&other_secret).map_err(anyhow::Error::msg)?)),
         ),
     ];
-    let report = proto::HealthReport {
-        member: "pg1".into(),
-        kind: "postgres".into(),
-        pg_host: "127.0.0.1".into(),
-        pg_port: 5432,
-        epoch_seen: before.state.epoch,
-        ..Default::default()
+    let report = proto::ReportRequest {
+        report_json: pgvigil::convert::encode_report(&vigil_core::HealthReport {
+            member: "pg1".into(),
+            kind: vigil_core::MemberKind::Postgres,
+            pg_host: "127.0.0.1".into(),
+            pg_port: 5432,
+            tags: Default::default(),
+            pg: Default::default(),
+            epoch_seen: before.state.epoch,
+        })?,
     };
     let pause = proto::AdminRequest { action: "pause".into(), body_json: r#"{"reason": "hostile"}"#.into() };
     for m in &t.spec().members {

@@ -189,7 +189,7 @@ async fn a_writer_through_the_rw_port_sees_no_error_during_a_switchover() -> any
 async fn paused_replay_leaves_the_ro_pool_and_noloadbalance_never_joins() -> anyhow::Result<()> {
     let mut t = TestCluster::prepare(3, 0, |spec| {
         with_proxy(spec);
-        spec.members[2].noloadbalance = true;
+        spec.members[2].tags.set("noloadbalance", true);
     })?;
     t.cluster.start_all()?;
     let mut v = t.wait_for("a healthy cluster", CONVERGE, healthy).await?;

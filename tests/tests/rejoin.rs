@@ -134,7 +134,7 @@ async fn on_mode_degrades_to_async_without_a_standby_and_recovers() -> anyhow::R
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_standby_that_forked_off_the_new_primary_is_rewound() -> anyhow::Result<()> {
     // pg3 may never be promoted, so pg2 is the only candidate even when pg3 has more WAL.
-    let mut t = TestCluster::prepare(3, 0, |s| s.members[2].nofailover = true)?;
+    let mut t = TestCluster::prepare(3, 0, |s| s.members[2].tags.set("nofailover", true))?;
     t.cluster.start_all()?;
     t.wait_for("a healthy cluster", CONVERGE, healthy).await?;
     assert_eq!(t.primary().await?, "pg1");

@@ -12,7 +12,7 @@ async fn member_tags(t: &TestCluster, via: &str, member: &str) -> anyhow::Result
     anyhow::ensure!(r.status == 200, "GET /cluster on {via}: {r:?}");
     let view: ClusterView = serde_json::from_value(r.json)?;
     let m = view.members.iter().find(|m| m.name == member).ok_or_else(|| anyhow::anyhow!("no {member}"))?;
-    Ok((m.nofailover, m.priority))
+    Ok((m.tags.nofailover(), m.tags.priority()))
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
@@ -31,7 +31,7 @@ async fn sighup_applies_tags_and_log_level_and_refuses_a_broken_file() -> anyhow
     // Tags and log level reload; the synchronous node count needs a restart.
     let changed = original
         .replace("\nnofailover = false\n", "\nnofailover = true\n")
-        .replace("\npriority = 0\n", "\npriority = 7\n")
+        .replace("\npriority = 0\n", "\npriority = 7\nzone = \"b\"\n")
         .replace("level = \"info\"", "level = \"debug\"")
         .replace("[replication]\n", "[replication]\nsynchronous_node_count = 2\n");
     std::fs::write(&config, &changed)?;
@@ -42,7 +42,7 @@ async fn sighup_applies_tags_and_log_level_and_refuses_a_broken_file() -> anyhow
     })
     .await?;
     let applied = text.lines().find(|l| l.contains("configuration reloaded")).unwrap_or_default();
-    for key in ["log.level", "tags.nofailover", "tags.priority"] {
+    for key in ["log.level", "tags.nofailover", "tags.priority", "tags.zone"] {
         assert!(applied.contains(key), "the applied keys name {key}: {applied}");
     }
     let restart = text.lines().find(|l| l.contains("needs a restart")).unwrap_or_default();
@@ -58,6 +58,12 @@ async fn sighup_applies_tags_and_log_level_and_refuses_a_broken_file() -> anyhow
         anyhow::ensure!(Instant::now() < deadline, "tags not in GET /cluster: {got:?}");
         tokio::time::sleep(Duration::from_millis(100)).await;
     }
+    // A tag of the operator's own travels the same way, and the health checks match it.
+    let view: ClusterView = serde_json::from_value(t.get(&primary, "/cluster").await?.json)?;
+    let tags = view.members.iter().find(|m| m.name == member).map(|m| m.tags.clone()).unwrap_or_default();
+    assert_eq!(tags.get("zone"), Some("b"), "{tags:?}");
+    assert_eq!(t.get(&member, "/replica?tag_zone=b").await?.status, 200);
+    assert_eq!(t.get(&member, "/replica?tag_zone=c").await?.status, 503);
     let shown = t.get(&member, "/config").await?;
     assert_eq!(shown.json["tags"]["priority"], 7, "{:?}", shown.json);
     assert_eq!(shown.json["log"]["level"], "debug", "{:?}", shown.json);

@@ -20,8 +20,8 @@ use tokio_util::sync::CancellationToken;
 use vigil_core::agent::{divergence, reconcile, AgentAction, AgentInput};
 use vigil_core::repeats::{Repeats, LOG_EVERY};
 use vigil_core::report::{BootstrapFailure, RejoinMethod, RejoinRecord, ReplicaStatus, SwitchoverStop};
-use vigil_core::{ClusterState, DataDir, EventKind, Lease, LocalMemory, MemberKind, PgStatus, Upstream};
-use vigil_pg::{DataDirState, Observation, PgSettings, Postgres, RunAs, StopMode};
+use vigil_core::{ClusterState, EventKind, Lease, LocalMemory, MemberKind, PgStatus, Upstream};
+use vigil_pg::{Observation, PgSettings, Postgres, RunAs, StopMode};
 
 /// A standby not streaming for this long gets its timeline checked against the primary's.
 const DIVERGENCE_CHECK_AFTER: Duration = Duration::from_secs(2);
@@ -103,7 +103,7 @@ pub async fn run(shared: Arc<Shared>, shutdown: CancellationToken) -> anyhow::Re
     *shared.lease.lock().unwrap_or_else(|p| p.into_inner()) = lease;
     // Published through `Shared`, so the HTTP API and the metrics see it too.
     let status_tx = shared.pg_status.clone();
-    let (dir, problem) = data_dir(pg.data_dir_state());
+    let (dir, problem) = pg.data_dir_state().split();
     status_tx.send_replace(PgStatus { data_dir: dir, data_dir_problem: problem, ..Default::default() });
     let link = Link {
         status: status_tx.subscribe(),
@@ -183,16 +183,6 @@ fn prepare_dirs(s: &PgSettings) -> anyhow::Result<()> {
             .with_context(|| format!("chown {}", s.socket_dir.display()))?;
     }
     Ok(())
-}
-
-/// The core's name for the data directory's state, and what was found in a foreign one.
-fn data_dir(d: DataDirState) -> (DataDir, Option<String>) {
-    match d {
-        DataDirState::Empty => (DataDir::Empty, None),
-        DataDirState::Primary => (DataDir::Primary, None),
-        DataDirState::Standby => (DataDir::Standby, None),
-        DataDirState::Foreign(found) => (DataDir::Foreign, Some(found)),
-    }
 }
 
 struct Agent {
@@ -294,7 +284,7 @@ impl Agent {
         self.role_hook(&state, &obs);
         self.sync_seen = obs.sync_standby_names.clone();
         let is_primary_now = obs.running && !obs.in_recovery;
-        let (dir, dir_problem) = data_dir(self.pg.data_dir_state());
+        let (dir, dir_problem) = self.pg.data_dir_state().split();
         let mut pg = PgStatus {
             running: obs.running,
             in_recovery: obs.in_recovery,
@@ -377,14 +367,25 @@ impl Agent {
         }
     }
 
+    /// Before a promotion with archiving on: the segments this standby received become ready to
+    /// archive, so none the old primary had not archived yet is missing from the archive
+    /// (`vigil_pg::datadir::mark_received_wal_ready`). A failure here is logged, not fatal: the
+    /// promotion matters more than a hole in the archive, which the next full backup bounds.
+    fn mark_received_wal_ready(&self) {
+        match vigil_pg::datadir::mark_received_wal_ready(&self.pg.settings().data_dir) {
+            Ok(n) => tracing::info!(segments = n, "marked received WAL ready to archive before the promotion"),
+            Err(e) => tracing::warn!("cannot mark received WAL ready to archive; the archive may miss segments: {e:#}"),
+        }
+    }
+
     fn remember(&mut self, change: impl FnOnce(&mut LocalMemory)) -> anyhow::Result<()> {
         change(&mut self.memory);
-        self.local.save(&self.memory).context("save local memory")
+        // An fsync: off the runtime's threads.
+        vigil_pg::datadir::off_runtime(|| self.local.save(&self.memory)).context("save local memory")
     }
 
     async fn act(&mut self, action: AgentAction, state: &ClusterState) -> anyhow::Result<()> {
         let epoch = state.epoch;
-        let up = |u: &Upstream| vigil_pg::Upstream { host: u.host.clone(), port: u.port };
         let started = Instant::now();
         match action {
             AgentAction::Wait(why) => self.note(tracing::Level::INFO, format!("waiting: {why}")),
@@ -442,6 +443,9 @@ impl Agent {
                 self.arm_keeper(state).await?;
                 // Named before promotion, so the first commit on the new primary already waits for them.
                 self.pg.set_sync_standby_names(&sync).await.context("set synchronous_standby_names")?;
+                if self.shared.settings.backup.is_some() {
+                    self.mark_received_wal_ready();
+                }
                 self.pg.promote(Duration::from_secs(60)).await.context("promote")?;
                 tracing::warn!(epoch, took_ms = started.elapsed().as_millis() as u64, "promoted to primary");
                 promotion_hook(&self.shared, state);
@@ -463,12 +467,12 @@ impl Agent {
             AgentAction::Rejoin { from, slot, reason } => self.rejoin(&from, &slot, &reason, epoch).await?,
             AgentAction::Clone { from, slot } => {
                 tracing::info!(epoch, "cloning from {}:{} through slot {slot}", from.host, from.port);
-                self.pg.clone_from(&up(&from), &slot).await.context("clone with pg_basebackup")?;
+                self.pg.clone_from(&from, &slot).await.context("clone with pg_basebackup")?;
                 tracing::info!(epoch, took_ms = started.elapsed().as_millis() as u64, "cloned");
                 self.remember(|m| m.upstream = Some(from))?;
             }
             AgentAction::ConfigureStandby { from, slot } => {
-                self.pg.configure_standby(&up(&from), &slot).context("write standby configuration")?;
+                self.pg.configure_standby(&from, &slot).context("write standby configuration")?;
                 if let Some(stop) = &self.memory.switchover_stop {
                     tracing::warn!(
                         epoch,
@@ -487,7 +491,7 @@ impl Agent {
                 })?;
             }
             AgentAction::Follow { from, slot } => {
-                self.pg.follow(&up(&from), &slot).await.context("follow the new primary")?;
+                self.pg.follow(&from, &slot).await.context("follow the new primary")?;
                 tracing::info!(epoch, "now following {}:{}", from.host, from.port);
                 self.remember(|m| m.upstream = Some(from))?;
             }
@@ -610,7 +614,7 @@ impl Agent {
         }
         self.divergence_checked = Some(now);
         let Some(m) = state.primary.as_deref().and_then(|p| state.members.get(p)) else { return };
-        let upstream = vigil_pg::Upstream { host: m.pg_host.clone(), port: m.pg_port };
+        let upstream = Upstream { host: m.pg_host.clone(), port: m.pg_port };
         match self.pg.timeline_history(&upstream).await {
             Ok((primary_tli, history)) => {
                 let lsn = obs.received_lsn.max(obs.replay_lsn);
@@ -626,16 +630,15 @@ impl Agent {
     /// Make this data directory a standby of `from` again: `pg_rewind`; if that fails, move the
     /// data directory aside (never deleted here) and clone. The outcome goes into the history.
     async fn rejoin(&mut self, from: &Upstream, slot: &str, reason: &str, epoch: u64) -> anyhow::Result<()> {
-        let up = vigil_pg::Upstream { host: from.host.clone(), port: from.port };
         // Nothing is touched unless the new primary is there to rewind or clone from.
-        self.pg.timeline_history(&up).await.context("rejoin: the primary is not ready")?;
+        self.pg.timeline_history(from).await.context("rejoin: the primary is not ready")?;
         if self.pg.is_running_child() {
             self.pg.stop(StopMode::Immediate).await.context("rejoin: stop PostgreSQL")?;
         }
         let started = Instant::now();
         let started_unix_ms = wall_ms();
         tracing::warn!(epoch, %reason, "rejoining: rewinding from {}:{}", from.host, from.port);
-        let (method, detail) = match self.pg.rewind_from(&up, slot).await {
+        let (method, detail) = match self.pg.rewind_from(from, slot).await {
             Ok(()) => (RejoinMethod::Rewind, reason.to_string()),
             Err(rewind_err) => {
                 tracing::warn!(epoch, "pg_rewind failed, re-cloning instead: {rewind_err:#}");
@@ -644,7 +647,7 @@ impl Agent {
                 if let Err(e) = vigil_pg::datadir::prune_moved(&self.pg.settings().data_dir, keep) {
                     tracing::warn!("pruning old moved-aside data directories: {e:#}");
                 }
-                let cloned = self.pg.clone_from(&up, slot).await;
+                let cloned = self.pg.clone_from(from, slot).await;
                 let detail = format!(
                     "{reason}; pg_rewind failed ({}); old data moved to {}",
                     first_line(&format!("{rewind_err:#}")),
@@ -680,9 +683,8 @@ impl Agent {
     /// clone again. Acted on once (`reinit_done` is remembered once the data is moved aside); the
     /// outcome goes into the history as a re-clone.
     async fn reinit(&mut self, from: &Upstream, slot: &str, id: u64, epoch: u64) -> anyhow::Result<()> {
-        let up = vigil_pg::Upstream { host: from.host.clone(), port: from.port };
         // Nothing is touched unless the primary is there to clone from.
-        self.pg.timeline_history(&up).await.context("reinit: the primary is not ready")?;
+        self.pg.timeline_history(from).await.context("reinit: the primary is not ready")?;
         let started = Instant::now();
         let started_unix_ms = wall_ms();
         tracing::warn!(
@@ -707,7 +709,7 @@ impl Agent {
             m.switchover_stop = None;
             m.upstream = None;
         })?;
-        let cloned = self.pg.clone_from(&up, slot).await;
+        let cloned = self.pg.clone_from(from, slot).await;
         let mut detail = format!("reinit {id} requested by the operator");
         if let Some(moved) = &moved {
             detail.push_str(&format!("; old data moved to {}", moved.display()));

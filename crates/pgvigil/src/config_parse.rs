@@ -58,17 +58,11 @@ fn push_name(key: &mut String, name: &str) {
 }
 
 /// Keys whose environment override is a boolean (`true`/`false`, also `yes`/`no`, `on`/`off`, `1`/`0`).
-pub const ENV_BOOL_KEYS: &[&str] = &[
-    "tags.nofailover",
-    "tags.noloadbalance",
-    "tls.peer_mtls",
-    "tls.api",
-    "tls.api_verify_client",
-    "peer_auth.insecure_unauthenticated",
-];
+/// The tags the rules read are typed too (`vigil_core::tags::KNOWN`); other tags are strings.
+pub const ENV_BOOL_KEYS: &[&str] =
+    &["tls.peer_mtls", "tls.api", "tls.api_verify_client", "peer_auth.insecure_unauthenticated"];
 /// Keys whose environment override is an integer.
 pub const ENV_INTEGER_KEYS: &[&str] = &[
-    "tags.priority",
     "postgres.port",
     "postgres.keep_moved_data_dirs",
     "timing.election_ticks",
@@ -92,13 +86,15 @@ fn apply_env(table: &mut toml::Table, var: &str, value: &str) -> Result<(), Conf
         // No key to name (`PGVIGIL_`, `PGVIGIL_A____B`): the variable is what is wrong.
         return Err(bad(var, format!("{var:?} does not name a key (nested keys are joined by __)")));
     }
-    let typed = if ENV_BOOL_KEYS.contains(&key.as_str()) {
+    use vigil_core::tags::{Kind, KNOWN};
+    let tag = key.strip_prefix("tags.").and_then(|t| KNOWN.iter().find(|(k, _)| *k == t)).map(|(_, kind)| *kind);
+    let typed = if ENV_BOOL_KEYS.contains(&key.as_str()) || tag == Some(Kind::Bool) {
         match value.trim().to_ascii_lowercase().as_str() {
             "true" | "yes" | "on" | "1" => toml::Value::Boolean(true),
             "false" | "no" | "off" | "0" => toml::Value::Boolean(false),
             _ => return Err(bad(key, format!("{var}={value:?} is not a boolean (true or false)"))),
         }
-    } else if ENV_INTEGER_KEYS.contains(&key.as_str()) {
+    } else if ENV_INTEGER_KEYS.contains(&key.as_str()) || tag == Some(Kind::Integer) {
         match value.trim().parse::<i64>() {
             Ok(n) => toml::Value::Integer(n),
             Err(_) => return Err(bad(key, format!("{var}={value:?} is not an integer"))),

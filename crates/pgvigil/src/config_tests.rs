@@ -184,6 +184,9 @@ fn strings_are_not_taken_for_booleans_or_numbers() {
         ("nofailover yes", format!("{GOOD}[tags]\nnofailover = \"yes\"\n"), "tags.nofailover"),
         ("nofailover 1", format!("{GOOD}[tags]\nnofailover = 1\n"), "tags.nofailover"),
         ("priority as a string", format!("{GOOD}[tags]\npriority = \"3\"\n"), "tags.priority"),
+        ("priority over 32 bit", format!("{GOOD}[tags]\npriority = 4294967296\n"), "tags.priority"),
+        ("a tag that is a table", format!("{GOOD}[tags]\nzone = {{ a = 1 }}\n"), "tags.zone"),
+        ("a tag that is a list", format!("{GOOD}[tags.rack]\nx = 1\n"), "tags.rack"),
         ("port as a string", GOOD.replace("port = 6001", "port = \"55501\""), "postgres.port"),
         ("port out of range", GOOD.replace("port = 6001", "port = 70000"), "postgres.port"),
         (
@@ -217,11 +220,14 @@ fn parse_env(pairs: &[(&str, &str)]) -> Result<Settings, ConfigError> {
 #[test]
 fn environment_overrides_are_parsed_as_their_key_type() {
     let s = parse_env(&[("PGVIGIL_TAGS__NOFAILOVER", "yes"), ("PGVIGIL_POSTGRES__PORT", "5433")]).expect("loads");
-    assert!(s.raw.tags.nofailover);
+    assert!(s.raw.tags.tags().nofailover());
     assert_eq!(s.raw.postgres.as_ref().map(|p| p.port), Some(5433));
     let s = parse_env(&[("PGVIGIL_TAGS__NOFAILOVER", "0"), ("PGVIGIL_TIMING__LEASE_TIMEOUT", "3s")]).expect("loads");
-    assert!(!s.raw.tags.nofailover);
+    assert!(!s.raw.tags.tags().nofailover());
     assert_eq!(s.timings.lease_timeout, Duration::from_secs(3));
+    // Any tag may be set from the environment; an unknown one is a string.
+    let s = parse_env(&[("PGVIGIL_TAGS__ZONE", "b")]).expect("loads");
+    assert_eq!(s.raw.tags.tags().get("zone"), Some("b"));
     // A string key stays a string, even when it looks like a number.
     let s = parse_env(&[("PGVIGIL_POSTGRES__REPLICATION_PASSWORD", "12345")]).expect("loads");
     assert_eq!(s.replication_password, "12345");
@@ -259,7 +265,8 @@ fn every_boolean_and_integer_key_has_a_type_for_the_environment() {
     let mut v = serde_json::to_value(&raw).expect("json");
     v["tls"] = serde_json::json!({ "peer_mtls": true, "api": true, "api_verify_client": false });
     let mut typed = Vec::new();
-    for (table, t) in v.as_object().into_iter().flatten() {
+    // Tags are typed by vigil_core::tags::KNOWN (below).
+    for (table, t) in v.as_object().into_iter().flatten().filter(|(table, _)| *table != "tags") {
         for (key, leaf) in t.as_object().into_iter().flatten() {
             let key = format!("{table}.{key}");
             if leaf.is_boolean() {
@@ -272,6 +279,13 @@ fn every_boolean_and_integer_key_has_a_type_for_the_environment() {
     }
     assert_eq!(typed.len(), ENV_BOOL_KEYS.len() + ENV_INTEGER_KEYS.len(), "{typed:?}");
     assert!(typed.iter().all(|(_, listed)| *listed), "{typed:?}");
+    for (tag, kind) in vigil_core::tags::KNOWN {
+        let var = format!("PGVIGIL_TAGS__{}", tag.to_uppercase());
+        let value = if *kind == vigil_core::tags::Kind::Bool { "yes" } else { "7" };
+        let s = parse_env(&[(var.as_str(), value)]).expect("loads");
+        let expected = if *kind == vigil_core::tags::Kind::Bool { "true" } else { "7" };
+        assert_eq!(s.raw.tags.tags().get(tag), Some(expected), "{var}");
+    }
 }
 
 #[test]

@@ -106,7 +106,11 @@ pub async fn handle_report(shared: &Shared, report: HealthReport) -> ReportAck {
     ack.epoch = answer.epoch;
     ack.primary_lsn = answer.primary_lsn;
     // What the members' routing proxies need: the primary's lease as granted, the standbys.
-    crate::proxy_feed::fill(&mut ack, &answer.proxy);
+    ack.proxy_json = crate::convert::encode_proxy(&answer.proxy).unwrap_or_else(|e| {
+        // Not for this type; the proxies then hold and refuse writes, the safe side.
+        tracing::debug!("the proxies' part of an answer cannot be encoded: {e}");
+        String::new()
+    });
     ack
 }
 

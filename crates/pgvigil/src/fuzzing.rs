@@ -1,7 +1,7 @@
 //! The functions that take untrusted input and are otherwise private to the daemon, named here so
 //! that the fuzz targets (`vigil_tests::fuzz`) call exactly what the daemon calls. The config
 //! loader ([`crate::config::parse`], [`crate::config::check`]), the peer messages'
-//! [`crate::convert::from_proto`] and the token check [`crate::http_api::authorize`] are public
+//! [`crate::convert::decode_report`] and the token check [`crate::http_api::authorize`] are public
 //! already.
 
 /// The body of `POST /pause` and `POST /resume`.

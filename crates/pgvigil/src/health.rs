@@ -38,8 +38,8 @@ pub struct Local<'a> {
     pub lease_valid: bool,
     /// The primary's WAL position as last heard from the coordinator.
     pub primary_lsn: Option<u64>,
-    /// This member's configured tags, as strings (`nofailover`, `priority`).
-    pub tags: &'a [(&'a str, String)],
+    /// This member's configured tags.
+    pub tags: &'a vigil_core::Tags,
     pub loops_alive: bool,
     /// A coordinator (Raft leader) is known: for a witness, the sign it is a working voter.
     pub hears_coordinator: bool,
@@ -148,16 +148,16 @@ impl Local<'_> {
     }
 
     fn tags_match(&self, wanted: &[(String, String)]) -> Result<(), String> {
-        for (k, v) in wanted {
-            match self.tags.iter().find(|(name, _)| name == k) {
-                None => return Err(format!("tag {k} is not defined here")),
-                Some((_, mine)) if !mine.eq_ignore_ascii_case(v) => {
-                    return Err(format!("tag {k} is {mine}, not {v}"));
-                }
-                Some(_) => {}
-            }
-        }
-        Ok(())
+        let Some((k, v)) = wanted.iter().find(|(k, v)| !self.tags.matches(k, v)) else {
+            return Ok(());
+        };
+        let known = vigil_core::tags::KNOWN.iter().any(|(name, _)| name == k);
+        Err(match self.tags.get(k) {
+            None if !known => format!("tag {k} is not defined here"),
+            // An unset flag is false, an unset priority 0.
+            None => format!("tag {k} is not set here, so it is not {v}"),
+            Some(mine) => format!("tag {k} is {mine}, not {v}"),
+        })
     }
 
     pub fn replica(&self, f: &Filters) -> Verdict {
@@ -319,7 +319,7 @@ mod tests {
         }
     }
 
-    const TAGS: &[(&str, String)] = &[];
+    static TAGS: std::sync::LazyLock<vigil_core::Tags> = std::sync::LazyLock::new(vigil_core::Tags::new);
 
     fn local<'a>(me: &'a str, s: &'a ClusterState, pg: &'a PgStatus, lease: bool) -> Local<'a> {
         Local {
@@ -329,7 +329,7 @@ mod tests {
             pg,
             lease_valid: lease,
             primary_lsn: Some(100_000),
-            tags: TAGS,
+            tags: &TAGS,
             loops_alive: true,
             hears_coordinator: true,
             max_lag_default: 1 << 20,
@@ -409,12 +409,18 @@ mod tests {
     fn tags_match_as_patroni_does() {
         let s = cluster();
         let pg = standby_pg(1000);
-        let tags = [("nofailover", "true".to_string()), ("priority", "3".to_string())];
+        let tags = vigil_core::Tags::new().with("nofailover", true).with("priority", 3).with("zone", "b");
         let mut l = local("b", &s, &pg, false);
         l.tags = &tags;
         assert!(l.replica(&q(&[("tag_nofailover", "True"), ("tag_priority", "3")])).ok);
         assert!(!l.replica(&q(&[("tag_nofailover", "false")])).ok);
         assert!(!l.replica(&q(&[("tag_datacenter", "east")])).ok, "an undefined tag does not match");
+        // Any tag of the config, not only the ones pgvigil's rules read.
+        assert!(l.replica(&q(&[("tag_zone", "B")])).ok);
+        let no = l.replica(&q(&[("tag_zone", "c")]));
+        assert!(!no.ok && no.reason.contains("tag zone is b, not c"), "{}", no.reason);
+        // An unset flag is false.
+        assert!(l.replica(&q(&[("tag_noloadbalance", "false")])).ok);
         // The primary checks ignore tags.
         let p = primary_pg();
         let mut l = local("a", &s, &p, true);

@@ -19,7 +19,6 @@ use axum::response::{IntoResponse, Response};
 use axum::routing::{get, post, MethodRouter};
 use axum::{Json, Router};
 use serde_json::json;
-use std::collections::BTreeMap;
 use std::sync::atomic::Ordering;
 use std::sync::Arc;
 use std::time::{Duration, Instant};
@@ -106,7 +105,10 @@ pub struct Snapshot {
     pub pg: PgStatus,
     pub lease_valid: bool,
     pub primary_lsn: Option<u64>,
-    pub tags: Vec<(&'static str, String)>,
+    /// This member's tags: as the rules and `?tag_` read them, and as configured (typed, shown
+    /// as Patroni shows them: `"nofailover": true`).
+    pub tags: vigil_core::Tags,
+    pub tag_table: crate::config::TagTable,
     pub loops_alive: bool,
     /// A Raft leader (the coordinator) is known to this member.
     pub hears_coordinator: bool,
@@ -117,12 +119,13 @@ impl Snapshot {
         let now = Instant::now();
         let state = shared.committed();
         let t = &shared.settings.timings;
-        let tags = shared.runtime.borrow().tags.clone();
+        let tag_table = shared.runtime.borrow().tags.clone();
         Snapshot {
             lease_valid: shared.lease_valid(state.epoch, now),
             pg: shared.pg_status.borrow().clone(),
             primary_lsn: Some(shared.primary_lsn.load(Ordering::Relaxed)).filter(|l| *l > 0),
-            tags: vec![("nofailover", tags.nofailover.to_string()), ("priority", tags.priority.to_string())],
+            tags: tag_table.tags(),
+            tag_table,
             // Both loops go round every loop interval; a report or a proposal may take a lease.
             loops_alive: shared.alive.alive(now, t.lease_timeout * 3),
             hears_coordinator: shared.raft.status().borrow().leader_id != 0,
@@ -177,7 +180,7 @@ async fn health_check(
         "paused": snap.state.paused,
         "fenced": local.fenced(),
         "lease_remaining_ms": remaining.as_millis() as u64,
-        "tags": snap.tags.iter().map(|(k, v)| (k.to_string(), v.clone())).collect::<BTreeMap<_, _>>(),
+        "tags": &snap.tag_table,
     });
     let status = if verdict.ok { StatusCode::OK } else { StatusCode::SERVICE_UNAVAILABLE };
     (status, Json(body)).into_response()

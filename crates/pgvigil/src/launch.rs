@@ -24,10 +24,8 @@ pub struct MemberSpec {
     pub pg_port: u16,
     /// The HTTP API's port.
     pub api_port: u16,
-    pub nofailover: bool,
-    pub priority: i32,
-    /// `tags.noloadbalance`.
-    pub noloadbalance: bool,
+    /// `[tags]`.
+    pub tags: crate::config::TagTable,
     /// The routing proxy's read-write and read-only ports (None: no `[proxy]` table).
     pub proxy_ports: Option<(u16, u16)>,
 }
@@ -159,9 +157,8 @@ impl ClusterSpec {
                 peer_port: free_port()?,
                 pg_port: free_port()?,
                 api_port: free_port()?,
-                nofailover: false,
-                priority: 0,
-                noloadbalance: false,
+                // Written out, so a test can edit them in the file as an operator would.
+                tags: crate::config::TagTable::default().with("nofailover", false).with("priority", 0),
                 proxy_ports: None,
             });
         }
@@ -337,14 +334,7 @@ impl ClusterSpec {
                 ]),
             ));
         }
-        sections.push((
-            "tags",
-            table(vec![
-                ("nofailover", m.nofailover.into()),
-                ("priority", i64::from(m.priority).into()),
-                ("noloadbalance", m.noloadbalance.into()),
-            ]),
-        ));
+        sections.push(("tags", Table::try_from(&m.tags).context("tags")?));
         if let Some((rw, ro)) = m.proxy_ports {
             let mut proxy = lines("proxy", &self.proxy)?;
             proxy.insert("listen_address".into(), m.host.as_str().into());

@@ -85,8 +85,7 @@ pub struct MemberView {
     pub replay_lsn: Option<u64>,
     /// Bytes behind the primary's reported position (replicas only).
     pub lag_bytes: Option<u64>,
-    pub nofailover: bool,
-    pub priority: i32,
+    pub tags: vigil_core::Tags,
     pub sync: bool,
 }
 
@@ -130,8 +129,7 @@ impl ClusterView {
                     received_lsn: running.filter(|r| r.pg.in_recovery).map(|r| r.pg.received_lsn),
                     replay_lsn: running.filter(|r| r.pg.in_recovery).map(|r| r.pg.replay_lsn),
                     lag_bytes,
-                    nofailover: m.nofailover,
-                    priority: m.priority,
+                    tags: m.tags.clone(),
                     sync: s.sync.standbys.contains(name),
                 }
             })
@@ -199,13 +197,13 @@ pub fn render(v: &ClusterView) -> String {
         rows[0].push("Proxy".into());
     }
     for m in &v.members {
-        let mut tags = Vec::new();
-        if m.nofailover {
-            tags.push("nofailover".to_string());
-        }
-        if m.priority != 0 {
-            tags.push(format!("priority={}", m.priority));
-        }
+        // A set flag by its name alone, an unset one not at all, others as key=value.
+        let tags: Vec<String> = m
+            .tags
+            .iter()
+            .filter(|(_, v)| *v != "false")
+            .map(|(k, v)| if v == "true" { k.to_string() } else { format!("{k}={v}") })
+            .collect();
         let role = match m.role.as_str() {
             "primary" => "Primary",
             "witness" => "Witness",

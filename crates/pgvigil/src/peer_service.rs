@@ -87,8 +87,8 @@ impl proto::peer_server::Peer for PeerService {
         Ok(Response::new(proto::RaftAck {}))
     }
 
-    async fn report(&self, req: Request<proto::HealthReport>) -> Result<Response<proto::ReportAck>, Status> {
-        let report = convert::from_proto(req.into_inner()).map_err(Status::invalid_argument)?;
+    async fn report(&self, req: Request<proto::ReportRequest>) -> Result<Response<proto::ReportAck>, Status> {
+        let report = convert::decode_report(&req.into_inner().report_json).map_err(Status::invalid_argument)?;
         Ok(Response::new(coordination::handle_report(&self.shared, report).await))
     }
 

@@ -21,51 +21,29 @@ pub struct Feed {
     pub standbys: Vec<StandbyView>,
 }
 
-/// The coordinator's part for the proxies, put into its answer to a report (once, at the wire).
-pub(crate) fn fill(ack: &mut proto::ReportAck, a: &vigil_core::proxy::ProxyAnswer) {
-    ack.primary_lease_ms = u64::try_from(a.lease_left.as_millis()).unwrap_or(u64::MAX);
-    ack.primary_writable = a.primary_writable;
-    ack.standbys = a
-        .standbys
-        .iter()
-        .map(|s| proto::StandbyView {
-            member: s.member.clone(),
-            running: s.running,
-            in_recovery: s.in_recovery,
-            streaming: s.streaming,
-            replay_lsn: s.replay_lsn,
-            replay_paused: s.replay_paused,
-            noloadbalance: s.noloadbalance,
-        })
-        .collect();
-}
-
 /// The member's side: publish an answer from the coordinator for the proxy (only when a
-/// `[proxy]` runs: nobody else reads it).
+/// `[proxy]` runs: nobody else reads it). An answer without the proxies' part publishes nothing:
+/// the proxy's lease bound then runs out from the last one, the safe side.
 pub(crate) fn publish(shared: &Shared, sent_at: Instant, ack: &proto::ReportAck) {
     if !ack.is_coordinator || shared.settings.raw.proxy.is_none() {
         return;
     }
+    let answer = match crate::convert::decode_proxy(&ack.proxy_json) {
+        Ok(Some(a)) => a,
+        Ok(None) => return,
+        Err(e) => {
+            tracing::debug!("the coordinator's answer for the proxy is not usable: {e}");
+            return;
+        }
+    };
     let feed = Feed {
         sent_at,
         heard_at: Instant::now(),
         epoch: ack.epoch,
-        lease_left: Duration::from_millis(ack.primary_lease_ms),
-        primary_writable: ack.primary_writable,
+        lease_left: answer.lease_left,
+        primary_writable: answer.primary_writable,
         primary_lsn: ack.primary_lsn,
-        standbys: ack
-            .standbys
-            .iter()
-            .map(|s| StandbyView {
-                member: s.member.clone(),
-                running: s.running,
-                in_recovery: s.in_recovery,
-                streaming: s.streaming,
-                replay_lsn: s.replay_lsn,
-                replay_paused: s.replay_paused,
-                noloadbalance: s.noloadbalance,
-            })
-            .collect(),
+        standbys: answer.standbys,
     };
     shared.proxy_feed.send_replace(Some(feed));
 }

@@ -12,7 +12,7 @@
 //! Which keys changed and which of them need a restart are pure functions ([`changed_keys`],
 //! [`split`]); the task around them only reads the file, logs and publishes.
 
-use crate::config::{self, ApiConfig, HooksConfig, LogConfig, Secret, Settings, Tags, TlsConfig};
+use crate::config::{self, ApiConfig, HooksConfig, LogConfig, Secret, Settings, TagTable, TlsConfig};
 use crate::daemon::Shared;
 use std::collections::BTreeSet;
 use std::sync::{Arc, Mutex, OnceLock};
@@ -24,7 +24,7 @@ use tokio_util::sync::CancellationToken;
 #[derive(Clone, Debug)]
 pub struct Runtime {
     pub log: LogConfig,
-    pub tags: Tags,
+    pub tags: TagTable,
     pub hooks: HooksConfig,
     /// `api.token` and `api.token_file` as written (for `GET /config`); None: no `[api]` table.
     pub api: Option<ApiConfig>,
@@ -69,16 +69,7 @@ impl Runtime {
 
 /// Keys that take effect without a restart: a changed key equal to one of these, or below it
 /// (`hooks.on_fence` is below `hooks`), is applied; [`TLS_FILES`] too, under a condition.
-pub const RELOADABLE: &[&str] = &[
-    "log.level",
-    "log.format",
-    "tags.nofailover",
-    "tags.priority",
-    "tags.noloadbalance",
-    "hooks",
-    "api.token",
-    "api.token_file",
-];
+pub const RELOADABLE: &[&str] = &["log.level", "log.format", "tags", "hooks", "api.token", "api.token_file"];
 
 /// The `[tls]` files (their paths or their contents): applied for new connections, unless one of
 /// [`TLS_FILES_NEED`] changed too. The running flags and this member's address are those the
@@ -304,7 +295,7 @@ mod tests {
     fn changed_keys_are_named_and_split() {
         let old = settings("parameters = { work_mem = \"4MB\" }\n[tags]\npriority = 1\n");
         let mut new = settings("parameters = { work_mem = \"8MB\" }\n");
-        new.raw.tags.nofailover = true;
+        new.raw.tags.set("nofailover", true);
         new.raw.log.level = "debug".into();
         new.raw.hooks.on_fence = Some(crate::config::HookCommand::Shell("true".into()));
         new.raw.timing.lease_timeout = Some(std::time::Duration::from_secs(3));
@@ -344,10 +335,10 @@ mod tests {
 
     #[test]
     fn a_key_below_a_reloadable_one_reloads_but_a_lookalike_does_not() {
-        let keys = ["hooks".to_string(), "hooks.timeout".into(), "hooksx".into(), "log".into(), "tags".into()];
+        let keys = ["hooks".to_string(), "hooks.timeout".into(), "hooksx".into(), "log".into(), "tagsx".into()];
         let (now, restart) = split(&keys);
         assert_eq!(now, ["hooks", "hooks.timeout"]);
-        assert_eq!(restart, ["hooksx", "log", "tags"]);
+        assert_eq!(restart, ["hooksx", "log", "tagsx"]);
     }
 
     #[test]
@@ -431,7 +422,7 @@ mod tests {
         let mut running = old.clone();
         Runtime::of(&new).overlay(&mut running);
         assert_eq!(changed_keys(&running, &new), ["api.listen"]);
-        assert_eq!(running.raw.tags.priority, 5);
+        assert_eq!(running.raw.tags.tags().priority(), 5);
         assert_eq!(running.api_token, Some(Secret("two".into())));
     }
 }

@@ -12,6 +12,7 @@ use tokio::sync::{watch, Notify};
 use tokio_util::sync::CancellationToken;
 use vigil_core::{HealthReport, Lease, PgStatus};
 use vigil_pg::Fencer;
+use vigil_raft::proto;
 
 /// What the reporter needs from the reconciler, and the lease they share.
 pub(crate) struct Link {
@@ -108,25 +109,27 @@ pub(crate) async fn reporter(shared: Arc<Shared>, link: Link, shutdown: Cancella
 async fn send_report(shared: &Shared, link: &Link, epoch: u64, lease_timeout: std::time::Duration) {
     let s = &shared.settings;
     let pg = link.status.borrow().clone();
-    let tags = shared.runtime.borrow().tags.clone();
+    let tags = shared.runtime.borrow().tags.tags();
     let (pg_host, pg_port) = s.raw.postgres.as_ref().map_or((String::new(), 0), |p| (p.listen_address.clone(), p.port));
-    let report = HealthReport {
-        member: s.raw.name.clone(),
-        kind: s.raw.kind,
-        pg_host,
-        pg_port,
-        nofailover: tags.nofailover,
-        noloadbalance: tags.noloadbalance,
-        priority: tags.priority,
-        pg,
-        epoch_seen: epoch,
-    };
+    let report =
+        HealthReport { member: s.raw.name.clone(), kind: s.raw.kind, pg_host, pg_port, tags, pg, epoch_seen: epoch };
     let sent_at = Instant::now();
     let status = shared.raft.status().borrow().clone();
     let ack = if status.is_leader {
         Some(coordination::handle_report(shared, report).await)
     } else if let Some((_, addr)) = shared.leader() {
-        let request = convert::to_proto(&report);
+        let request = match convert::encode_report(&report) {
+            Ok(report_json) => proto::ReportRequest { report_json },
+            Err(e) => {
+                // Not for these types (no map has non-string keys). Were it to happen, no report
+                // goes out and the lease runs out: the safe side. Said once.
+                static SAID: std::sync::atomic::AtomicBool = std::sync::atomic::AtomicBool::new(false);
+                if !SAID.swap(true, Ordering::Relaxed) {
+                    tracing::error!("a health report cannot be encoded, none is sent: {e}");
+                }
+                return;
+            }
+        };
         match shared.clients.client(addr) {
             Ok(mut client) => match tokio::time::timeout(s.timings.loop_interval * 2, client.report(request)).await {
                 Ok(Ok(resp)) => Some(resp.into_inner()),

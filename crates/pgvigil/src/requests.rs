@@ -130,6 +130,9 @@ pub fn parse(action: &str, body: &[u8], now_ms: u64) -> Result<Request, String> 
     }
 }
 
+/// The longest a request waits for a new coordinator to settle (it takes a couple of loops).
+const SETTLE_WAIT: Duration = Duration::from_secs(10);
+
 /// How long the coordinator waits for the outcome of `action` before answering.
 pub fn wait_limit(shared: &Shared, action: &str) -> Duration {
     let t = &shared.settings.timings;
@@ -152,22 +155,23 @@ pub async fn execute(shared: &Shared, action: &str, req: Request) -> Answer {
                 .into()
         }
     }
-    // A new coordinator has requests wait until it heard the members (the core says how long).
-    let decision = loop {
+    // A new coordinator has requests wait until it heard the members (the core says how long,
+    // a couple of loop intervals); never longer than SETTLE_WAIT.
+    let settled_by = Instant::now() + SETTLE_WAIT;
+    let cmd = loop {
         let input = Input::Request { request: req.clone(), wall_ms: wall_ms() };
         let Some(out) = shared.coordinator.step(input).await else { return ApiError::not_coordinator().into() };
         match out.decision {
             None => return ApiError::not_coordinator().into(),
-            Some(Ok(Decision::Wait(left))) => tokio::time::sleep(left).await,
-            Some(decision) => break decision,
+            Some(Ok(Decision::Wait(left))) if Instant::now() + left <= settled_by => tokio::time::sleep(left).await,
+            Some(Ok(Decision::Wait(_))) => {
+                return ApiError::Unavailable("the coordinator has not heard every member yet; try again".into()).into()
+            }
+            Some(Err(Refusal::NotFound(m))) => return Answer::from(ApiError::NotFound(m)),
+            Some(Err(Refusal::Conflict(m))) => return Answer::from(ApiError::Conflict(m)),
+            Some(Ok(Decision::Nothing(m))) => return done(shared, 200, m),
+            Some(Ok(Decision::Propose(cmd))) => break cmd,
         }
-    };
-    let cmd = match decision {
-        Err(Refusal::NotFound(m)) => return Answer::from(ApiError::NotFound(m)),
-        Err(Refusal::Conflict(m)) => return Answer::from(ApiError::Conflict(m)),
-        Ok(Decision::Nothing(m)) => return done(shared, 200, m),
-        Ok(Decision::Wait(_)) => unreachable!("waited above"),
-        Ok(Decision::Propose(cmd)) => cmd,
     };
     tracing::warn!(command = ?cmd, "operator request: {action}");
     match shared.propose(&cmd, shared.settings.timings.lease_timeout).await {

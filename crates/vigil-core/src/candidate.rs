@@ -31,7 +31,7 @@ pub fn exclusion(state: &ClusterState, seen: &Seen<'_>, primary_lsn: Option<u64>
     if r.kind != MemberKind::Postgres || member.is_some_and(|m| m.kind != MemberKind::Postgres) {
         return Some(Excluded::NotPostgres);
     }
-    if r.nofailover || member.is_some_and(|m| m.nofailover) {
+    if r.tags.nofailover() || member.is_some_and(|m| m.tags.nofailover()) {
         return Some(Excluded::NoFailoverTag);
     }
     if !seen.current || member.is_none() {
@@ -59,7 +59,11 @@ pub fn exclusion(state: &ClusterState, seen: &Seen<'_>, primary_lsn: Option<u64>
 pub fn rank(reports: &mut [&HealthReport], key: impl Fn(&HealthReport) -> (u8, u64)) {
     reports.sort_by(|a, b| {
         let ((first_a, wal_a), (first_b, wal_b)) = (key(a), key(b));
-        first_b.cmp(&first_a).then(wal_b.cmp(&wal_a)).then(b.priority.cmp(&a.priority)).then(a.member.cmp(&b.member))
+        first_b
+            .cmp(&first_a)
+            .then(wal_b.cmp(&wal_a))
+            .then(b.tags.priority().cmp(&a.tags.priority()))
+            .then(a.member.cmp(&b.member))
     });
 }
 
@@ -90,9 +94,7 @@ mod tests {
             kind: MemberKind::Postgres,
             pg_host: "h".into(),
             pg_port: 1,
-            nofailover: false,
-            priority,
-            noloadbalance: false,
+            tags: crate::Tags::new().with(crate::tags::PRIORITY, priority),
             pg: PgStatus {
                 running: true,
                 in_recovery: true,
@@ -126,7 +128,7 @@ mod tests {
     #[test]
     fn table_of_candidate_choices() {
         let mut nofo = standby("a", 900, 0);
-        nofo.nofailover = true;
+        nofo.tags.insert(crate::tags::NOFAILOVER, "true");
         let mut down = standby("a", 900, 0);
         down.pg.running = false;
         let mut rejoin = standby("a", 900, 0);

@@ -424,13 +424,8 @@ impl Coordinator {
             .values()
             .filter_map(|r| {
                 let r = &r.report;
-                let member = Member {
-                    kind: r.kind,
-                    pg_host: r.pg_host.clone(),
-                    pg_port: r.pg_port,
-                    nofailover: r.nofailover,
-                    priority: r.priority,
-                };
+                let member =
+                    Member { kind: r.kind, pg_host: r.pg_host.clone(), pg_port: r.pg_port, tags: r.tags.clone() };
                 (state.members.get(&r.member) != Some(&member)).then(|| Command::UpsertMember {
                     name: r.member.clone(),
                     member,
@@ -487,7 +482,7 @@ impl Coordinator {
             .values()
             .filter(|r| self.is_current(now, r))
             .map(|r| &r.report)
-            .filter(|r| r.kind == MemberKind::Postgres && !r.nofailover)
+            .filter(|r| r.kind == MemberKind::Postgres && !r.tags.nofailover())
             .filter(|r| matches!(r.pg.data_dir, DataDir::Primary | DataDir::Empty))
             .collect();
         // An existing primary data directory first, then one whose initdb did not fail; WAL does

@@ -15,9 +15,7 @@ fn report(name: &str, data_dir: DataDir, running: bool, in_recovery: bool, lsn: 
         kind: MemberKind::Postgres,
         pg_host: "127.0.0.1".into(),
         pg_port: 5000,
-        nofailover: false,
-        priority: 0,
-        noloadbalance: false,
+        tags: crate::Tags::new(),
         pg: PgStatus {
             running,
             in_recovery,
@@ -270,7 +268,7 @@ fn a_new_term_restarts_the_wait_even_if_the_loss_was_missed() {
 fn no_candidate_no_failover() {
     let (mut c, s, t0) = running_cluster();
     let mut nofo = standby_r("b", 500);
-    nofo.nofailover = true;
+    nofo.tags.insert(crate::tags::NOFAILOVER, "true");
     let mut down = standby_r("c", 500);
     down.pg.running = false;
     let t = t0 + ms(10_000);
@@ -410,7 +408,7 @@ fn bootstrapped_on_a(after: &[HealthReport]) -> (Coordinator, ClusterState, Inst
     c.set_leader(t0, Some(1));
     let mut s = ClusterState::default();
     let mut a = report("a", DataDir::Empty, false, false, 0);
-    a.priority = 10;
+    a.tags.insert(crate::tags::PRIORITY, "10");
     for r in [a, report("b", DataDir::Empty, false, false, 0), report("c", DataDir::Empty, false, false, 0)] {
         c.on_report(t0, r, &s);
     }
@@ -432,7 +430,7 @@ fn abandoned(cmds: &[Command]) -> bool {
 fn a_failed_bootstrap_is_given_back_only_when_nothing_was_created() {
     let empty = |n: &str| report(n, DataDir::Empty, false, false, 0);
     let mut a_failed = failed_r("a", 1);
-    a_failed.priority = 10;
+    a_failed.tags.insert(crate::tags::PRIORITY, "10");
     let with_data = {
         let mut r = a_failed.clone();
         r.pg.data_dir = DataDir::Primary;
@@ -465,7 +463,7 @@ fn a_failed_bootstrap_is_given_back_only_when_nothing_was_created() {
 #[test]
 fn a_given_back_bootstrap_is_decided_again_after_the_lease_wait() {
     let mut a_failed = failed_r("a", 1);
-    a_failed.priority = 10;
+    a_failed.tags.insert(crate::tags::PRIORITY, "10");
     let reports = [a_failed.clone(), report("b", DataDir::Empty, false, false, 0), failed_r("c", 1)];
     let (mut c, mut s, t, cmds) = bootstrapped_on_a(&reports);
     for cmd in &cmds {
@@ -492,7 +490,7 @@ fn a_foreign_data_directory_is_never_chosen() {
     c.set_leader(t0, Some(1));
     let s = ClusterState::default();
     let mut a = report("a", DataDir::Foreign, false, false, 0);
-    a.priority = 10;
+    a.tags.insert(crate::tags::PRIORITY, "10");
     c.on_report(t0, a, &s);
     c.on_report(t0, report("b", DataDir::Empty, false, false, 0), &s);
     assert_eq!(c.decide(t0, &s, 0).last(), Some(&Command::Bootstrap { member: "b".into(), at_unix_ms: 0 }));

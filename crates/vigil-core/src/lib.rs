@@ -18,6 +18,7 @@
 //! - [`proxy`]: the routing proxy's decisions (read-write fenced by the lease, the read-only pool).
 //! - [`pgwire`]: the few bits of PostgreSQL's wire protocol the proxy reads and writes (a client's
 //!   first packet, the ErrorResponse of a refused session).
+//! - [`tags`]: a member's tags (a map, carried as it is) and the typed accessors the rules read.
 //! - [`repeats`]: thinning repeated warnings (once, then at most once a minute with a count, and
 //!   once when they stop), for every crate's logs.
 //!
@@ -39,6 +40,7 @@ pub mod request;
 pub mod state;
 pub mod switchover;
 pub mod sync;
+pub mod tags;
 pub mod timing;
 
 pub use agent::{AgentAction, AgentInput, LocalMemory, Upstream};
@@ -51,6 +53,7 @@ pub use request::{Decision, Outcome, Refusal, Request};
 pub use state::{ClusterState, Command, Event, EventKind, Member, Rejected};
 pub use state::{Switchover, SwitchoverOutcome};
 pub use sync::SyncMode;
+pub use tags::Tags;
 pub use timing::{LeaseTimings, TimingError, Timings, MAX_TIMING};
 
 /// The name of the physical replication slot that the primary keeps for `member`.

@@ -141,7 +141,7 @@ pub struct RoRules {
 }
 
 /// One standby as the coordinator last heard of it.
-#[derive(Clone, Debug, PartialEq, Eq, Default)]
+#[derive(Clone, Debug, PartialEq, Eq, Default, serde::Serialize, serde::Deserialize)]
 pub struct StandbyView {
     pub member: String,
     pub running: bool,
@@ -381,10 +381,11 @@ impl Refused {
 }
 
 /// What the coordinator's answer to every report carries for the members' routing proxies.
-#[derive(Clone, Debug, Default, PartialEq, Eq)]
+#[derive(Clone, Debug, Default, PartialEq, Eq, serde::Serialize, serde::Deserialize)]
 pub struct ProxyAnswer {
     /// How long from the coordinator's now the lease it last granted (confirmed) to the primary
     /// of the committed epoch still runs ([`Coordinator::primary_lease_left`]).
+    #[serde(with = "crate::report::duration_ms")]
     pub lease_left: Duration,
     /// The primary's latest current report shows it writable.
     pub primary_writable: bool,
@@ -407,7 +408,7 @@ pub(crate) fn answer(c: &Coordinator, now: Instant, state: &ClusterState) -> Pro
                 streaming: pg.streaming,
                 replay_lsn: pg.replay_lsn,
                 replay_paused: pg.replay_paused,
-                noloadbalance: r.report.noloadbalance,
+                noloadbalance: r.report.tags.noloadbalance(),
             });
         }
     }

@@ -133,11 +133,9 @@ pub struct HealthReport {
     pub kind: MemberKind,
     pub pg_host: String,
     pub pg_port: u16,
-    pub nofailover: bool,
-    pub priority: i32,
-    /// Tagged `noloadbalance`: the routing proxies send it no read-only sessions.
+    /// The member's `[tags]`, as configured now.
     #[serde(default)]
-    pub noloadbalance: bool,
+    pub tags: crate::Tags,
     pub pg: PgStatus,
     /// The epoch of the committed state the agent acts on.
     pub epoch_seen: u64,

@@ -218,7 +218,7 @@ impl Coordinator {
         if to == primary {
             return conflict(format!("{to} is already the primary"));
         }
-        if state.members.get(&to).is_some_and(|m| m.nofailover) {
+        if state.members.get(&to).is_some_and(|m| m.tags.nofailover()) {
             return conflict(format!("{to} is tagged nofailover"));
         }
         // A scheduled switchover is checked again when it is due.

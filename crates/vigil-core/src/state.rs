@@ -19,8 +19,9 @@ pub struct Member {
     pub kind: MemberKind,
     pub pg_host: String,
     pub pg_port: u16,
-    pub nofailover: bool,
-    pub priority: i32,
+    /// Its tags as its latest report gave them.
+    #[serde(default)]
+    pub tags: crate::Tags,
 }
 
 #[derive(Clone, Copy, Debug, PartialEq, Eq, Serialize, Deserialize)]
@@ -243,10 +244,8 @@ impl ClusterState {
                     Some(old) if old == *member => return Ok(()),
                     Some(_) => EventKind::MemberChanged,
                 };
-                let detail = format!(
-                    "{:?} at {}:{}, nofailover={}, priority={}",
-                    member.kind, member.pg_host, member.pg_port, member.nofailover, member.priority
-                );
+                let detail =
+                    format!("{:?} at {}:{}, {}", member.kind, member.pg_host, member.pg_port, member.tags.describe());
                 self.record(*at_unix_ms, kind, name, detail);
                 Ok(())
             }
@@ -393,7 +392,7 @@ impl ClusterState {
                 if from == *to {
                     return Err(Rejected::AlreadyPrimary(to.clone()));
                 }
-                if self.members.get(to).is_some_and(|m| m.nofailover) {
+                if self.members.get(to).is_some_and(|m| m.tags.nofailover()) {
                     return Err(Rejected::NoFailoverTag(to.clone()));
                 }
                 self.requests = *id;

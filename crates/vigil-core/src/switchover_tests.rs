@@ -23,9 +23,7 @@ fn primary_r(name: &str, lsn: u64, replicas: &[&str]) -> HealthReport {
             "c" => 5002,
             _ => 5000,
         },
-        nofailover: false,
-        priority: 0,
-        noloadbalance: false,
+        tags: crate::Tags::new(),
         pg: PgStatus {
             running: true,
             timeline: 1,

@@ -292,10 +292,14 @@ fn healthy_standby(state: &ClusterState, primary: &HealthReport, r: &HealthRepor
 /// its standbys lose the connection and say so before its last report goes stale: that is no
 /// reason to stop naming them (it would only commit a needless "degraded" change).
 fn fit_to_stay_named(state: &ClusterState, primary: &HealthReport, r: &HealthReport) -> bool {
-    let known = state.members.get(&r.member).is_some_and(|m| m.kind == MemberKind::Postgres && !m.nofailover);
+    let known = state
+        .members
+        .get(&r.member)
+        .is_some_and(|m| m.kind == MemberKind::Postgres && !m.tags.nofailover() && !m.tags.nosync());
     known
         && r.member != primary.member
-        && !r.nofailover
+        && !r.tags.nofailover()
+        && !r.tags.nosync()
         && r.pg.running
         && r.pg.in_recovery
         && !r.pg.needs_rejoin

@@ -45,6 +45,8 @@ struct World {
     standbys: Vec<(String, u64, bool)>,
     /// Whether the primary's host lives (reports, and its standbys stream from it).
     primary_alive: bool,
+    /// Members tagged `nosync`.
+    nosync: BTreeSet<String>,
 }
 
 impl World {
@@ -60,7 +62,16 @@ impl World {
         s.apply(&Command::Bootstrap { member: "a".into(), at_unix_ms: 0 }).expect("bootstrap");
         // The standbys are a little behind: what they flushed is not yet all that was written.
         let standbys = vec![("b".into(), 90, true), ("c".into(), 90, true)];
-        World { c, s, t, named: BTreeSet::new(), primary_lsn: 100, standbys, primary_alive: true }
+        World {
+            c,
+            s,
+            t,
+            named: BTreeSet::new(),
+            primary_lsn: 100,
+            standbys,
+            primary_alive: true,
+            nosync: BTreeSet::new(),
+        }
     }
 
     fn report(&self, name: &str) -> HealthReport {
@@ -75,9 +86,7 @@ impl World {
             kind: MemberKind::Postgres,
             pg_host: String::new(),
             pg_port: 0,
-            nofailover: false,
-            priority: 0,
-            noloadbalance: false,
+            tags: crate::Tags::new().with(crate::tags::NOSYNC, self.nosync.contains(name)),
             pg: PgStatus {
                 running: alive,
                 in_recovery: !primary,
@@ -166,6 +175,24 @@ fn a_standby_becomes_synchronous_and_then_the_only_holder() {
     w.advance(50);
     w.settle();
     assert_eq!((w.s.sync.holders.clone(), w.s.sync.standbys.clone()), (set(&["b"]), set(&["b"])));
+}
+
+#[test]
+fn a_nosync_standby_is_never_named() {
+    let mut w = World::new(SyncMode::On);
+    w.nosync.insert("b".into());
+    w.settle();
+    w.advance(10);
+    w.settle();
+    assert_eq!((w.s.sync.holders.clone(), w.s.sync.standbys.clone()), (set(&["c"]), set(&["c"])));
+    // With c gone too, `on` degrades rather than name b: the primary holds every commit again.
+    w.kill("c");
+    w.t += Duration::from_secs(3);
+    for _ in 0..20 {
+        w.step();
+        assert!(!w.named.contains("b"), "b is tagged nosync: {:?}", w.s.sync);
+    }
+    assert!(w.s.sync.holders.contains("a") && w.s.sync.standbys.is_empty(), "{:?}", w.s.sync);
 }
 
 #[test]

@@ -26,11 +26,40 @@ pub enum DataDirState {
     Foreign(String),
 }
 
+impl DataDirState {
+    /// The core's name for it (what a report carries), and what was found in a foreign one.
+    pub fn split(self) -> (vigil_core::DataDir, Option<String>) {
+        use vigil_core::DataDir;
+        match self {
+            DataDirState::Empty => (DataDir::Empty, None),
+            DataDirState::Primary => (DataDir::Primary, None),
+            DataDirState::Standby => (DataDir::Standby, None),
+            DataDirState::Foreign(found) => (DataDir::Foreign, Some(found)),
+        }
+    }
+}
+
 /// How many names a [`DataDirState::Foreign`] description lists.
 const NAMES_SHOWN: usize = 5;
 
+/// Runs blocking file IO (an fsync, a rename, listing or removing a directory) so that it holds
+/// up no other task: on the daemon's multi-threaded runtime the worker first hands its other tasks
+/// to another thread (`block_in_place`), so a slow or stuck disk stalls only the task that waits
+/// for it. Elsewhere (a current-thread runtime in tests, the keeper, the CLI) it just runs.
+pub fn off_runtime<R>(f: impl FnOnce() -> R) -> R {
+    use tokio::runtime::{Handle, RuntimeFlavor};
+    match Handle::try_current() {
+        Ok(h) if h.runtime_flavor() == RuntimeFlavor::MultiThread => tokio::task::block_in_place(f),
+        _ => f(),
+    }
+}
+
 /// What `dir` holds.
 pub fn data_dir_state(dir: &Path) -> DataDirState {
+    off_runtime(|| state_of(dir))
+}
+
+fn state_of(dir: &Path) -> DataDirState {
     let mut names: Vec<String> = match std::fs::read_dir(dir) {
         Err(e) if e.kind() == std::io::ErrorKind::NotFound => return DataDirState::Empty,
         Err(e) => return DataDirState::Foreign(format!("{} cannot be listed: {e}", dir.display())),
@@ -80,6 +109,10 @@ pub fn chown(path: &Path, run_as: Option<RunAs>) -> anyhow::Result<()> {
 /// Create `dir` (and missing parents, left root-owned and world-traversable) with `mode`, owned by
 /// `run_as`. An existing directory gets the mode and owner too.
 pub fn create_dir_owned(dir: &Path, mode: u32, run_as: Option<RunAs>) -> anyhow::Result<()> {
+    off_runtime(|| create_owned(dir, mode, run_as))
+}
+
+fn create_owned(dir: &Path, mode: u32, run_as: Option<RunAs>) -> anyhow::Result<()> {
     if let Some(parent) = dir.parent().filter(|p| !p.as_os_str().is_empty()) {
         std::fs::create_dir_all(parent).with_context(|| format!("create directory {}", parent.display()))?;
     }
@@ -96,6 +129,10 @@ pub fn create_dir_owned(dir: &Path, mode: u32, run_as: Option<RunAs>) -> anyhow:
 
 /// Replace `path` atomically with `contents` (temp file, fsync, rename, fsync of the directory).
 pub fn write_file_atomic(path: &Path, contents: &[u8], mode: u32, run_as: Option<RunAs>) -> anyhow::Result<()> {
+    off_runtime(|| write_atomic(path, contents, mode, run_as))
+}
+
+fn write_atomic(path: &Path, contents: &[u8], mode: u32, run_as: Option<RunAs>) -> anyhow::Result<()> {
     let tmp = sibling(path, ".pgvigil-tmp");
     let result = (|| {
         let mut f = std::fs::OpenOptions::new()
@@ -109,7 +146,7 @@ pub fn write_file_atomic(path: &Path, contents: &[u8], mode: u32, run_as: Option
         f.sync_all().with_context(|| format!("fsync {}", tmp.display()))?;
         chown(&tmp, run_as)?;
         std::fs::rename(&tmp, path).with_context(|| format!("rename {} to {}", tmp.display(), path.display()))?;
-        fsync_parent(path)
+        fsync_dir_of(path)
     })();
     if result.is_err() {
         let _ = std::fs::remove_file(&tmp);
@@ -119,14 +156,20 @@ pub fn write_file_atomic(path: &Path, contents: &[u8], mode: u32, run_as: Option
 
 /// Append `contents` to an existing file.
 pub fn append_file(path: &Path, contents: &[u8]) -> anyhow::Result<()> {
-    let mut f =
-        std::fs::OpenOptions::new().append(true).open(path).with_context(|| format!("open {}", path.display()))?;
-    f.write_all(contents).with_context(|| format!("append to {}", path.display()))?;
-    f.sync_all().with_context(|| format!("fsync {}", path.display()))
+    off_runtime(|| {
+        let mut f =
+            std::fs::OpenOptions::new().append(true).open(path).with_context(|| format!("open {}", path.display()))?;
+        f.write_all(contents).with_context(|| format!("append to {}", path.display()))?;
+        f.sync_all().with_context(|| format!("fsync {}", path.display()))
+    })
 }
 
 /// fsync the directory holding `path`, so a rename in it survives a crash.
 pub fn fsync_parent(path: &Path) -> anyhow::Result<()> {
+    off_runtime(|| fsync_dir_of(path))
+}
+
+fn fsync_dir_of(path: &Path) -> anyhow::Result<()> {
     let parent = match path.parent() {
         Some(p) if !p.as_os_str().is_empty() => p,
         _ => Path::new("."),
@@ -134,6 +177,50 @@ pub fn fsync_parent(path: &Path) -> anyhow::Result<()> {
     std::fs::File::open(parent)
         .and_then(|d| d.sync_all())
         .with_context(|| format!("fsync directory {}", parent.display()))
+}
+
+/// Marks the complete WAL segments of the newest timeline in `pg_wal` that a standby received
+/// (archive status `.done`: with `archive_mode = on` a standby archives nothing and marks what it
+/// receives done) as ready, so that once it is promoted its archiver pushes them. The old
+/// primary may have died before it archived them, which would leave a hole in the archive that
+/// no later backup covers. Segments the archive holds already are found identical there and
+/// skipped by pgBackRest. Returns how many were marked. Call it while PostgreSQL is in recovery
+/// and no more WAL arrives (the old primary is fenced), just before the promotion.
+pub fn mark_received_wal_ready(data_dir: &Path) -> anyhow::Result<usize> {
+    off_runtime(|| {
+        let status = data_dir.join("pg_wal/archive_status");
+        let names: Vec<String> = std::fs::read_dir(&status)
+            .with_context(|| format!("list {}", status.display()))?
+            .filter_map(|e| e.ok())
+            .filter_map(|e| e.file_name().to_str().map(String::from))
+            .collect();
+        let segment =
+            |n: &String, suffix: &str| n.strip_suffix(suffix).filter(|s| is_segment_name(s)).map(String::from);
+        // The timeline is the first 8 hex digits; segments of older timelines were the previous
+        // promotion's to push.
+        let newest = names
+            .iter()
+            .filter_map(|n| segment(n, ".done").or_else(|| segment(n, ".ready")))
+            .map(|n| n[..8].to_string())
+            .max();
+        let Some(newest) = newest else { return Ok(0) };
+        let done: Vec<String> = names.iter().filter_map(|n| segment(n, ".done")).collect();
+        let mut marked = 0;
+        for n in done.iter().filter(|n| n.starts_with(&newest)) {
+            let (from, to) = (status.join(format!("{n}.done")), status.join(format!("{n}.ready")));
+            std::fs::rename(&from, &to).with_context(|| format!("rename {} to {}", from.display(), to.display()))?;
+            marked += 1;
+        }
+        if marked > 0 {
+            fsync_dir_of(&status.join("x"))?;
+        }
+        Ok(marked)
+    })
+}
+
+/// A complete WAL segment's file name: 24 hex digits (not `.partial`, `.history`, `.backup`).
+fn is_segment_name(n: &str) -> bool {
+    n.len() == 24 && n.bytes().all(|b| b.is_ascii_hexdigit())
 }
 
 /// `path` with `suffix` appended to its last component (`/a/data` → `/a/data.suffix`).
@@ -185,9 +272,11 @@ impl Postgres {
             n += 1;
             target = sibling(&base, &format!("-{n}"));
         }
-        std::fs::rename(data_dir, &target)
-            .with_context(|| format!("rename {} to {}", data_dir.display(), target.display()))?;
-        fsync_parent(&target)?;
+        off_runtime(|| {
+            std::fs::rename(data_dir, &target)
+                .with_context(|| format!("rename {} to {}", data_dir.display(), target.display()))?;
+            fsync_dir_of(&target)
+        })?;
         tracing::info!(from = %data_dir.display(), to = %target.display(), "moved data directory aside");
         Ok(target)
     }
@@ -196,6 +285,11 @@ impl Postgres {
 /// Remove all but the newest `keep` data directories that [`Postgres::move_aside`] made next to
 /// `data_dir` (their names sort by time). Returns the removed paths.
 pub fn prune_moved(data_dir: &Path, keep: usize) -> anyhow::Result<Vec<PathBuf>> {
+    // Removing a whole data directory can take a while.
+    off_runtime(|| prune(data_dir, keep))
+}
+
+fn prune(data_dir: &Path, keep: usize) -> anyhow::Result<Vec<PathBuf>> {
     let (Some(parent), Some(name)) = (data_dir.parent(), data_dir.file_name()) else {
         return Ok(Vec::new());
     };
@@ -241,6 +335,42 @@ mod tests {
         // 2000-03-01 00:00:00 UTC
         let t = UNIX_EPOCH + Duration::from_secs(951_868_800);
         assert_eq!(utc_timestamp(t), "20000301T000000");
+    }
+
+    #[test]
+    fn received_segments_of_the_newest_timeline_are_marked_ready() {
+        let dir = tempfile::tempdir().expect("tempdir");
+        let status = dir.path().join("pg_wal/archive_status");
+        std::fs::create_dir_all(&status).expect("mkdir");
+        let names = [
+            "000000020000000000000007.done",
+            "000000020000000000000008.done",
+            "000000020000000000000006.ready",
+            "000000010000000000000005.done",
+            "000000020000000000000009.partial.done",
+            "00000002.history.done",
+        ];
+        for n in names {
+            std::fs::write(status.join(n), "").expect("write");
+        }
+        assert_eq!(mark_received_wal_ready(dir.path()).expect("marks"), 2);
+        let mut now: Vec<String> = std::fs::read_dir(&status)
+            .expect("list")
+            .map(|e| e.expect("entry").file_name().to_string_lossy().into_owned())
+            .collect();
+        now.sort();
+        assert_eq!(
+            now,
+            [
+                "000000010000000000000005.done",
+                "00000002.history.done",
+                "000000020000000000000006.ready",
+                "000000020000000000000007.ready",
+                "000000020000000000000008.ready",
+                "000000020000000000000009.partial.done",
+            ]
+        );
+        assert_eq!(mark_received_wal_ready(dir.path()).expect("again"), 0, "nothing left to mark");
     }
 
     #[test]

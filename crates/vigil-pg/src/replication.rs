@@ -6,7 +6,7 @@ use std::time::{Duration, Instant};
 use anyhow::Context as _;
 
 use crate::conf::{quote_literal, set_auto_conf, standby_settings, write_passfile};
-use crate::datadir::{create_dir_owned, ensure_empty, fsync_parent, sibling, write_file_atomic};
+use crate::datadir::{create_dir_owned, ensure_empty, fsync_parent, off_runtime, sibling, write_file_atomic};
 use crate::error::PgError;
 use crate::initdb::quiet_session;
 use crate::observe::QUERY_DEADLINE;
@@ -138,7 +138,8 @@ impl Postgres {
         let tmp = sibling(&s.data_dir, ".pgvigil-clone");
         if tmp.exists() {
             tracing::warn!(path = %tmp.display(), "removing an unfinished clone from an earlier run");
-            std::fs::remove_dir_all(&tmp).with_context(|| format!("remove unfinished clone {}", tmp.display()))?;
+            off_runtime(|| std::fs::remove_dir_all(&tmp))
+                .with_context(|| format!("remove unfinished clone {}", tmp.display()))?;
         }
         create_dir_owned(&tmp, 0o700, s.run_as)?;
 
@@ -158,7 +159,7 @@ impl Postgres {
             .env("PGAPPNAME", format!("pgvigil_clone_{}", s.member))
             .env("PGCONNECT_TIMEOUT", "5");
         if let Err(e) = tool::run(cmd, "pg_basebackup").await {
-            let _ = std::fs::remove_dir_all(&tmp);
+            let _ = off_runtime(|| std::fs::remove_dir_all(&tmp));
             return Err(e);
         }
         let copied = started.elapsed();
@@ -167,7 +168,7 @@ impl Postgres {
             // Checked empty above; rename cannot replace a directory.
             std::fs::remove_dir(&s.data_dir).with_context(|| format!("remove empty {}", s.data_dir.display()))?;
         }
-        std::fs::rename(&tmp, &s.data_dir)
+        off_runtime(|| std::fs::rename(&tmp, &s.data_dir))
             .with_context(|| format!("rename {} to {}", tmp.display(), s.data_dir.display()))?;
         fsync_parent(&s.data_dir)?;
         self.configure_standby(primary, slot)?;

@@ -84,12 +84,8 @@ impl std::fmt::Debug for PgSettings {
     }
 }
 
-/// A primary to stream from.
-#[derive(Clone, Debug, PartialEq, Eq)]
-pub struct Upstream {
-    pub host: String,
-    pub port: u16,
-}
+/// A primary to stream from: the core's type, which the agent's decisions name.
+pub use vigil_core::Upstream;
 
 #[cfg(test)]
 pub(crate) mod tests_support {

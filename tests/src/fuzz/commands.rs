@@ -13,7 +13,7 @@ use proptest::collection::{btree_set, vec};
 use proptest::prelude::*;
 use vigil_core::report::{RejoinMethod, RejoinRecord};
 use vigil_core::sync::SyncState;
-use vigil_core::{ClusterState, Command, Member, MemberKind, SyncMode};
+use vigil_core::{ClusterState, Command, Member, MemberKind, SyncMode, Tags};
 use vigil_raft::StateMachine;
 
 const NOW_MS: u64 = 1_796_083_200_000;
@@ -41,7 +41,7 @@ pub fn states() -> Vec<ClusterState> {
             upsert("b", pg(5433)),
             upsert("c", pg(5434)),
             upsert("w", Member { kind: MemberKind::Witness, ..Member::default() }),
-            upsert("x", Member { nofailover: true, ..pg(5435) }),
+            upsert("x", Member { tags: Tags::new().with("nofailover", true), ..pg(5435) }),
         ],
     );
     let sync =
@@ -86,8 +86,13 @@ fn ms() -> impl Strategy<Value = u64> {
 
 fn member() -> impl Strategy<Value = Member> {
     let kind = prop::sample::select(vec![MemberKind::Postgres, MemberKind::Witness]);
-    (kind, mutate::odd_text(), any::<u16>(), any::<bool>(), any::<i32>()).prop_map(
-        |(kind, pg_host, pg_port, nofailover, priority)| Member { kind, pg_host, pg_port, nofailover, priority },
+    (kind, mutate::odd_text(), any::<u16>(), any::<bool>(), any::<i32>(), mutate::odd_text()).prop_map(
+        |(kind, pg_host, pg_port, nofailover, priority, zone)| Member {
+            kind,
+            pg_host,
+            pg_port,
+            tags: Tags::new().with("nofailover", nofailover).with("priority", priority).with("zone", zone),
+        },
     )
 }
 
@@ -97,7 +102,8 @@ fn sync_state() -> impl Strategy<Value = SyncState> {
         .prop_map(|(mode, count, holders, standbys)| SyncState { mode, count, holders, standbys })
 }
 
-fn rejoin() -> impl Strategy<Value = RejoinRecord> {
+/// A rewind/re-clone record (also a report's `last_rejoin`).
+pub fn rejoin() -> impl Strategy<Value = RejoinRecord> {
     let method = prop::sample::select(vec![RejoinMethod::Rewind, RejoinMethod::Reclone]);
     (ms(), method, any::<bool>(), any::<u64>(), mutate::odd_text(), prop::option::of(number())).prop_map(
         |(started_unix_ms, method, ok, took_ms, detail, reinit)| RejoinRecord {

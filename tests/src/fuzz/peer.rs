@@ -1,15 +1,15 @@
-//! Peer messages: health reports (prost, then `convert::from_proto`, then the coordinator's
-//! `on_report` and `decide`, whose commands are applied), and raft-rs messages and conf changes
+//! Peer messages: health reports (JSON of the core's report, `convert::decode_report`, then the
+//! coordinator's steps for the report and a tick, whose commands are applied), and raft-rs messages and conf changes
 //! (rust-protobuf, as `RaftHandle::step` and the apply loop decode them), from arbitrary bytes and
 //! from valid encodings with bytes changed.
 //!
 //! Properties: never a panic; a malformed report is refused with a reason; an accepted report
-//! converts back to the same proto; a decoded raft message encodes again, and that decodes.
+//! encodes and decodes to itself; a decoded raft message encodes again, and that decodes.
 
 use super::commands;
 use super::mutate;
 use super::Outcome;
-use pgvigil::convert::{from_proto, to_proto};
+use pgvigil::convert::{decode_report, encode_report};
 use pgvigil::fuzzing::Replicated;
 use proptest::collection::vec;
 use proptest::prelude::*;
@@ -17,56 +17,49 @@ use prost::Message as _;
 use protobuf::{Message as _, ProtobufEnum};
 use raft::eraftpb::{ConfChange, ConfChangeV2, Entry, EntryType, Message, MessageType, Snapshot};
 use std::time::{Duration, Instant};
-use vigil_core::{Coordinator, Input, Timings};
+use vigil_core::report::{BootstrapFailure, ReplicaStatus, SwitchoverStop};
+use vigil_core::{Coordinator, DataDir, HealthReport, Input, MemberKind, PgStatus, Tags, Timings};
 use vigil_raft::proto;
 use vigil_raft::StateMachine;
 
-fn word(known: &'static [&'static str]) -> impl Strategy<Value = String> {
-    prop_oneof![4 => prop::sample::select(known).prop_map(String::from), 1 => mutate::odd_text()]
-}
-
-fn pg_state() -> impl Strategy<Value = proto::PgState> {
-    let flags = vec(any::<bool>(), 8);
+fn pg_status() -> impl Strategy<Value = PgStatus> {
+    let flags = vec(any::<bool>(), 9);
     let lsns = (any::<u32>(), any::<u64>(), any::<u64>(), any::<u64>(), any::<u64>());
     let replica = (mutate::name(), any::<u64>(), any::<bool>())
-        .prop_map(|(member, flush_lsn, streaming)| proto::ReplicaState { member, flush_lsn, streaming });
-    let rejoin =
-        (any::<u64>(), word(&["rewind", "reclone"]), any::<bool>(), any::<u64>(), mutate::odd_text(), any::<u64>())
-            .prop_map(|(started_unix_ms, method, ok, took_ms, detail, reinit_id)| proto::RejoinRecord {
-                started_unix_ms,
-                method,
-                ok,
-                took_ms,
-                detail,
-                reinit_id,
-            });
+        .prop_map(|(member, flush_lsn, streaming)| ReplicaStatus { member, flush_lsn, streaming });
+    let rejoin = commands::rejoin();
     let stop = (any::<u64>(), any::<u64>(), any::<u64>(), any::<u32>())
-        .prop_map(|(epoch, id, lsn, timeline)| proto::SwitchoverStop { epoch, id, lsn, timeline });
-    let failure =
-        (any::<u64>(), mutate::odd_text()).prop_map(|(epoch, error)| proto::BootstrapFailure { epoch, error });
+        .prop_map(|(epoch, id, lsn, timeline)| SwitchoverStop { epoch, id, lsn, timeline });
+    let failure = (any::<u64>(), mutate::odd_text()).prop_map(|(epoch, error)| BootstrapFailure { epoch, error });
+    let data_dir = prop::sample::select(vec![
+        DataDir::Unknown,
+        DataDir::Empty,
+        DataDir::Primary,
+        DataDir::Standby,
+        DataDir::Foreign,
+    ]);
     let parts = (
         vec(replica, 0..3),
         vec(mutate::name(), 0..3),
         prop::option::of(rejoin),
         prop::option::of(stop),
         prop::option::of(failure),
-        word(&["unknown", "empty", "primary", "standby", "foreign"]),
-        mutate::odd_text(),
+        data_dir,
+        prop::option::of(mutate::odd_text()),
     );
-    (flags, lsns, parts).prop_map(|(f, l, p)| proto::PgState {
+    (flags, lsns, parts).prop_map(|(f, l, p)| PgStatus {
         running: f[0],
         in_recovery: f[1],
         needs_rejoin: f[2],
         streaming: f[3],
         unresponsive: f[4],
-        sync_names_known: f[5],
         timeline: l.0,
         current_lsn: l.1,
         received_lsn: l.2,
         replay_lsn: l.3,
-        down_for_ms: if f[6] { l.4 } else { 0 },
+        down_for: Duration::from_millis(if f[6] { l.4 } else { 0 }),
         replicas: p.0,
-        sync_names: p.1,
+        sync_names: f[5].then(|| p.1.into_iter().collect()),
         last_rejoin: p.2,
         switchover_stop: p.3,
         bootstrap_failed: p.4,
@@ -76,42 +69,60 @@ fn pg_state() -> impl Strategy<Value = proto::PgState> {
     })
 }
 
-fn report() -> impl Strategy<Value = proto::HealthReport> {
-    let head = (mutate::name(), word(&["postgres", "witness"]), mutate::odd_text());
-    let tags = (prop_oneof![0..=65_535u32, any::<u32>()], any::<bool>(), any::<i32>(), any::<u64>());
-    (head, tags, prop::option::of(pg_state())).prop_map(
-        |((member, kind, pg_host), (pg_port, nofailover, priority, epoch_seen), pg)| proto::HealthReport {
-            member,
-            kind,
-            pg_host,
-            pg_port,
-            nofailover,
-            priority,
-            noloadbalance: nofailover && priority % 2 == 0,
-            pg,
-            epoch_seen,
-        },
-    )
+fn tags() -> impl Strategy<Value = Tags> {
+    let key = prop_oneof![3 => prop::sample::select(vec!["nofailover", "priority", "noloadbalance", "nosync", "zone"]).prop_map(String::from), 1 => mutate::odd_text()];
+    let value = prop_oneof![
+        prop::sample::select(vec!["true", "false", "0", "-1", "2147483648"]).prop_map(String::from),
+        mutate::odd_text(),
+    ];
+    prop::collection::btree_map(key, value, 0..4).prop_map(|m| m.into_iter().collect())
 }
 
-/// The bytes of a `Report` call: arbitrary, or a report's encoding with bytes changed.
+fn report() -> impl Strategy<Value = HealthReport> {
+    let kind = prop::sample::select(vec![MemberKind::Postgres, MemberKind::Witness]);
+    let head = (mutate::name(), kind, mutate::odd_text(), any::<u16>(), any::<u64>());
+    (head, tags(), pg_status()).prop_map(|((member, kind, pg_host, pg_port, epoch_seen), tags, pg)| HealthReport {
+        member,
+        kind,
+        pg_host,
+        pg_port,
+        tags,
+        pg,
+        epoch_seen,
+    })
+}
+
+const REPORT_KEYS: &[&str] =
+    &["member", "kind", "pg_host", "pg_port", "tags", "pg", "epoch_seen", "running", "down_for"];
+
+/// The `report_json` of a `Report` call: arbitrary bytes, a report's JSON with bytes changed, or
+/// with its values, keys and nesting changed.
 pub fn report_input() -> impl Strategy<Value = Vec<u8>> {
     prop_oneof![
         1 => vec(any::<u8>(), 0..128),
-        4 => (report(), mutate::edits()).prop_map(|(r, e)| mutate::apply(r.encode_to_vec(), &e)),
+        2 => (report(), mutate::edits()).prop_map(|(r, e)| {
+            mutate::apply(encode_report(&r).expect("a report encodes").into_bytes(), &e)
+        }),
+        2 => (report(), vec(mutate::json_edit(REPORT_KEYS), 1..4)).prop_map(|(r, e)| {
+            let mut v = serde_json::to_value(&r).expect("a report encodes");
+            mutate::apply_json(&mut v, &e);
+            v.to_string().into_bytes()
+        }),
     ]
 }
 
 pub fn check_report(bytes: &Vec<u8>) -> Outcome {
-    let Ok(message) = proto::HealthReport::decode(bytes.as_slice()) else { return Outcome::Rejected };
-    let report = match from_proto(message) {
+    // prost refuses a string field that is not UTF-8.
+    let Ok(json) = std::str::from_utf8(bytes.as_slice()) else { return Outcome::Rejected };
+    let report = match decode_report(json) {
         Ok(r) => r,
         Err(why) => {
             assert!(!why.trim().is_empty(), "a report refused without a reason");
             return Outcome::Rejected;
         }
     };
-    assert_eq!(from_proto(to_proto(&report)).as_ref(), Ok(&report), "a report changed on its way back");
+    let again = encode_report(&report).expect("an accepted report encodes");
+    assert_eq!(decode_report(&again).as_ref(), Ok(&report), "a report changed on its way back");
     // As the coordinator takes it: recorded, then decisions, whose commands every member applies.
     for state in commands::states() {
         let now = Instant::now();

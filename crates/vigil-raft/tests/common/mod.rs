@@ -15,7 +15,7 @@ use tokio_util::sync::CancellationToken;
 use tonic::{Request, Response, Status};
 use vigil_raft::proto::peer_server::{Peer, PeerServer};
 use vigil_raft::proto::{
-    AdminReply, AdminRequest, HealthReport, RaftAck, RaftMessage, ReportAck, StateReply, StateRequest,
+    AdminReply, AdminRequest, RaftAck, RaftMessage, ReportAck, ReportRequest, StateReply, StateRequest,
 };
 use vigil_raft::{RaftConfig, RaftError, RaftHandle, RaftStatus, StateMachine};
 
@@ -76,7 +76,7 @@ impl Peer for TestPeer {
         Ok(Response::new(RaftAck {}))
     }
 
-    async fn report(&self, _: Request<HealthReport>) -> Result<Response<ReportAck>, Status> {
+    async fn report(&self, _: Request<ReportRequest>) -> Result<Response<ReportAck>, Status> {
         Err(Status::unimplemented("test peer"))
     }
 

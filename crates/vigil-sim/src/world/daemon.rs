@@ -279,9 +279,7 @@ impl World {
             kind: m.kind,
             pg_host: m.name.clone(),
             pg_port: if m.kind == MemberKind::Postgres { PG_PORT } else { 0 },
-            nofailover: false,
-            priority: 0,
-            noloadbalance: false,
+            tags: vigil_core::Tags::new(),
             pg: d.status.clone(),
             epoch_seen: m.state.epoch,
         };
