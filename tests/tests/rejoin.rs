@@ -131,6 +131,55 @@ async fn on_mode_degrades_to_async_without_a_standby_and_recovers() -> anyhow::R
     Ok(())
 }
 
+/// Issue 10's synchronous hole, on a real cluster: in `on` mode the primary's postmaster is killed
+/// and restarted in place, three times, while a writer runs. Whenever the committed state names
+/// no synchronous standby, commits are acknowledged by the primary alone, so the primary must be
+/// among the holders (it was once seen missing: a stale report degraded the set and left the
+/// standby recorded as holding everything). Checked on every view taken meanwhile; and no
+/// acknowledged commit is lost.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn on_mode_keeps_the_primary_a_holder_whenever_nobody_is_named_through_postgres_crashes() -> anyhow::Result<()> {
+    let mut t = TestCluster::prepare(3, 0, sync_spec("on"))?;
+    t.cluster.start_all()?;
+    let v = t.wait_for("a synchronous standby", CONVERGE, synchronous_with_one_holder).await?;
+    let primary = v.state.primary.clone().expect("primary");
+    let writer = Writer::start(&t).await?;
+    t.wait_rows(&primary, "acked_writes", 20, Duration::from_secs(10)).await?;
+
+    let mut violations = Vec::new();
+    let mut views = 0;
+    for round in 0..3 {
+        let before = t.postmaster_pid(&primary);
+        t.kill_postgres(&primary);
+        // Watch the committed state until the server is back and the set is whole again.
+        let deadline = std::time::Instant::now() + CONVERGE;
+        loop {
+            if let Ok(v) = t.view().await {
+                views += 1;
+                let s = &v.state.sync;
+                let p = v.state.primary.clone().unwrap_or_default();
+                if s.mode.is_sync() && s.standbys.is_empty() && !s.holders.contains(&p) {
+                    violations.push(format!("round {round}: nobody named, holders {s:?}"));
+                }
+                let back = t.postmaster_pid(&primary).is_some_and(|p| Some(p) != before);
+                if back && synchronous_with_one_holder(&v) && t.accepts_connections(&primary).await {
+                    break;
+                }
+            }
+            anyhow::ensure!(std::time::Instant::now() < deadline, "round {round}: not synchronous again");
+            tokio::time::sleep(Duration::from_millis(20)).await;
+        }
+    }
+    let acked = writer.stop().await?;
+    let v = t.view().await?;
+    assert_eq!(v.state.primary.as_deref(), Some(primary.as_str()), "restarted in place, no failover");
+    assert!(violations.is_empty(), "{violations:?}");
+    let missing = missing_writes(&t, &primary, &acked).await?;
+    assert!(missing.is_empty(), "{} acknowledged writes lost: {missing:?}", missing.len());
+    println!("3 postmaster kills in `on` mode: {views} committed states checked, {} writes acknowledged", acked.len());
+    Ok(())
+}
+
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_standby_that_forked_off_the_new_primary_is_rewound() -> anyhow::Result<()> {
     // pg3 may never be promoted, so pg2 is the only candidate even when pg3 has more WAL.
