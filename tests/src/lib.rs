@@ -71,6 +71,21 @@ pub fn bin_dir_with_initdb(dir: &Path, script: &str) -> anyhow::Result<PathBuf> 
     Ok(bin)
 }
 
+/// The value of metric `name` with exactly the labels `labels` (in any order) in a Prometheus
+/// text answer; None when there is no such sample.
+pub fn metric_value(text: &str, name: &str, labels: &[(&str, &str)]) -> Option<f64> {
+    let mut want: Vec<String> = labels.iter().map(|(k, v)| format!("{k}=\"{v}\"")).collect();
+    want.sort();
+    text.lines().filter(|l| !l.starts_with('#')).find_map(|l| {
+        let (key, value) = l.rsplit_once(' ')?;
+        let (n, rest) = key.split_once('{').unwrap_or((key, "}"));
+        let mut got: Vec<String> =
+            rest.strip_suffix('}')?.split(',').filter(|p| !p.is_empty()).map(str::to_string).collect();
+        got.sort();
+        (n == name && got == want).then(|| value.parse().ok()).flatten()
+    })
+}
+
 /// The `pgvigil` binary: `$PGVIGIL_BIN`, else beside the running executable, else the workspace's
 /// target dir (debug, then release).
 pub fn pgvigil_bin() -> PathBuf {

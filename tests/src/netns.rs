@@ -327,6 +327,22 @@ impl Net {
         Ok(done.len())
     }
 
+    /// Run `f` on a new thread inside `host`'s namespace (every socket it opens, from a runtime it
+    /// builds too, comes from that host: a client on the host's side of a cut).
+    pub fn spawn_in<T, F>(&self, host: &str, f: F) -> anyhow::Result<std::thread::JoinHandle<anyhow::Result<T>>>
+    where
+        T: Send + 'static,
+        F: FnOnce() -> anyhow::Result<T> + Send + 'static,
+    {
+        let ns = self.host(host)?.ns.clone();
+        let path = format!("/run/netns/{ns}");
+        Ok(std::thread::spawn(move || {
+            let file = std::fs::File::open(&path).with_context(|| format!("open {path}"))?;
+            nix::sched::setns(file, nix::sched::CloneFlags::CLONE_NEWNET).with_context(|| format!("setns {ns}"))?;
+            f()
+        }))
+    }
+
     /// Build a tokio runtime whose threads live in the client namespace: every socket its tasks
     /// open (the writer's, the checker's, the gRPC views) comes from the client's address.
     pub fn client_runtime(&self) -> anyhow::Result<tokio::runtime::Runtime> {

@@ -99,6 +99,11 @@ pub struct NsCluster {
 impl NsCluster {
     /// `n` PostgreSQL members `pg1..pgN`, one per namespace, in synchronous mode `mode`.
     pub fn prepare(n: usize, mode: Mode) -> anyhow::Result<NsCluster> {
+        NsCluster::prepare_with(n, mode, |_| {})
+    }
+
+    /// [`NsCluster::prepare`], with `customize` applied to the spec last (a `[proxy]` table, say).
+    pub fn prepare_with(n: usize, mode: Mode, customize: impl FnOnce(&mut ClusterSpec)) -> anyhow::Result<NsCluster> {
         let names: Vec<String> = (1..=n).map(|i| format!("pg{i}")).collect();
         let refs: Vec<&str> = names.iter().map(String::as_str).collect();
         let net = Net::new(&refs)?;
@@ -115,6 +120,7 @@ impl NsCluster {
         // costs enough CPU on 2 cores to make probes time out. Passwords play no part in failover.
         spec.hba_extra = vec![format!("host all postgres {}.0/24 trust", net.subnet)];
         spec.replication = vec![format!("synchronous_mode = {:?}", mode.name())];
+        customize(&mut spec);
         let endpoints = Endpoints {
             hosts: spec.members.iter().map(|m| (m.name.clone(), m.host.clone())).collect(),
             password: spec.superuser_password.clone(),
@@ -173,6 +179,11 @@ impl NsCluster {
     pub fn postmaster_pid(&self, name: &str) -> Option<i32> {
         let path = self.cluster().spec.data_dir(name).join("postmaster.pid");
         std::fs::read_to_string(path).ok()?.lines().next()?.trim().parse().ok()
+    }
+
+    /// The client of `name`'s HTTP API (at 127.0.0.1 in its namespace: call it from there).
+    pub fn api_client(&self, name: &str) -> anyhow::Result<pgvigil::client::Api> {
+        self.cluster().spec.api_client(name)
     }
 
     pub fn state_dir(&self, name: &str) -> std::path::PathBuf {

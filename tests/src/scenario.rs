@@ -260,6 +260,12 @@ async fn roles(c: &NsCluster, primary: &str, steady: bool, mode: Mode) -> anyhow
     }
 }
 
+/// Wait (up to `bound`) for a converged cluster: its primary.
+pub async fn converged_primary(c: &NsCluster, bound: Duration) -> anyhow::Result<String> {
+    let conv = wait_converged(c, bound, None).await;
+    conv.result.map(|(primary, _)| primary).map_err(|e| anyhow::anyhow!("not converged: {e}"))
+}
+
 /// Start the daemons, wait for a converged cluster, create the table and start writing.
 pub async fn start(c: &Arc<NsCluster>, s: &Settings) -> anyhow::Result<(Writer, String)> {
     c.start_all()?;

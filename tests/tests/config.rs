@@ -55,6 +55,16 @@ fn bad_config_files_exit_64_naming_the_key() {
         ),
         ("no peer credential", good.replace("[peer_auth]\n", "[peer_authx]\n"), "peer_authx"),
         (
+            "proxy limit",
+            format!("{good}\n[proxy]\nlisten_address = \"127.0.0.1\"\nrw_port = 16432\nro_port = 16433\nmax_sessions_per_backend = -1\n"),
+            "proxy.max_sessions_per_backend",
+        ),
+        (
+            "proxy queue",
+            format!("{good}\n[proxy]\nlisten_address = \"127.0.0.1\"\nrw_port = 16432\nro_port = 16433\nqueue_timeout = \"0s\"\n"),
+            "proxy.queue_timeout",
+        ),
+        (
             "no peer credential",
             good.replace("[peer_auth]\n", "").replace("secret_file =", "# secret_file ="),
             "peer_auth.secret_file",

@@ -161,6 +161,15 @@ async fn a_writer_through_the_rw_port_sees_no_error_during_a_switchover() -> any
     }
     let w = writer.stop().await?;
     assert!(w.connect_errors.is_empty(), "new-connection errors through the rw port: {:?}", w.connect_errors);
+    // The metrics count the sessions of both primaries through the rw port, none open to the old.
+    let metrics = t.get(&via, "/metrics").await?.text;
+    let value = |name: &str, labels: &[(&str, &str)]| vigil_tests::metric_value(&metrics, name, labels);
+    for backend in [&old, &candidate] {
+        let total = value("pgvigil_proxy_sessions_total", &[("port", "rw"), ("backend", backend)]).unwrap_or(0.0);
+        assert!(total >= 1.0, "sessions through the rw port to {backend}: {total}");
+    }
+    let open_old = value("pgvigil_proxy_sessions", &[("port", "rw"), ("backend", &old)]).unwrap_or(0.0);
+    assert_eq!(open_old, 0.0, "sessions still counted open to the old primary");
     let on_new = ids_on(&t, &candidate).await?;
     let lost: Vec<i64> = w.acked.iter().map(|a| a.0).filter(|id| !on_new.contains(id)).collect();
     assert!(lost.is_empty(), "acknowledged writes missing on the new primary: {lost:?}");
@@ -305,6 +314,10 @@ async fn after_a_failover_no_write_through_the_proxy_lands_on_the_old_primary() 
     t.execute(&old, "CREATE TABLE sentinel (id bigint primary key, at timestamptz DEFAULT clock_timestamp())").await?;
     wait_proxy(&t, &via, "forwarding to the primary", CONVERGE, |s| s["rw"]["forward"] == old.as_str()).await?;
     let (rw, _) = ports(&t, &via);
+    // An idle session on the old primary, which stays up: closed by the proxy when the new epoch
+    // commits.
+    let idle = connect(&conninfo(&t, rw, 10)).await?;
+    anyhow::ensure!(server_port(&idle).await? == pg_port(&t, &old), "the idle session is not on {old}");
     let writer = RwWriter::start(conninfo(&t, rw, 40));
     t.wait_rows(&old, "sentinel", 20, Duration::from_secs(20)).await?;
 
@@ -349,6 +362,17 @@ async fn after_a_failover_no_write_through_the_proxy_lands_on_the_old_primary() 
     let after_lease: i64 = t.client(&old).await?.query_one(q, &[&(killed_unix + lease.as_secs_f64())]).await?.get(0);
     assert_eq!(after_lease, 0, "rows committed on the old primary after its lease");
     assert!(w.connect_errors.is_empty(), "new-connection errors through the rw port: {:?}", w.connect_errors);
+    // The idle session was closed at the epoch change (its server is still up), and the metric
+    // says so; the writer's sessions open at that moment count too.
+    let closed = tokio::time::timeout(Duration::from_secs(5), idle.simple_query("SELECT 1")).await;
+    assert!(matches!(closed, Ok(Err(_))), "the idle session on the old primary is still open: {closed:?}");
+    let metrics = t.get(&via, "/metrics").await?.text;
+    let value = |name: &str, labels: &[(&str, &str)]| vigil_tests::metric_value(&metrics, name, labels);
+    let on_epoch = value("pgvigil_proxy_closed_on_epoch_change_total", &[]).unwrap_or(0.0);
+    assert!(on_epoch >= 1.0, "closed on epoch change: {on_epoch}");
+    let open_old = value("pgvigil_proxy_sessions", &[("port", "rw"), ("backend", &old)]).unwrap_or(0.0);
+    assert_eq!(open_old, 0.0, "sessions still counted open to the old primary");
+    eprintln!("FIGURE sessions closed on the epoch change: {on_epoch}");
     eprintln!(
         "failover through the proxy: last write on the old primary {:?} after its daemon was killed, first on the \
          new {:?} after; {} write errors, 0 connection errors; {} rows on the old server, none at or after id {first_new}",

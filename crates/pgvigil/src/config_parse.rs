@@ -79,6 +79,7 @@ pub const ENV_INTEGER_KEYS: &[&str] = &[
     "proxy.rw_port",
     "proxy.ro_port",
     "proxy.max_lag_bytes",
+    "proxy.max_sessions_per_backend",
 ];
 
 /// Set the key of `PGVIGIL_A__B` (`a.b`) in `table` to `value`, parsed as that key's type.

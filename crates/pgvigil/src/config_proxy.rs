@@ -33,6 +33,12 @@ pub struct ProxyConfig {
     /// How long connecting to a backend may take.
     #[serde(default, deserialize_with = "duration_opt")]
     pub connect_timeout: Option<Duration>,
+    /// At most this many sessions through this proxy to one backend (both ports); 0: no limit.
+    #[serde(default)]
+    pub max_sessions_per_backend: u32,
+    /// How long a new session waits in the queue for a backend below the limit.
+    #[serde(default, deserialize_with = "duration_opt")]
+    pub queue_timeout: Option<Duration>,
 }
 
 #[derive(Debug, Clone, Copy, Default, PartialEq, Eq, Deserialize, Serialize)]
@@ -42,6 +48,9 @@ pub enum NoStandbyConfig {
     Primary,
     Refuse,
 }
+
+/// PostgreSQL's own ceiling on `max_connections` (`MAX_BACKENDS`, 2^18 - 1).
+const MAX_SESSIONS_PER_BACKEND: u32 = 262_143;
 
 fn default_max_lag_bytes() -> u64 {
     16 << 20
@@ -59,6 +68,13 @@ impl ProxyConfig {
     }
     pub fn connect_timeout(&self) -> Duration {
         self.connect_timeout.unwrap_or(Duration::from_secs(2))
+    }
+    pub fn queue_timeout(&self) -> Duration {
+        self.queue_timeout.unwrap_or(Duration::from_secs(5))
+    }
+    /// The limit of sessions per backend, if there is one.
+    pub fn max_sessions(&self) -> Option<usize> {
+        (self.max_sessions_per_backend > 0).then_some(self.max_sessions_per_backend as usize)
     }
 }
 
@@ -81,10 +97,17 @@ pub(super) fn check(p: &ProxyConfig) -> Result<(), ConfigError> {
         ("proxy.max_lag_time", p.max_lag_time),
         ("proxy.dead_peer_timeout", p.dead_peer_timeout),
         ("proxy.connect_timeout", p.connect_timeout),
+        ("proxy.queue_timeout", p.queue_timeout),
     ] {
         if d.is_some_and(|d| d.is_zero() || d > vigil_core::MAX_TIMING) {
             return Err(bad(key, format!("must be more than 0 and at most {:?}", vigil_core::MAX_TIMING)));
         }
+    }
+    if p.max_sessions_per_backend > MAX_SESSIONS_PER_BACKEND {
+        return Err(bad(
+            "proxy.max_sessions_per_backend",
+            format!("{} is more than {MAX_SESSIONS_PER_BACKEND} (0: no limit)", p.max_sessions_per_backend),
+        ));
     }
     if p.dead_peer_timeout.is_some_and(|d| d < Duration::from_secs(1)) {
         return Err(bad("proxy.dead_peer_timeout", "must be at least 1s (keepalives are counted in seconds)"));

@@ -455,4 +455,8 @@ fn the_proxy_table_is_checked() {
     assert_eq!(proxy(&format!("{ok}no_standby = \"random\"\n")), "proxy.no_standby");
     assert_eq!(proxy(&format!("{ok}dead_peer_timeout = \"100ms\"\n")), "proxy.dead_peer_timeout");
     assert_eq!(proxy(&format!("{ok}rw = 1\n")), "proxy.rw");
+    assert_eq!(proxy(&format!("{ok}max_sessions_per_backend = 100\nqueue_timeout = \"2s\"\n")), "(accepted)");
+    assert_eq!(proxy(&format!("{ok}max_sessions_per_backend = -1\n")), "proxy.max_sessions_per_backend");
+    assert_eq!(proxy(&format!("{ok}max_sessions_per_backend = 300000\n")), "proxy.max_sessions_per_backend");
+    assert_eq!(proxy(&format!("{ok}queue_timeout = \"0s\"\n")), "proxy.queue_timeout");
 }

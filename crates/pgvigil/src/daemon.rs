@@ -46,8 +46,8 @@ pub struct Shared {
     pub tls: Option<LiveTls>,
     /// The coordinator's latest answer, as the routing proxy needs it (`proxy_feed.rs`).
     pub proxy_feed: watch::Sender<Option<crate::proxy_feed::Feed>>,
-    /// What the routing proxy routes by now, for `GET /proxy` (None: no proxy).
-    pub proxy_status: watch::Sender<Option<serde_json::Value>>,
+    /// The routing proxy's view for `GET /proxy`, read live (unset: no proxy).
+    pub proxy_status: std::sync::OnceLock<crate::proxy::StatusHandle>,
 }
 
 /// When the daemon's periodic loops last went round, for `GET /liveness`.
@@ -194,7 +194,7 @@ pub async fn run(settings: Settings, shutdown: CancellationToken) -> anyhow::Res
         runtime: watch::Sender::new(reload::Runtime::of(&settings)),
         tls,
         proxy_feed: watch::Sender::new(None),
-        proxy_status: watch::Sender::new(None),
+        proxy_status: std::sync::OnceLock::new(),
     });
     tokio::spawn(reload::run(shared.clone(), shutdown.child_token()));
     tokio::spawn(logging::follow_epoch(shared.raft.state(), shutdown.child_token()));

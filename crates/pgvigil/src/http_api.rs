@@ -209,7 +209,9 @@ pub async fn view(shared: &Shared) -> View {
 }
 
 async fn cluster(State(shared): State<Shr>) -> Response {
-    Json(ClusterView::from_view(&view(&shared).await)).into_response()
+    let status = shared.proxy_status.get().map(|s| s.json());
+    let name = &shared.settings.raw.name;
+    Json(ClusterView::from_view(&view(&shared).await).with_proxy(name, status)).into_response()
 }
 
 async fn cluster_member(State(shared): State<Shr>, Path(member): Path<String>) -> Response {
@@ -235,8 +237,8 @@ async fn backups(State(shared): State<Shr>) -> Response {
 }
 
 async fn proxy(State(shared): State<Shr>) -> Response {
-    match shared.proxy_status.borrow().clone() {
-        Some(status) => Json(status).into_response(),
+    match shared.proxy_status.get() {
+        Some(status) => Json(status.json()).into_response(),
         None => reply(Answer::from(ApiError::NotFound("this member runs no routing proxy (no [proxy] table)".into()))),
     }
 }

@@ -21,7 +21,8 @@
 //! - [`list`]: the cluster view and its table; [`cli`] + [`client`]: the verbs that talk to the
 //!   HTTP API; [`demo`]: the `demo` command. [`logging`]: tracing setup (member and epoch on every line).
 //! - [`proxy`]: the routing proxy (read-write port fenced by the lease, read-only port by lag);
-//!   `proxy_feed`: what it learns from the coordinator's answers.
+//!   `proxy_feed`: what it learns from the coordinator's answers; `proxy_book`: its sessions
+//!   per backend (the limit's slots), queued and refused sessions.
 //! - [`fuzzing`]: the private parsers of untrusted input, named for the fuzz targets of `vigil-tests`.
 
 mod admin;
@@ -46,6 +47,7 @@ pub mod logging;
 pub mod notify;
 mod peer_service;
 pub mod proxy;
+mod proxy_book;
 mod proxy_feed;
 pub mod reload;
 mod replicated;

@@ -67,6 +67,10 @@ pub struct ClusterView {
     /// The latest verification of the backups, described.
     #[serde(default)]
     pub last_verification: Option<String>,
+    /// The routing proxy of the member that answered (`GET /proxy`, with `member` added), if it
+    /// runs one: `pgvigil list` shows its routes and sessions.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub proxy: Option<serde_json::Value>,
 }
 
 #[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
@@ -170,7 +174,19 @@ impl ClusterView {
                     vigil_core::format_unix_ms(d.finished_unix_ms)
                 )
             }),
+            proxy: None,
         }
+    }
+
+    /// With the answering member's proxy status (`GET /proxy`).
+    pub fn with_proxy(mut self, member: &str, status: Option<serde_json::Value>) -> ClusterView {
+        self.proxy = status.map(|mut s| {
+            if let Some(o) = s.as_object_mut() {
+                o.insert("member".into(), member.into());
+            }
+            s
+        });
+        self
     }
 
     pub fn member(&self, name: &str) -> Option<&MemberView> {
@@ -207,6 +223,9 @@ pub fn boxed(rows: &[Vec<String>]) -> String {
 
 pub fn render(v: &ClusterView) -> String {
     let mut rows = vec![["Member", "Host", "Role", "State", "TL", "Lag (bytes)", "Tags"].map(String::from).to_vec()];
+    if v.proxy.is_some() {
+        rows[0].push("Proxy".into());
+    }
     for m in &v.members {
         // A set flag by its name alone, an unset one not at all, others as key=value.
         let tags: Vec<String> = m
@@ -231,6 +250,9 @@ pub fn render(v: &ClusterView) -> String {
             m.lag_bytes.map(|l| l.to_string()).unwrap_or_default(),
             tags.join(","),
         ]);
+        if let Some(p) = &v.proxy {
+            rows.last_mut().expect("a row").push(proxy_cell(p, &m.name));
+        }
     }
     let mut out = format!(
         "Cluster: epoch {}, coordinator {} (term {})\n",
@@ -254,5 +276,61 @@ pub fn render(v: &ClusterView) -> String {
     if let Some(b) = &v.last_verification {
         out.push_str(&format!(" Last verification: {b}\n"));
     }
+    if let Some(p) = &v.proxy {
+        out.push_str(&proxy_line(p));
+    }
     out
+}
+
+/// Sessions through the proxy to `backend`, by port: `rw 2, ro 1`.
+fn sessions_to(p: &serde_json::Value, backend: &str) -> Vec<String> {
+    p["sessions"]
+        .as_array()
+        .into_iter()
+        .flatten()
+        .filter(|s| s["backend"] == backend)
+        .map(|s| format!("{} {}", s["port"].as_str().unwrap_or("?"), s["sessions"]))
+        .collect()
+}
+
+/// The Proxy column for member `name`, as the answering member's proxy sees it: whether new
+/// sessions go there (read-write, the read-only pool, out and why) and the open sessions.
+fn proxy_cell(p: &serde_json::Value, name: &str) -> String {
+    let mut parts = Vec::new();
+    if p["rw"]["forward"] == name {
+        parts.push("rw".to_string());
+    } else if p["primary"] == name {
+        parts.push(format!("rw held: {}", p["rw"]["hold"].as_str().unwrap_or("?")));
+    }
+    if p["ro_pool"].as_array().is_some_and(|a| a.iter().any(|m| m == name)) {
+        parts.push("ro pool".to_string());
+    } else if let Some(why) = p["ro_out"][name].as_str() {
+        parts.push(format!("ro out: {why}"));
+    }
+    let sessions = sessions_to(p, name);
+    if !sessions.is_empty() {
+        parts.push(format!("sessions {}", sessions.join(", ")));
+    }
+    parts.join("; ")
+}
+
+/// The line under the table: the answering member's proxy, its ports, lease, queue and refusals.
+fn proxy_line(p: &serde_json::Value) -> String {
+    let count = |v: &serde_json::Value| v.as_u64().unwrap_or(0);
+    let mut refused = Vec::new();
+    for (port, reasons) in p["refused_total"].as_object().into_iter().flatten() {
+        for (reason, n) in reasons.as_object().into_iter().flatten() {
+            refused.push(format!("{port} {reason} {n}"));
+        }
+    }
+    format!(
+        " Proxy on {}: rw port {}, ro port {}, lease {} ms left, queued {} now ({} in all), refused {}\n",
+        p["member"].as_str().unwrap_or("?"),
+        p["rw_port"],
+        p["ro_port"],
+        count(&p["lease_left_ms"]),
+        count(&p["queued"]["rw"]) + count(&p["queued"]["ro"]),
+        count(&p["queued_total"]["rw"]) + count(&p["queued_total"]["ro"]),
+        if refused.is_empty() { "none".to_string() } else { refused.join(", ") },
+    )
 }

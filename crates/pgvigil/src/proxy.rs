@@ -12,16 +12,19 @@
 
 use crate::config::{NoStandbyConfig, ProxyConfig};
 use crate::daemon::Shared;
+pub use crate::proxy_book::Port;
+use crate::proxy_book::{Book, Queued, Slot};
 use anyhow::Context;
 use std::collections::{BTreeMap, BTreeSet};
-use std::sync::{Arc, Mutex};
+use std::sync::Arc;
 use std::time::{Duration, Instant};
 use tokio::io::{AsyncReadExt, AsyncWriteExt};
 use tokio::net::{TcpListener, TcpStream};
 use tokio::sync::watch;
 use tokio_util::sync::CancellationToken;
+use vigil_core::pgwire::{self, First};
 use vigil_core::proxy::{
-    self as rules, Committed, Fence, HoldReason, LsnHistory, NoStandby, RoPool, RoRoute, RoRules, RwRoute,
+    self as rules, Committed, Fence, HoldReason, LsnHistory, NoStandby, Refused, RoPool, RoRoute, RoRules, RwRoute,
 };
 use vigil_core::repeats::{Repeats, LOG_EVERY};
 
@@ -29,21 +32,6 @@ use vigil_core::repeats::{Repeats, LOG_EVERY};
 const FIRST_BYTES_DEADLINE: Duration = Duration::from_secs(10);
 /// A held session whose backend refused the connection tries again after this (or on news).
 const RETRY_CONNECT: Duration = Duration::from_millis(100);
-
-#[derive(Clone, Copy, Debug, PartialEq, Eq, PartialOrd, Ord)]
-pub enum Port {
-    Rw,
-    Ro,
-}
-
-impl Port {
-    fn name(self) -> &'static str {
-        match self {
-            Port::Rw => "rw",
-            Port::Ro => "ro",
-        }
-    }
-}
 
 /// What sessions route by, as the router last worked it out.
 #[derive(Clone, Debug, Default)]
@@ -65,8 +53,8 @@ struct Inner {
     cfg: ProxyConfig,
     rules: RoRules,
     routes: watch::Sender<Routes>,
-    /// Open sessions by port and backend.
-    sessions: Mutex<BTreeMap<(Port, String), usize>>,
+    /// Sessions by port and backend (the limit's slots), queued, refused.
+    book: Arc<Book>,
 }
 
 impl Proxy {
@@ -98,13 +86,14 @@ impl Proxy {
             cfg: cfg.clone(),
             rules,
             routes: watch::Sender::new(Routes::default()),
-            sessions: Mutex::new(BTreeMap::new()),
+            book: Book::new(cfg.max_sessions()),
         });
         tracing::info!(
             rw = %format!("{}:{}", cfg.listen_address, cfg.rw_port),
             ro = %format!("{}:{}", cfg.listen_address, cfg.ro_port),
             "routing proxy listening"
         );
+        let _ = shared.proxy_status.set(StatusHandle { inner: inner.clone() });
         let router = tokio::spawn(route(shared.clone(), inner.clone(), shutdown.clone()));
         let rw = tokio::spawn(accept(inner.clone(), self.rw, Port::Rw, shutdown.clone()));
         let ro = tokio::spawn(accept(inner, self.ro, Port::Ro, shutdown.clone()));
@@ -152,8 +141,19 @@ async fn route(shared: Arc<Shared>, inner: Arc<Inner>, shutdown: CancellationTok
             switching_over: state.switchover.as_ref().is_some_and(|s| s.started),
         };
         let routes = Routes { committed, fence, pool: pool.clone(), addrs };
-        shared.proxy_status.send_replace(Some(status(&inner, &routes, now)));
         inner.routes.send_replace(routes);
+    }
+}
+
+/// `GET /proxy`, read live: the routes as the router last worked them out, the sessions as they are.
+pub struct StatusHandle {
+    inner: Arc<Inner>,
+}
+
+impl StatusHandle {
+    pub fn json(&self) -> serde_json::Value {
+        let routes = self.inner.routes.borrow().clone();
+        status(&self.inner, &routes, Instant::now())
     }
 }
 
@@ -170,22 +170,20 @@ fn status(inner: &Inner, routes: &Routes, now: Instant) -> serde_json::Value {
         .map_or(0, |u| u.saturating_duration_since(now).as_millis() as u64);
     let out: BTreeMap<&String, String> =
         routes.pool.out().iter().map(|(m, why)| (m, format!("{why:?}").to_lowercase())).collect();
-    let sessions = inner.sessions.lock().unwrap_or_else(|p| p.into_inner()).clone();
-    let sessions: Vec<serde_json::Value> = sessions
-        .iter()
-        .map(|((port, backend), n)| serde_json::json!({ "port": port.name(), "backend": backend, "sessions": n }))
-        .collect();
-    serde_json::json!({
+    let mut status = serde_json::json!({
         "epoch": routes.committed.epoch,
         "primary": routes.committed.primary,
         "rw": rw,
         "lease_left_ms": lease_ms,
         "ro_pool": routes.pool.members(),
         "ro_out": out,
-        "sessions": sessions,
         "rw_port": inner.cfg.rw_port,
         "ro_port": inner.cfg.ro_port,
-    })
+    });
+    if let (Some(status), serde_json::Value::Object(book)) = (status.as_object_mut(), inner.book.status()) {
+        status.extend(book);
+    }
+    status
 }
 
 async fn accept(inner: Arc<Inner>, listener: TcpListener, port: Port, shutdown: CancellationToken) {
@@ -232,47 +230,40 @@ async fn connect(addr: &str, cfg: &ProxyConfig) -> anyhow::Result<TcpStream> {
     Ok(s)
 }
 
-/// Counts a session while it lives.
-struct Counted {
-    inner: Arc<Inner>,
-    key: (Port, String),
-}
-
-impl Counted {
-    fn new(inner: &Arc<Inner>, port: Port, backend: &str) -> Counted {
-        let key = (port, backend.to_string());
-        *inner.sessions.lock().unwrap_or_else(|p| p.into_inner()).entry(key.clone()).or_default() += 1;
-        let labels = [("port", port.name().to_string()), ("backend", backend.to_string())];
-        metrics::counter!("pgvigil_proxy_sessions_total", &labels).increment(1);
-        metrics::gauge!("pgvigil_proxy_sessions", &labels).increment(1.0);
-        Counted { inner: inner.clone(), key }
-    }
-}
-
-impl Drop for Counted {
-    fn drop(&mut self) {
-        let mut sessions = self.inner.sessions.lock().unwrap_or_else(|p| p.into_inner());
-        if let Some(n) = sessions.get_mut(&self.key) {
-            *n -= 1;
-            if *n == 0 {
-                sessions.remove(&self.key);
+/// Refuse a session as a server would: counted, then answered with an ErrorResponse once the
+/// client's startup packet is in. `hello` is what was read of the client's first packet (its 8
+/// bytes, or the whole startup packet). An SSLRequest or GSSENCRequest is answered `N` (go on
+/// in plain text: the proxy holds no certificate) and the next packet read. A client that
+/// insists on TLS (`sslmode=require`) gives up at the `N` with its own message.
+async fn refuse_client(inner: &Inner, client: &mut TcpStream, port: Port, mut hello: Vec<u8>, why: Refused) {
+    inner.book.refused(port, why.reason());
+    tracing::debug!(port = port.name(), reason = why.reason(), "proxy: refused a session: {}", why.message());
+    let answer = async {
+        // GSSENCRequest, then SSLRequest, then the startup packet, at most.
+        for _ in 0..3 {
+            let Some(first) = hello.get(..8).and_then(|f| <[u8; 8]>::try_from(f).ok()) else { break };
+            match pgwire::classify(&first) {
+                First::SslRequest | First::GssEncRequest => {
+                    client.write_all(b"N").await?;
+                    let mut next = [0u8; 8];
+                    client.read_exact(&mut next).await?;
+                    hello = next.to_vec();
+                }
+                First::Startup { len } => {
+                    if hello.len() < len {
+                        let mut rest = vec![0u8; len - hello.len()];
+                        client.read_exact(&mut rest).await?;
+                    }
+                    client.write_all(&pgwire::fatal(why.sqlstate(), &why.message())).await?;
+                    client.flush().await?;
+                    break;
+                }
+                First::Cancel | First::Bad => break,
             }
         }
-        let labels = [("port", self.key.0.name().to_string()), ("backend", self.key.1.clone())];
-        metrics::gauge!("pgvigil_proxy_sessions", &labels).decrement(1.0);
-    }
-}
-
-impl Inner {
-    fn sessions_of(&self, port: Port) -> BTreeMap<String, usize> {
-        let sessions = self.sessions.lock().unwrap_or_else(|p| p.into_inner());
-        sessions.iter().filter(|((p, _), _)| *p == port).map(|((_, b), n)| (b.clone(), *n)).collect()
-    }
-
-    fn refuse(&self, port: Port, reason: &str) {
-        metrics::counter!("pgvigil_proxy_refused_total", "port" => port.name(), "reason" => reason.to_string())
-            .increment(1);
-    }
+        Ok::<(), std::io::Error>(())
+    };
+    let _ = tokio::time::timeout(FIRST_BYTES_DEADLINE, answer).await;
 }
 
 async fn session(inner: Arc<Inner>, mut client: TcpStream, port: Port, shutdown: CancellationToken) {
@@ -292,26 +283,33 @@ async fn session(inner: Arc<Inner>, mut client: TcpStream, port: Port, shutdown:
         }
         return;
     }
-    let (backend, epoch, mut server) = match port {
+    let (backend, epoch, mut server, slot) = match port {
         Port::Rw => {
             let Some(hello) = first_message(&mut client, first).await else { return };
-            let Some((backend, epoch, server, answer)) = hold_for_primary(&inner, &hello, &shutdown).await else {
-                return;
+            let (backend, epoch, server, answer, slot) = match hold_for_primary(&inner, &hello, &shutdown).await {
+                Ok(found) => found,
+                Err(Some(why)) => return refuse_client(&inner, &mut client, port, hello, why).await,
+                Err(None) => return,
             };
             if client.write_all(&[answer]).await.is_err() {
                 return;
             }
-            (backend, epoch, server)
+            (backend, epoch, server, slot)
         }
         Port::Ro => {
-            let Some((backend, epoch, mut server)) = pick_standby(&inner).await else { return };
+            let (backend, epoch, mut server, slot) = match pick_standby(&inner, &shutdown).await {
+                Ok(found) => found,
+                Err(Some(why)) => return refuse_client(&inner, &mut client, port, first.to_vec(), why).await,
+                Err(None) => return,
+            };
             if server.write_all(&first).await.is_err() {
                 return;
             }
-            (backend, epoch, server)
+            (backend, epoch, server, slot)
         }
     };
-    let _counted = Counted::new(&inner, port, &backend);
+    let _ = backend;
+    slot.established();
     let mut routes = inner.routes.subscribe();
     tokio::select! {
         _ = tokio::io::copy_bidirectional(&mut client, &mut server) => {}
@@ -352,69 +350,126 @@ async fn first_message(client: &mut TcpStream, first: [u8; 8]) -> Option<Vec<u8>
 const ERROR_SETTLE: Duration = Duration::from_millis(300);
 
 /// A new read-write session: to the primary as soon as it may write (the lease fence), waiting up
-/// to `hold_timeout`; the client's first message `hello` is sent there and the server's first
-/// byte returned with it. None: refused (the client's connection is closed).
+/// to `hold_timeout`, and then for a slot below `max_sessions_per_backend` up to `queue_timeout`;
+/// the client's first message `hello` is sent there and the server's first byte returned with
+/// it. Err(Some): refused, and why; Err(None): shutting down.
 async fn hold_for_primary(
     inner: &Arc<Inner>,
     hello: &[u8],
     shutdown: &CancellationToken,
-) -> Option<(String, u64, TcpStream, u8)> {
-    let deadline = tokio::time::Instant::now() + inner.cfg.hold_timeout();
+) -> Result<(String, u64, TcpStream, u8, Slot), Option<Refused>> {
+    let hold = inner.cfg.hold_timeout();
+    let deadline = tokio::time::Instant::now() + hold;
     let mut rx = inner.routes.subscribe();
-    let mut held: Option<HoldReason> = None;
+    // The last member a connection was tried to (a refusal after that is its fault).
+    let mut tried: Option<String> = None;
+    let mut counted = false;
+    // Waiting for a slot: since when, until when.
+    let mut queue: Option<(tokio::time::Instant, Queued)> = None;
     loop {
+        let mut freed = inner.book.freed();
         let routes = rx.borrow_and_update().clone();
-        let wait_a_bit = match rules::rw_route(&routes.committed, &routes.fence, Instant::now()) {
+        // Why it is held now, if it is.
+        let held: Option<HoldReason>;
+        let wait = match rules::rw_route(&routes.committed, &routes.fence, Instant::now()) {
             RwRoute::Forward { member, epoch } => {
-                let addr = routes.addrs.get(&member).cloned().unwrap_or_default();
-                let route = RwRoute::Forward { member: member.clone(), epoch };
-                let still = |rx: &watch::Receiver<Routes>| {
-                    let r = rx.borrow();
-                    rules::rw_route(&r.committed, &r.fence, Instant::now()) == route
-                };
-                match connect(&addr, &inner.cfg).await {
-                    // Connecting took time: the bound must still hold now.
-                    Ok(mut server) if still(&rx) => match first_answer(&mut server, hello, &inner.cfg).await {
-                        // 'E': an error as the first answer. Passed on, unless the primary is
-                        // changing (it was shutting down): then the next one is tried.
-                        Some(b'E') => {
-                            let _ = tokio::time::timeout(ERROR_SETTLE, rx.changed()).await;
-                            if still(&rx) {
-                                return Some((member, epoch, server, b'E'));
+                held = None;
+                tried = Some(member.clone());
+                match inner.book.try_reserve(Port::Rw, &member) {
+                    None => {
+                        queue.get_or_insert_with(|| (tokio::time::Instant::now(), inner.book.queue(Port::Rw, &member)));
+                        Wait::Slot
+                    }
+                    Some(slot) => {
+                        let addr = routes.addrs.get(&member).cloned().unwrap_or_default();
+                        let route = RwRoute::Forward { member: member.clone(), epoch };
+                        let still = |rx: &watch::Receiver<Routes>| {
+                            let r = rx.borrow();
+                            rules::rw_route(&r.committed, &r.fence, Instant::now()) == route
+                        };
+                        match connect(&addr, &inner.cfg).await {
+                            // Connecting took time: the bound must still hold now.
+                            Ok(mut server) if still(&rx) => {
+                                match first_answer(&mut server, hello, &inner.cfg).await {
+                                    // 'E': an error as the first answer. Passed on, unless the
+                                    // primary is changing (it was shutting down): then the next
+                                    // one is tried.
+                                    Some(b'E') => {
+                                        let _ = tokio::time::timeout(ERROR_SETTLE, rx.changed()).await;
+                                        if still(&rx) {
+                                            return Ok((member, epoch, server, b'E', slot));
+                                        }
+                                        Wait::Retry
+                                    }
+                                    Some(answer) => return Ok((member, epoch, server, answer, slot)),
+                                    // Closed before answering (a postmaster going away): again.
+                                    None => Wait::Retry,
+                                }
                             }
-                            true
+                            Ok(_) => Wait::News,
+                            // Refused while it restarts or promotes: not an error for the client yet.
+                            Err(e) => {
+                                tracing::debug!(%member, "proxy: {e:#}");
+                                Wait::Retry
+                            }
                         }
-                        Some(answer) => return Some((member, epoch, server, answer)),
-                        // Closed before answering (a postmaster going away): try again.
-                        None => true,
-                    },
-                    Ok(_) => false,
-                    // Refused while it restarts or promotes: not an error for the client yet.
-                    Err(e) => {
-                        tracing::debug!(%member, "proxy: {e:#}");
-                        true
                     }
                 }
             }
             RwRoute::Hold(reason) => {
-                if held.is_none() {
+                if !counted {
+                    counted = true;
                     metrics::counter!("pgvigil_proxy_held_total", "reason" => reason.as_str()).increment(1);
                 }
                 held = Some(reason);
-                false
+                Wait::News
             }
+        };
+        // Waiting for a slot ends at the queue's deadline, anything else at the hold's.
+        let (until, refusal) = match (&wait, &queue) {
+            (Wait::Slot, Some((since, _))) => {
+                let max = inner.book.max().unwrap_or(0);
+                let member = tried.clone().unwrap_or_default();
+                (*since + inner.cfg.queue_timeout(), Refused::Full { member, max, waited: since.elapsed() })
+            }
+            _ => (
+                deadline,
+                match (held, tried.clone()) {
+                    (Some(reason), _) => Refused::Held { reason, hold },
+                    (None, Some(member)) => Refused::Unreachable { member },
+                    (None, None) => Refused::Held { reason: HoldReason::NoPrimary, hold },
+                },
+            ),
         };
         let retry = tokio::time::Instant::now() + RETRY_CONNECT;
         tokio::select! {
-            _ = shutdown.cancelled() => return None,
-            _ = tokio::time::sleep_until(deadline) => {
-                inner.refuse(Port::Rw, held.map_or("backend_unreachable", |h| h.as_str()));
-                return None;
+            _ = shutdown.cancelled() => return Err(None),
+            _ = tokio::time::sleep_until(until) => {
+                let refusal = match refusal {
+                    Refused::Full { member, max, .. } => {
+                        let waited = queue.as_ref().map(|(since, _)| since.elapsed()).unwrap_or_default();
+                        Refused::Full { member, max, waited }
+                    }
+                    other => other,
+                };
+                return Err(Some(refusal));
             }
-            r = rx.changed(), if !wait_a_bit => if r.is_err() { return None },
-            _ = tokio::time::sleep_until(retry), if wait_a_bit => {}
+            r = rx.changed(), if wait != Wait::Retry => if r.is_err() { return Err(None) },
+            _ = tokio::time::sleep_until(retry), if wait == Wait::Retry => {}
+            _ = freed.changed(), if wait == Wait::Slot => {}
         }
     }
+}
+
+/// What a session waiting for its backend waits for.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+enum Wait {
+    /// News from the router (a new route, a new lease).
+    News,
+    /// A moment, then it tries the same backend again (it refused, or closed before answering).
+    Retry,
+    /// A slot given back (or news).
+    Slot,
 }
 
 /// Send the client's first message and read the server's first byte (bounded); None: the server
@@ -429,22 +484,47 @@ async fn first_answer(server: &mut TcpStream, hello: &[u8], cfg: &ProxyConfig) -
     tokio::time::timeout(cfg.connect_timeout(), exchange).await.ok()?.ok()
 }
 
-/// A new read-only session: the pool member with the fewest sessions, else what `no_standby` says.
-async fn pick_standby(inner: &Arc<Inner>) -> Option<(String, u64, TcpStream)> {
-    let routes = inner.routes.borrow().clone();
-    let rw = rules::rw_route(&routes.committed, &routes.fence, Instant::now());
-    let route = rules::ro_route(&routes.pool, &inner.sessions_of(Port::Ro), &inner.rules, &rw);
-    let RoRoute::Forward(member) = route else {
-        inner.refuse(Port::Ro, "no_standby");
-        return None;
-    };
-    let addr = routes.addrs.get(&member).cloned().unwrap_or_default();
-    match connect(&addr, &inner.cfg).await {
-        Ok(server) => Some((member, routes.committed.epoch, server)),
-        Err(e) => {
-            tracing::debug!(%member, "proxy: {e:#}");
-            inner.refuse(Port::Ro, "backend_unreachable");
-            None
+/// A new read-only session: the pool member with the fewest sessions among those below the limit
+/// (waiting up to `queue_timeout` for a slot when all are at it), else what `no_standby` says.
+/// Err(Some): refused, and why; Err(None): shutting down.
+async fn pick_standby(
+    inner: &Arc<Inner>,
+    shutdown: &CancellationToken,
+) -> Result<(String, u64, TcpStream, Slot), Option<Refused>> {
+    let mut rx = inner.routes.subscribe();
+    let mut queue: Option<(tokio::time::Instant, Queued)> = None;
+    loop {
+        let mut freed = inner.book.freed();
+        let routes = rx.borrow_and_update().clone();
+        let rw = rules::rw_route(&routes.committed, &routes.fence, Instant::now());
+        let full = inner.book.full();
+        match rules::ro_route(&routes.pool, &inner.book.open_of(Port::Ro), &inner.rules, &rw, &full) {
+            RoRoute::Forward(member) => {
+                // Another session took the last slot in between: choose again.
+                let Some(slot) = inner.book.try_reserve(Port::Ro, &member) else { continue };
+                let addr = routes.addrs.get(&member).cloned().unwrap_or_default();
+                return match connect(&addr, &inner.cfg).await {
+                    Ok(server) => Ok((member, routes.committed.epoch, server, slot)),
+                    Err(e) => {
+                        tracing::debug!(%member, "proxy: {e:#}");
+                        Err(Some(Refused::Unreachable { member }))
+                    }
+                };
+            }
+            RoRoute::Refuse => return Err(Some(Refused::NoStandby)),
+            RoRoute::Queue(member) => {
+                let since =
+                    queue.get_or_insert_with(|| (tokio::time::Instant::now(), inner.book.queue(Port::Ro, &member))).0;
+                tokio::select! {
+                    _ = shutdown.cancelled() => return Err(None),
+                    _ = tokio::time::sleep_until(since + inner.cfg.queue_timeout()) => {
+                        let max = inner.book.max().unwrap_or(0);
+                        return Err(Some(Refused::Full { member, max, waited: since.elapsed() }));
+                    }
+                    r = rx.changed() => if r.is_err() { return Err(None) },
+                    _ = freed.changed() => {}
+                }
+            }
         }
     }
 }
@@ -454,7 +534,7 @@ async fn pick_standby(inner: &Arc<Inner>) -> Option<(String, u64, TcpStream)> {
 async fn forward_cancel(inner: &Arc<Inner>, port: Port, packet: Vec<u8>) {
     metrics::counter!("pgvigil_proxy_cancel_requests_total", "port" => port.name()).increment(1);
     let routes = inner.routes.borrow().clone();
-    let mut backends: BTreeSet<String> = inner.sessions_of(port).into_keys().collect();
+    let mut backends: BTreeSet<String> = inner.book.open_of(port).into_keys().collect();
     match port {
         Port::Rw => backends.extend(routes.committed.primary.clone()),
         Port::Ro => backends.extend(routes.pool.members().iter().cloned()),

@@ -18,6 +18,8 @@
 //! - [`verify`]: the scheduled proof of restorability (restore the latest backup on a standby's
 //!   host, recover, query, `pgbackrest verify`): when it is due, which standby, its record.
 //! - [`proxy`]: the routing proxy's decisions (read-write fenced by the lease, the read-only pool).
+//! - [`pgwire`]: the few bits of PostgreSQL's wire protocol the proxy reads and writes (a client's
+//!   first packet, the ErrorResponse of a refused session).
 //! - [`tags`]: a member's tags (a map, carried as it is) and the typed accessors the rules read.
 //! - [`repeats`]: thinning repeated warnings (once, then at most once a minute with a count, and
 //!   once when they stop), for every crate's logs.
@@ -31,6 +33,7 @@ pub mod candidate;
 pub mod coordinator;
 pub mod engine;
 pub mod lease;
+pub mod pgwire;
 pub mod planted;
 pub mod proxy;
 pub mod repeats;

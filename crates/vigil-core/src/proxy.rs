@@ -283,17 +283,100 @@ impl RoPool {
 #[derive(Clone, Debug, PartialEq, Eq)]
 pub enum RoRoute {
     Forward(String),
+    /// Every backend it could go to is at `max_sessions_per_backend`: wait for a slot (this one
+    /// is the least loaded, named if the wait ends in a refusal).
+    Queue(String),
     Refuse,
 }
 
-/// The pool member with the fewest sessions through this proxy (ties: by name), else what
-/// `no_standby` says (the primary only if a read-write session could go there now).
-pub fn ro_route(pool: &RoPool, sessions: &BTreeMap<String, usize>, rules: &RoRules, rw: &RwRoute) -> RoRoute {
-    let least = pool.members.iter().min_by_key(|m| (sessions.get(*m).copied().unwrap_or(0), (*m).clone()));
-    match (least, rules.no_standby, rw) {
-        (Some(m), _, _) => RoRoute::Forward(m.clone()),
-        (None, NoStandby::Primary, RwRoute::Forward { member, .. }) => RoRoute::Forward(member.clone()),
+/// The pool member with the fewest sessions through this proxy (ties: by name) among those not
+/// `full`, else what `no_standby` says (the primary only if a read-write session could go there
+/// now). A session that could only go to full backends queues.
+pub fn ro_route(
+    pool: &RoPool,
+    sessions: &BTreeMap<String, usize>,
+    rules: &RoRules,
+    rw: &RwRoute,
+    full: &BTreeSet<String>,
+) -> RoRoute {
+    let by_load = |m: &&String| (sessions.get(*m).copied().unwrap_or(0), (*m).clone());
+    if let Some(m) = pool.members.iter().filter(|m| !full.contains(*m)).min_by_key(by_load) {
+        return RoRoute::Forward(m.clone());
+    }
+    if let Some(m) = pool.members.iter().min_by_key(by_load) {
+        return RoRoute::Queue(m.clone());
+    }
+    match (rules.no_standby, rw) {
+        (NoStandby::Primary, RwRoute::Forward { member, .. }) if full.contains(member) => {
+            RoRoute::Queue(member.clone())
+        }
+        (NoStandby::Primary, RwRoute::Forward { member, .. }) => RoRoute::Forward(member.clone()),
         _ => RoRoute::Refuse,
+    }
+}
+
+/// The backends at the session limit: `open` counts every session through this proxy per backend
+/// (both ports, including those still connecting); no limit, nobody is full.
+pub fn full_backends(open: &BTreeMap<String, usize>, max: Option<usize>) -> BTreeSet<String> {
+    match max {
+        Some(max) => open.iter().filter(|(_, n)| **n >= max).map(|(b, _)| b.clone()).collect(),
+        None => BTreeSet::new(),
+    }
+}
+
+/// Why the proxy refused a new session: the metric's `reason` label, and the ErrorResponse the
+/// client gets (SQLSTATE and message) instead of a bare close.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub enum Refused {
+    /// Read-write: no primary could take the session within `hold_timeout`; why it was held last.
+    Held { reason: HoldReason, hold: Duration },
+    /// Read-only: no standby qualifies and `no_standby` does not allow the primary now.
+    NoStandby,
+    /// The backend chosen did not accept the connection (read-write: within the hold).
+    Unreachable { member: String },
+    /// Every backend the session could go to stayed at `max_sessions_per_backend` for `queue_timeout`.
+    Full { member: String, max: usize, waited: Duration },
+}
+
+impl Refused {
+    /// The `reason` label of `pgvigil_proxy_refused_total`.
+    pub fn reason(&self) -> &'static str {
+        match self {
+            Refused::Held { reason, .. } => reason.as_str(),
+            Refused::NoStandby => "no_standby",
+            Refused::Unreachable { .. } => "backend_unreachable",
+            Refused::Full { .. } => "backend_full",
+        }
+    }
+
+    pub fn sqlstate(&self) -> &'static str {
+        match self {
+            Refused::Full { .. } => crate::pgwire::TOO_MANY_CONNECTIONS,
+            _ => crate::pgwire::CANNOT_CONNECT_NOW,
+        }
+    }
+
+    /// What the client reads (after `FATAL:`).
+    pub fn message(&self) -> String {
+        match self {
+            Refused::Held { reason, hold } => {
+                let why = match reason {
+                    HoldReason::NoPrimary => "the cluster has no primary",
+                    HoldReason::Switchover => "a switchover is under way",
+                    HoldReason::NotWritable => "the primary is not writable yet",
+                    HoldReason::NoLease => "this member knows of no valid lease of the primary (cut off from the coordinator, or a failover under way)",
+                };
+                format!("pgvigil proxy: no primary may take writes: {why}; held {hold:?} (proxy.hold_timeout)")
+            }
+            Refused::NoStandby => {
+                "pgvigil proxy: no standby is within the read-only pool's bounds (proxy.no_standby)".to_string()
+            }
+            Refused::Unreachable { member } => format!("pgvigil proxy: backend {member} does not accept connections"),
+            Refused::Full { member, max, waited } => format!(
+                "pgvigil proxy: backend {member} has {max} sessions through this proxy (proxy.max_sessions_per_backend); \
+                 none freed within {waited:?} (proxy.queue_timeout)"
+            ),
+        }
     }
 }
 
@@ -334,7 +417,7 @@ pub(crate) fn answer(c: &Coordinator, now: Instant, state: &ClusterState) -> Pro
 
 /// The first 8 bytes of a connection's first packet: length and code. A CancelRequest is
 /// (16, 80877102); SSLRequest, GSSENCRequest and startup packets are forwarded as they are.
-pub const CANCEL_REQUEST_CODE: u32 = 80_877_102;
+pub use crate::pgwire::CANCEL_REQUEST_CODE;
 
 pub fn is_cancel_request(first8: &[u8; 8]) -> bool {
     let len = u32::from_be_bytes([first8[0], first8[1], first8[2], first8[3]]);

@@ -182,14 +182,50 @@ fn least_sessions_first_then_the_fallback() {
     pool.update(&rules(), t0, Some(t0), &h, &[standby("a", 100), standby("b", 100)]);
     let sessions: BTreeMap<String, usize> = [("a".to_string(), 3), ("b".to_string(), 1)].into();
     let rw = RwRoute::Forward { member: "p".into(), epoch: 1 };
-    assert_eq!(ro_route(&pool, &sessions, &rules(), &rw), RoRoute::Forward("b".into()));
-    assert_eq!(ro_route(&pool, &BTreeMap::new(), &rules(), &rw), RoRoute::Forward("a".into()));
+    let none = BTreeSet::new();
+    assert_eq!(ro_route(&pool, &sessions, &rules(), &rw, &none), RoRoute::Forward("b".into()));
+    assert_eq!(ro_route(&pool, &BTreeMap::new(), &rules(), &rw, &none), RoRoute::Forward("a".into()));
     let empty = RoPool::default();
-    assert_eq!(ro_route(&empty, &sessions, &rules(), &rw), RoRoute::Forward("p".into()));
+    assert_eq!(ro_route(&empty, &sessions, &rules(), &rw, &none), RoRoute::Forward("p".into()));
     // The primary only while read-write could go there.
-    assert_eq!(ro_route(&empty, &sessions, &rules(), &RwRoute::Hold(HoldReason::NoLease)), RoRoute::Refuse);
+    assert_eq!(ro_route(&empty, &sessions, &rules(), &RwRoute::Hold(HoldReason::NoLease), &none), RoRoute::Refuse);
     let refuse = RoRules { no_standby: NoStandby::Refuse, ..rules() };
-    assert_eq!(ro_route(&empty, &sessions, &refuse, &rw), RoRoute::Refuse);
+    assert_eq!(ro_route(&empty, &sessions, &refuse, &rw, &none), RoRoute::Refuse);
+}
+
+#[test]
+fn full_backends_are_skipped_and_a_session_queues_when_all_are_full() {
+    let t0 = Instant::now();
+    let mut h = LsnHistory::default();
+    h.push(t0, 100);
+    let mut pool = RoPool::default();
+    pool.update(&rules(), t0, Some(t0), &h, &[standby("a", 100), standby("b", 100)]);
+    let ro: BTreeMap<String, usize> = [("a".to_string(), 1), ("b".to_string(), 2)].into();
+    let rw = RwRoute::Forward { member: "p".into(), epoch: 1 };
+    // Open sessions of both ports count toward the limit.
+    let open: BTreeMap<String, usize> = [("a".to_string(), 2), ("b".to_string(), 2), ("p".to_string(), 1)].into();
+    assert_eq!(full_backends(&open, None), BTreeSet::new());
+    let full = full_backends(&open, Some(2));
+    assert_eq!(full, ["a".to_string(), "b".to_string()].into());
+    // Both standbys full: wait for the least loaded of them, never spill to the primary.
+    assert_eq!(ro_route(&pool, &ro, &rules(), &rw, &full), RoRoute::Queue("a".into()));
+    let only_a: BTreeSet<String> = ["a".to_string()].into();
+    assert_eq!(ro_route(&pool, &ro, &rules(), &rw, &only_a), RoRoute::Forward("b".into()));
+    // The primary as the fallback queues when it is full.
+    let empty = RoPool::default();
+    let p_full: BTreeSet<String> = ["p".to_string()].into();
+    assert_eq!(ro_route(&empty, &ro, &rules(), &rw, &p_full), RoRoute::Queue("p".into()));
+}
+
+#[test]
+fn refusals_carry_a_sqlstate_and_a_reason() {
+    let held = Refused::Held { reason: HoldReason::NoLease, hold: Duration::from_secs(1) };
+    assert_eq!((held.reason(), held.sqlstate()), ("no_lease", "57P03"));
+    assert!(held.message().contains("hold_timeout"), "{}", held.message());
+    assert_eq!((Refused::NoStandby.reason(), Refused::NoStandby.sqlstate()), ("no_standby", "57P03"));
+    let full = Refused::Full { member: "a".into(), max: 2, waited: Duration::from_millis(500) };
+    assert_eq!((full.reason(), full.sqlstate()), ("backend_full", "53300"));
+    assert!(full.message().contains("max_sessions_per_backend"), "{}", full.message());
 }
 
 #[test]
