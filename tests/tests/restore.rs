@@ -54,8 +54,20 @@ async fn a_point_in_time_restore_bootstraps_a_new_cluster_and_leaves_the_source_
     let config = src.spec().config_path(&p).display().to_string();
     let out = src.cli(&["backup", "--type", "full", "--config", &config], "").await?;
     anyhow::ensure!(out.status.success(), "pgvigil backup: {}", String::from_utf8_lossy(&out.stderr));
-    src.execute(&p, "INSERT INTO items SELECT generate_series(101, 200)").await?;
     let c = src.client(&p).await?;
+    // pgBackRest keeps a backup's stop time in whole seconds and restores to a time only from a
+    // backup that stopped before it: the target must lie in a later second than the backup's end.
+    let ended: String = c.query_one("SELECT clock_timestamp()::text", &[]).await?.get(0);
+    wait_until("the primary's clock a second past the backup", Duration::from_secs(5), || {
+        let (c, ended) = (&c, ended.clone());
+        async move {
+            Ok(c.query_one("SELECT clock_timestamp() > $1::text::timestamptz + interval '1500 ms'", &[&ended])
+                .await?
+                .get(0))
+        }
+    })
+    .await?;
+    src.execute(&p, "INSERT INTO items SELECT generate_series(101, 200)").await?;
     let target: String = c
         .query_one("SELECT to_char(clock_timestamp() AT TIME ZONE 'UTC', 'YYYY-MM-DD HH24:MI:SS.US') || '+00'", &[])
         .await?
