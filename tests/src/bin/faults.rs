@@ -109,7 +109,7 @@ fn settings(c: &Common) -> anyhow::Result<Settings> {
 fn runs_of(kind: FaultKind, runs: usize, s: &Settings) -> anyhow::Result<Vec<RunReport>> {
     let mut out = Vec::new();
     for i in 1..=runs {
-        let c = scenario::prepare(&s)?;
+        let c = scenario::prepare(s)?;
         let s2 = s.clone();
         let r = c.run(move |c| scenario::run_fault(c, kind, s2))?;
         println!("run {i}/{runs} {} [{}]", r.details(), if r.ok() { "ok" } else { "FAIL" });
