@@ -6,7 +6,7 @@
 
 use std::time::Duration;
 use vigil_tests::faults::FaultKind;
-use vigil_tests::nscluster::{Mode, NsCluster};
+use vigil_tests::nscluster::Mode;
 use vigil_tests::scenario::{self, RunReport, Settings};
 
 /// A failover must show the first write on the new primary within this (lease 2 s + margin
