@@ -38,6 +38,10 @@ pub struct Settings {
     pub write_timeout: Duration,
     /// Copy the logs of every run, not only of failed ones.
     pub save_logs: bool,
+    /// `[backup]` on every member (a shared posix repository, a segment switch every 5 s while
+    /// writes come): only the primary of the current epoch with its lease archives, and no push
+    /// may ever conflict ("different checksum") whatever the fault.
+    pub archive: bool,
 }
 
 impl Default for Settings {
@@ -52,8 +56,24 @@ impl Default for Settings {
             write_interval: Duration::from_millis(50),
             write_timeout: Duration::from_secs(1),
             save_logs: false,
+            archive: true,
         }
     }
+}
+
+/// The namespaces and the cluster for `s` (archiving on when `s.archive`).
+pub fn prepare(s: &Settings) -> anyhow::Result<NsCluster> {
+    let archive = s.archive;
+    NsCluster::prepare_with(s.members, s.mode, move |spec| {
+        if archive {
+            spec.backup = vec![
+                "stanza = \"main\"".into(),
+                format!("repo_path = {:?}", spec.dir.join("repo").display().to_string()),
+                "archive_timeout = \"30s\"".into(),
+            ];
+            spec.pg_parameters.push("archive_timeout = \"5s\"".into());
+        }
+    })
 }
 
 /// How long a fault of `kind` stays when no hold is given. Kills and cuts: until a write is
@@ -353,6 +373,17 @@ async fn judge(
     primary: Option<&str>,
     violations: &mut Vec<String>,
 ) -> (Vec<Ack>, Vec<Overlap>, Option<i64>) {
+    // Archiving: a conflicting push means two members wrote different WAL under one name.
+    if s.archive {
+        let pushed = c.names().iter().map(|n| pushes_in(&c.state_dir(n).join("postgresql.log"))).sum::<usize>();
+        println!("  archive: {pushed} WAL files pushed by the members");
+    }
+    for name in c.names() {
+        let log = std::fs::read_to_string(c.state_dir(&name).join("postgresql.log")).unwrap_or_default();
+        if let Some(line) = log.lines().find(|l| l.contains("different checksum")) {
+            violations.push(format!("a conflicting archive push on {name}: {line}"));
+        }
+    }
     let overlaps = verdict::overlaps(acks, verdict::PERIOD_GAP);
     for o in overlaps.iter().take(5) {
         violations.push(format!("two writable primaries: {o}"));
@@ -385,6 +416,11 @@ async fn judge(
         None => violations.push("no single primary to check the acknowledged commits against".into()),
     }
     (lost, overlaps, min_handover)
+}
+
+/// How many pushes `pgvigil archive-push` logged in a PostgreSQL log.
+fn pushes_in(log: &std::path::Path) -> usize {
+    std::fs::read_to_string(log).unwrap_or_default().lines().filter(|l| l.contains("pushed (epoch")).count()
 }
 
 async fn save_logs(c: &NsCluster, s: &Settings, what: &str, violations: &mut Vec<String>) {

@@ -6,7 +6,7 @@
 
 use std::time::Duration;
 use vigil_tests::faults::FaultKind;
-use vigil_tests::nscluster::{Mode, NsCluster};
+use vigil_tests::nscluster::Mode;
 use vigil_tests::scenario::{self, RunReport, Settings};
 
 /// A failover must show the first write on the new primary within this (lease 2 s + margin
@@ -20,7 +20,7 @@ fn run(kind: FaultKind) -> RunReport {
 /// One fault held for `hold` (None: the kind's default, see `scenario::default_hold`).
 fn run_held(kind: FaultKind, hold: Option<Duration>) -> RunReport {
     let s = Settings { mode: Mode::On, hold, ..Settings::default() };
-    let c = NsCluster::prepare(s.members, s.mode).expect("build the namespaces and the cluster");
+    let c = scenario::prepare(&s).expect("build the namespaces and the cluster");
     let r = c.run(move |c| scenario::run_fault(c, kind, s)).expect("run the scenario");
     println!("{}", r.details());
     r

@@ -13,7 +13,7 @@
 use clap::{Parser, Subcommand};
 use std::time::Duration;
 use vigil_tests::faults::FaultKind;
-use vigil_tests::nscluster::{Mode, NsCluster};
+use vigil_tests::nscluster::Mode;
 use vigil_tests::scenario::{self, RunReport, Settings};
 
 #[derive(Parser)]
@@ -109,7 +109,7 @@ fn settings(c: &Common) -> anyhow::Result<Settings> {
 fn runs_of(kind: FaultKind, runs: usize, s: &Settings) -> anyhow::Result<Vec<RunReport>> {
     let mut out = Vec::new();
     for i in 1..=runs {
-        let c = NsCluster::prepare(s.members, s.mode)?;
+        let c = scenario::prepare(s)?;
         let s2 = s.clone();
         let r = c.run(move |c| scenario::run_fault(c, kind, s2))?;
         println!("run {i}/{runs} {} [{}]", r.details(), if r.ok() { "ok" } else { "FAIL" });
@@ -161,7 +161,7 @@ fn main() -> anyhow::Result<()> {
                 humantime::format_duration(duration),
                 s.mode.name()
             );
-            let c = NsCluster::prepare(s.members, s.mode)?;
+            let c = scenario::prepare(&s)?;
             let r = c.run(move |c| scenario::run_random(c, seed, duration, steps, s))?;
             println!(
                 "seed {}: {} steps, {} acknowledged writes, {} lost, {}",
