@@ -374,15 +374,17 @@ async fn judge(
     violations: &mut Vec<String>,
 ) -> (Vec<Ack>, Vec<Overlap>, Option<i64>) {
     // Archiving: a conflicting push means two members wrote different WAL under one name.
-    if s.archive {
-        let pushed = c.names().iter().map(|n| pushes_in(&c.state_dir(n).join("postgresql.log"))).sum::<usize>();
-        println!("  archive: {pushed} WAL files pushed by the members");
-    }
+    // Each log read once: the conflicts, and (with archiving) how many pushes there were.
+    let mut pushed = 0;
     for name in c.names() {
         let log = std::fs::read_to_string(c.state_dir(&name).join("postgresql.log")).unwrap_or_default();
+        pushed += log.lines().filter(|l| l.contains("pushed (epoch")).count();
         if let Some(line) = log.lines().find(|l| l.contains("different checksum")) {
             violations.push(format!("a conflicting archive push on {name}: {line}"));
         }
+    }
+    if s.archive {
+        println!("  archive: {pushed} WAL files pushed by the members");
     }
     let overlaps = verdict::overlaps(acks, verdict::PERIOD_GAP);
     for o in overlaps.iter().take(5) {
@@ -416,11 +418,6 @@ async fn judge(
         None => violations.push("no single primary to check the acknowledged commits against".into()),
     }
     (lost, overlaps, min_handover)
-}
-
-/// How many pushes `pgvigil archive-push` logged in a PostgreSQL log.
-fn pushes_in(log: &std::path::Path) -> usize {
-    std::fs::read_to_string(log).unwrap_or_default().lines().filter(|l| l.contains("pushed (epoch")).count()
 }
 
 async fn save_logs(c: &NsCluster, s: &Settings, what: &str, violations: &mut Vec<String>) {

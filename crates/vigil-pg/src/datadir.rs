@@ -170,13 +170,15 @@ pub fn fsync_parent(path: &Path) -> anyhow::Result<()> {
 }
 
 fn fsync_dir_of(path: &Path) -> anyhow::Result<()> {
-    let parent = match path.parent() {
-        Some(p) if !p.as_os_str().is_empty() => p,
-        _ => Path::new("."),
-    };
-    std::fs::File::open(parent)
-        .and_then(|d| d.sync_all())
-        .with_context(|| format!("fsync directory {}", parent.display()))
+    match path.parent() {
+        Some(p) if !p.as_os_str().is_empty() => fsync_dir(p),
+        _ => fsync_dir(Path::new(".")),
+    }
+}
+
+/// fsync a directory, so renames in it survive a crash.
+fn fsync_dir(dir: &Path) -> anyhow::Result<()> {
+    std::fs::File::open(dir).and_then(|d| d.sync_all()).with_context(|| format!("fsync directory {}", dir.display()))
 }
 
 /// Marks the complete WAL segments of the newest timeline in `pg_wal` that a standby received
@@ -212,7 +214,7 @@ pub fn mark_received_wal_ready(data_dir: &Path) -> anyhow::Result<usize> {
             marked += 1;
         }
         if marked > 0 {
-            fsync_dir_of(&status.join("x"))?;
+            fsync_dir(&status)?;
         }
         Ok(marked)
     })
