@@ -33,7 +33,41 @@ pub async fn backup(args: BackupArgs) -> anyhow::Result<()> {
     if t.output == Output::Table {
         println!("{}", r.message());
     }
-    let deadline = Instant::now() + args.wait;
+    let describe = |id: u64, d: &serde_json::Value| {
+        format!(
+            "backup {id} done on {}: {} ({} bytes)",
+            d["member"].as_str().unwrap_or("?"),
+            d.pointer("/outcome/label").and_then(|v| v.as_str()).unwrap_or("?"),
+            d.pointer("/outcome/size_bytes").and_then(|v| v.as_u64()).unwrap_or(0)
+        )
+    };
+    match wait_for_end(&t, id, "backups", args.wait, describe).await? {
+        End::Succeeded => Ok(()),
+        End::Failed(e) => Err(anyhow::anyhow!("backup {id} failed: {e}")),
+        End::NotYet => {
+            anyhow::bail!("backup {id} has not ended within {:?} (it goes on; see `pgvigil backups`)", args.wait)
+        }
+    }
+}
+
+/// How a backup or a verification the CLI waited for ended.
+enum End {
+    Succeeded,
+    Failed(String),
+    /// Not within the wait.
+    NotYet,
+}
+
+/// Polls `GET /backups` until the record `id` of the list `list` (`backups`, `verifications`)
+/// shows an outcome, and prints it (as JSON, or `describe`'s line when it succeeded).
+async fn wait_for_end(
+    t: &crate::cli::Target,
+    id: u64,
+    list: &str,
+    wait: Duration,
+    describe: impl Fn(u64, &serde_json::Value) -> String,
+) -> anyhow::Result<End> {
+    let deadline = Instant::now() + wait;
     loop {
         let l = t.api.get("/backups").await?;
         if !l.ok() {
@@ -41,7 +75,7 @@ pub async fn backup(args: BackupArgs) -> anyhow::Result<()> {
         }
         let done = l
             .json
-            .get("backups")
+            .get(list)
             .and_then(|b| b.as_array())
             .and_then(|b| b.iter().find(|d| d.get("id").and_then(|v| v.as_u64()) == Some(id)).cloned());
         if let Some(d) = done {
@@ -49,20 +83,12 @@ pub async fn backup(args: BackupArgs) -> anyhow::Result<()> {
             if t.output == Output::Json {
                 println!("{d}");
             } else if error.is_none() {
-                println!(
-                    "backup {id} done on {}: {} ({} bytes)",
-                    d["member"].as_str().unwrap_or("?"),
-                    d.pointer("/outcome/label").and_then(|v| v.as_str()).unwrap_or("?"),
-                    d.pointer("/outcome/size_bytes").and_then(|v| v.as_u64()).unwrap_or(0)
-                );
+                println!("{}", describe(id, &d));
             }
-            return match error {
-                None => Ok(()),
-                Some(e) => Err(anyhow::anyhow!("backup {id} failed: {e}")),
-            };
+            return Ok(error.map_or(End::Succeeded, End::Failed));
         }
         if Instant::now() >= deadline {
-            anyhow::bail!("backup {id} has not ended within {:?} (it goes on; see `pgvigil backups`)", args.wait);
+            return Ok(End::NotYet);
         }
         tokio::time::sleep(Duration::from_secs(1)).await;
     }
@@ -140,37 +166,17 @@ pub async fn verify(args: VerifyArgs) -> anyhow::Result<()> {
     if t.output == Output::Table {
         println!("{}", r.message());
     }
-    let deadline = Instant::now() + args.wait;
-    loop {
-        let l = t.api.get("/backups").await?;
-        if !l.ok() {
-            return Err(fail(&l, "backups"));
-        }
-        let done = l
-            .json
-            .get("verifications")
-            .and_then(|b| b.as_array())
-            .and_then(|b| b.iter().find(|d| d.get("id").and_then(|v| v.as_u64()) == Some(id)).cloned());
-        if let Some(d) = done {
-            let error = d.pointer("/outcome/error").and_then(|e| e.as_str()).map(str::to_string);
-            if t.output == Output::Json {
-                println!("{d}");
-            } else if error.is_none() {
-                println!(
-                    "verification {id} passed on {}: {} restored, recovered and verified in {} ms",
-                    d["member"].as_str().unwrap_or("?"),
-                    d.pointer("/outcome/label").and_then(|v| v.as_str()).unwrap_or("?"),
-                    d["duration_ms"].as_u64().unwrap_or(0)
-                );
-            }
-            return match error {
-                None => Ok(()),
-                Some(e) => Err(anyhow::anyhow!("verification {id} failed: {e}")),
-            };
-        }
-        if Instant::now() >= deadline {
-            anyhow::bail!("verification {id} has not ended within {:?} (see `pgvigil backups`)", args.wait);
-        }
-        tokio::time::sleep(Duration::from_secs(1)).await;
+    let describe = |id: u64, d: &serde_json::Value| {
+        format!(
+            "verification {id} passed on {}: {} restored, recovered and verified in {} ms",
+            d["member"].as_str().unwrap_or("?"),
+            d.pointer("/outcome/label").and_then(|v| v.as_str()).unwrap_or("?"),
+            d["duration_ms"].as_u64().unwrap_or(0)
+        )
+    };
+    match wait_for_end(&t, id, "verifications", args.wait, describe).await? {
+        End::Succeeded => Ok(()),
+        End::Failed(e) => Err(anyhow::anyhow!("verification {id} failed: {e}")),
+        End::NotYet => anyhow::bail!("verification {id} has not ended within {:?} (see `pgvigil backups`)", args.wait),
     }
 }
