@@ -106,8 +106,7 @@ impl Proxy {
 async fn route(shared: Arc<Shared>, inner: Arc<Inner>, shutdown: CancellationToken) {
     let mut feed_rx = shared.proxy_feed.subscribe();
     let mut state_rx = shared.raft.state();
-    let mut tick = tokio::time::interval(shared.settings.timings.loop_interval);
-    tick.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
+    let mut tick = vigil_raft::beat::interval(shared.settings.timings.loop_interval);
     let mut fence = Fence::default();
     let mut history = LsnHistory::default();
     let mut pool = RoPool::default();

@@ -56,7 +56,7 @@ pub(crate) async fn reporter(shared: Arc<Shared>, link: Link, shutdown: Cancella
             // While a switchover runs, the coordinator waits for the old primary's and the
             // candidate's next reports: report more often.
             let switching = state_rx.borrow().state.switchover.as_ref().is_some_and(|s| s.started);
-            next = Instant::now() + if switching { base / 5 } else { base };
+            next = vigil_raft::beat::next(if switching { base / 5 } else { base });
             let committed = shared.committed();
             let epoch = committed.epoch;
             if committed.lease_timings != compared {
