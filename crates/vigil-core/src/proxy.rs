@@ -336,6 +336,8 @@ pub enum Refused {
     Unreachable { member: String },
     /// Every backend the session could go to stayed at `max_sessions_per_backend` for `queue_timeout`.
     Full { member: String, max: usize, waited: Duration },
+    /// A connection from a network of `proxy_protocol_from` without a valid PROXY protocol header.
+    ProxyHeader(crate::proxy_header::BadHeader),
 }
 
 impl Refused {
@@ -346,12 +348,14 @@ impl Refused {
             Refused::NoStandby => "no_standby",
             Refused::Unreachable { .. } => "backend_unreachable",
             Refused::Full { .. } => "backend_full",
+            Refused::ProxyHeader(bad) => bad.reason(),
         }
     }
 
     pub fn sqlstate(&self) -> &'static str {
         match self {
             Refused::Full { .. } => crate::pgwire::TOO_MANY_CONNECTIONS,
+            Refused::ProxyHeader(_) => crate::pgwire::PROTOCOL_VIOLATION,
             _ => crate::pgwire::CANNOT_CONNECT_NOW,
         }
     }
@@ -375,6 +379,11 @@ impl Refused {
             Refused::Full { member, max, waited } => format!(
                 "pgvigil proxy: backend {member} has {max} sessions through this proxy (proxy.max_sessions_per_backend); \
                  none freed within {waited:?} (proxy.queue_timeout)"
+            ),
+            Refused::ProxyHeader(bad) => format!(
+                "pgvigil proxy: a connection from a network of proxy.proxy_protocol_from must start with a PROXY \
+                 protocol header; this one has {}",
+                bad.message()
             ),
         }
     }

@@ -226,6 +226,9 @@ fn refusals_carry_a_sqlstate_and_a_reason() {
     let full = Refused::Full { member: "a".into(), max: 2, waited: Duration::from_millis(500) };
     assert_eq!((full.reason(), full.sqlstate()), ("backend_full", "53300"));
     assert!(full.message().contains("max_sessions_per_backend"), "{}", full.message());
+    let header = Refused::ProxyHeader(crate::proxy_header::BadHeader::Missing);
+    assert_eq!((header.reason(), header.sqlstate()), ("proxy_header_missing", "08P01"));
+    assert!(header.message().contains("proxy_protocol_from"), "{}", header.message());
 }
 
 #[test]
