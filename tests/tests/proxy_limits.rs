@@ -2,7 +2,7 @@
 //! why (an ErrorResponse with SQLSTATE 57P03 or 53300, also after an SSLRequest), sessions over
 //! `max_sessions_per_backend` queue for `queue_timeout` and then are refused, a queued session
 //! gets the slot another one gives back, and `GET /proxy`, `/metrics` and `pgvigil list` count
-//! all of it. The PROXY protocol from trusted
+//! all of it. Queued sessions get their slots in arrival order. The PROXY protocol from trusted
 //! networks only: a trusted client's header (v1, v2) is read and its address logged, a trusted
 //! client without one is refused, an untrusted client's header is not read (the session fails).
 //! And 1 000 idle sessions through the proxy: they stay up, the daemon's memory grows by a
@@ -156,6 +156,49 @@ async fn refused_clients_read_why_and_sessions_queue_for_a_slot() -> anyhow::Res
     assert!(text.contains(&format!(" Proxy on {p}: rw port {rw}, ro port {ro},")), "{text}");
     assert!(text.contains("queued 0 now (2 in all), refused ro no_standby 2, rw backend_full 1"), "{text}");
     drop((second, c));
+    Ok(())
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn queued_sessions_get_slots_in_arrival_order() -> anyhow::Result<()> {
+    let extra = ["max_sessions_per_backend = 1", "queue_timeout = \"60s\""];
+    let mut t = TestCluster::prepare(1, 0, |spec| one_member_with_proxy(spec, &extra))?;
+    t.cluster.start_all()?;
+    let v = t.wait_for("a primary", CONVERGE, healthy).await?;
+    let p = v.state.primary.clone().expect("primary");
+    wait_proxy(&t, &p, "forwarding to the primary", |s| s["rw"]["forward"] == p.as_str()).await?;
+    let (rw, _) = ports(&t, &p);
+    let conn = conninfo(&t, rw).replace("connect_timeout=10", "connect_timeout=90");
+
+    // One session holds the only slot; four more queue, one after the other.
+    let mut holder = Some(connect(&conn).await?);
+    const WAITERS: usize = 4;
+    let (tx, mut rx) = tokio::sync::mpsc::unbounded_channel();
+    for i in 0..WAITERS {
+        let (conn, tx) = (conn.clone(), tx.clone());
+        tokio::spawn(async move {
+            let _ = tx.send((i, connect(&conn).await));
+        });
+        wait_proxy(&t, &p, &format!("queueing {} sessions", i + 1), |s| s["queued"]["rw"] == i + 1).await?;
+    }
+    // Each freed slot goes to the one that has waited longest.
+    let mut order = Vec::new();
+    for _ in 0..WAITERS {
+        drop(holder.take());
+        let (i, c) = tokio::time::timeout(Duration::from_secs(45), rx.recv())
+            .await
+            .map_err(|_| anyhow::anyhow!("no queued session got the freed slot within 45s (order so far {order:?})"))?
+            .ok_or_else(|| anyhow::anyhow!("a waiter's task ended"))?;
+        let c = c.map_err(|e| anyhow::anyhow!("queued session {i}: {e:#}"))?;
+        c.simple_query("SELECT 1").await?;
+        order.push(i);
+        holder = Some(c);
+    }
+    println!("queued sessions got their slots in the order {order:?}");
+    assert_eq!(order, (0..WAITERS).collect::<Vec<_>>(), "not in arrival order");
+    let s = wait_proxy(&t, &p, "an empty queue", |s| s["queued"]["rw"] == 0).await?;
+    assert_eq!(s["queued_total"]["rw"], WAITERS, "{s}");
+    drop(holder);
     Ok(())
 }
 

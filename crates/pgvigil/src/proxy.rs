@@ -456,9 +456,13 @@ async fn hold_for_primary(
             RwRoute::Forward { member, epoch } => {
                 held = None;
                 tried = Some(member.clone());
-                match inner.book.try_reserve(Port::Rw, &member) {
+                let ticket = queue.as_ref().map(|(_, q)| q.ticket());
+                match inner.book.try_reserve(Port::Rw, &member, ticket) {
                     None => {
-                        queue.get_or_insert_with(|| (tokio::time::Instant::now(), inner.book.queue(Port::Rw, &member)));
+                        match &mut queue {
+                            Some((_, q)) => q.wait_for(&member),
+                            None => queue = Some((tokio::time::Instant::now(), inner.book.queue(Port::Rw, &member))),
+                        }
                         Wait::Slot
                     }
                     Some(slot) => {
@@ -578,11 +582,12 @@ async fn pick_standby(
         let mut freed = inner.book.freed();
         let routes = rx.borrow_and_update().clone();
         let rw = rules::rw_route(&routes.committed, &routes.fence, Instant::now());
-        let full = inner.book.full();
-        match rules::ro_route(&routes.pool, &inner.book.open_of(Port::Ro), &inner.rules, &rw, &full) {
+        let ticket = queue.as_ref().map(|(_, q)| q.ticket());
+        let closed = inner.book.closed(ticket);
+        match rules::ro_route(&routes.pool, &inner.book.open_of(Port::Ro), &inner.rules, &rw, &closed) {
             RoRoute::Forward(member) => {
                 // Another session took the last slot in between: choose again.
-                let Some(slot) = inner.book.try_reserve(Port::Ro, &member) else { continue };
+                let Some(slot) = inner.book.try_reserve(Port::Ro, &member, ticket) else { continue };
                 let addr = routes.addrs.get(&member).cloned().unwrap_or_default();
                 return match connect(&addr, &inner.cfg).await {
                     Ok(server) => Ok((member, routes.committed.epoch, server, slot)),
@@ -594,8 +599,17 @@ async fn pick_standby(
             }
             RoRoute::Refuse => return Err(Some(Refused::NoStandby)),
             RoRoute::Queue(member) => {
-                let since =
-                    queue.get_or_insert_with(|| (tokio::time::Instant::now(), inner.book.queue(Port::Ro, &member))).0;
+                let since = match &mut queue {
+                    Some((since, q)) => {
+                        q.wait_for(&member);
+                        *since
+                    }
+                    None => {
+                        let since = tokio::time::Instant::now();
+                        queue = Some((since, inner.book.queue(Port::Ro, &member)));
+                        since
+                    }
+                };
                 tokio::select! {
                     _ = shutdown.cancelled() => return Err(None),
                     _ = tokio::time::sleep_until(since + inner.cfg.queue_timeout()) => {

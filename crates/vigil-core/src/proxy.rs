@@ -324,6 +324,26 @@ pub fn full_backends(open: &BTreeMap<String, usize>, max: Option<usize>) -> BTre
     }
 }
 
+/// The backends a session may not take a slot on now: those at the limit, and those an earlier
+/// queued session waits for. `waiting` holds, per backend, the tickets (arrival numbers) of the
+/// sessions queued for it; `ticket` is this session's (None: not queued, so after all of them).
+/// So sessions waiting for a backend get its slots in the order they arrived, and a newcomer
+/// never takes a slot from under a queued one.
+pub fn closed_backends(
+    open: &BTreeMap<String, usize>,
+    max: Option<usize>,
+    waiting: &BTreeMap<String, BTreeSet<u64>>,
+    ticket: Option<u64>,
+) -> BTreeSet<String> {
+    let mut closed = full_backends(open, max);
+    for (backend, tickets) in waiting {
+        if tickets.first().is_some_and(|first| ticket.is_none_or(|t| *first < t)) {
+            closed.insert(backend.clone());
+        }
+    }
+    closed
+}
+
 /// Why the proxy refused a new session: the metric's `reason` label, and the ErrorResponse the
 /// client gets (SQLSTATE and message) instead of a bare close.
 #[derive(Clone, Debug, PartialEq, Eq)]
