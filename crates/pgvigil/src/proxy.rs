@@ -25,7 +25,8 @@ use tokio::sync::watch;
 use tokio_util::sync::CancellationToken;
 use vigil_core::pgwire::{self, First};
 use vigil_core::proxy::{
-    self as rules, Committed, Fence, HoldReason, LsnHistory, NoStandby, Refused, RoPool, RoRoute, RoRules, RwRoute,
+    self as rules, Committed, Fence, HoldReason, LsnHistory, NoStandby, ProxySummary, Refused, RoPool, RoRoute,
+    RoRules, RwRoute,
 };
 use vigil_core::proxy_header::{self, BadHeader, Cidr, Parsed};
 use vigil_core::repeats::{Repeats, LOG_EVERY};
@@ -163,6 +164,27 @@ impl StatusHandle {
     pub fn json(&self) -> serde_json::Value {
         let routes = self.inner.routes.borrow().clone();
         status(&self.inner, &routes, Instant::now())
+    }
+
+    /// The few numbers this member's reports carry (`pgvigil list` on any member shows them).
+    pub fn summary(&self) -> ProxySummary {
+        let routes = self.inner.routes.borrow().clone();
+        let (rw_forward, rw_hold) = match rules::rw_route(&routes.committed, &routes.fence, Instant::now()) {
+            RwRoute::Forward { member, .. } => (Some(member), None),
+            RwRoute::Hold(reason) => (None, Some(reason.as_str().to_string())),
+        };
+        let book = self.inner.book.summary();
+        ProxySummary {
+            rw_port: self.inner.cfg.rw_port,
+            ro_port: self.inner.cfg.ro_port,
+            rw_forward,
+            rw_hold,
+            ro_pool: routes.pool.members().iter().cloned().collect(),
+            sessions_rw: book.0,
+            sessions_ro: book.1,
+            queued: book.2,
+            refused: book.3,
+        }
     }
 }
 

@@ -114,6 +114,14 @@ impl Book {
         metrics::counter!("pgvigil_proxy_refused_total", "port" => port.name(), "reason" => reason).increment(1);
     }
 
+    /// Open sessions on the read-write and the read-only port, queued now, refused since start.
+    pub fn summary(&self) -> (u64, u64, u64, u64) {
+        let counts = self.counts();
+        let open = |port: Port| counts.open.iter().filter(|((p, _), _)| *p == port).map(|(_, n)| *n as u64).sum();
+        let queued = counts.queued.values().map(|n| *n as u64).sum();
+        (open(Port::Rw), open(Port::Ro), queued, counts.refused_total.values().sum())
+    }
+
     /// `GET /proxy`'s part: sessions, queued, refused.
     pub fn status(&self) -> serde_json::Value {
         let counts = self.counts();

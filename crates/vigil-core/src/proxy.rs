@@ -409,6 +409,30 @@ impl Refused {
     }
 }
 
+/// A member's routing proxy in a few numbers, carried in its reports so that `GET /cluster` on any
+/// member (and `pgvigil list`) shows every member's proxy without asking each one.
+#[derive(Clone, Debug, Default, PartialEq, Eq, serde::Serialize, serde::Deserialize)]
+pub struct ProxySummary {
+    pub rw_port: u16,
+    pub ro_port: u16,
+    /// Where new read-write sessions go (a member), if they are forwarded now.
+    #[serde(default)]
+    pub rw_forward: Option<String>,
+    /// Why they are held, if they are.
+    #[serde(default)]
+    pub rw_hold: Option<String>,
+    /// The read-only pool's members.
+    #[serde(default)]
+    pub ro_pool: Vec<String>,
+    /// Open sessions by port.
+    pub sessions_rw: u64,
+    pub sessions_ro: u64,
+    /// Sessions waiting for a slot now.
+    pub queued: u64,
+    /// Sessions refused since start, every port and reason.
+    pub refused: u64,
+}
+
 /// What the coordinator's answer to every report carries for the members' routing proxies.
 #[derive(Clone, Debug, Default, PartialEq, Eq, serde::Serialize, serde::Deserialize)]
 pub struct ProxyAnswer {
