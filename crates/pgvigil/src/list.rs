@@ -363,3 +363,48 @@ fn proxy_line(p: &serde_json::Value) -> String {
         if refused.is_empty() { "none".to_string() } else { refused.join(", ") },
     )
 }
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn member(name: &str, role: &str, proxy: serde_json::Value) -> serde_json::Value {
+        serde_json::json!({
+            "name": name, "kind": "postgres", "host": "10.0.0.1", "port": 5432, "role": role,
+            "state": "running", "tags": {}, "sync": false, "proxy": proxy,
+        })
+    }
+
+    #[test]
+    fn every_members_proxy_gets_a_line_the_answering_one_its_own() {
+        let summary = |forward: Option<&str>, hold: Option<&str>, ro: u64| {
+            serde_json::json!({
+                "rw_port": 6432, "ro_port": 6433, "rw_forward": forward, "rw_hold": hold,
+                "ro_pool": ["b"], "sessions_rw": 2, "sessions_ro": ro, "queued": 1, "refused": 3,
+            })
+        };
+        let v: ClusterView = serde_json::from_value(serde_json::json!({
+            "epoch": 2, "primary": "a", "coordinator": "a", "term": 1, "paused": false,
+            "sync_standbys": [],
+            "members": [
+                member("a", "primary", summary(Some("a"), None, 0)),
+                member("b", "replica", summary(None, Some("no_lease"), 4)),
+                member("c", "replica", serde_json::Value::Null),
+            ],
+            "proxy": { "member": "a", "rw_port": 6432, "ro_port": 6433, "rw": { "forward": "a" } },
+        }))
+        .expect("a cluster view");
+        let text = render(&v);
+        assert!(text.contains(" Proxy on a: rw port 6432, ro port 6433,"), "{text}");
+        assert!(!text.contains("Proxy on a (its last report)"), "{text}");
+        assert!(
+            text.contains(
+                " Proxy on b (its last report): rw port 6432, ro port 6433, rw held: no_lease, ro pool b, \
+                 sessions rw 2 ro 4, queued 1, refused 3\n"
+            ),
+            "{text}"
+        );
+        // A member without a proxy (or whose reports do not carry it) has no line.
+        assert!(!text.contains("Proxy on c"), "{text}");
+    }
+}
