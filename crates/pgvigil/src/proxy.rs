@@ -2,7 +2,9 @@
 //! knows it holds its lease, and a read-only port that reaches the standbys within the lag bounds.
 //!
 //! Bytes are passed through untouched (TLS, SCRAM and channel binding work end to end; the proxy
-//! holds no credentials). Only the first 8 bytes of a connection are looked at, to tell a
+//! holds no credentials). From the networks of `proxy_protocol_from` a PROXY protocol header is
+//! read first (`vigil_core::proxy_header`), and its client address is the session's. Only the
+//! first 8 bytes of PostgreSQL's are looked at, to tell a
 //! CancelRequest, which goes to every backend of the port (the proxy cannot know which one holds
 //! the key). On the read-write port the client's first message is kept until the server's first
 //! byte, to be sent again to the next primary if the first one closes (or, while the primary is
