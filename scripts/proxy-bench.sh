@@ -8,6 +8,13 @@
 # latency in microseconds, the third column), not estimated from a histogram.
 #
 #   scripts/proxy-bench.sh [seconds per run, default 20]
+#   scripts/proxy-bench.sh handover
+#
+# `handover`: three members; two writers, each a new connection per write (psql, one row, every
+# ~50 ms), one through the read-write proxies (libpq multi-host over every member's port, as the
+# README advises) and one through HAProxy; a planned switchover, then a failover (kill -9 of the
+# primary's daemon and postmaster). Prints, per writer and event, the new-connection errors, the
+# largest gap between acknowledged writes and the acknowledged rows missing on the final primary.
 #
 # Env: PGVIGIL_BIN (default target/release/pgvigil, built if missing), SCALE (pgbench -s, 10),
 # CLIENTS (16), THREADS (2), HAPROXY (haproxy). Needs root (the demo runs PostgreSQL as
@@ -15,6 +22,11 @@
 set -euo pipefail
 cd "$(dirname "$0")/.."
 
+MODE=bench
+if [[ "${1:-}" == handover ]]; then
+    MODE=handover
+    shift
+fi
 SECONDS_PER_RUN=${1:-20}
 SCALE=${SCALE:-10}
 CLIENTS=${CLIENTS:-16}
@@ -32,6 +44,8 @@ if [[ ! -x "$BIN" ]]; then
 fi
 
 work=$(mktemp -d /tmp/pgvigil-proxy-bench-XXXXXX)
+# The demo's members run PostgreSQL as `postgres`, which must reach their directories under it.
+chmod 0711 "$work"
 demo_pid=""
 haproxy_pid=""
 cleanup() {
@@ -46,8 +60,9 @@ cleanup() {
 }
 trap cleanup EXIT
 
-# Two members: a primary and a standby, each with its daemon and its proxy.
-"$BIN" demo --members 2 --run-for 2h >"$work/demo.log" 2>&1 &
+# Two members (a primary and a standby, each with its daemon and its proxy); three to fail over.
+members_n=$([[ $MODE == handover ]] && echo 3 || echo 2)
+"$BIN" demo --members "$members_n" --dir "$work/demo" --run-for 2h >"$work/demo.log" 2>&1 &
 demo_pid=$!
 for _ in $(seq 1 1200); do
     grep -q "read-write  PGPASSFILE" "$work/demo.log" && break
@@ -107,6 +122,98 @@ for _ in $(seq 1 100); do
     sleep 0.2
 done
 "$PSQL" -X -At -p "$ha_port" -c "SELECT 1" >/dev/null || { cat "$work/haproxy.log" >&2; exit 1; }
+
+# The member whose /primary answers 200 now ("" if none).
+current_primary() {
+    local line api
+    for line in "${members[@]}"; do
+        api=$(sed -E 's/.*api (http:[^ ]*).*/\1/' <<<"$line")
+        if [[ "$(curl -s -m 1 -o /dev/null -w '%{http_code}' "$api/primary")" == 200 ]]; then
+            awk '{print $1}' <<<"$line"
+            return
+        fi
+    done
+}
+
+# Wait (at most 60 s) until a member other than $1 is the writable primary.
+wait_new_primary() {
+    local p
+    for _ in $(seq 1 600); do
+        p=$(current_primary)
+        [[ -n "$p" && "$p" != "$1" ]] && return 0
+        sleep 0.1
+    done
+    echo "no new primary 60 s after the event" >&2
+    return 1
+}
+
+# One writer: a new connection per row; "start_ms end_ms ok id" or "start_ms end_ms err message".
+writer() {
+    local via=$1 conninfo=$2 out=$3 t0 id
+    while [[ -e "$work/writing" ]]; do
+        t0=$(date +%s%3N)
+        if id=$("$PSQL" -X -At "$conninfo connect_timeout=3" -c "INSERT INTO handover(via) VALUES ('$via') RETURNING id" 2>"$out.err"); then
+            echo "$t0 $(date +%s%3N) ok $id" >>"$out"
+        else
+            echo "$t0 $(date +%s%3N) err $(head -c 160 "$out.err" | tr '\n' ' ')" >>"$out"
+        fi
+        sleep 0.05
+    done
+}
+
+# Errors from $2 ms to $3 ms in writer log $1, and the largest gap between acknowledged writes
+# (by acknowledgement time) that ends in that window.
+window() {
+    awk -v a="$2" -v b="$3" '{
+        inside = $2 >= a && $2 < b
+        if ($3 == "ok") { if (last && inside && $2 - last > gap) gap = $2 - last; last = $2 } else if (inside) errs++
+    } END { printf "%d errors, largest gap %.2f s", errs, gap / 1000 }' "$1"
+}
+
+if [[ $MODE == handover ]]; then
+    "$PSQL" -X -q -p "$primary_pg" -c "CREATE TABLE handover (id bigserial PRIMARY KEY, via text NOT NULL)"
+    touch "$work/writing"
+    writer proxy "host=127.0.0.1,127.0.0.1,127.0.0.1 port=$rw_ports" "$work/proxy.log" &
+    w1=$!
+    writer haproxy "host=127.0.0.1 port=$ha_port" "$work/haproxy.log" &
+    w2=$!
+    sleep 5
+    first=$(current_primary)
+    t_switch=$(date +%s%3N)
+    "$BIN" switchover --config "$work/demo/$first/pgvigil.toml" --force >"$work/switchover.out" 2>&1 \
+        || { cat "$work/switchover.out" >&2; exit 1; }
+    wait_new_primary "$first"
+    # HAProxy (inter 3s, rise 2) needs up to ~9 s to send writes to the new primary.
+    sleep 15
+    second=$(current_primary)
+    t_fail=$(date +%s%3N)
+    kill -KILL "$(pgrep -f "run --config $work/demo/$second/pgvigil.toml" | head -1)" \
+        "$(head -1 "$work/demo/$second/pgdata/postmaster.pid")"
+    wait_new_primary "$second"
+    sleep 20
+    rm -f "$work/writing"
+    wait "$w1" "$w2"
+    t_end=$(date +%s%3N)
+    final=$(current_primary)
+    final_pg=""
+    for line in "${members[@]}"; do
+        [[ "$(awk '{print $1}' <<<"$line")" == "$final" ]] && final_pg=$(sed -E 's/.*port=([0-9]+) user.*/\1/' <<<"$line")
+    done
+    echo "switchover $first -> $second, then kill -9 of $second -> $final ($(nproc) cores, $($BIN --version 2>/dev/null || echo "$BIN"), $("$HAPROXY" -v | head -1 | awk '{print $1, $3}'))"
+    echo "| writer | switchover | failover | acknowledged rows missing on $final |"
+    echo "|---|---|---|---|"
+    for via in proxy haproxy; do
+        acked=$(awk '$3 == "ok" {print $4}' "$work/$via.log" | sort)
+        present=$("$PSQL" -X -At -p "$final_pg" -c "SELECT id FROM handover WHERE via = '$via' ORDER BY id" | sort)
+        missing=$(comm -23 <(echo "$acked") <(echo "$present") | grep -c . || true)
+        echo "| $via | $(window "$work/$via.log" "$t_switch" "$t_fail") | $(window "$work/$via.log" "$t_fail" "$t_end") | $missing of $(echo "$acked" | grep -c .) |"
+    done
+    for via in proxy haproxy; do
+        echo "$via errors:"
+        awk '$3 == "err" {$1 = $2 = $3 = ""; print}' "$work/$via.log" | sed -E 's/[0-9]{3,}/N/g' | sort | uniq -c | sort -rn | head -5
+    done
+    exit 0
+fi
 
 "$PGBENCH" -i -q -s "$SCALE" -p "$primary_pg" >/dev/null 2>&1
 
