@@ -107,10 +107,49 @@ impl Proxy {
         );
         let _ = shared.proxy_status.set(StatusHandle { inner: inner.clone() });
         let router = tokio::spawn(route(shared.clone(), inner.clone(), shutdown.clone()));
-        let rw = tokio::spawn(accept(inner.clone(), self.rw, Port::Rw, shutdown.clone()));
-        let ro = tokio::spawn(accept(inner, self.ro, Port::Ro, shutdown.clone()));
+        // Client bytes on a runtime of their own: a busy proxy must never delay the reports
+        // that renew the lease (the daemon's runtime has one worker), and the copying may use
+        // more than one core. Idle, its workers have no timer and never wake.
+        let data = match data_runtime() {
+            Ok(rt) => rt,
+            Err(e) => {
+                tracing::error!("routing proxy: cannot start its runtime: {e}");
+                return;
+            }
+        };
+        let listeners = (self.rw.into_std(), self.ro.into_std());
+        let (rw, ro) = match listeners {
+            (Ok(rw), Ok(ro)) => (rw, ro),
+            (Err(e), _) | (_, Err(e)) => {
+                tracing::error!("routing proxy: cannot hand its ports to its runtime: {e}");
+                data.shutdown_background();
+                return;
+            }
+        };
+        let serve = |listener: std::net::TcpListener, port: Port| {
+            let (inner, shutdown) = (inner.clone(), shutdown.clone());
+            data.spawn(async move {
+                match TcpListener::from_std(listener) {
+                    Ok(listener) => accept(inner, listener, port, shutdown).await,
+                    Err(e) => tracing::error!(?port, "routing proxy: cannot listen: {e}"),
+                }
+            })
+        };
+        let (rw, ro) = (serve(rw, Port::Rw), serve(ro, Port::Ro));
         let _ = tokio::join!(router, rw, ro);
+        // Open sessions end with it (their sockets close).
+        data.shutdown_background();
     }
+}
+
+/// The proxy's own multi-threaded runtime: up to four workers, one per core.
+fn data_runtime() -> std::io::Result<tokio::runtime::Runtime> {
+    let cores = std::thread::available_parallelism().map_or(1, |n| n.get());
+    tokio::runtime::Builder::new_multi_thread()
+        .worker_threads(cores.clamp(1, 4))
+        .thread_name("pgvigil-proxy")
+        .enable_all()
+        .build()
 }
 
 /// Turns the coordinator's answers and the committed state into [`Routes`], on every answer,
