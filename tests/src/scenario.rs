@@ -290,7 +290,14 @@ pub async fn converged_primary(c: &NsCluster, bound: Duration) -> anyhow::Result
 pub async fn start(c: &Arc<NsCluster>, s: &Settings) -> anyhow::Result<(Writer, String)> {
     c.start_all()?;
     let conv = wait_converged(c, Duration::from_secs(120), None).await;
-    let (primary, _) = conv.result.map_err(|e| anyhow::anyhow!("the new cluster: {e}"))?;
+    let primary = match conv.result {
+        Ok((p, _)) => p,
+        Err(e) => {
+            let mut saved = Vec::new();
+            save_logs(c, s, "start", &mut saved).await;
+            anyhow::bail!("the new cluster: {e}\n    {}", saved.join("; "));
+        }
+    };
     writer::create_table(&c.endpoints, c.endpoints.ip(&primary).unwrap_or_default()).await?;
     let local: Vec<(String, String)> = c.net.hosts.iter().map(|h| (h.name.clone(), h.ns.clone())).collect();
     let w = Writer::start(&c.endpoints, &local, Instant::now(), s.write_interval, s.write_timeout)?;

@@ -79,6 +79,7 @@ async fn peer_rpcs_without_the_cluster_credential_are_refused_and_change_nothing
             tags: Default::default(),
             pg: Default::default(),
             epoch_seen: before.state.epoch,
+            proxy: None,
         })?,
     };
     let pause = proto::AdminRequest { action: "pause".into(), body_json: r#"{"reason": "hostile"}"#.into() };

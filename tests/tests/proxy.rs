@@ -2,7 +2,8 @@
 //! port during a planned switchover (no new-connection error, nothing acknowledged lost) and
 //! during a failover (no commit on the old primary after the new one took its first), the
 //! read-only pool (a standby whose replay is paused leaves it and returns after resume; a
-//! `noloadbalance` standby never gets sessions), and a cancel request through the read-only port.
+//! `noloadbalance` standby never gets sessions; `pgvigil list` on any member shows every member's
+//! proxy, at once even with a member frozen), and a cancel request through the read-only port.
 
 use std::time::{Duration, Instant};
 use tokio_postgres::NoTls;
@@ -240,6 +241,51 @@ async fn paused_replay_leaves_the_ro_pool_and_noloadbalance_never_joins() -> any
     // (loop_interval 250 ms each, on a loaded machine).
     assert!(left_after < Duration::from_secs(2), "left the pool after {left_after:?}");
     eprintln!("paused standby left the ro pool after {left_after:?}, returned {back_after:?} after resume");
+
+    // Every member's proxy on any member's `GET /cluster` and `pgvigil list`, from the members'
+    // reports: the primary's proxy holds the 6 read-only sessions of this test.
+    let members = t.spec().members.iter().map(|m| m.name.clone()).collect::<Vec<_>>();
+    let deadline = Instant::now() + CONVERGE;
+    loop {
+        let r = t.get(&standby, "/cluster").await?;
+        let proxy_of = |m: &str| {
+            r.json["members"].as_array().into_iter().flatten().find(|v| v["name"] == m).map(|v| v["proxy"].clone())
+        };
+        let sessions = proxy_of(&primary).map(|p| p["sessions_ro"].clone());
+        let every = members.iter().all(|m| proxy_of(m).is_some_and(|p| p["rw_forward"] == primary.as_str()));
+        if every && sessions == Some(serde_json::json!(6)) {
+            break;
+        }
+        anyhow::ensure!(Instant::now() < deadline, "not every member's proxy in /cluster: {}", r.json);
+        tokio::time::sleep(Duration::from_millis(100)).await;
+    }
+    // Asked of the coordinator while another standby's daemon is frozen: it answers at once (no
+    // member is asked for its proxy), showing the frozen one's as last reported.
+    let coordinator = t.view().await?.coordinator;
+    let frozen = [standby.clone(), tagged.clone()].into_iter().find(|m| *m != coordinator).expect("a standby");
+    t.cluster.signal(&frozen, nix::sys::signal::Signal::SIGSTOP)?;
+    let asked_at = Instant::now();
+    let out =
+        tokio::time::timeout(Duration::from_secs(20), t.cli(&["list", "--endpoint", &t.api(&coordinator)], "")).await;
+    let took = asked_at.elapsed();
+    t.cluster.signal(&frozen, nix::sys::signal::Signal::SIGCONT)?;
+    let out = out??;
+    let text = String::from_utf8_lossy(&out.stdout);
+    println!("pgvigil list on {coordinator} with {frozen} frozen ({} ms):\n{text}", took.as_millis());
+    assert!(out.status.success(), "{text}");
+    assert!(took < Duration::from_secs(5), "list took {took:?} with {frozen} frozen");
+    for m in &members {
+        let (rw, ro) = ports(&t, m);
+        if *m == coordinator {
+            assert!(text.contains(&format!(" Proxy on {m}: rw port {rw}, ro port {ro},")), "{text}");
+        } else {
+            let want = format!(" Proxy on {m} (its last report): rw port {rw}, ro port {ro}, rw to {primary}, ro pool");
+            assert!(text.contains(&want), "no line {want:?} in\n{text}");
+        }
+    }
+    if coordinator != primary {
+        assert!(text.contains(&format!("ro pool {standby}, sessions rw 0 ro 6,")), "{text}");
+    }
     drop(held);
     Ok(())
 }

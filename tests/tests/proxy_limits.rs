@@ -2,12 +2,17 @@
 //! why (an ErrorResponse with SQLSTATE 57P03 or 53300, also after an SSLRequest), sessions over
 //! `max_sessions_per_backend` queue for `queue_timeout` and then are refused, a queued session
 //! gets the slot another one gives back, and `GET /proxy`, `/metrics` and `pgvigil list` count
-//! all of it. And 1 000 idle sessions through the proxy: they stay up, the daemon's memory grows
-//! by a bounded amount per session, `/primary` keeps answering.
+//! all of it. Queued sessions get their slots in arrival order. The PROXY protocol from trusted
+//! networks only: a trusted client's header (v1, v2) is read and its address logged, a trusted
+//! client without one is refused, an untrusted client's header is not read (the session fails).
+//! And 1 000 idle sessions through the proxy: they stay up, the daemon's memory grows by a
+//! bounded amount per session, `/primary` keeps answering.
 
+use std::net::SocketAddr;
 use std::time::{Duration, Instant};
+use tokio::io::AsyncWriteExt;
 use tokio_postgres::NoTls;
-use vigil_tests::{healthy, metric_value, ClusterSpec, TestCluster};
+use vigil_tests::{healthy, log_len, metric_value, wait_log, ClusterSpec, TestCluster};
 
 const CONVERGE: Duration = Duration::from_secs(60);
 const QUEUE: Duration = Duration::from_secs(1);
@@ -151,6 +156,157 @@ async fn refused_clients_read_why_and_sessions_queue_for_a_slot() -> anyhow::Res
     assert!(text.contains(&format!(" Proxy on {p}: rw port {rw}, ro port {ro},")), "{text}");
     assert!(text.contains("queued 0 now (2 in all), refused ro no_standby 2, rw backend_full 1"), "{text}");
     drop((second, c));
+    Ok(())
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn queued_sessions_get_slots_in_arrival_order() -> anyhow::Result<()> {
+    let extra = ["max_sessions_per_backend = 1", "queue_timeout = \"60s\""];
+    let mut t = TestCluster::prepare(1, 0, |spec| one_member_with_proxy(spec, &extra))?;
+    t.cluster.start_all()?;
+    let v = t.wait_for("a primary", CONVERGE, healthy).await?;
+    let p = v.state.primary.clone().expect("primary");
+    wait_proxy(&t, &p, "forwarding to the primary", |s| s["rw"]["forward"] == p.as_str()).await?;
+    let (rw, _) = ports(&t, &p);
+    let conn = conninfo(&t, rw).replace("connect_timeout=10", "connect_timeout=90");
+
+    // One session holds the only slot; four more queue, one after the other.
+    let mut holder = Some(connect(&conn).await?);
+    const WAITERS: usize = 4;
+    let (tx, mut rx) = tokio::sync::mpsc::unbounded_channel();
+    for i in 0..WAITERS {
+        let (conn, tx) = (conn.clone(), tx.clone());
+        tokio::spawn(async move {
+            let _ = tx.send((i, connect(&conn).await));
+        });
+        wait_proxy(&t, &p, &format!("queueing {} sessions", i + 1), |s| s["queued"]["rw"] == i + 1).await?;
+    }
+    // Each freed slot goes to the one that has waited longest.
+    let mut order = Vec::new();
+    for _ in 0..WAITERS {
+        drop(holder.take());
+        let (i, c) = tokio::time::timeout(Duration::from_secs(45), rx.recv())
+            .await
+            .map_err(|_| anyhow::anyhow!("no queued session got the freed slot within 45s (order so far {order:?})"))?
+            .ok_or_else(|| anyhow::anyhow!("a waiter's task ended"))?;
+        let c = c.map_err(|e| anyhow::anyhow!("queued session {i}: {e:#}"))?;
+        c.simple_query("SELECT 1").await?;
+        order.push(i);
+        holder = Some(c);
+    }
+    println!("queued sessions got their slots in the order {order:?}");
+    assert_eq!(order, (0..WAITERS).collect::<Vec<_>>(), "not in arrival order");
+    let s = wait_proxy(&t, &p, "an empty queue", |s| s["queued"]["rw"] == 0).await?;
+    assert_eq!(s["queued_total"]["rw"], WAITERS, "{s}");
+    drop(holder);
+    Ok(())
+}
+
+/// A TCP connection to `port` on 127.0.0.1 from the local address `from` (any 127.0.0.0/8
+/// address is this host's).
+async fn tcp_from(from: &str, port: u16) -> anyhow::Result<tokio::net::TcpStream> {
+    let socket = tokio::net::TcpSocket::new_v4()?;
+    socket.bind(format!("{from}:0").parse()?)?;
+    Ok(socket.connect(SocketAddr::from(([127, 0, 0, 1], port))).await?)
+}
+
+/// A PostgreSQL session over `stream`, after `header` (a PROXY protocol header, or nothing).
+async fn session_after(
+    t: &TestCluster,
+    mut stream: tokio::net::TcpStream,
+    port: u16,
+    header: &[u8],
+) -> Result<tokio_postgres::Client, tokio_postgres::Error> {
+    stream.write_all(header).await.expect("write the header");
+    let config: tokio_postgres::Config = conninfo(t, port).parse()?;
+    let (client, connection) = config.connect_raw(stream, NoTls).await?;
+    tokio::spawn(connection);
+    Ok(client)
+}
+
+/// A PROXY protocol v2 header (PROXY command, TCP over IPv6) from `src` to `dst`.
+fn v2_ipv6(src: std::net::SocketAddrV6, dst: std::net::SocketAddrV6) -> Vec<u8> {
+    let mut h = b"\r\n\r\n\0\r\nQUIT\n".to_vec();
+    h.extend([0x21, 0x21, 0, 36]);
+    h.extend(src.ip().octets());
+    h.extend(dst.ip().octets());
+    h.extend(src.port().to_be_bytes());
+    h.extend(dst.port().to_be_bytes());
+    h
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn the_proxy_protocol_is_read_from_trusted_networks_only() -> anyhow::Result<()> {
+    // 127.0.0.1 is the trusted load balancer; 127.0.0.2 is anybody else.
+    let extra = ["proxy_protocol_from = [\"127.0.0.1/32\"]"];
+    let mut t = TestCluster::prepare(1, 0, |spec| {
+        one_member_with_proxy(spec, &extra);
+        spec.log_level = "info,pgvigil::proxy=debug".into();
+    })?;
+    t.cluster.start_all()?;
+    let v = t.wait_for("a primary", CONVERGE, healthy).await?;
+    let p = v.state.primary.clone().expect("primary");
+    wait_proxy(&t, &p, "forwarding to the primary", |s| s["rw"]["forward"] == p.as_str()).await?;
+    let (rw, ro) = ports(&t, &p);
+    let log = t.spec().state_dir(&p).join("pgvigil.log");
+
+    // Trusted, v1 header then PostgreSQL: the session works, the log names the carried client.
+    let from = log_len(&log);
+    let header = format!("PROXY TCP4 192.0.2.77 127.0.0.1 51234 {rw}\r\n");
+    let c = session_after(&t, tcp_from("127.0.0.1", rw).await?, rw, header.as_bytes()).await?;
+    c.simple_query("SELECT 1").await?;
+    let text = wait_log(&log, from, Duration::from_secs(10), |l| {
+        l.lines().any(|l| l.contains("proxy: session opened") && l.contains("client=192.0.2.77:51234"))
+    })
+    .await?;
+    println!("{}", text.lines().find(|l| l.contains("192.0.2.77")).unwrap_or_default());
+    // Trusted, v2 header (IPv6) on the read-only port (no standby: it goes to the primary).
+    let src = "[2001:db8::9]:40000".parse()?;
+    let dst = format!("[::1]:{ro}").parse()?;
+    let c2 = session_after(&t, tcp_from("127.0.0.1", ro).await?, ro, &v2_ipv6(src, dst)).await?;
+    c2.simple_query("SELECT 1").await?;
+    wait_log(&log, from, Duration::from_secs(10), |l| {
+        l.lines().any(|l| l.contains("proxy: session opened") && l.contains("client=[2001:db8::9]:40000"))
+    })
+    .await?;
+
+    // Trusted, no header: refused; the client reads why (08P01), the log says it, it is counted.
+    let from = log_len(&log);
+    let (code, message) = refusal(session_after(&t, tcp_from("127.0.0.1", rw).await?, rw, b"").await)?;
+    assert_eq!(code, "08P01", "{message}");
+    assert!(message.contains("proxy_protocol_from") && message.contains("no PROXY protocol header"), "{message}");
+    wait_log(&log, from, Duration::from_secs(10), |l| {
+        l.contains("refused a connection from a network of proxy.proxy_protocol_from: no PROXY protocol header")
+    })
+    .await?;
+    // A garbled header: closed (no PostgreSQL to answer in), counted.
+    let r = session_after(&t, tcp_from("127.0.0.1", rw).await?, rw, b"PROXY TCP4 192.0.2.77 nonsense 1 2\r\n").await;
+    assert!(r.is_err(), "a garbled header got through");
+
+    // Untrusted, with a header: not read as one; PostgreSQL gets the bytes and the session fails.
+    let from = log_len(&log);
+    let header = format!("PROXY TCP4 192.0.2.88 127.0.0.1 51234 {rw}\r\n");
+    let r = session_after(&t, tcp_from("127.0.0.2", rw).await?, rw, header.as_bytes()).await;
+    assert!(r.is_err(), "a header from an untrusted address was honoured");
+    // Untrusted, no header: an ordinary session, logged under its own address.
+    let c3 = session_after(&t, tcp_from("127.0.0.2", rw).await?, rw, b"").await?;
+    c3.simple_query("SELECT 1").await?;
+    let text = wait_log(&log, from, Duration::from_secs(10), |l| {
+        l.lines().any(|l| l.contains("proxy: session opened") && l.contains("client=127.0.0.2:"))
+    })
+    .await?;
+    assert!(!text.contains("192.0.2.88"), "the untrusted header's address was used:\n{text}");
+
+    let s = t.get(&p, "/proxy").await?.json;
+    assert_eq!(s["refused_total"]["rw"]["proxy_header_missing"], 1, "{s}");
+    assert_eq!(s["refused_total"]["rw"]["proxy_header_malformed"], 1, "{s}");
+    // The untrusted header was taken for PostgreSQL's first bytes, and they are not.
+    assert_eq!(s["refused_total"]["rw"]["not_postgresql"], 1, "{s}");
+    let text = t.get(&p, "/metrics").await?.text;
+    let m = |reason: &str| metric_value(&text, "pgvigil_proxy_refused_total", &[("port", "rw"), ("reason", reason)]);
+    assert_eq!(m("proxy_header_missing"), Some(1.0));
+    assert_eq!(m("proxy_header_malformed"), Some(1.0));
+    drop((c, c2, c3));
     Ok(())
 }
 

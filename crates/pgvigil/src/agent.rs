@@ -236,7 +236,7 @@ impl Agent {
             let pause = interval * 2u32.saturating_pow(failures.min(4));
             tokio::select! {
                 _ = shutdown.cancelled() => return,
-                _ = tokio::time::sleep(pause) => {}
+                _ = tokio::time::sleep_until(vigil_raft::beat::next(pause).into()) => {}
                 _ = self.reconcile_now.notified(), if failures == 0 => {}
                 r = state_rx.changed(), if failures == 0 => if r.is_err() { return },
             }
@@ -289,7 +289,9 @@ impl Agent {
         self.role_hook(&state, &obs);
         self.sync_seen = obs.sync_standby_names.clone();
         let is_primary_now = obs.running && !obs.in_recovery;
-        let (dir, dir_problem) = self.pg.data_dir_state().split();
+        let dir_state =
+            if obs.running { self.pg.data_dir_state_of_a_running_server() } else { self.pg.data_dir_state() };
+        let (dir, dir_problem) = dir_state.split();
         let mut pg = PgStatus {
             running: obs.running,
             in_recovery: obs.in_recovery,

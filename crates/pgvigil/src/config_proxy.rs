@@ -1,9 +1,11 @@
 //! The `[proxy]` table: the routing proxy's ports, how long a new read-write session may be
-//! held, the read-only pool's lag bounds, and the sockets' timeouts (`crate::proxy`).
+//! held, the read-only pool's lag bounds, the sockets' timeouts and who may send a PROXY protocol
+//! header (`crate::proxy`).
 
 use super::{bad, duration_opt, ConfigError};
 use serde::{Deserialize, Serialize};
 use std::time::Duration;
+use vigil_core::proxy_header::Cidr;
 
 /// The `[proxy]` table: a read-write and a read-only port routed by what this member knows.
 #[derive(Debug, Clone, Deserialize, Serialize)]
@@ -39,6 +41,10 @@ pub struct ProxyConfig {
     /// How long a new session waits in the queue for a backend below the limit.
     #[serde(default, deserialize_with = "duration_opt")]
     pub queue_timeout: Option<Duration>,
+    /// Networks (CIDR) whose connections must start with a PROXY protocol header (v1 or v2),
+    /// whose client address then stands for the connection's; empty: no PROXY protocol.
+    #[serde(default)]
+    pub proxy_protocol_from: Vec<String>,
 }
 
 #[derive(Debug, Clone, Copy, Default, PartialEq, Eq, Deserialize, Serialize)]
@@ -71,6 +77,10 @@ impl ProxyConfig {
     }
     pub fn queue_timeout(&self) -> Duration {
         self.queue_timeout.unwrap_or(Duration::from_secs(5))
+    }
+    /// The networks trusted to send a PROXY protocol header (checked by [`check`]).
+    pub fn proxy_protocol_from(&self) -> Vec<Cidr> {
+        self.proxy_protocol_from.iter().filter_map(|c| c.parse().ok()).collect()
     }
     /// The limit of sessions per backend, if there is one.
     pub fn max_sessions(&self) -> Option<usize> {
@@ -108,6 +118,11 @@ pub(super) fn check(p: &ProxyConfig) -> Result<(), ConfigError> {
             "proxy.max_sessions_per_backend",
             format!("{} is more than {MAX_SESSIONS_PER_BACKEND} (0: no limit)", p.max_sessions_per_backend),
         ));
+    }
+    for c in &p.proxy_protocol_from {
+        if let Err(e) = c.parse::<Cidr>() {
+            return Err(bad("proxy.proxy_protocol_from", format!("{e}; write networks such as \"10.0.0.0/8\"")));
+        }
     }
     if p.dead_peer_timeout.is_some_and(|d| d < Duration::from_secs(1)) {
         return Err(bad("proxy.dead_peer_timeout", "must be at least 1s (keepalives are counted in seconds)"));

@@ -459,4 +459,11 @@ fn the_proxy_table_is_checked() {
     assert_eq!(proxy(&format!("{ok}max_sessions_per_backend = -1\n")), "proxy.max_sessions_per_backend");
     assert_eq!(proxy(&format!("{ok}max_sessions_per_backend = 300000\n")), "proxy.max_sessions_per_backend");
     assert_eq!(proxy(&format!("{ok}queue_timeout = \"0s\"\n")), "proxy.queue_timeout");
+    let from = |list: &str| proxy(&format!("{ok}proxy_protocol_from = {list}\n"));
+    assert_eq!(from(r#"["10.0.0.0/8", "127.0.0.1/32", "::1", "2001:db8::/32"]"#), "(accepted)");
+    assert_eq!(from("[]"), "(accepted)");
+    assert_eq!(from(r#"["10.0.0.0/33"]"#), "proxy.proxy_protocol_from");
+    assert_eq!(from(r#"["10.0.0.1/8"]"#), "proxy.proxy_protocol_from");
+    assert_eq!(from(r#"["lb.example.com"]"#), "proxy.proxy_protocol_from");
+    assert_eq!(from(r#""10.0.0.0/8""#), "proxy.proxy_protocol_from");
 }

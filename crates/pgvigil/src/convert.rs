@@ -80,6 +80,7 @@ mod tests {
                 replay_paused: true,
             },
             epoch_seen: 7,
+            proxy: None,
         }
     }
 

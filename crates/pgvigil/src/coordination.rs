@@ -132,8 +132,7 @@ pub async fn run(shared: Arc<Shared>, task: CoordinatorTask, shutdown: Cancellat
     tokio::spawn(proposer(shared.clone(), batch_rx, done_tx, shutdown.clone()));
     let mut in_flight = false;
     let mut due = false;
-    let mut tick = tokio::time::interval(interval);
-    tick.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
+    let mut tick = vigil_raft::beat::interval(interval);
     loop {
         tokio::select! {
             _ = shutdown.cancelled() => return Ok(()),

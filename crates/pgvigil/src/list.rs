@@ -5,6 +5,7 @@
 use anyhow::Context;
 use serde::{Deserialize, Serialize};
 use std::collections::BTreeMap;
+use vigil_core::proxy::ProxySummary;
 use vigil_core::{ClusterState, HealthReport, MemberKind};
 use vigil_raft::{proto, PeerClients};
 
@@ -93,6 +94,10 @@ pub struct MemberView {
     pub lag_bytes: Option<u64>,
     pub tags: vigil_core::Tags,
     pub sync: bool,
+    /// Its routing proxy, as its latest report to the coordinator summed it up (None: it runs
+    /// none, or its reports do not say).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub proxy: Option<ProxySummary>,
 }
 
 impl ClusterView {
@@ -137,6 +142,7 @@ impl ClusterView {
                     lag_bytes,
                     tags: m.tags.clone(),
                     sync: s.sync.standbys.contains(name),
+                    proxy: view.reports.get(name).and_then(|r| r.proxy.clone()),
                 }
             })
             .collect();
@@ -279,7 +285,30 @@ pub fn render(v: &ClusterView) -> String {
     if let Some(p) = &v.proxy {
         out.push_str(&proxy_line(p));
     }
+    // Every other member's proxy, as its latest report summed it up.
+    let answering = v.proxy.as_ref().and_then(|p| p["member"].as_str());
+    for m in v.members.iter().filter(|m| Some(m.name.as_str()) != answering) {
+        if let Some(p) = &m.proxy {
+            out.push_str(&summary_line(&m.name, p));
+        }
+    }
     out
+}
+
+/// One line for a member's proxy from its report: ports, where read-write goes, the read-only
+/// pool, sessions, queue, refusals.
+fn summary_line(member: &str, p: &ProxySummary) -> String {
+    let rw = match (&p.rw_forward, &p.rw_hold) {
+        (Some(to), _) => format!("rw to {to}"),
+        (None, Some(why)) => format!("rw held: {why}"),
+        (None, None) => "rw ?".to_string(),
+    };
+    let pool = if p.ro_pool.is_empty() { "none".to_string() } else { p.ro_pool.join(", ") };
+    format!(
+        " Proxy on {member} (its last report): rw port {}, ro port {}, {rw}, ro pool {pool}, sessions rw {} ro {}, \
+         queued {}, refused {}\n",
+        p.rw_port, p.ro_port, p.sessions_rw, p.sessions_ro, p.queued, p.refused
+    )
 }
 
 /// Sessions through the proxy to `backend`, by port: `rw 2, ro 1`.
@@ -333,4 +362,49 @@ fn proxy_line(p: &serde_json::Value) -> String {
         count(&p["queued_total"]["rw"]) + count(&p["queued_total"]["ro"]),
         if refused.is_empty() { "none".to_string() } else { refused.join(", ") },
     )
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn member(name: &str, role: &str, proxy: serde_json::Value) -> serde_json::Value {
+        serde_json::json!({
+            "name": name, "kind": "postgres", "host": "10.0.0.1", "port": 5432, "role": role,
+            "state": "running", "tags": {}, "sync": false, "proxy": proxy,
+        })
+    }
+
+    #[test]
+    fn every_members_proxy_gets_a_line_the_answering_one_its_own() {
+        let summary = |forward: Option<&str>, hold: Option<&str>, ro: u64| {
+            serde_json::json!({
+                "rw_port": 6432, "ro_port": 6433, "rw_forward": forward, "rw_hold": hold,
+                "ro_pool": ["b"], "sessions_rw": 2, "sessions_ro": ro, "queued": 1, "refused": 3,
+            })
+        };
+        let v: ClusterView = serde_json::from_value(serde_json::json!({
+            "epoch": 2, "primary": "a", "coordinator": "a", "term": 1, "paused": false,
+            "sync_standbys": [],
+            "members": [
+                member("a", "primary", summary(Some("a"), None, 0)),
+                member("b", "replica", summary(None, Some("no_lease"), 4)),
+                member("c", "replica", serde_json::Value::Null),
+            ],
+            "proxy": { "member": "a", "rw_port": 6432, "ro_port": 6433, "rw": { "forward": "a" } },
+        }))
+        .expect("a cluster view");
+        let text = render(&v);
+        assert!(text.contains(" Proxy on a: rw port 6432, ro port 6433,"), "{text}");
+        assert!(!text.contains("Proxy on a (its last report)"), "{text}");
+        assert!(
+            text.contains(
+                " Proxy on b (its last report): rw port 6432, ro port 6433, rw held: no_lease, ro pool b, \
+                 sessions rw 2 ro 4, queued 1, refused 3\n"
+            ),
+            "{text}"
+        );
+        // A member without a proxy (or whose reports do not carry it) has no line.
+        assert!(!text.contains("Proxy on c"), "{text}");
+    }
 }

@@ -173,8 +173,7 @@ pub async fn run(shared: Arc<Shared>, shutdown: CancellationToken) {
     let mut status = status_now(&shared);
     send(&["READY=1".into(), format!("STATUS={status}")]);
     tracing::info!(watchdog = ?watchdog, "told systemd: ready");
-    let mut tick = tokio::time::interval(period(t.loop_interval, watchdog));
-    tick.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
+    let mut tick = vigil_raft::beat::interval(period(t.loop_interval, watchdog));
     let mut stalled = false;
     loop {
         tokio::select! {

@@ -2,7 +2,9 @@
 //! knows it holds its lease, and a read-only port that reaches the standbys within the lag bounds.
 //!
 //! Bytes are passed through untouched (TLS, SCRAM and channel binding work end to end; the proxy
-//! holds no credentials). Only the first 8 bytes of a connection are looked at, to tell a
+//! holds no credentials). From the networks of `proxy_protocol_from` a PROXY protocol header is
+//! read first (`vigil_core::proxy_header`), and its client address is the session's. Only the
+//! first 8 bytes of PostgreSQL's are looked at, to tell a
 //! CancelRequest, which goes to every backend of the port (the proxy cannot know which one holds
 //! the key). On the read-write port the client's first message is kept until the server's first
 //! byte, to be sent again to the next primary if the first one closes (or, while the primary is
@@ -16,7 +18,8 @@ pub use crate::proxy_book::Port;
 use crate::proxy_book::{Book, Queued, Slot};
 use anyhow::Context;
 use std::collections::{BTreeMap, BTreeSet};
-use std::sync::Arc;
+use std::net::SocketAddr;
+use std::sync::{Arc, Mutex};
 use std::time::{Duration, Instant};
 use tokio::io::{AsyncReadExt, AsyncWriteExt};
 use tokio::net::{TcpListener, TcpStream};
@@ -24,8 +27,10 @@ use tokio::sync::watch;
 use tokio_util::sync::CancellationToken;
 use vigil_core::pgwire::{self, First};
 use vigil_core::proxy::{
-    self as rules, Committed, Fence, HoldReason, LsnHistory, NoStandby, Refused, RoPool, RoRoute, RoRules, RwRoute,
+    self as rules, Committed, Fence, HoldReason, LsnHistory, NoStandby, ProxySummary, Refused, RoPool, RoRoute,
+    RoRules, RwRoute,
 };
+use vigil_core::proxy_header::{self, BadHeader, Cidr, Parsed};
 use vigil_core::repeats::{Repeats, LOG_EVERY};
 
 /// How long a new client may take to send its first 8 bytes.
@@ -55,6 +60,10 @@ struct Inner {
     routes: watch::Sender<Routes>,
     /// Sessions by port and backend (the limit's slots), queued, refused.
     book: Arc<Book>,
+    /// `proxy_protocol_from`: connections from these networks start with a PROXY protocol header.
+    trusted: Vec<Cidr>,
+    /// Connections refused for their PROXY protocol header, by reason: logged thinned.
+    header_refusals: Mutex<Repeats<&'static str>>,
 }
 
 impl Proxy {
@@ -87,10 +96,13 @@ impl Proxy {
             rules,
             routes: watch::Sender::new(Routes::default()),
             book: Book::new(cfg.max_sessions()),
+            trusted: cfg.proxy_protocol_from(),
+            header_refusals: Mutex::new(Repeats::new(LOG_EVERY)),
         });
         tracing::info!(
             rw = %format!("{}:{}", cfg.listen_address, cfg.rw_port),
             ro = %format!("{}:{}", cfg.listen_address, cfg.ro_port),
+            proxy_protocol_from = ?cfg.proxy_protocol_from,
             "routing proxy listening"
         );
         let _ = shared.proxy_status.set(StatusHandle { inner: inner.clone() });
@@ -106,8 +118,7 @@ impl Proxy {
 async fn route(shared: Arc<Shared>, inner: Arc<Inner>, shutdown: CancellationToken) {
     let mut feed_rx = shared.proxy_feed.subscribe();
     let mut state_rx = shared.raft.state();
-    let mut tick = tokio::time::interval(shared.settings.timings.loop_interval);
-    tick.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
+    let mut tick = vigil_raft::beat::interval(shared.settings.timings.loop_interval);
     let mut fence = Fence::default();
     let mut history = LsnHistory::default();
     let mut pool = RoPool::default();
@@ -155,6 +166,27 @@ impl StatusHandle {
         let routes = self.inner.routes.borrow().clone();
         status(&self.inner, &routes, Instant::now())
     }
+
+    /// The few numbers this member's reports carry (`pgvigil list` on any member shows them).
+    pub fn summary(&self) -> ProxySummary {
+        let routes = self.inner.routes.borrow().clone();
+        let (rw_forward, rw_hold) = match rules::rw_route(&routes.committed, &routes.fence, Instant::now()) {
+            RwRoute::Forward { member, .. } => (Some(member), None),
+            RwRoute::Hold(reason) => (None, Some(reason.as_str().to_string())),
+        };
+        let book = self.inner.book.summary();
+        ProxySummary {
+            rw_port: self.inner.cfg.rw_port,
+            ro_port: self.inner.cfg.ro_port,
+            rw_forward,
+            rw_hold,
+            ro_pool: routes.pool.members().iter().cloned().collect(),
+            sessions_rw: book.0,
+            sessions_ro: book.1,
+            queued: book.2,
+            refused: book.3,
+        }
+    }
 }
 
 /// `GET /proxy`: where new sessions go now, the read-only pool, open sessions.
@@ -194,8 +226,8 @@ async fn accept(inner: Arc<Inner>, listener: TcpListener, port: Port, shutdown: 
             r = listener.accept() => r,
         };
         match accepted {
-            Ok((client, _)) => {
-                tokio::spawn(session(inner.clone(), client, port, shutdown.clone()));
+            Ok((client, peer)) => {
+                tokio::spawn(session(inner.clone(), client, peer, port, shutdown.clone()));
             }
             Err(e) => {
                 // Out of file descriptors, for instance: say so (thinned) and breathe.
@@ -235,9 +267,16 @@ async fn connect(addr: &str, cfg: &ProxyConfig) -> anyhow::Result<TcpStream> {
 /// bytes, or the whole startup packet). An SSLRequest or GSSENCRequest is answered `N` (go on
 /// in plain text: the proxy holds no certificate) and the next packet read. A client that
 /// insists on TLS (`sslmode=require`) gives up at the `N` with its own message.
-async fn refuse_client(inner: &Inner, client: &mut TcpStream, port: Port, mut hello: Vec<u8>, why: Refused) {
+async fn refuse_client(
+    inner: &Inner,
+    client: &mut TcpStream,
+    from: SocketAddr,
+    port: Port,
+    mut hello: Vec<u8>,
+    why: Refused,
+) {
     inner.book.refused(port, why.reason());
-    tracing::debug!(port = port.name(), reason = why.reason(), "proxy: refused a session: {}", why.message());
+    tracing::debug!(port = port.name(), client = %from, reason = why.reason(), "proxy: refused a session: {}", why.message());
     let answer = async {
         // GSSENCRequest, then SSLRequest, then the startup packet, at most.
         for _ in 0..3 {
@@ -266,15 +305,25 @@ async fn refuse_client(inner: &Inner, client: &mut TcpStream, port: Port, mut he
     let _ = tokio::time::timeout(FIRST_BYTES_DEADLINE, answer).await;
 }
 
-async fn session(inner: Arc<Inner>, mut client: TcpStream, port: Port, shutdown: CancellationToken) {
+async fn session(inner: Arc<Inner>, mut client: TcpStream, peer: SocketAddr, port: Port, shutdown: CancellationToken) {
     let dead = inner.cfg.dead_peer_timeout();
     tune(&client, dead);
+    // The client's address: the peer's, or the one its PROXY protocol header carries.
+    let from = if inner.trusted.iter().any(|c| c.contains(peer.ip())) {
+        match proxy_header(&inner, &mut client, peer, port).await {
+            Some(from) => from,
+            None => return,
+        }
+    } else {
+        peer
+    };
     let mut first = [0u8; 8];
     match tokio::time::timeout(FIRST_BYTES_DEADLINE, client.read_exact(&mut first)).await {
         Ok(Ok(_)) => {}
         _ => return,
     }
     if rules::is_cancel_request(&first) {
+        tracing::debug!(port = port.name(), client = %from, "proxy: a cancel request");
         let mut rest = [0u8; 8];
         if let Ok(Ok(_)) = tokio::time::timeout(FIRST_BYTES_DEADLINE, client.read_exact(&mut rest)).await {
             let mut packet = first.to_vec();
@@ -283,12 +332,19 @@ async fn session(inner: Arc<Inner>, mut client: TcpStream, port: Port, shutdown:
         }
         return;
     }
+    if pgwire::classify(&first) == First::Bad {
+        // Not PostgreSQL's protocol (PostgreSQL would close it at once): no backend is tied up
+        // for it. This is also where a PROXY header from an untrusted address ends.
+        inner.book.refused(port, "not_postgresql");
+        tracing::debug!(port = port.name(), client = %from, "proxy: closed a connection that does not speak PostgreSQL");
+        return;
+    }
     let (backend, epoch, mut server, slot) = match port {
         Port::Rw => {
             let Some(hello) = first_message(&mut client, first).await else { return };
             let (backend, epoch, server, answer, slot) = match hold_for_primary(&inner, &hello, &shutdown).await {
                 Ok(found) => found,
-                Err(Some(why)) => return refuse_client(&inner, &mut client, port, hello, why).await,
+                Err(Some(why)) => return refuse_client(&inner, &mut client, from, port, hello, why).await,
                 Err(None) => return,
             };
             if client.write_all(&[answer]).await.is_err() {
@@ -299,7 +355,7 @@ async fn session(inner: Arc<Inner>, mut client: TcpStream, port: Port, shutdown:
         Port::Ro => {
             let (backend, epoch, mut server, slot) = match pick_standby(&inner, &shutdown).await {
                 Ok(found) => found,
-                Err(Some(why)) => return refuse_client(&inner, &mut client, port, first.to_vec(), why).await,
+                Err(Some(why)) => return refuse_client(&inner, &mut client, from, port, first.to_vec(), why).await,
                 Err(None) => return,
             };
             if server.write_all(&first).await.is_err() {
@@ -308,8 +364,8 @@ async fn session(inner: Arc<Inner>, mut client: TcpStream, port: Port, shutdown:
             (backend, epoch, server, slot)
         }
     };
-    let _ = backend;
     slot.established();
+    tracing::debug!(port = port.name(), client = %from, %backend, "proxy: session opened");
     let mut routes = inner.routes.subscribe();
     tokio::select! {
         _ = tokio::io::copy_bidirectional(&mut client, &mut server) => {}
@@ -322,6 +378,54 @@ async fn session(inner: Arc<Inner>, mut client: TcpStream, port: Port, shutdown:
             }
         }
     }
+}
+
+/// The PROXY protocol header of a connection from a trusted network, read exactly (the
+/// PostgreSQL bytes after it stay in the socket) within [`FIRST_BYTES_DEADLINE`]: the client's
+/// address it carries (the peer's own for a LOCAL or UNKNOWN header). None: refused, counted
+/// under its reason, logged (thinned); a client that sent PostgreSQL's bytes instead reads why.
+async fn proxy_header(inner: &Inner, client: &mut TcpStream, peer: SocketAddr, port: Port) -> Option<SocketAddr> {
+    let mut buf = Vec::with_capacity(64);
+    let read = async {
+        loop {
+            match proxy_header::parse(&buf) {
+                Parsed::Need(n) => {
+                    let at = buf.len();
+                    buf.resize(at + n, 0);
+                    client.read_exact(&mut buf[at..]).await?;
+                }
+                Parsed::Done { header, .. } => return Ok::<_, std::io::Error>(Ok(header)),
+                Parsed::Bad(bad) => return Ok(Err(bad)),
+            }
+        }
+    };
+    let (reason, message, bad) = match tokio::time::timeout(FIRST_BYTES_DEADLINE, read).await {
+        Ok(Ok(Ok(header))) => return Some(header.source.unwrap_or(peer)),
+        Ok(Ok(Err(bad))) => (bad.reason(), bad.message(), Some(bad)),
+        Ok(Err(e)) => ("proxy_header_incomplete", format!("the connection ended within the PROXY header ({e})"), None),
+        Err(_) => {
+            ("proxy_header_incomplete", format!("no complete PROXY header within {FIRST_BYTES_DEADLINE:?}"), None)
+        }
+    };
+    let logged = inner.header_refusals.lock().unwrap_or_else(|p| p.into_inner()).occurred(Instant::now(), reason);
+    if let Some(o) = logged {
+        tracing::warn!(
+            port = port.name(),
+            %peer,
+            reason,
+            suppressed = o.field(),
+            "proxy: refused a connection from a network of proxy.proxy_protocol_from: {message}"
+        );
+    }
+    let first: Option<[u8; 8]> = buf.get(..8).and_then(|f| f.try_into().ok());
+    match (bad, first) {
+        // PostgreSQL's first bytes instead of a header: the client reads why.
+        (Some(bad @ BadHeader::Missing), Some(first)) if pgwire::classify(&first) != First::Bad => {
+            refuse_client(inner, client, peer, port, buf, Refused::ProxyHeader(bad)).await
+        }
+        _ => inner.book.refused(port, reason),
+    }
+    None
 }
 
 /// The client's whole first message, which it sends before the server says anything: 8 bytes for
@@ -375,9 +479,13 @@ async fn hold_for_primary(
             RwRoute::Forward { member, epoch } => {
                 held = None;
                 tried = Some(member.clone());
-                match inner.book.try_reserve(Port::Rw, &member) {
+                let ticket = queue.as_ref().map(|(_, q)| q.ticket());
+                match inner.book.try_reserve(Port::Rw, &member, ticket) {
                     None => {
-                        queue.get_or_insert_with(|| (tokio::time::Instant::now(), inner.book.queue(Port::Rw, &member)));
+                        match &mut queue {
+                            Some((_, q)) => q.wait_for(&member),
+                            None => queue = Some((tokio::time::Instant::now(), inner.book.queue(Port::Rw, &member))),
+                        }
                         Wait::Slot
                     }
                     Some(slot) => {
@@ -497,11 +605,12 @@ async fn pick_standby(
         let mut freed = inner.book.freed();
         let routes = rx.borrow_and_update().clone();
         let rw = rules::rw_route(&routes.committed, &routes.fence, Instant::now());
-        let full = inner.book.full();
-        match rules::ro_route(&routes.pool, &inner.book.open_of(Port::Ro), &inner.rules, &rw, &full) {
+        let ticket = queue.as_ref().map(|(_, q)| q.ticket());
+        let closed = inner.book.closed(ticket);
+        match rules::ro_route(&routes.pool, &inner.book.open_of(Port::Ro), &inner.rules, &rw, &closed) {
             RoRoute::Forward(member) => {
                 // Another session took the last slot in between: choose again.
-                let Some(slot) = inner.book.try_reserve(Port::Ro, &member) else { continue };
+                let Some(slot) = inner.book.try_reserve(Port::Ro, &member, ticket) else { continue };
                 let addr = routes.addrs.get(&member).cloned().unwrap_or_default();
                 return match connect(&addr, &inner.cfg).await {
                     Ok(server) => Ok((member, routes.committed.epoch, server, slot)),
@@ -513,8 +622,17 @@ async fn pick_standby(
             }
             RoRoute::Refuse => return Err(Some(Refused::NoStandby)),
             RoRoute::Queue(member) => {
-                let since =
-                    queue.get_or_insert_with(|| (tokio::time::Instant::now(), inner.book.queue(Port::Ro, &member))).0;
+                let since = match &mut queue {
+                    Some((since, q)) => {
+                        q.wait_for(&member);
+                        *since
+                    }
+                    None => {
+                        let since = tokio::time::Instant::now();
+                        queue = Some((since, inner.book.queue(Port::Ro, &member)));
+                        since
+                    }
+                };
                 tokio::select! {
                     _ = shutdown.cancelled() => return Err(None),
                     _ = tokio::time::sleep_until(since + inner.cfg.queue_timeout()) => {

@@ -1,6 +1,8 @@
 //! The routing proxy's bookkeeping (`crate::proxy`): sessions per port and backend, which are
-//! also the slots of `max_sessions_per_backend`; sessions waiting for a slot; refusals by reason.
-//! The metrics mirror it, and `GET /proxy` shows it.
+//! also the slots of `max_sessions_per_backend`; sessions waiting for a slot, each with a ticket
+//! (its arrival number) so that those waiting for a backend get its slots in arrival order
+//! (`vigil_core::proxy::closed_backends`); refusals by reason. The metrics mirror it, and
+//! `GET /proxy` shows it.
 
 use std::collections::{BTreeMap, BTreeSet};
 use std::sync::{Arc, Mutex, MutexGuard};
@@ -28,6 +30,9 @@ struct Counts {
     open: BTreeMap<(Port, String), usize>,
     /// Sessions waiting for a slot now, by port.
     queued: BTreeMap<Port, usize>,
+    /// The tickets of the sessions waiting for each backend (lowest first in line).
+    waiting: BTreeMap<String, BTreeSet<u64>>,
+    next_ticket: u64,
     queued_total: BTreeMap<Port, u64>,
     refused_total: BTreeMap<(Port, &'static str), u64>,
 }
@@ -66,9 +71,11 @@ impl Book {
         all
     }
 
-    /// The backends at the limit (both ports count).
-    pub fn full(&self) -> BTreeSet<String> {
-        rules::full_backends(&Book::per_backend(&self.counts()), self.max)
+    /// The backends a session may not take a slot on now (at the limit, or an earlier queued
+    /// session waits for it); `ticket`: the session's place in the queue, if it is queued.
+    pub fn closed(&self, ticket: Option<u64>) -> BTreeSet<String> {
+        let counts = self.counts();
+        rules::closed_backends(&Book::per_backend(&counts), self.max, &counts.waiting, ticket)
     }
 
     /// Subscribe before looking for a slot, so that one given back in between is not missed.
@@ -76,10 +83,11 @@ impl Book {
         self.freed.subscribe()
     }
 
-    /// A slot on `backend` for a session of `port`, if the backend is below the limit.
-    pub fn try_reserve(self: &Arc<Self>, port: Port, backend: &str) -> Option<Slot> {
+    /// A slot on `backend` for a session of `port`, if the backend is below the limit and no
+    /// session queued before this one (`ticket`: its place, if it is queued) waits for it.
+    pub fn try_reserve(self: &Arc<Self>, port: Port, backend: &str, ticket: Option<u64>) -> Option<Slot> {
         let mut counts = self.counts();
-        if rules::full_backends(&Book::per_backend(&counts), self.max).contains(backend) {
+        if rules::closed_backends(&Book::per_backend(&counts), self.max, &counts.waiting, ticket).contains(backend) {
             return None;
         }
         *counts.open.entry((port, backend.to_string())).or_default() += 1;
@@ -87,19 +95,31 @@ impl Book {
         Some(Slot { book: self.clone(), port, backend: backend.to_string() })
     }
 
-    /// A session of `port` waits for a slot (on `backend` first) while the guard lives.
+    /// A session of `port` waits for a slot on `backend` while the guard lives; it is given
+    /// the next ticket.
     pub fn queue(self: &Arc<Self>, port: Port, backend: &str) -> Queued {
         let mut counts = self.counts();
+        let ticket = counts.next_ticket;
+        counts.next_ticket += 1;
+        counts.waiting.entry(backend.to_string()).or_default().insert(ticket);
         *counts.queued.entry(port).or_default() += 1;
         *counts.queued_total.entry(port).or_default() += 1;
         metrics::counter!("pgvigil_proxy_queued_total", &labels(port, backend)).increment(1);
         metrics::gauge!("pgvigil_proxy_queued", "port" => port.name()).increment(1.0);
-        Queued { book: self.clone(), port }
+        Queued { book: self.clone(), port, ticket, backend: backend.to_string() }
     }
 
     pub fn refused(&self, port: Port, reason: &'static str) {
         *self.counts().refused_total.entry((port, reason)).or_default() += 1;
         metrics::counter!("pgvigil_proxy_refused_total", "port" => port.name(), "reason" => reason).increment(1);
+    }
+
+    /// Open sessions on the read-write and the read-only port, queued now, refused since start.
+    pub fn summary(&self) -> (u64, u64, u64, u64) {
+        let counts = self.counts();
+        let open = |port: Port| counts.open.iter().filter(|((p, _), _)| *p == port).map(|(_, n)| *n as u64).sum();
+        let queued = counts.queued.values().map(|n| *n as u64).sum();
+        (open(Port::Rw), open(Port::Ro), queued, counts.refused_total.values().sum())
     }
 
     /// `GET /proxy`'s part: sessions, queued, refused.
@@ -164,17 +184,57 @@ impl Drop for Slot {
     }
 }
 
-/// A session waiting for a slot.
+/// A session waiting for a slot, with its ticket; it leaves the queue on drop.
 pub struct Queued {
     book: Arc<Book>,
     port: Port,
+    ticket: u64,
+    /// The backend it waits for.
+    backend: String,
+}
+
+impl Queued {
+    pub fn ticket(&self) -> u64 {
+        self.ticket
+    }
+
+    /// It waits for another backend now (a new primary, a less loaded standby), keeping its
+    /// place in arrival order.
+    pub fn wait_for(&mut self, backend: &str) {
+        if self.backend == backend {
+            return;
+        }
+        {
+            let mut counts = self.book.counts();
+            Queued::leave(&mut counts, &self.backend, self.ticket);
+            counts.waiting.entry(backend.to_string()).or_default().insert(self.ticket);
+        }
+        self.backend = backend.to_string();
+        // The next one in line for the old backend may be first now.
+        self.book.freed.send_modify(|n| *n = n.wrapping_add(1));
+    }
+
+    fn leave(counts: &mut Counts, backend: &str, ticket: u64) {
+        if let Some(tickets) = counts.waiting.get_mut(backend) {
+            tickets.remove(&ticket);
+            if tickets.is_empty() {
+                counts.waiting.remove(backend);
+            }
+        }
+    }
 }
 
 impl Drop for Queued {
     fn drop(&mut self) {
-        if let Some(n) = self.book.counts().queued.get_mut(&self.port) {
-            *n = n.saturating_sub(1);
+        {
+            let mut counts = self.book.counts();
+            if let Some(n) = counts.queued.get_mut(&self.port) {
+                *n = n.saturating_sub(1);
+            }
+            Queued::leave(&mut counts, &self.backend, self.ticket);
         }
         metrics::gauge!("pgvigil_proxy_queued", "port" => self.port.name()).decrement(1.0);
+        // The next one in line may be first now.
+        self.book.freed.send_modify(|n| *n = n.wrapping_add(1));
     }
 }

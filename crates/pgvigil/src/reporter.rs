@@ -56,7 +56,7 @@ pub(crate) async fn reporter(shared: Arc<Shared>, link: Link, shutdown: Cancella
             // While a switchover runs, the coordinator waits for the old primary's and the
             // candidate's next reports: report more often.
             let switching = state_rx.borrow().state.switchover.as_ref().is_some_and(|s| s.started);
-            next = Instant::now() + if switching { base / 5 } else { base };
+            next = vigil_raft::beat::next(if switching { base / 5 } else { base });
             let committed = shared.committed();
             let epoch = committed.epoch;
             if committed.lease_timings != compared {
@@ -111,8 +111,19 @@ async fn send_report(shared: &Shared, link: &Link, epoch: u64, lease_timeout: st
     let pg = link.status.borrow().clone();
     let tags = shared.runtime.borrow().tags.tags();
     let (pg_host, pg_port) = s.raw.postgres.as_ref().map_or((String::new(), 0), |p| (p.listen_address.clone(), p.port));
-    let report =
-        HealthReport { member: s.raw.name.clone(), kind: s.raw.kind, pg_host, pg_port, tags, pg, epoch_seen: epoch };
+    // The proxy's summary rides along for `pgvigil list` on any member (bounded: no member is
+    // asked for it while `list` waits).
+    let proxy = shared.proxy_status.get().map(|p| p.summary());
+    let report = HealthReport {
+        member: s.raw.name.clone(),
+        kind: s.raw.kind,
+        pg_host,
+        pg_port,
+        tags,
+        pg,
+        epoch_seen: epoch,
+        proxy,
+    };
     let sent_at = Instant::now();
     let status = shared.raft.status().borrow().clone();
     let ack = if status.is_leader {

@@ -106,6 +106,7 @@ mod tests {
                 ..Default::default()
             },
             epoch_seen: 1,
+            proxy: None,
         }
     }
 

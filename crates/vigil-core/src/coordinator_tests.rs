@@ -28,6 +28,7 @@ fn report(name: &str, data_dir: DataDir, running: bool, in_recovery: bool, lsn: 
             ..Default::default()
         },
         epoch_seen: 1,
+        proxy: None,
     }
 }
 

@@ -18,6 +18,8 @@
 //! - [`verify`]: the scheduled proof of restorability (restore the latest backup on a standby's
 //!   host, recover, query, `pgbackrest verify`): when it is due, which standby, its record.
 //! - [`proxy`]: the routing proxy's decisions (read-write fenced by the lease, the read-only pool).
+//! - [`proxy_header`]: the PROXY protocol header (versions 1 and 2) a load balancer may send
+//!   before a client's bytes, and the trusted networks whose connections must carry one.
 //! - [`pgwire`]: the few bits of PostgreSQL's wire protocol the proxy reads and writes (a client's
 //!   first packet, the ErrorResponse of a refused session).
 //! - [`tags`]: a member's tags (a map, carried as it is) and the typed accessors the rules read.
@@ -36,6 +38,7 @@ pub mod lease;
 pub mod pgwire;
 pub mod planted;
 pub mod proxy;
+pub mod proxy_header;
 pub mod repeats;
 pub mod report;
 pub mod request;

@@ -20,6 +20,9 @@ pub const MAX_STARTUP_LEN: usize = 10_000;
 pub const CANNOT_CONNECT_NOW: &str = "57P03";
 /// SQLSTATE `too_many_connections`: the backend is at its session limit.
 pub const TOO_MANY_CONNECTIONS: &str = "53300";
+/// SQLSTATE `protocol_violation`: a connection from a trusted network without its PROXY protocol
+/// header.
+pub const PROTOCOL_VIOLATION: &str = "08P01";
 
 /// What a client's first 8 bytes announce.
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]

@@ -324,6 +324,26 @@ pub fn full_backends(open: &BTreeMap<String, usize>, max: Option<usize>) -> BTre
     }
 }
 
+/// The backends a session may not take a slot on now: those at the limit, and those an earlier
+/// queued session waits for. `waiting` holds, per backend, the tickets (arrival numbers) of the
+/// sessions queued for it; `ticket` is this session's (None: not queued, so after all of them).
+/// So sessions waiting for a backend get its slots in the order they arrived, and a newcomer
+/// never takes a slot from under a queued one.
+pub fn closed_backends(
+    open: &BTreeMap<String, usize>,
+    max: Option<usize>,
+    waiting: &BTreeMap<String, BTreeSet<u64>>,
+    ticket: Option<u64>,
+) -> BTreeSet<String> {
+    let mut closed = full_backends(open, max);
+    for (backend, tickets) in waiting {
+        if tickets.first().is_some_and(|first| ticket.is_none_or(|t| *first < t)) {
+            closed.insert(backend.clone());
+        }
+    }
+    closed
+}
+
 /// Why the proxy refused a new session: the metric's `reason` label, and the ErrorResponse the
 /// client gets (SQLSTATE and message) instead of a bare close.
 #[derive(Clone, Debug, PartialEq, Eq)]
@@ -336,6 +356,8 @@ pub enum Refused {
     Unreachable { member: String },
     /// Every backend the session could go to stayed at `max_sessions_per_backend` for `queue_timeout`.
     Full { member: String, max: usize, waited: Duration },
+    /// A connection from a network of `proxy_protocol_from` without a valid PROXY protocol header.
+    ProxyHeader(crate::proxy_header::BadHeader),
 }
 
 impl Refused {
@@ -346,12 +368,14 @@ impl Refused {
             Refused::NoStandby => "no_standby",
             Refused::Unreachable { .. } => "backend_unreachable",
             Refused::Full { .. } => "backend_full",
+            Refused::ProxyHeader(bad) => bad.reason(),
         }
     }
 
     pub fn sqlstate(&self) -> &'static str {
         match self {
             Refused::Full { .. } => crate::pgwire::TOO_MANY_CONNECTIONS,
+            Refused::ProxyHeader(_) => crate::pgwire::PROTOCOL_VIOLATION,
             _ => crate::pgwire::CANNOT_CONNECT_NOW,
         }
     }
@@ -376,8 +400,37 @@ impl Refused {
                 "pgvigil proxy: backend {member} has {max} sessions through this proxy (proxy.max_sessions_per_backend); \
                  none freed within {waited:?} (proxy.queue_timeout)"
             ),
+            Refused::ProxyHeader(bad) => format!(
+                "pgvigil proxy: a connection from a network of proxy.proxy_protocol_from must start with a PROXY \
+                 protocol header; this one has {}",
+                bad.message()
+            ),
         }
     }
+}
+
+/// A member's routing proxy in a few numbers, carried in its reports so that `GET /cluster` on any
+/// member (and `pgvigil list`) shows every member's proxy without asking each one.
+#[derive(Clone, Debug, Default, PartialEq, Eq, serde::Serialize, serde::Deserialize)]
+pub struct ProxySummary {
+    pub rw_port: u16,
+    pub ro_port: u16,
+    /// Where new read-write sessions go (a member), if they are forwarded now.
+    #[serde(default)]
+    pub rw_forward: Option<String>,
+    /// Why they are held, if they are.
+    #[serde(default)]
+    pub rw_hold: Option<String>,
+    /// The read-only pool's members.
+    #[serde(default)]
+    pub ro_pool: Vec<String>,
+    /// Open sessions by port.
+    pub sessions_rw: u64,
+    pub sessions_ro: u64,
+    /// Sessions waiting for a slot now.
+    pub queued: u64,
+    /// Sessions refused since start, every port and reason.
+    pub refused: u64,
 }
 
 /// What the coordinator's answer to every report carries for the members' routing proxies.

@@ -218,6 +218,29 @@ fn full_backends_are_skipped_and_a_session_queues_when_all_are_full() {
 }
 
 #[test]
+fn queued_sessions_get_slots_in_arrival_order() {
+    let open: BTreeMap<String, usize> = [("p".to_string(), 1), ("s".to_string(), 0)].into();
+    let max = Some(2);
+    let set = |names: &[&str]| names.iter().map(|n| n.to_string()).collect::<BTreeSet<String>>();
+    // Tickets 3 and 5 wait for p (a slot is free: one was just given back).
+    let waiting: BTreeMap<String, BTreeSet<u64>> = [("p".to_string(), [3, 5].into())].into();
+    // The first in line may take it; the second and a newcomer may not.
+    assert_eq!(closed_backends(&open, max, &waiting, Some(3)), set(&[]));
+    assert_eq!(closed_backends(&open, max, &waiting, Some(5)), set(&["p"]));
+    assert_eq!(closed_backends(&open, max, &waiting, None), set(&["p"]));
+    // A backend nobody waits for stays open to everyone below its limit.
+    let full: BTreeMap<String, usize> = [("p".to_string(), 2), ("s".to_string(), 0)].into();
+    assert_eq!(closed_backends(&full, max, &waiting, Some(3)), set(&["p"]));
+    // An earlier session waiting for s (ticket 4, a read-only one) comes before ticket 5 there.
+    let waiting: BTreeMap<String, BTreeSet<u64>> =
+        [("p".to_string(), [3].into()), ("s".to_string(), [4, 5].into())].into();
+    assert_eq!(closed_backends(&open, max, &waiting, Some(5)), set(&["p", "s"]));
+    assert_eq!(closed_backends(&open, max, &waiting, Some(4)), set(&["p"]));
+    // No limit and nobody queued: nothing is closed.
+    assert_eq!(closed_backends(&open, None, &BTreeMap::new(), None), set(&[]));
+}
+
+#[test]
 fn refusals_carry_a_sqlstate_and_a_reason() {
     let held = Refused::Held { reason: HoldReason::NoLease, hold: Duration::from_secs(1) };
     assert_eq!((held.reason(), held.sqlstate()), ("no_lease", "57P03"));
@@ -226,6 +249,9 @@ fn refusals_carry_a_sqlstate_and_a_reason() {
     let full = Refused::Full { member: "a".into(), max: 2, waited: Duration::from_millis(500) };
     assert_eq!((full.reason(), full.sqlstate()), ("backend_full", "53300"));
     assert!(full.message().contains("max_sessions_per_backend"), "{}", full.message());
+    let header = Refused::ProxyHeader(crate::proxy_header::BadHeader::Missing);
+    assert_eq!((header.reason(), header.sqlstate()), ("proxy_header_missing", "08P01"));
+    assert!(header.message().contains("proxy_protocol_from"), "{}", header.message());
 }
 
 #[test]

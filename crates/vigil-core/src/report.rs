@@ -139,6 +139,10 @@ pub struct HealthReport {
     pub pg: PgStatus,
     /// The epoch of the committed state the agent acts on.
     pub epoch_seen: u64,
+    /// The member's routing proxy summed up, for `pgvigil list` (None: it runs none). Carried
+    /// to `GET /cluster`, never judged.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub proxy: Option<crate::proxy::ProxySummary>,
 }
 
 impl HealthReport {

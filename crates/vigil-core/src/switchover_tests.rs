@@ -38,6 +38,7 @@ fn primary_r(name: &str, lsn: u64, replicas: &[&str]) -> HealthReport {
             ..Default::default()
         },
         epoch_seen: 1,
+        proxy: None,
     }
 }
 

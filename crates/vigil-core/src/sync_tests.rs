@@ -109,6 +109,7 @@ impl World {
                 ..Default::default()
             },
             epoch_seen: self.s.epoch,
+            proxy: None,
         }
     }
 

@@ -1,6 +1,22 @@
 //! Timing settings and the rules that keep them consistent.
 
-use std::time::Duration;
+use std::time::{Duration, Instant};
+
+/// The first point of the grid `base + k * period` (k >= 1) after `now`.
+///
+/// Every periodic loop of a daemon wakes on such a grid from one process-wide base, so loops whose
+/// periods are multiples of each other (the Raft tick, the check, the report, the coordinator's
+/// round) wake the process once together instead of once each: at rest the daemon's cost is its
+/// wake-ups, not its work.
+pub fn next_beat(base: Instant, now: Instant, period: Duration) -> Instant {
+    if period.is_zero() {
+        return now;
+    }
+    let since = now.saturating_duration_since(base);
+    let k = since.as_nanos() / period.as_nanos() + 1;
+    // k * period fits: `since` is at most centuries and periods are at least a nanosecond.
+    base + period * u32::try_from(k).unwrap_or(u32::MAX)
+}
 
 #[derive(Clone, Debug, PartialEq, Eq)]
 pub struct Timings {
@@ -239,6 +255,23 @@ impl Timings {
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn beats_fall_on_the_grid_and_after_now() {
+        let base = Instant::now();
+        let p = Duration::from_millis(250);
+        assert_eq!(next_beat(base, base, p), base + p);
+        assert_eq!(next_beat(base, base + Duration::from_millis(1), p), base + p);
+        assert_eq!(next_beat(base, base + p, p), base + p * 2);
+        assert_eq!(next_beat(base, base + Duration::from_millis(1499), p), base + p * 6);
+        // A now before the base (a clock read early) still yields the first beat.
+        assert_eq!(next_beat(base + p, base, p), base + p * 2);
+        // Loops of 100 ms and 250 ms meet every 500 ms.
+        let t = base + Duration::from_millis(420);
+        assert_eq!(next_beat(base, t, Duration::from_millis(100)), base + Duration::from_millis(500));
+        assert_eq!(next_beat(base, t, p), base + Duration::from_millis(500));
+        assert_eq!(next_beat(base, t, Duration::ZERO), t);
+    }
 
     #[test]
     fn defaults_are_consistent() {

@@ -23,6 +23,7 @@
 //! RPC calls [`RaftHandle::step`].
 
 pub mod auth;
+pub mod beat;
 mod handle;
 mod node;
 mod record;

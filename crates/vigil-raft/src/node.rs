@@ -14,7 +14,6 @@ use raft::eraftpb::{ConfChange, ConfChangeV2, Entry, EntryType, Message, Message
 use raft::{RawNode, ReadOnlyOption, StateRole};
 use tokio::sync::{mpsc, oneshot, watch};
 use tokio::task::JoinHandle;
-use tokio::time::MissedTickBehavior;
 use tokio_util::sync::CancellationToken;
 use tracing::Instrument;
 
@@ -200,8 +199,7 @@ fn off_runtime<R>(f: impl FnOnce() -> R) -> R {
 
 impl<S: StateMachine> Node<S> {
     async fn run(mut self, mut rx: mpsc::Receiver<Request>, tick: Duration, shutdown: CancellationToken) {
-        let mut ticker = tokio::time::interval(tick);
-        ticker.set_missed_tick_behavior(MissedTickBehavior::Delay);
+        let mut ticker = crate::beat::interval(tick);
         loop {
             tokio::select! {
                 biased;

@@ -88,6 +88,7 @@ fn report() -> impl Strategy<Value = HealthReport> {
         pg_port,
         tags,
         pg,
+        proxy: None,
         epoch_seen,
     })
 }

@@ -13,8 +13,7 @@ const EVERY: Duration = Duration::from_secs(5);
 const REPOSITORY_EVERY: Duration = Duration::from_secs(60);
 
 pub async fn run(pgb: Arc<PgBackRest>, repo: Option<PathBuf>, shutdown: CancellationToken) {
-    let mut tick = tokio::time::interval(EVERY);
-    tick.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
+    let mut tick = vigil_raft::beat::interval(EVERY);
     let mut repo_next = Instant::now();
     loop {
         tokio::select! {

@@ -31,8 +31,7 @@ struct Job {
 pub async fn run(shared: Arc<Shared>, pgb: PgBackRest, b: BackupSettings, shutdown: CancellationToken) {
     let pgb = Arc::new(pgb);
     let mut state_rx = shared.raft.state();
-    let mut tick = tokio::time::interval(shared.settings.timings.loop_interval);
-    tick.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
+    let mut tick = vigil_raft::beat::interval(shared.settings.timings.loop_interval);
     let mut stanza_epoch: Option<u64> = None;
     let mut stanza_next_try = Instant::now();
     // Why the stanza failed last in this epoch: an assigned backup fails with it at once instead

@@ -25,8 +25,7 @@ pub fn scratch_dir(pgb: &PgBackRest) -> PathBuf {
 pub async fn run(shared: Arc<Shared>, pgb: PgBackRest, timeout: Duration, shutdown: CancellationToken) {
     let pgb = Arc::new(pgb);
     let mut state_rx = shared.raft.state();
-    let mut tick = tokio::time::interval(shared.settings.timings.loop_interval);
-    tick.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
+    let mut tick = vigil_raft::beat::interval(shared.settings.timings.loop_interval);
     let mut job: Option<(u64, tokio::task::JoinHandle<VerifyOutcome>)> = None;
     let mut finished: Option<(u64, VerifyOutcome, u64)> = None;
     let mut failed: Repeats<String> = Repeats::new(LOG_EVERY);

@@ -282,6 +282,7 @@ impl World {
             tags: vigil_core::Tags::new(),
             pg: d.status.clone(),
             epoch_seen: m.state.epoch,
+            proxy: None,
         };
         let node = &self.raft.nodes[i];
         if node.leader {
