@@ -61,8 +61,9 @@ pub fn archived_files(repo: &Path) -> Vec<String> {
     out
 }
 
+/// Whether `segment`'s push is complete (pgBackRest writes `<name>.pgbackrest.tmp` first).
 pub fn in_archive(repo: &Path, segment: &str) -> bool {
-    archived_files(repo).iter().any(|f| f.starts_with(&format!("{segment}-")))
+    archived_files(repo).iter().any(|f| f.starts_with(&format!("{segment}-")) && !f.ends_with(".pgbackrest.tmp"))
 }
 
 /// Close the current WAL segment on `member` after a write; its name.

@@ -6,7 +6,8 @@
 //!   run SQL against a member; everything is stopped and removed on drop, also on failure.
 //! - [`pgvigil_bin`]: where the daemon binary is (built by `cargo build --workspace`).
 //! - HTTP helpers on [`TestCluster`]: ask a member's API, wait for an answer, run the CLI.
-//! - [`backup`]: `[backup]` with a repository in the test's directory, its archive, recorded backups.
+//! - [`backup`]: `[backup]` with a repository in the test's directory, its archive, recorded backups;
+//!   [`backup_bench`] the backup figures on about 1 GB (`bench backup`).
 //! - [`certs`]: a CA and certificates made at test time, for clusters with TLS
 //!   ([`TestCluster::prepare_tls`]).
 //!
@@ -27,6 +28,7 @@
 //! commands) fed random and mutated inputs; property tests here, a bounded run in `bench fuzz`.
 
 pub mod backup;
+pub mod backup_bench;
 pub mod certs;
 pub mod compose;
 pub mod compose_bench;

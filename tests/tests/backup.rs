@@ -10,7 +10,7 @@ use vigil_core::EventKind;
 use vigil_tests::backup::{
     archiver, backups, in_archive, records, repo, switch_wal, wait_backup, wait_until, with_backup, CONVERGE,
 };
-use vigil_tests::{new_primary_writable, pgvigil_bin, settled, ClusterSpec, TestCluster};
+use vigil_tests::{healthy, new_primary_writable, pgvigil_bin, settled, ClusterSpec, TestCluster, View};
 
 fn log_of(t: &TestCluster, member: &str) -> String {
     std::fs::read_to_string(t.spec().state_dir(member).join("postgresql.log")).unwrap_or_default()
@@ -355,6 +355,95 @@ async fn a_deposed_primary_that_outlives_its_daemon_cannot_archive() -> anyhow::
     let _ = kill(Pid::from_raw(postmaster), Signal::SIGKILL);
     let _ = kill(Pid::from_raw(keeper), Signal::SIGKILL);
     outcome
+}
+
+/// Crash recovery of `data_dir` in single-user mode, as PostgreSQL's user: what pg_rewind does
+/// first with a crashed target. Its checkpoint may recycle the WAL before it.
+fn crash_recover_single_user(data_dir: &std::path::Path) -> anyhow::Result<()> {
+    let out = std::process::Command::new("runuser")
+        .args(["-u", "postgres", "--", "/usr/lib/postgresql/15/bin/postgres", "--single", "-F", "-D"])
+        .arg(data_dir)
+        .arg("template1")
+        .stdin(std::process::Stdio::null())
+        .output()?;
+    anyhow::ensure!(out.status.success(), "postgres --single: {}", String::from_utf8_lossy(&out.stderr));
+    Ok(())
+}
+
+/// An old primary whose pg_wal lost a segment the rewind needs (recycled after its crash
+/// recovery, here removed on purpose) is still rewound, not re-cloned: pg_rewind runs with
+/// `--restore-target-wal` and fetches the segment from the archive through the member's
+/// restore_command.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn an_old_primary_missing_wal_is_rewound_with_wal_from_the_archive() -> anyhow::Result<()> {
+    let mut t = TestCluster::prepare(2, 1, |s| with_backup(s, &[]))?;
+    t.cluster.start_all()?;
+    t.wait_for("a settled cluster with its stanza", CONVERGE, |v| settled(v) && v.state.backup.stanza_ready.is_some())
+        .await?;
+    let old = t.primary().await?;
+    let repo = repo(t.spec());
+    t.execute(&old, "CREATE TABLE items (id int primary key); CHECKPOINT").await?;
+    // Two closed segments after the checkpoint, both archived; the rewind reads from the
+    // checkpoint on.
+    let mut closed = Vec::new();
+    for i in 0..2 {
+        t.execute(&old, &format!("INSERT INTO items SELECT generate_series({i} * 1000 + 1, {i} * 1000 + 1000)"))
+            .await?;
+        closed.push(switch_wal(&t, &old).await?);
+    }
+    t.execute(&old, "INSERT INTO items SELECT generate_series(2001, 2500)").await?;
+    let needed = closed[1].clone();
+    wait_until("the closed segments in the archive", CONVERGE, || {
+        let (repo, closed) = (repo.clone(), closed.clone());
+        async move { Ok(closed.iter().all(|s| in_archive(&repo, s))) }
+    })
+    .await?;
+    let c = t.client(&old).await?;
+    let checkpoint: String =
+        c.query_one("SELECT pg_walfile_name(checkpoint_lsn) FROM pg_control_checkpoint()", &[]).await?.get(0);
+    anyhow::ensure!(checkpoint < needed, "no checkpoint after {checkpoint}: {needed} is read by the rewind");
+    for s in t.other_pg_members(&old) {
+        t.wait_rows(&s, "items", 2500, Duration::from_secs(30)).await?;
+    }
+    t.kill_host(&old);
+    let v = t.wait_for("a new writable primary", CONVERGE, |v| new_primary_writable(v, &old)).await?;
+    let new = v.state.primary.clone().context("a primary")?;
+    t.execute(&new, "CREATE TABLE after (id int); INSERT INTO after VALUES (1)").await?;
+
+    // The old primary comes back from its crash without the segment.
+    let data = t.spec().data_dir(&old);
+    crash_recover_single_user(&data)?;
+    let segment = data.join("pg_wal").join(&needed);
+    if segment.exists() {
+        std::fs::remove_file(&segment)?;
+    }
+    t.cluster.start(&old)?;
+    let v = t
+        .wait_for("the old primary rewound and streaming", CONVERGE, |v: &View| {
+            healthy(v)
+                && v.state
+                    .history
+                    .iter()
+                    .any(|e| (e.kind == EventKind::Rewind || e.kind == EventKind::Reclone) && e.member == old)
+        })
+        .await?;
+    let rejoin = v
+        .state
+        .history
+        .iter()
+        .find(|e| (e.kind == EventKind::Rewind || e.kind == EventKind::Reclone) && e.member == old);
+    let rejoin = rejoin.context("the rejoin event")?;
+    assert_eq!(rejoin.kind, EventKind::Rewind, "rewound, not re-cloned: {rejoin:?}");
+    assert!(rejoin.detail.contains("--restore-target-wal"), "{rejoin:?}");
+    // pg_rewind read the old timeline from a checkpoint before the removed segment (pgBackRest's
+    // archive-get writes no log of its own: without the archive, pg_rewind fails on the missing
+    // file and the member is re-cloned instead).
+    let log = std::fs::read_to_string(t.spec().state_dir(&old).join("pgvigil.log"))?;
+    let line = log.lines().find(|l| l.contains("rewound:")).context("the rewind's log line")?;
+    assert!(line.contains("restore_target_wal=true") && line.contains("last common checkpoint"), "{line}");
+    t.wait_rows(&old, "after", 1, Duration::from_secs(30)).await?;
+    t.wait_rows(&old, "items", 2500, Duration::from_secs(30)).await?;
+    Ok(())
 }
 
 #[test]

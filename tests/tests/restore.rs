@@ -213,6 +213,16 @@ fn gauge(metrics: &str, name: &str) -> Option<f64> {
     metrics.lines().find(|l| l.starts_with(&format!("{name} "))).and_then(|l| l.rsplit(' ').next()?.parse().ok())
 }
 
+/// The archived file of WAL `segment` (`<segment>-<sha1>[.gz]`) in the repository, once its
+/// push is complete (not pgBackRest's `.pgbackrest.tmp` while it writes).
+fn archived_path(repo: &Path, segment: &str) -> Option<std::path::PathBuf> {
+    listing(&repo.join("archive")).into_iter().map(|(p, _, _)| std::path::PathBuf::from(p)).find(|p| {
+        p.file_name()
+            .map(|n| n.to_string_lossy().into_owned())
+            .is_some_and(|n| n.starts_with(&format!("{segment}-")) && !n.ends_with(".pgbackrest.tmp"))
+    })
+}
+
 /// The largest file of a backup's copy of the data directory in the repository.
 fn largest_backup_file(repo: &Path) -> Option<std::path::PathBuf> {
     let backups = repo.join("backup").join("main");
@@ -299,13 +309,44 @@ async fn the_scheduled_verification_records_a_success_and_a_damaged_backup_as_a_
     assert!(listed.contains("Last verification: passed"), "{listed}");
     println!("{listed}");
 
+    // Damage a WAL file archived after the backup: the backup still restores and recovers (it
+    // does not need that segment), but `pgbackrest verify` reports the damage, and that decides.
+    t.execute(&p, "INSERT INTO items VALUES (10001)").await?;
+    let segment = switch_wal(&t, &p).await?;
+    let repo_dir = repo(t.spec());
+    wait_until("the segment in the archive", CONVERGE, || {
+        let (repo_dir, segment) = (repo_dir.clone(), segment.clone());
+        async move { Ok(archived_path(&repo_dir, &segment).is_some()) }
+    })
+    .await?;
+    let wal = archived_path(&repo_dir, &segment).context("the archived segment")?;
+    let original = std::fs::read(&wal)?;
+    // Between two verifications, so the next one starts after the damage.
+    wait_until("no verification running", Duration::from_secs(60), || {
+        let (t, p) = (&t, p.clone());
+        async move { Ok(backups(t, &p).await?["verifying"].is_null()) }
+    })
+    .await?;
+    let before = verifications(&backups(&t, &p).await?).iter().filter_map(|v| v["id"].as_u64()).max();
+    std::fs::write(&wal, vec![0x5a_u8; original.len().max(64)])?;
+    let wal_failed = wait_verification(&t, &p, "a failed repository verify", |v| {
+        v["id"].as_u64() > before && !v["outcome"]["error"].is_null()
+    })
+    .await?;
+    println!("after damaging {}: {wal_failed}", wal.display());
+    let error = wal_failed["outcome"]["error"].as_str().unwrap_or_default();
+    // pgBackRest 2.45 exits 0 here: its report's status says error, and that decides.
+    assert!(error.starts_with("pgbackrest verify: status error"), "pgBackRest's own verdict: {wal_failed}");
+    assert!(wal_failed["outcome"]["recovery_ms"].as_u64() > Some(0), "restored and recovered: {wal_failed}");
+    std::fs::write(&wal, &original)?;
+
     // Damage the backup: the next verification fails, and says so.
     let victim = largest_backup_file(&repo(t.spec())).context("a backup file")?;
     let len = std::fs::metadata(&victim)?.len() as usize;
     std::fs::write(&victim, vec![0x5a_u8; len.max(64)])?;
-    let last_ok = ok["id"].as_u64().context("id")?;
+    let last_failed = wal_failed["id"].as_u64().context("id")?;
     let failed = wait_verification(&t, &p, "a failed verification", |v| {
-        v["id"].as_u64() > Some(last_ok) && !v["outcome"]["error"].is_null()
+        v["id"].as_u64() > Some(last_failed) && !v["outcome"]["error"].is_null()
     })
     .await?;
     println!("after damaging {}: {failed}", victim.display());

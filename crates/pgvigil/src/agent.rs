@@ -644,8 +644,25 @@ impl Agent {
         }
         let started = Instant::now();
         let started_unix_ms = wall_ms();
-        tracing::warn!(epoch, %reason, "rejoining: rewinding from {}:{}", from.host, from.port);
-        let (method, detail) = match self.pg.rewind_from(from, slot).await {
+        // With archiving on, WAL the old primary no longer has comes from the archive, through
+        // the restore_command the member's PostgreSQL gets for standbys.
+        let restore_command = self.shared.settings.backup.as_ref().and_then(|_| {
+            let params = &self.pg.settings().start_parameters;
+            params.iter().find(|(k, v)| k == "restore_command" && !v.is_empty()).map(|(_, v)| v.clone())
+        });
+        tracing::warn!(
+            epoch,
+            %reason,
+            restore_target_wal = restore_command.is_some(),
+            "rejoining: rewinding from {}:{}",
+            from.host,
+            from.port
+        );
+        let (method, detail) = match self.pg.rewind_from(from, slot, restore_command.as_deref()).await {
+            Ok(()) if restore_command.is_some() => (
+                RejoinMethod::Rewind,
+                format!("{reason}; pg_rewind --restore-target-wal: WAL the old primary lacks comes from the archive"),
+            ),
             Ok(()) => (RejoinMethod::Rewind, reason.to_string()),
             Err(rewind_err) => {
                 tracing::warn!(epoch, "pg_rewind failed, re-cloning instead: {rewind_err:#}");

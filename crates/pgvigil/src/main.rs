@@ -143,7 +143,20 @@ fn main() -> ExitCode {
     // steal whenever two tasks become ready together (about a third of the context switches).
     // Blocking work (fsync, pg_rewind, reading big files) leaves the worker by `block_in_place`
     // or `spawn_blocking`, so one slow disk still cannot hold up the lease or the API.
-    let runtime = match tokio::runtime::Builder::new_multi_thread().worker_threads(1).enable_all().build() {
+    //
+    // Children (pg_basebackup, pg_rewind, pgbackrest) get SIGKILL when the *thread* that forked
+    // them exits (`set_parent_death_signal`). A task that ran `block_in_place` (`off_runtime`)
+    // may go on, and fork, on a thread that then belongs to the blocking pool, which ends idle
+    // threads after 10 s: a restore of 1 GB from the repository was killed that way. Threads of
+    // the blocking pool are kept for the process's life (there are few: the peak of blocking
+    // calls at once).
+    const KEEP_THREADS: std::time::Duration = std::time::Duration::from_secs(100 * 365 * 24 * 3600);
+    let runtime = match tokio::runtime::Builder::new_multi_thread()
+        .worker_threads(1)
+        .thread_keep_alive(KEEP_THREADS)
+        .enable_all()
+        .build()
+    {
         Ok(r) => r,
         Err(e) => {
             eprintln!("pgvigil: cannot start the runtime: {e}");

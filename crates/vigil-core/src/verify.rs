@@ -66,6 +66,35 @@ impl VerifyRecord {
     }
 }
 
+/// The verdict on `pgbackrest verify --output=text --verbose` (2.45 prints its report only with
+/// `--verbose` when nothing is wrong) of the repository, from what pgBackRest
+/// itself decided, never from words in its log: its exit status (anything but 0, or a signal,
+/// fails), then the `status:` of each stanza in its report (2.45 exits 0 when it found damaged
+/// files and reports `status: error`; a report without a status fails too). What it printed is
+/// only the reason given: its `ERROR` lines, or else the report (at most five lines).
+pub fn repository_verdict(code: Option<i32>, output: &str) -> Result<(), String> {
+    let lines: Vec<&str> = output.lines().map(str::trim).filter(|l| !l.is_empty()).collect();
+    let last = |ls: &[&str]| ls[ls.len().saturating_sub(5)..].join("\n");
+    if code != Some(0) {
+        let errors: Vec<&str> = lines.iter().copied().filter(|l| l.contains("ERROR:")).collect();
+        let shown = if errors.is_empty() { last(&lines) } else { last(&errors) };
+        let status = code.map_or("killed by a signal".to_string(), |c| format!("exit code {c}"));
+        return Err(if shown.is_empty() {
+            format!("pgbackrest verify: {status}")
+        } else {
+            format!("pgbackrest verify: {status}: {shown}")
+        });
+    }
+    let statuses: Vec<&str> = lines.iter().filter_map(|l| l.strip_prefix("status:")).map(str::trim).collect();
+    if statuses.is_empty() {
+        return Err(format!("pgbackrest verify: no status in its report: {}", last(&lines)));
+    }
+    if let Some(bad) = statuses.iter().find(|s| **s != "ok") {
+        return Err(format!("pgbackrest verify: status {bad}: {}", last(&lines)));
+    }
+    Ok(())
+}
+
 /// The verification part of the replicated backup state. Every field defaults.
 #[derive(Clone, Debug, Default, PartialEq, Eq, Serialize, Deserialize)]
 pub struct VerifyState {
@@ -291,6 +320,45 @@ mod tests {
             outcome: BackupOutcome { label: Some("F".into()), ..Default::default() },
         });
         b
+    }
+
+    #[test]
+    fn the_repository_is_judged_by_pgbackrests_own_verdict_not_the_words() {
+        // A pass: exit 0 and every stanza's status ok, whatever else it says (a warning about
+        // WAL that expire removed names it "missing").
+        let ok = "P00   WARN: unable to open missing file '.../000000010000000000000004-abc.gz'\n\
+                  stanza: main\nstatus: ok\n  archiveId: 15-1, total WAL checked: 2, total valid WAL: 2\n\
+                  \x20   missing: 0, checksum invalid: 0, size invalid: 0, other: 0\n\
+                  \x20 backup: 20261201-025711F, status: valid, total files checked: 964, total valid files: 964\n";
+        assert_eq!(repository_verdict(Some(0), ok), Ok(()));
+        // pgBackRest 2.45 exits 0 with a damaged file: its report's status decides.
+        let damaged =
+            "stanza: main\nstatus: error\n  archiveId: 15-1, total WAL checked: 3, total valid WAL: 2\n    other: 1\n";
+        assert_eq!(
+            repository_verdict(Some(0), damaged),
+            Err("pgbackrest verify: status error: stanza: main\nstatus: error\n\
+                 archiveId: 15-1, total WAL checked: 3, total valid WAL: 2\nother: 1"
+                .into())
+        );
+        assert_eq!(
+            repository_verdict(Some(0), "verify done\n"),
+            Err("pgbackrest verify: no status in its report: verify done".into())
+        );
+        // A non-zero exit fails even with an ok report; the reason is its ERROR lines.
+        let failed = "stanza: main\nstatus: ok\n\
+                      P00  ERROR: [028]: 1 fatal errors encountered, see log for details\n";
+        assert_eq!(
+            repository_verdict(Some(28), failed),
+            Err("pgbackrest verify: exit code 28: P00  ERROR: [028]: 1 fatal errors encountered, see log for details"
+                .into())
+        );
+        assert_eq!(repository_verdict(Some(1), "all fine\n"), Err("pgbackrest verify: exit code 1: all fine".into()));
+        assert_eq!(repository_verdict(None, ""), Err("pgbackrest verify: killed by a signal".into()));
+        let long: String = (1..=9).map(|i| format!("line {i}\n")).collect();
+        assert_eq!(
+            repository_verdict(Some(2), &long),
+            Err("pgbackrest verify: exit code 2: line 5\nline 6\nline 7\nline 8\nline 9".into())
+        );
     }
 
     fn hourly() -> VerifyPolicy {

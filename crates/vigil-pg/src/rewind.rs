@@ -19,7 +19,18 @@ impl Postgres {
     /// Works on a server that was fenced or crashed too (pg_rewind first runs crash recovery in
     /// single-user mode). Connects as the replication user, which `setup_roles` lets run `CHECKPOINT`
     /// and the functions pg_rewind needs. Ok also when no rewind was needed.
-    pub async fn rewind_from(&self, primary: &Upstream, slot: &str) -> anyhow::Result<()> {
+    ///
+    /// With `restore_command` (the member's, when WAL is archived), pg_rewind may fetch WAL this
+    /// data directory no longer has from the archive (`--restore-target-wal`). pg_rewind reads
+    /// the command from the target's configuration files (`postgres -C restore_command`), but the
+    /// daemon gives it to PostgreSQL on the command line: a configuration file that includes the
+    /// data directory's `postgresql.conf` and adds the command is passed as `--config-file`.
+    pub async fn rewind_from(
+        &self,
+        primary: &Upstream,
+        slot: &str,
+        restore_command: Option<&str>,
+    ) -> anyhow::Result<()> {
         let s = self.settings();
         let started = Instant::now();
         self.require_stopped_cluster()?;
@@ -50,14 +61,36 @@ impl Postgres {
             .arg(source)
             // Password through the environment: command lines are visible to every local user.
             .env("PGPASSWORD", &s.replication_password);
-        tool::run(cmd, "pg_rewind").await?;
+        let config = match restore_command {
+            Some(command) => {
+                let path = rewind_config_path(s);
+                let text = rewind_config(&s.data_dir.join("postgresql.conf"), command);
+                crate::datadir::write_file_atomic(&path, text.as_bytes(), 0o600, s.run_as)?;
+                cmd.arg("--restore-target-wal").arg(format!("--config-file={}", path.display()));
+                Some(path)
+            }
+            None => None,
+        };
+        let result = tool::output_and_stderr(cmd, "pg_rewind").await;
+        if let Some(path) = &config {
+            let _ = std::fs::remove_file(path);
+        }
+        let (_, said) = result?;
         let rewound = started.elapsed();
+        // Where the servers diverged and which checkpoint the rewind started from.
+        let said: Vec<&str> = said
+            .lines()
+            .filter(|l| l.contains("diverged") || l.contains("last common checkpoint") || l.contains("no rewind"))
+            .map(|l| l.trim_start_matches("pg_rewind: "))
+            .collect();
         self.configure_standby(primary, slot)?;
         tracing::info!(
             member = %s.member,
             primary = %format!("{}:{}", primary.host, primary.port),
             rewind_ms = rewound.as_millis() as u64,
-            "rewound"
+            restore_target_wal = config.is_some(),
+            "rewound: {}",
+            said.join("; ")
         );
         Ok(())
     }
@@ -125,6 +158,23 @@ impl Postgres {
     }
 }
 
+/// The configuration file pg_rewind reads for `--restore-target-wal`: beside the server's
+/// socket, outside the data directory (which pg_rewind overwrites), one per member.
+fn rewind_config_path(s: &crate::PgSettings) -> std::path::PathBuf {
+    s.socket_dir.join(format!("pgvigil-rewind-{}.conf", s.member))
+}
+
+/// The data directory's own `postgresql.conf`, then `restore_command` (PostgreSQL reads
+/// `postgresql.auto.conf` after it, as at any start).
+pub fn rewind_config(main: &std::path::Path, restore_command: &str) -> String {
+    format!(
+        "# Written by pgvigil for one pg_rewind --restore-target-wal; removed after it.\n\
+         include {}\nrestore_command = {}\n",
+        crate::conf::quote_guc(&main.display().to_string()),
+        crate::conf::quote_guc(restore_command)
+    )
+}
+
 /// Lines of a timeline history file: `parent_tli <tab> switch_lsn <tab> reason`.
 pub fn parse_history(text: &str) -> Vec<(u32, u64)> {
     text.lines()
@@ -139,6 +189,21 @@ pub fn parse_history(text: &str) -> Vec<(u32, u64)> {
 
 #[cfg(test)]
 mod tests {
+    #[test]
+    fn the_rewind_config_includes_the_servers_and_adds_the_restore_command() {
+        let text = super::rewind_config(
+            std::path::Path::new("/srv/pg1/data/postgresql.conf"),
+            "timeout 30 '/usr/bin/pgbackrest' --stanza='main' archive-get %f \"%p\"",
+        );
+        assert_eq!(
+            text.lines().skip(1).collect::<Vec<_>>(),
+            [
+                "include '/srv/pg1/data/postgresql.conf'",
+                "restore_command = 'timeout 30 ''/usr/bin/pgbackrest'' --stanza=''main'' archive-get %f \"%p\"'",
+            ]
+        );
+    }
+
     #[test]
     fn history_lines() {
         let text = "1\t0/3000158\tno recovery target specified\n\n2\t0/5000000\tx\n# junk\n";

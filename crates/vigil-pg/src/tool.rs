@@ -60,14 +60,22 @@ pub async fn run(cmd: tokio::process::Command, what: &str) -> anyhow::Result<()>
 
 /// Run `cmd` to completion and return its standard output; error (with the end of its output)
 /// unless it exits 0.
-pub async fn output(mut cmd: tokio::process::Command, what: &str) -> anyhow::Result<String> {
+pub async fn output(cmd: tokio::process::Command, what: &str) -> anyhow::Result<String> {
+    output_and_stderr(cmd, what).await.map(|(stdout, _)| stdout)
+}
+
+/// [`output`], and what it wrote to standard error (some programs report there, e.g. pg_rewind).
+pub async fn output_and_stderr(mut cmd: tokio::process::Command, what: &str) -> anyhow::Result<(String, String)> {
     let started = Instant::now();
     cmd.stdout(Stdio::piped()).stderr(Stdio::piped());
     let output = cmd.output().await.with_context(|| format!("run {what}"))?;
     let elapsed = started.elapsed();
     if output.status.success() {
         tracing::debug!(what, elapsed_ms = elapsed.as_millis() as u64, "command finished");
-        return Ok(String::from_utf8_lossy(&output.stdout).into_owned());
+        return Ok((
+            String::from_utf8_lossy(&output.stdout).into_owned(),
+            String::from_utf8_lossy(&output.stderr).into_owned(),
+        ));
     }
     let mut text = String::from_utf8_lossy(&output.stdout).into_owned();
     text.push_str(&String::from_utf8_lossy(&output.stderr));

@@ -29,7 +29,7 @@ async fn fenced_old_primary_is_rewound_and_follows() {
     b.ensure_slots(std::slice::from_ref(&slot)).await.expect("a's slot on b");
     a.stop(StopMode::Fast).await.expect("nothing left to stop");
     let t = Instant::now();
-    a.rewind_from(&upstream(&b), &slot).await.expect("rewind a from b");
+    a.rewind_from(&upstream(&b), &slot, None).await.expect("rewind a from b");
     eprintln!("TIMING rewind_from (CHECKPOINT + pg_rewind incl. crash recovery): {:?}", t.elapsed());
     assert_eq!(a.data_dir_state(), DataDirState::Standby);
 
@@ -43,6 +43,6 @@ async fn fenced_old_primary_is_rewound_and_follows() {
     assert!(has_rows(&a, "SELECT 1 FROM t WHERE id = 2").await.is_none(), "a's divergent write is gone");
     assert!(has_rows(&a, "SELECT 1 FROM t WHERE id = 1").await.is_some());
 
-    let err = a.rewind_from(&upstream(&b), &slot).await.expect_err("refused while running");
+    let err = a.rewind_from(&upstream(&b), &slot, None).await.expect_err("refused while running");
     assert!(matches!(err.downcast_ref::<PgError>(), Some(PgError::Running(_))), "{err:#}");
 }

@@ -28,6 +28,9 @@
 //! the endpoint takes flat out (20 connections, no wait, 10 s). `tls`: the cluster runs with
 //! mutual TLS between members and https on the API.
 //!
+//! `... -- backup [SCALE]`: backup figures on a pgbench database of scale SCALE (70, about 1 GB),
+//! one run each (`vigil_tests::backup_bench`; scripts/backup-bench.sh).
+//!
 //! `... -- fuzz [SECONDS] [SEED]`: the fuzz targets of `vigil_tests::fuzz` (config loader, API
 //! bodies and token, peer reports, raft messages, committed commands, snapshots), SECONDS (60)
 //! shared evenly between them, inputs from SEED (default: the clock; printed). No cluster: the
@@ -575,8 +578,9 @@ async fn main() -> anyhow::Result<()> {
             let runs = args.get(1).and_then(|s| s.parse().ok()).unwrap_or(5);
             tokio::task::spawn_blocking(move || vigil_tests::compose_bench::run(runs)).await??
         }
+        Some("backup") => vigil_tests::backup_bench::run_bench(args.get(1).and_then(|s| s.parse().ok()).unwrap_or(70)).await?,
         Some("fuzz") => fuzz(args.get(1).and_then(|s| s.parse().ok()).unwrap_or(60), args.get(2).and_then(|s| s.parse().ok()))?,
-        _ => anyhow::bail!("usage: bench failover [RUNS] | bench switchover [RUNS] | bench unattended [RUNS] | bench idle [SECONDS] | bench health [plain|tls] [SECONDS] | bench fuzz [SECONDS] [SEED] | bench docker [RUNS]"),
+        _ => anyhow::bail!("usage: bench failover [RUNS] | bench switchover [RUNS] | bench unattended [RUNS] | bench idle [SECONDS] | bench health [plain|tls] [SECONDS] | bench fuzz [SECONDS] [SEED] | bench docker [RUNS] | bench backup [SCALE]"),
     }
     Ok(())
 }

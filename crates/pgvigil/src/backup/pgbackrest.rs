@@ -107,6 +107,18 @@ impl PgBackRest {
     /// killed: `process-max` starts helpers); its standard output, or an error with the end of
     /// what it printed.
     pub async fn run(&self, args: &[&str], deadline: Duration) -> anyhow::Result<String> {
+        let what = format!("pgbackrest {}", args.first().copied().unwrap_or_default());
+        let out = self.run_output(args, deadline).await?;
+        if out.status.success() {
+            return Ok(String::from_utf8_lossy(&out.stdout).into_owned());
+        }
+        anyhow::bail!("{what} failed ({}): {}", out.status, vigil_pg::tool::tail(output_text(&out).trim(), 5))
+    }
+
+    /// Run `pgbackrest <args>` as [`Self::run`] does, and return how it exited and what it
+    /// printed, for a caller that judges the exit status itself. An error only when it could not
+    /// run or did not finish within `deadline` (then killed).
+    pub async fn run_output(&self, args: &[&str], deadline: Duration) -> anyhow::Result<std::process::Output> {
         let mut cmd = tokio::process::Command::new(&self.program);
         cmd.arg(format!("--config={}", self.config.display())).arg(format!("--stanza={}", self.stanza)).args(args);
         vigil_pg::tool::scrub_env(cmd.as_std_mut());
@@ -122,15 +134,7 @@ impl PgBackRest {
         let child = cmd.spawn().with_context(|| format!("run {} (backup.pgbackrest)", self.program.display()))?;
         let pgid = child.id();
         match tokio::time::timeout(deadline, child.wait_with_output()).await {
-            Ok(out) => {
-                let out = out.with_context(|| format!("wait for {what}"))?;
-                if out.status.success() {
-                    return Ok(String::from_utf8_lossy(&out.stdout).into_owned());
-                }
-                let mut text = String::from_utf8_lossy(&out.stdout).into_owned();
-                text.push_str(&String::from_utf8_lossy(&out.stderr));
-                anyhow::bail!("{what} failed ({}): {}", out.status, vigil_pg::tool::tail(text.trim(), 5))
-            }
+            Ok(out) => out.with_context(|| format!("wait for {what}")),
             Err(_) => {
                 if let Some(pid) = pgid {
                     let _ = nix::sys::signal::killpg(nix::unistd::Pid::from_raw(pid as i32), nix::sys::signal::SIGKILL);
@@ -145,6 +149,13 @@ impl PgBackRest {
         let text = self.run(&["info", "--output=json"], Duration::from_secs(30)).await?;
         serde_json::from_str(&text).context("pgbackrest info: not JSON")
     }
+}
+
+/// What a finished command printed: its standard output, then its standard error.
+pub fn output_text(out: &std::process::Output) -> String {
+    let mut text = String::from_utf8_lossy(&out.stdout).into_owned();
+    text.push_str(&String::from_utf8_lossy(&out.stderr));
+    text
 }
 
 /// The newest backup of `info` (pgBackRest's JSON, one stanza) as an outcome.

@@ -135,22 +135,15 @@ async fn verify_in(pgb: &PgBackRest, scratch: &Path, timeout: Duration, o: &mut 
 
     let t = Instant::now();
     let left = timeout.saturating_sub(started.elapsed()).max(Duration::from_secs(30));
-    let out = pgb.run(&["verify", "--log-level-console=warn"], left).await?;
+    let out = pgb.run_output(&["verify", "--output=text", "--verbose", "--log-level-console=warn"], left).await?;
     o.verify_ms = t.elapsed().as_millis() as u64;
-    if let Some(problem) = verify_problem(&out) {
-        anyhow::bail!("pgbackrest verify: {problem}");
+    // pgBackRest's own verdict decides (exit status, then its report's status); what it printed
+    // is the reason. Its warnings on a pass are logged.
+    let text = super::pgbackrest::output_text(&out);
+    vigil_core::verify::repository_verdict(out.status.code(), &text).map_err(anyhow::Error::msg)?;
+    let warnings: Vec<&str> = text.lines().filter(|l| l.contains("WARN:")).collect();
+    if !warnings.is_empty() {
+        tracing::warn!("pgbackrest verify passed with warnings: {}", vigil_pg::tool::tail(&warnings.join("\n"), 5));
     }
     Ok(())
-}
-
-/// A problem `pgbackrest verify` printed (it may exit 0 with errors listed).
-pub fn verify_problem(out: &str) -> Option<String> {
-    let bad: Vec<&str> = out
-        .lines()
-        .filter(|l| {
-            let l = l.to_ascii_lowercase();
-            l.contains("error") || l.contains("invalid") || l.contains("missing")
-        })
-        .collect();
-    (!bad.is_empty()).then(|| vigil_pg::tool::tail(&bad.join("\n"), 5))
 }
