@@ -784,6 +784,29 @@ impl Agent {
     }
 }
 
-fn first_line(s: &str) -> &str {
-    s.lines().next().unwrap_or_default()
+/// An error in one line for the history: its first line, and when a tool's output follows (`pg_rewind
+/// failed (exit status: 1):` and then what pg_rewind printed), the last line of that output, where
+/// the tools say why.
+fn first_line(s: &str) -> String {
+    let mut lines = s.lines().map(str::trim).filter(|l| !l.is_empty());
+    let first = lines.next().unwrap_or_default();
+    match lines.last() {
+        Some(why) if first.ends_with(':') => format!("{first} {why}"),
+        _ => first.to_string(),
+    }
+}
+
+#[cfg(test)]
+mod first_line_tests {
+    use super::first_line;
+
+    #[test]
+    fn a_tools_failure_keeps_its_reason() {
+        let err =
+            "pg_rewind failed (exit status: 1):\npg_rewind: servers diverged\n\npg_rewind: error: could not find WAL\n";
+        assert_eq!(first_line(err), "pg_rewind failed (exit status: 1): pg_rewind: error: could not find WAL");
+        assert_eq!(first_line("clone: no space left\ncaused by: x"), "clone: no space left");
+        assert_eq!(first_line("failed (exit status: 1):"), "failed (exit status: 1):");
+        assert_eq!(first_line(""), "");
+    }
 }
