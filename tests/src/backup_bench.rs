@@ -286,17 +286,22 @@ fn archive_gap(repo: &Path, old_tli: u32, new_tli: u32, switch: u64) -> (usize, 
     (missing.len(), format!("{range}; missing {names:?}"))
 }
 
-async fn failover_under_load(mut b: Bench) -> anyhow::Result<String> {
-    let port = b.port(&b.primary);
-    let mut load = tokio::process::Command::new(format!("{PG_BIN}/pgbench"))
-        .args(["-h", "127.0.0.1", "-p", &port, "-U", "postgres", "-n", "-N", "-c", "4", "-j", "2", "-T", "600"])
+/// `pgbench -N` with 4 clients against `port` for up to 10 minutes, killed when dropped.
+fn write_load(b: &Bench, port: &str) -> anyhow::Result<tokio::process::Child> {
+    Ok(tokio::process::Command::new(format!("{PG_BIN}/pgbench"))
+        .args(["-h", "127.0.0.1", "-p", port, "-U", "postgres", "-n", "-N", "-c", "4", "-j", "2", "-T", "600"])
         .arg("postgres")
         .env("PGPASSWORD", &b.password)
         .stdin(Stdio::null())
         .stdout(Stdio::null())
         .stderr(Stdio::null())
         .kill_on_drop(true)
-        .spawn()?;
+        .spawn()?)
+}
+
+async fn failover_under_load(mut b: Bench) -> anyhow::Result<String> {
+    let port = b.port(&b.primary);
+    let mut load = write_load(&b, &port)?;
     // Let the load run: the archive is behind by whatever the primary has not pushed yet.
     tokio::time::sleep(Duration::from_secs(15)).await;
     let c = b.t.client(&b.primary).await?;
@@ -335,15 +340,7 @@ async fn failover_under_load(mut b: Bench) -> anyhow::Result<String> {
     }
     // Writes on the new primary until a segment of its timeline is in the archive.
     let new_port = b.port(&new);
-    let mut load = tokio::process::Command::new(format!("{PG_BIN}/pgbench"))
-        .args(["-h", "127.0.0.1", "-p", &new_port, "-U", "postgres", "-n", "-N", "-c", "4", "-j", "2", "-T", "600"])
-        .arg("postgres")
-        .env("PGPASSWORD", &b.password)
-        .stdin(Stdio::null())
-        .stdout(Stdio::null())
-        .stderr(Stdio::null())
-        .kill_on_drop(true)
-        .spawn()?;
+    let mut load = write_load(&b, &new_port)?;
     let repo = repo(b.t.spec());
     let new_segment = wait_until("a segment of the new timeline in the archive", Duration::from_secs(600), || {
         let repo = repo.clone();
