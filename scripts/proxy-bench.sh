@@ -17,7 +17,9 @@
 # largest gap between acknowledged writes and the acknowledged rows missing on the final primary.
 #
 # Env: PGVIGIL_BIN (default target/release/pgvigil, built if missing), SCALE (pgbench -s, 10),
-# CLIENTS (16), THREADS (2), HAPROXY (haproxy). Needs root (the demo runs PostgreSQL as
+# CLIENTS (16), THREADS (2), HAPROXY (haproxy), PIN=1 (PostgreSQL and pgbench on CPU 0, the
+# daemons and HAProxy on CPU 1: the proxies' own cost without their competing for pgbench's and
+# the backends' core; needs 2 CPUs). Needs root (the demo runs PostgreSQL as
 # `postgres`), PostgreSQL 15, pgbench and haproxy (apt-get install postgresql haproxy).
 set -euo pipefail
 cd "$(dirname "$0")/.."
@@ -117,6 +119,15 @@ for line in "${members[@]}"; do
 done
 "$HAPROXY" -f "$work/haproxy.cfg" -db >"$work/haproxy.log" 2>&1 &
 haproxy_pid=$!
+PIN=${PIN:-0}
+run_pgbench=("$PGBENCH")
+if [[ $PIN == 1 ]]; then
+    # Every thread of every daemon and of HAProxy on CPU 1; each postmaster (its backends inherit
+    # it) and pgbench on CPU 0.
+    for pid in $(pgrep -f "run --config $work/demo/") "$haproxy_pid"; do taskset -a -p -c 1 "$pid" >/dev/null; done
+    for pidfile in "$work"/demo/*/pgdata/postmaster.pid; do taskset -a -p -c 0 "$(head -1 "$pidfile")" >/dev/null; done
+    run_pgbench=(taskset -c 0 "$PGBENCH")
+fi
 for _ in $(seq 1 100); do
     "$PSQL" -X -At -p "$ha_port" -c "SELECT 1" >/dev/null 2>&1 && break
     sleep 0.2
@@ -222,7 +233,7 @@ p99() {
     cat "$@" | awk '{print $3}' | sort -n | awk '{a[NR]=$1} END {if (NR==0) {print "-"; exit} i=int(NR*0.99); if (i<1) i=1; printf "%.2f", a[i]/1000}'
 }
 
-echo "pgbench -c $CLIENTS -j $THREADS -T $SECONDS_PER_RUN, scale $SCALE, $(nproc) cores; $("$BIN" --version 2>/dev/null || echo "$BIN"), $("$HAPROXY" -v | head -1 | awk '{print $1, $3}')"
+echo "pgbench -c $CLIENTS -j $THREADS -T $SECONDS_PER_RUN, scale $SCALE, $(nproc) cores, PIN=$PIN; $("$BIN" --version 2>/dev/null || echo "$BIN"), $("$HAPROXY" -v | head -1 | awk '{print $1, $3}')"
 echo "| workload | connections | target | TPS | p99 latency (ms) | vs direct |"
 echo "|---|---|---|---|---|---|"
 for workload in select-only simple-update; do
@@ -239,7 +250,7 @@ for workload in select-only simple-update; do
             logdir="$work/log-$workload-$conn-$target"
             mkdir -p "$logdir"
             # shellcheck disable=SC2086
-            out=$("$PGBENCH" -n $flag $cflag -c "$CLIENTS" -j "$THREADS" -T "$SECONDS_PER_RUN" -p "$port" \
+            out=$("${run_pgbench[@]}" -n $flag $cflag -c "$CLIENTS" -j "$THREADS" -T "$SECONDS_PER_RUN" -p "$port" \
                 -l --log-prefix="$logdir/tx" 2>&1) || { echo "$out" >&2; exit 1; }
             tps=$(grep -m1 -E '^tps = ' <<<"$out" | awk '{print $3}')
             tps=$(printf '%.0f' "$tps")
