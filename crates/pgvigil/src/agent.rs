@@ -790,7 +790,7 @@ impl Agent {
 fn first_line(s: &str) -> String {
     let mut lines = s.lines().map(str::trim).filter(|l| !l.is_empty());
     let first = lines.next().unwrap_or_default();
-    match lines.last() {
+    match lines.next_back() {
         Some(why) if first.ends_with(':') => format!("{first} {why}"),
         _ => first.to_string(),
     }
