@@ -104,15 +104,28 @@ pub async fn wait_backup(
     what: &str,
     pick: impl Fn(&Value) -> bool,
 ) -> anyhow::Result<Value> {
-    let deadline = Instant::now() + CONVERGE;
+    wait_recorded(t, member, what, CONVERGE, records, pick).await
+}
+
+/// Wait (at most `timeout`) until one of the entries `list` takes from `GET /backups` on `member`
+/// is one that `pick` accepts.
+pub async fn wait_recorded(
+    t: &TestCluster,
+    member: &str,
+    what: &str,
+    timeout: Duration,
+    list: fn(&Value) -> Vec<Value>,
+    pick: impl Fn(&Value) -> bool,
+) -> anyhow::Result<Value> {
+    let deadline = Instant::now() + timeout;
     loop {
         if let Ok(b) = backups(t, member).await {
-            if let Some(r) = records(&b).into_iter().find(|r| pick(r)) {
+            if let Some(r) = list(&b).into_iter().find(|r| pick(r)) {
                 return Ok(r);
             }
         }
         if Instant::now() >= deadline {
-            anyhow::bail!("{what}: not recorded within {CONVERGE:?}: {:?}", backups(t, member).await);
+            anyhow::bail!("{what}: not recorded within {timeout:?}: {:?}", backups(t, member).await);
         }
         tokio::time::sleep(Duration::from_millis(250)).await;
     }

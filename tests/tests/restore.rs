@@ -9,7 +9,7 @@ use anyhow::Context;
 use serde_json::Value;
 use std::path::Path;
 use std::time::{Duration, Instant};
-use vigil_tests::backup::{backups, in_archive, repo, switch_wal, wait_until, with_backup, CONVERGE};
+use vigil_tests::backup::{backups, in_archive, repo, switch_wal, wait_recorded, wait_until, with_backup, CONVERGE};
 use vigil_tests::{settled, TestCluster};
 
 /// Every file under `dir` with its size and modification time.
@@ -195,18 +195,7 @@ async fn wait_verification(
     what: &str,
     pick: impl Fn(&Value) -> bool,
 ) -> anyhow::Result<Value> {
-    let deadline = Instant::now() + Duration::from_secs(180);
-    loop {
-        if let Ok(b) = backups(t, member).await {
-            if let Some(v) = verifications(&b).into_iter().find(|v| pick(v)) {
-                return Ok(v);
-            }
-        }
-        if Instant::now() >= deadline {
-            anyhow::bail!("{what}: not recorded within 180 s: {:?}", backups(t, member).await);
-        }
-        tokio::time::sleep(Duration::from_millis(250)).await;
-    }
+    wait_recorded(t, member, what, Duration::from_secs(180), verifications, pick).await
 }
 
 fn gauge(metrics: &str, name: &str) -> Option<f64> {
