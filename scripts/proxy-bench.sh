@@ -17,7 +17,8 @@
 # largest gap between acknowledged writes and the acknowledged rows missing on the final primary.
 #
 # Env: PGVIGIL_BIN (default target/release/pgvigil, built if missing), SCALE (pgbench -s, 10),
-# CLIENTS (16), THREADS (2), HAPROXY (haproxy), PIN=1 (PostgreSQL and pgbench on CPU 0, the
+# CLIENTS (16), THREADS (2), HAPROXY (haproxy), ROUNDS (1: runs of each target, interleaved, the
+# median reported), PIN=1 (PostgreSQL and pgbench on CPU 0, the
 # daemons and HAProxy on CPU 1: the proxies' own cost without their competing for pgbench's and
 # the backends' core; needs 2 CPUs). Needs root (the demo runs PostgreSQL as
 # `postgres`), PostgreSQL 15, pgbench and haproxy (apt-get install postgresql haproxy).
@@ -34,6 +35,7 @@ SCALE=${SCALE:-10}
 CLIENTS=${CLIENTS:-16}
 THREADS=${THREADS:-2}
 HAPROXY=${HAPROXY:-haproxy}
+ROUNDS=${ROUNDS:-1}
 BIN=${PGVIGIL_BIN:-target/release/pgvigil}
 PGBENCH=/usr/lib/postgresql/15/bin/pgbench
 PSQL=/usr/lib/postgresql/15/bin/psql
@@ -233,31 +235,59 @@ p99() {
     cat "$@" | awk '{print $3}' | sort -n | awk '{a[NR]=$1} END {if (NR==0) {print "-"; exit} i=int(NR*0.99); if (i<1) i=1; printf "%.2f", a[i]/1000}'
 }
 
-echo "pgbench -c $CLIENTS -j $THREADS -T $SECONDS_PER_RUN, scale $SCALE, $(nproc) cores, PIN=$PIN; $("$BIN" --version 2>/dev/null || echo "$BIN"), $("$HAPROXY" -v | head -1 | awk '{print $1, $3}')"
-echo "| workload | connections | target | TPS | p99 latency (ms) | vs direct |"
-echo "|---|---|---|---|---|---|"
+# CPU time (user + system, in clock ticks) of process $1 and its threads so far.
+cpu_ticks() {
+    awk '{print $14 + $15}' "/proc/$1/stat"
+}
+# The median of the numbers on standard input.
+median() {
+    sort -n | awk '{a[NR]=$1} END {if (NR==0) {print "-"; exit} print (NR%2 ? a[(NR+1)/2] : (a[NR/2]+a[NR/2+1])/2)}'
+}
+primary_name=$(for line in "${members[@]}"; do
+    if [[ "$(sed -E 's/.*port=([0-9]+) user.*/\1/' <<<"$line")" == "$primary_pg" ]]; then awk '{print $1}' <<<"$line"; fi
+done)
+daemon_pid=$(pgrep -f "run --config $work/demo/$primary_name/pgvigil.toml" | head -1)
+clk_tck=$(getconf CLK_TCK)
+
+echo "pgbench -c $CLIENTS -j $THREADS -T $SECONDS_PER_RUN, scale $SCALE, $(nproc) cores, PIN=$PIN, ROUNDS=$ROUNDS; $("$BIN" --version 2>/dev/null || echo "$BIN"), $("$HAPROXY" -v | head -1 | awk '{print $1, $3}')"
+echo "TPS: the median of $ROUNDS rounds (each round runs direct, proxy, haproxy one after another); p99 over every round's transactions;"
+echo "CPU/tx: the routing process's CPU time (user + system, whole process: pgvigil's daemon or HAProxy) over its transactions, median of the rounds."
+echo "| workload | connections | target | TPS | p99 latency (ms) | vs direct | CPU/tx (us) |"
+echo "|---|---|---|---|---|---|---|"
 for workload in select-only simple-update; do
     flag=$([[ $workload == select-only ]] && echo -S || echo -N)
     for conn in persistent new; do
         cflag=$([[ $conn == new ]] && echo -C || echo "")
-        direct_tps=""
         for target in direct proxy haproxy; do
-            case $target in
-                direct) port=$primary_pg ;;
-                proxy) port=$primary_proxy ;;
-                haproxy) port=$ha_port ;;
-            esac
-            logdir="$work/log-$workload-$conn-$target"
-            mkdir -p "$logdir"
-            # shellcheck disable=SC2086
-            out=$("${run_pgbench[@]}" -n $flag $cflag -c "$CLIENTS" -j "$THREADS" -T "$SECONDS_PER_RUN" -p "$port" \
-                -l --log-prefix="$logdir/tx" 2>&1) || { echo "$out" >&2; exit 1; }
-            tps=$(grep -m1 -E '^tps = ' <<<"$out" | awk '{print $3}')
-            tps=$(printf '%.0f' "$tps")
-            [[ $target == direct ]] && direct_tps=$tps
+            rm -rf "$work/log-$target" "$work/tps-$target" "$work/cpu-$target"
+            mkdir -p "$work/log-$target"
+        done
+        for round in $(seq 1 "$ROUNDS"); do
+            for target in direct proxy haproxy; do
+                case $target in
+                    direct) port=$primary_pg pid="" ;;
+                    proxy) port=$primary_proxy pid=$daemon_pid ;;
+                    haproxy) port=$ha_port pid=$haproxy_pid ;;
+                esac
+                [[ -n "$pid" ]] && c0=$(cpu_ticks "$pid")
+                # shellcheck disable=SC2086
+                out=$("${run_pgbench[@]}" -n $flag $cflag -c "$CLIENTS" -j "$THREADS" -T "$SECONDS_PER_RUN" -p "$port" \
+                    -l --log-prefix="$work/log-$target/r$round" 2>&1) || { echo "$out" >&2; exit 1; }
+                tps=$(grep -m1 -E '^tps = ' <<<"$out" | awk '{print $3}')
+                echo "$tps" >>"$work/tps-$target"
+                if [[ -n "$pid" ]]; then
+                    c1=$(cpu_ticks "$pid")
+                    tx=$(grep -m1 -E 'number of transactions actually processed' <<<"$out" | awk '{print $NF}')
+                    awk -v c=$((c1 - c0)) -v t="$tx" -v hz="$clk_tck" 'BEGIN {printf "%.1f\n", 1e6 * c / hz / t}' >>"$work/cpu-$target"
+                fi
+            done
+        done
+        direct_tps=$(median <"$work/tps-direct")
+        for target in direct proxy haproxy; do
+            tps=$(median <"$work/tps-$target")
             ratio=$(awk -v a="$tps" -v b="$direct_tps" 'BEGIN {printf "%.0f %%", 100*a/b}')
-            echo "| $workload | $conn | $target | $tps | $(p99 "$logdir"/tx*) | $ratio |"
-            rm -rf "$logdir"
+            cpu=$([[ $target == direct ]] && echo "-" || median <"$work/cpu-$target")
+            echo "| $workload | $conn | $target | $(printf '%.0f' "$tps") | $(p99 "$work/log-$target"/r*) | $ratio | $cpu |"
         done
     done
 done

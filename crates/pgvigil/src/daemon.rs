@@ -167,6 +167,7 @@ pub async fn run(settings: Settings, shutdown: CancellationToken) -> anyhow::Res
         tick: t.raft_tick,
         election_ticks: t.election_ticks as usize,
         heartbeat_ticks: t.heartbeat_ticks as usize,
+        follower_wake: t.follower_wake(),
         snapshot_threshold: 1000,
     };
     let raft_token = CancellationToken::new();

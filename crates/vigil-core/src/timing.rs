@@ -18,6 +18,27 @@ pub fn next_beat(base: Instant, now: Instant, period: Duration) -> Instant {
     base + period * u32::try_from(k).unwrap_or(u32::MAX)
 }
 
+/// How many periodic ticks of `tick` fell due between `last` (the grid point of the last one
+/// counted) and `now`, at most `cap`, and the grid point to count the next ones from.
+///
+/// A Raft follower that hears its leader counts its ticks in batches, waking with the check and
+/// report loop instead of every tick: its election timer only runs late, never early. The cap
+/// keeps what a stalled process does as it was (missed ticks are lost, not replayed at once, so a
+/// daemon that was stopped for seconds does not start an election the moment it runs again).
+pub fn ticks_due(last: Instant, now: Instant, tick: Duration, cap: u32) -> (u32, Instant) {
+    if tick.is_zero() || now <= last {
+        return (0, last);
+    }
+    let due = now.duration_since(last).as_nanos() / tick.as_nanos();
+    let n = u32::try_from(due).unwrap_or(u32::MAX);
+    if n > cap {
+        // Lost ticks: count on from the latest grid point, as a skipped interval does.
+        (cap, last + tick * n)
+    } else {
+        (n, last + tick * n)
+    }
+}
+
 #[derive(Clone, Debug, PartialEq, Eq)]
 pub struct Timings {
     /// How often an agent observes PostgreSQL and reports, and the coordinator decides.
@@ -159,6 +180,15 @@ impl Timings {
         self.raft_tick * self.election_ticks
     }
 
+    /// How often a Raft follower that hears its leader wakes to count its ticks
+    /// ([`ticks_due`]): with the check and report loop, when its slowest election, one loop
+    /// late, still ends before the primary's lease (the rule `validate` holds for every tick);
+    /// else `None`, every tick.
+    pub fn follower_wake(&self) -> Option<Duration> {
+        (self.loop_interval > self.raft_tick && self.election_timeout() * 2 + self.loop_interval < self.lease_timeout)
+            .then_some(self.loop_interval)
+    }
+
     pub fn validate(&self) -> Result<(), TimingError> {
         let err = |key, message: String| Err(TimingError { key, with: &[], message });
         let rel = |key, with, message: String| Err(TimingError { key, with, message });
@@ -255,6 +285,42 @@ impl Timings {
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn followers_batch_ticks_only_when_a_late_election_still_fits_the_lease() {
+        let d = Timings::default();
+        // Defaults: elections in [0.5, 1) s, one 250 ms loop late, still inside the 2 s lease.
+        assert_eq!(d.follower_wake(), Some(d.loop_interval));
+        let slow = Timings {
+            loop_interval: Duration::from_millis(500),
+            raft_tick: Duration::from_millis(200),
+            election_ticks: 4,
+            ..d.clone()
+        };
+        // 1.6 s + 0.5 s is past the lease: every tick.
+        assert_eq!(slow.follower_wake(), None);
+        let fast_loop = Timings { loop_interval: Duration::from_millis(50), ..d };
+        assert_eq!(fast_loop.follower_wake(), None);
+    }
+
+    #[test]
+    fn ticks_are_counted_in_batches_and_a_stall_loses_them() {
+        let t0 = Instant::now();
+        let tick = Duration::from_millis(100);
+        let ms = Duration::from_millis;
+        // A follower woken on a 250 ms loop: 2, then 3 ticks, the rate kept on average.
+        assert_eq!(ticks_due(t0, t0 + ms(250), tick, 3), (2, t0 + ms(200)));
+        assert_eq!(ticks_due(t0 + ms(200), t0 + ms(500), tick, 3), (3, t0 + ms(500)));
+        // Early or on time: nothing or one.
+        assert_eq!(ticks_due(t0, t0 + ms(99), tick, 3), (0, t0));
+        assert_eq!(ticks_due(t0, t0, tick, 3), (0, t0));
+        assert_eq!(ticks_due(t0 + ms(5), t0, tick, 3), (0, t0 + ms(5)));
+        assert_eq!(ticks_due(t0, t0 + ms(100), tick, 1), (1, t0 + ms(100)));
+        // Stalled for 2 s: at most the cap, and the count goes on from the last grid point.
+        assert_eq!(ticks_due(t0, t0 + ms(2050), tick, 1), (1, t0 + ms(2000)));
+        assert_eq!(ticks_due(t0, t0 + ms(2050), tick, 3), (3, t0 + ms(2000)));
+        assert_eq!(ticks_due(t0, t0 + ms(2050), Duration::ZERO, 3), (0, t0));
+    }
 
     #[test]
     fn beats_fall_on_the_grid_and_after_now() {

@@ -80,6 +80,11 @@ pub struct RaftConfig {
     pub election_ticks: usize,
     /// e.g. 2.
     pub heartbeat_ticks: usize,
+    /// A follower that hears its leader wakes every `follower_wake` (on the process's grid, with
+    /// the daemon's other loops) and counts the ticks that fell due, instead of waking every
+    /// tick: at rest most of a follower's wake-ups were its ticks. Its elections then start up to
+    /// one `follower_wake` late, never early. `None`: every tick, in every role.
+    pub follower_wake: Option<Duration>,
     /// Take a snapshot and compact the log after this many applied entries since the last one
     /// (e.g. 1000). 0 disables compaction.
     pub snapshot_threshold: u64,

@@ -94,7 +94,7 @@ pub async fn start<S: StateMachine>(
         state_dirty: false,
         replies: Vec::new(),
     };
-    let join = tokio::spawn(node.run(rx, cfg.tick, shutdown).instrument(span));
+    let join = tokio::spawn(node.run(rx, cfg.tick, cfg.follower_wake, shutdown).instrument(span));
     let peers = Arc::new(cfg.peers.keys().copied().collect());
     Ok((RaftHandle { id: cfg.id, peers, names: cfg.names, tx, status, state }, join))
 }
@@ -198,16 +198,40 @@ fn off_runtime<R>(f: impl FnOnce() -> R) -> R {
 }
 
 impl<S: StateMachine> Node<S> {
-    async fn run(mut self, mut rx: mpsc::Receiver<Request>, tick: Duration, shutdown: CancellationToken) {
-        let mut ticker = crate::beat::interval(tick);
+    async fn run(
+        mut self,
+        mut rx: mpsc::Receiver<Request>,
+        tick: Duration,
+        follower_wake: Option<Duration>,
+        shutdown: CancellationToken,
+    ) {
+        // The grid point of the last tick counted, and the next wake-up.
+        let mut last_tick = std::time::Instant::now();
+        let wake = tokio::time::sleep_until(crate::beat::next(tick).into());
+        tokio::pin!(wake);
+        // The wake-up set is a follower's batch (up to `follower_wake` away).
+        let mut batching = false;
         loop {
             tokio::select! {
                 biased;
                 _ = shutdown.cancelled() => break,
-                _ = ticker.tick() => {
-                    self.raw.tick();
+                _ = &mut wake => {
+                    let now = std::time::Instant::now();
+                    let batch = follower_wake.filter(|_| self.hears_a_leader());
+                    // Leaders and candidates tick once per wake as before (a late wake loses
+                    // ticks); a batching follower counts up to one wake's worth.
+                    let cap = batch.map_or(1, |w| w.as_nanos().div_ceil(tick.as_nanos().max(1)).max(1) as u32);
+                    let (n, counted) = vigil_core::timing::ticks_due(last_tick, now, tick, cap);
+                    last_tick = counted;
+                    for _ in 0..n {
+                        self.raw.tick();
+                    }
+                    // A tick may have made this node a candidate: then it ticks every tick again.
+                    let period = follower_wake.filter(|_| self.hears_a_leader());
+                    batching = period.is_some();
+                    wake.as_mut().reset(crate::beat::next(period.unwrap_or(tick)).into());
                     self.forget_abandoned();
-                    self.transport.expire(std::time::Instant::now());
+                    self.transport.expire(now);
                 }
                 req = rx.recv() => {
                     // Unreachable while we hold a sender (the transport's), but be total.
@@ -224,6 +248,12 @@ impl<S: StateMachine> Node<S> {
             if let Err(e) = self.on_ready() {
                 tracing::error!(error = %format!("{e:#}"), "raft node stopped: storage or state failure");
                 break;
+            }
+            if batching && !self.hears_a_leader() {
+                // Leadership moved (a transfer made this node campaign, or its leader stepped
+                // down): tick every tick from the next one, not at the end of the batch.
+                batching = false;
+                wake.as_mut().reset(crate::beat::next(tick).into());
             }
         }
         // Nobody may go on believing this node leads.
@@ -252,6 +282,11 @@ impl<S: StateMachine> Node<S> {
             // Stale or foreign messages (e.g. from a removed peer): raft-rs copes by ignoring.
             tracing::debug!(error = %e, "raft message not stepped");
         }
+    }
+
+    /// A follower that knows its leader: its only use of ticks is the election timer.
+    fn hears_a_leader(&self) -> bool {
+        self.raw.raft.state == StateRole::Follower && self.raw.raft.leader_id != 0
     }
 
     fn not_leader(&self) -> Option<RaftError> {

@@ -261,6 +261,7 @@ pub async fn spawn_member(
         tick: TICK,
         election_ticks: ELECTION_TICKS,
         heartbeat_ticks: 2,
+        follower_wake: None,
         snapshot_threshold,
         clients: vigil_raft::PeerClients::new(),
     };
