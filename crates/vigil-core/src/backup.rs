@@ -57,6 +57,102 @@ pub struct BackupRun {
     pub assigned_unix_ms: u64,
     /// 1, plus one per change of primary while it ran.
     pub attempts: u32,
+    /// Run on a standby (`run_on = "standby"`): the primary of `epoch` as that standby's
+    /// pgBackRest reaches it (`pg1` over TLS). None: `member` is the primary and backs itself up.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub source: Option<BackupSource>,
+}
+
+/// Where backups run (`[backup] run_on`).
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]
+pub enum RunOn {
+    #[default]
+    Primary,
+    /// On the best streaming standby, with the primary reached through its pgBackRest TLS server
+    /// (`backup-standby=y`); on the primary when no standby qualifies.
+    Standby,
+}
+
+/// What another member's pgBackRest needs to reach this member's PostgreSQL through this
+/// member's pgBackRest TLS server: reported by members that serve it (`run_on = "standby"`).
+/// The paths are as they are on this member's host (`pg1-path`, `pg1-socket-path`).
+#[derive(Clone, Debug, Default, PartialEq, Eq, Serialize, Deserialize)]
+pub struct BackupSource {
+    /// The name its certificate carries (`pg1-host`; pgBackRest 2.45 checks DNS names only).
+    pub host: String,
+    /// Its TLS server's port (`pg1-host-port`).
+    pub port: u16,
+    pub data_dir: String,
+    pub pg_port: u16,
+    pub socket_dir: String,
+    pub user: String,
+}
+
+/// Where the coordinator puts a backup: the member that runs it, and for a standby the primary
+/// it reads from; `note` says why a backup meant for a standby runs on the primary.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct Placement {
+    pub member: String,
+    pub source: Option<BackupSource>,
+    pub note: Option<String>,
+}
+
+/// Place a backup: on the primary, or with [`RunOn::Standby`] on the first of `standbys` (best
+/// first, see [`backup_standbys`]) other than `avoid` (the standby a retry moves away from),
+/// reading from the primary through `source`. On the primary, with a note, when no standby
+/// qualifies or the primary's TLS server is not known.
+pub fn place(
+    run_on: RunOn,
+    primary: &str,
+    standbys: &[&str],
+    source: Option<&BackupSource>,
+    avoid: Option<&str>,
+) -> Placement {
+    let on_primary = |note: Option<String>| Placement { member: primary.to_string(), source: None, note };
+    if run_on == RunOn::Primary {
+        return on_primary(None);
+    }
+    let Some(source) = source else {
+        return on_primary(Some("the primary reports no pgBackRest TLS server".into()));
+    };
+    match standbys.iter().find(|s| Some(**s) != avoid && **s != primary) {
+        Some(s) => Placement { member: s.to_string(), source: Some(source.clone()), note: None },
+        None => on_primary(Some("no streaming standby with a fresh report and a pgBackRest TLS server".into())),
+    }
+}
+
+/// The standbys a backup may run on, best first: PostgreSQL members other than the primary whose
+/// report is current (`fresh`), running in recovery and streaming, not needing a rejoin, serving
+/// pgBackRest's TLS server, and not lagging the primary by more than `max_lag` (pgBackRest waits
+/// for the standby to replay up to the backup's start). `nofailover` does not exclude: a backup
+/// promotes nothing, and a replica kept out of failovers is the usual place to offload backups.
+/// Ranked as every choice of a member is ([`crate::candidate::rank`]): most WAL replayed (the
+/// least lag), then `priority`, then name.
+pub fn backup_standbys<'a>(
+    state: &crate::ClusterState,
+    reports: impl IntoIterator<Item = (&'a crate::HealthReport, bool)>,
+    primary_lsn: Option<u64>,
+    max_lag: u64,
+) -> Vec<&'a str> {
+    let mut ok: Vec<&crate::HealthReport> = reports
+        .into_iter()
+        .filter(|(r, fresh)| {
+            *fresh
+                && !state.is_primary(&r.member)
+                && r.kind == crate::MemberKind::Postgres
+                && state.members.get(&r.member).is_some_and(|m| m.kind == crate::MemberKind::Postgres)
+                && r.backup_source.is_some()
+                && r.pg.running
+                && r.pg.in_recovery
+                && r.pg.streaming
+                && !r.pg.needs_rejoin
+                && r.pg.data_dir == crate::DataDir::Standby
+                && primary_lsn.is_none_or(|p| p.saturating_sub(r.pg.replay_lsn) <= max_lag)
+        })
+        .map(|(r, _)| r)
+        .collect();
+    crate::candidate::rank(&mut ok, |r| (0, r.pg.replay_lsn));
+    ok.into_iter().map(|r| r.member.as_str()).collect()
 }
 
 /// What the member that ran a backup reports (from pgBackRest's `info`, or its error).
@@ -188,10 +284,29 @@ pub enum BackupCommand {
         #[serde(default)]
         serves: Vec<BackupType>,
         at_unix_ms: u64,
+        /// On a standby: the primary of `epoch` as `member` reaches it (see [`BackupRun::source`]).
+        #[serde(default, skip_serializing_if = "Option::is_none")]
+        source: Option<BackupSource>,
+        /// Why a backup meant for a standby runs on the primary (recorded in its history line).
+        #[serde(default, skip_serializing_if = "Option::is_none")]
+        note: Option<String>,
     },
-    /// Backup `id`, assigned in `from_epoch`, moves to `member`, the primary of `epoch` (its
-    /// member was deposed while it ran).
-    Retry { id: u64, from_epoch: u64, member: String, epoch: u64, at_unix_ms: u64 },
+    /// Backup `id`, assigned in `from_epoch` (to `from_member`), moves to `member` in `epoch`:
+    /// its member was deposed (a new primary), or the standby that ran it is gone.
+    Retry {
+        id: u64,
+        from_epoch: u64,
+        member: String,
+        epoch: u64,
+        at_unix_ms: u64,
+        /// The member it moves away from (None in records older than standby backups).
+        #[serde(default, skip_serializing_if = "Option::is_none")]
+        from_member: Option<String>,
+        #[serde(default, skip_serializing_if = "Option::is_none")]
+        source: Option<BackupSource>,
+        #[serde(default, skip_serializing_if = "Option::is_none")]
+        note: Option<String>,
+    },
     /// Backup `id` ended on `member` in `epoch`, as `outcome` says.
     Finish { id: u64, member: String, epoch: u64, outcome: BackupOutcome, at_unix_ms: u64 },
     /// Verification `id` of the latest backup starts on `member`, a standby in `epoch`.
@@ -222,6 +337,13 @@ impl BackupState {
     /// as an event by the caller.
     pub fn apply(&mut self, cmd: &BackupCommand, epoch: u64, primary: Option<&str>) -> Result<Applied, BackupRejected> {
         let is_primary = |member: &str, e: u64| e == epoch && primary == Some(member);
+        // Where a backup may be placed: on the primary of `e` itself, or (with a source) on
+        // another member while `e` is the current epoch and has a primary.
+        let placed = |member: &str, e: u64, source: &Option<BackupSource>| match source {
+            None => is_primary(member, e),
+            Some(_) => e == epoch && primary.is_some_and(|p| p != member),
+        };
+        let fell_back = |note: &Option<String>| note.as_ref().map_or(String::new(), |n| format!(" (not on a standby: {n})"));
         match cmd {
             BackupCommand::StanzaReady { member, epoch: e, at_unix_ms } => {
                 if self.stanza_ready.is_some() {
@@ -233,7 +355,7 @@ impl BackupState {
                 self.stanza_ready = Some(StanzaReady { member: member.clone(), epoch: *e, at_unix_ms: *at_unix_ms });
                 Ok(Some((member.clone(), "backup stanza created and checked".into())))
             }
-            BackupCommand::Start { id, kind, member, epoch: e, reason, serves, at_unix_ms } => {
+            BackupCommand::Start { id, kind, member, epoch: e, reason, serves, at_unix_ms, source, note } => {
                 if self.stanza_ready.is_none() {
                     return Err(BackupRejected::NoStanza);
                 }
@@ -243,7 +365,7 @@ impl BackupState {
                 if self.last_id.checked_add(1) != Some(*id) {
                     return Err(BackupRejected::StaleId { id: *id, latest: self.last_id });
                 }
-                if !is_primary(member, *e) {
+                if !placed(member, *e, source) {
                     return Err(BackupRejected::NotPrimary { member: member.clone(), epoch: *e });
                 }
                 self.last_id = *id;
@@ -260,23 +382,34 @@ impl BackupState {
                     requested_unix_ms: *at_unix_ms,
                     assigned_unix_ms: *at_unix_ms,
                     attempts: 1,
+                    source: source.clone(),
                 });
-                Ok(Some((member.clone(), format!("backup {id} ({}, {reason}) started on {member}", kind.name()))))
+                let on = if source.is_some() { "standby " } else { "" };
+                let detail = format!("backup {id} ({}, {reason}) started on {on}{member}{}", kind.name(), fell_back(note));
+                Ok(Some((member.clone(), detail)))
             }
-            BackupCommand::Retry { id, from_epoch, member, epoch: e, at_unix_ms } => {
-                let run = self.running.as_mut().filter(|r| r.id == *id && r.epoch == *from_epoch);
+            BackupCommand::Retry { id, from_epoch, member, epoch: e, at_unix_ms, from_member, source, note } => {
+                let run = self.running.as_mut().filter(|r| {
+                    r.id == *id && r.epoch == *from_epoch && from_member.as_ref().is_none_or(|f| *f == r.member)
+                });
                 let Some(run) = run else {
                     return Err(BackupRejected::NotAssigned { id: *id, member: member.clone(), epoch: *from_epoch });
                 };
-                if !is_primary(member, *e) || *e <= *from_epoch {
+                // A new epoch (its primary was deposed), or in the same epoch away from a standby
+                // that is gone.
+                let moves = *e > *from_epoch || (*e == *from_epoch && run.source.is_some() && *member != run.member);
+                if !placed(member, *e, source) || !moves {
                     return Err(BackupRejected::NotPrimary { member: member.clone(), epoch: *e });
                 }
+                let on = if source.is_some() { "standby " } else { "" };
                 let detail = format!(
-                    "backup {id} ({}) interrupted on {} (epoch {from_epoch}): retried on {member}",
+                    "backup {id} ({}) interrupted on {} (epoch {from_epoch}): retried on {on}{member}{}",
                     run.kind.name(),
-                    run.member
+                    run.member,
+                    fell_back(note)
                 );
                 run.member = member.clone();
+                run.source = source.clone();
                 run.epoch = *e;
                 run.assigned_unix_ms = *at_unix_ms;
                 run.attempts = run.attempts.saturating_add(1);
@@ -350,6 +483,8 @@ pub struct Policy {
     pub timeout_ms: u64,
     /// The scheduled verification of the repository.
     pub verify: crate::verify::VerifyPolicy,
+    /// Where backups run.
+    pub run_on: RunOn,
 }
 
 /// The cluster's view the decision needs.
@@ -361,6 +496,13 @@ pub struct View<'a> {
     pub backup: &'a BackupState,
     /// The members whose latest report shows a running standby (where a verification may run).
     pub standbys: Vec<&'a str>,
+    /// Where a backup may run with [`RunOn::Standby`], best first ([`backup_standbys`]).
+    pub backup_standbys: Vec<&'a str>,
+    /// The primary's pgBackRest TLS server, from its latest report.
+    pub source: Option<&'a BackupSource>,
+    /// Members not heard from for longer than a standby's backup outlives its last
+    /// acknowledged report (`report_timeout` + `lease_timeout`): a backup on one moves.
+    pub gone: Vec<&'a str>,
 }
 
 /// The backup commands due at wall time `now_ms`: move a backup whose member was deposed to the
@@ -379,13 +521,19 @@ fn decide_backups(view: &View, policy: &Policy, now_ms: u64) -> Vec<BackupComman
     let Some(primary) = view.primary else { return vec![] };
     let b = view.backup;
     if let Some(r) = &b.running {
-        if r.epoch != view.epoch {
+        let standby_gone = r.source.is_some() && view.gone.contains(&r.member.as_str());
+        if r.epoch != view.epoch || standby_gone {
+            let avoid = standby_gone.then_some(r.member.as_str());
+            let p = place(policy.run_on, primary, &view.backup_standbys, view.source, avoid);
             return vec![BackupCommand::Retry {
                 id: r.id,
                 from_epoch: r.epoch,
-                member: primary.to_string(),
+                member: p.member,
                 epoch: view.epoch,
                 at_unix_ms: now_ms,
+                from_member: Some(r.member.clone()),
+                source: p.source,
+                note: p.note,
             }];
         }
         if now_ms.saturating_sub(r.assigned_unix_ms) > policy.timeout_ms {
@@ -417,14 +565,17 @@ fn decide_backups(view: &View, policy: &Policy, now_ms: u64) -> Vec<BackupComman
         .map(|(t, _)| *t)
         .collect();
     let Some(kind) = due.iter().max().copied() else { return vec![] };
+    let p = place(policy.run_on, primary, &view.backup_standbys, view.source, None);
     vec![BackupCommand::Start {
         id: b.last_id + 1,
         kind,
-        member: primary.to_string(),
+        member: p.member,
         epoch: view.epoch,
         reason: "scheduled".into(),
         serves: due,
         at_unix_ms: now_ms,
+        source: p.source,
+        note: p.note,
     }]
 }
 
@@ -612,6 +763,53 @@ fn civil_from_days(z: i64) -> (i64, u32, u32) {
     let m = if mp < 10 { mp + 3 } else { mp - 9 } as u32;
     let y = yoe + era * 400 + i64::from(m <= 2);
     (y, m, d)
+}
+
+/// What the coordinator knows of the members' reports for backups at `now`.
+pub(crate) struct Seen<'a> {
+    pub backup_standbys: Vec<&'a str>,
+    pub source: Option<&'a BackupSource>,
+    pub gone: Vec<&'a str>,
+}
+
+impl crate::Coordinator {
+    pub(crate) fn backup_seen<'a>(&'a self, now: std::time::Instant, state: &'a crate::ClusterState) -> Seen<'a> {
+        let t = &self.timings;
+        let primary = state.primary.as_deref().and_then(|p| self.reports.get(p));
+        let fresh = |at: std::time::Instant| now.saturating_duration_since(at) <= t.report_timeout;
+        let source = primary.filter(|r| fresh(r.at)).and_then(|r| r.report.backup_source.as_ref());
+        let primary_lsn = primary.map(|r| r.report.wal_position());
+        let backup_standbys = backup_standbys(
+            state,
+            self.reports.values().map(|r| (&r.report, fresh(r.at))),
+            primary_lsn,
+            t.maximum_lag_on_failover,
+        );
+        // A standby's runner kills its backup once its reports went unacknowledged for
+        // `report_timeout`; the coordinator moves the backup only after it has heard nothing for
+        // longer than that plus `lease_timeout`, and only once it has led that long itself (a new
+        // coordinator has no reports yet).
+        let silence = t.report_timeout + t.lease_timeout;
+        let led_long_enough = self.leader_for(now).is_some_and(|d| d > silence);
+        let gone = state
+            .members
+            .iter()
+            .filter(|(name, m)| m.kind == crate::MemberKind::Postgres && led_long_enough && {
+                self.reports.get(*name).is_none_or(|r| now.saturating_duration_since(r.at) > silence)
+            })
+            .map(|(name, _)| name.as_str())
+            .collect();
+        Seen { backup_standbys, source, gone }
+    }
+
+    /// Where a backup requested now would run (None: no primary, or not the coordinator's
+    /// policy). The operator's `POST /backup` places it as the schedule does.
+    pub fn backup_placement(&self, now: std::time::Instant, state: &crate::ClusterState) -> Option<Placement> {
+        let primary = state.primary.as_deref()?;
+        let run_on = self.backups.as_ref().map_or(RunOn::Primary, |p| p.run_on);
+        let seen = self.backup_seen(now, state);
+        Some(place(run_on, primary, &seen.backup_standbys, seen.source, None))
+    }
 }
 
 #[cfg(test)]
