@@ -8,9 +8,10 @@ use anyhow::Context;
 use std::time::{Duration, Instant};
 use vigil_core::EventKind;
 use vigil_tests::backup::{
-    archiver, backups, in_archive, records, repo, switch_wal, wait_backup, wait_until, with_backup, CONVERGE,
+    archiver, backups, in_archive, records, repo, switch_wal, wait_backup, wait_until, wait_verification, with_backup,
+    CONVERGE,
 };
-use vigil_tests::{healthy, new_primary_writable, pgvigil_bin, settled, ClusterSpec, TestCluster, View};
+use vigil_tests::{healthy, new_primary_writable, pgvigil_bin, settled, ClusterSpec, TestCluster, TlsSpec, View};
 
 fn log_of(t: &TestCluster, member: &str) -> String {
     std::fs::read_to_string(t.spec().state_dir(member).join("postgresql.log")).unwrap_or_default()
@@ -460,7 +461,19 @@ fn a_bad_backup_table_exits_64_naming_the_key() {
             good.replace("[backup]\n", "[backup]\nschedule.full = \"61 * * * *\"\n"),
             "backup.schedule.full",
         ),
-        ("standby", good.replace("[backup]\n", "[backup]\nrun_on = \"standby\"\n"), "backup.run_on"),
+        // A standby's pgBackRest reaches the primary through its TLS server: [tls] is needed.
+        ("standby without [tls]", good.replace("[backup]\n", "[backup]\nrun_on = \"standby\"\n"), "backup.run_on"),
+        ("run_on unknown", good.replace("[backup]\n", "[backup]\nrun_on = \"replica\"\n"), "backup.run_on"),
+        (
+            "a TLS server option pgvigil owns",
+            good.replace("[backup]\n", "[backup]\noptions = { tls-server-port = \"9\" }\n"),
+            "backup.options.tls-server-port",
+        ),
+        (
+            "backup-standby set by hand",
+            good.replace("[backup]\n", "[backup]\noptions = { backup-standby = \"y\" }\n"),
+            "backup.options.backup-standby",
+        ),
         ("no repository", good.replace("repo_path = ", "# repo_path = "), "backup.repo_path"),
         (
             "an option pgvigil owns",
@@ -483,4 +496,102 @@ fn a_bad_backup_table_exits_64_naming_the_key() {
         assert_eq!(out.status.code(), Some(64), "{what}: {stderr}");
         assert!(stderr.contains(key), "{what}: stderr should name {key}: {stderr}");
     }
+}
+
+/// `POST /backup` (a full) on `member`: the id and the member it was placed on.
+async fn request_full(t: &TestCluster, member: &str) -> anyhow::Result<(u64, String)> {
+    let r = t.http(member, "POST", "/backup", Some(&t.token()), Some(r#"{"type": "full"}"#)).await?;
+    anyhow::ensure!(r.status == 202, "POST /backup: {} {}", r.status, r.text);
+    Ok((r.json["id"].as_u64().context("id")?, r.json["member"].as_str().context("member")?.to_string()))
+}
+
+fn labels_in_repository(b: &serde_json::Value) -> Vec<String> {
+    b["repository"][0]["backup"]
+        .as_array()
+        .into_iter()
+        .flatten()
+        .filter_map(|x| x["label"].as_str())
+        .map(String::from)
+        .collect()
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn with_run_on_standby_backups_run_on_a_standby_and_go_on_when_it_dies() -> anyhow::Result<()> {
+    // Every member runs pgBackRest's TLS server with its [tls] certificate (which names
+    // "localhost": pgBackRest 2.45 checks DNS names only).
+    let mut t = TestCluster::prepare_tls(3, 0, TlsSpec::default(), |s| {
+        with_backup(s, &["run_on = \"standby\"", "server_host = \"localhost\""])
+    })?;
+    t.cluster.start_all()?;
+    t.wait_for("a settled cluster with its stanza", CONVERGE, |v| {
+        settled(v)
+            && v.state.backup.stanza_ready.is_some()
+            && v.reports.values().filter(|r| r.backup_source.is_some()).count() == 3
+    })
+    .await?;
+    let primary = t.primary().await?;
+    t.execute(&primary, "CREATE TABLE items (id int primary key); INSERT INTO items SELECT generate_series(1, 1000)")
+        .await?;
+    let standbys = t.other_pg_members(&primary);
+    for s in &standbys {
+        t.wait_rows(s, "items", 1000, Duration::from_secs(20)).await?;
+    }
+
+    // A manual full runs on a standby, from the primary through its TLS server.
+    let (id, placed) = request_full(&t, &primary).await?;
+    assert!(standbys.contains(&placed), "placed on {placed}, not a standby of {standbys:?}");
+    let first = wait_backup(&t, &primary, "the backup on a standby", |r| r["id"] == id).await?;
+    assert_eq!(first["member"], placed.as_str(), "{first}");
+    assert!(first["outcome"]["error"].is_null(), "{first}");
+    let label = first["outcome"]["label"].as_str().context("label")?.to_string();
+    // pgBackRest on the standby took it with backup-standby, the primary as pg1 over TLS.
+    let log = std::fs::read_to_string(t.spec().state_dir(&placed).join("pgbackrest/log/main-backup.log"))?;
+    assert!(log.contains("--backup-standby") && log.contains("--pg1-host-type=tls"), "{log}");
+    assert!(log.contains("backup start archive"), "{log}");
+    assert!(labels_in_repository(&backups(&t, &primary).await?).contains(&label), "pgbackrest info lists {label}");
+    let history = t.view().await?.state.history;
+    assert!(
+        history
+            .iter()
+            .any(|e| e.kind == EventKind::Backup && e.detail.contains(&format!("started on standby {placed}"))),
+        "{history:?}"
+    );
+    // It restores and recovers (the verification, on a standby's host) and pgbackrest verify passes.
+    let v = t.http(&primary, "POST", "/backup/verify", Some(&t.token()), Some("")).await?;
+    assert_eq!(v.status, 202, "{}", v.text);
+    let vid = v.json["id"].as_u64().context("verification id")?;
+    let verified = wait_verification(&t, &primary, "the verification", |r| r["id"] == vid).await?;
+    assert!(verified["outcome"]["error"].is_null(), "{verified}");
+
+    // The standby that ran it dies (its host: daemon and PostgreSQL). The next backup still
+    // happens: on the other standby, placed there directly or moved there from the dead one.
+    let other = standbys.iter().find(|s| **s != placed).context("another standby")?.clone();
+    t.kill_host(&placed);
+    t.execute(&primary, "INSERT INTO items SELECT generate_series(1001, 2000)").await?;
+    // The coordinator runs on a standby (it hands off the primary's host): if it was this one, a
+    // new one is elected, and places backups once it has the other standby's report.
+    t.wait_for("a coordinator with the other standby's report", CONVERGE, |v| {
+        v.coordinator != placed && v.reports.get(&other).is_some_and(|r| r.backup_source.is_some() && r.pg.streaming)
+    })
+    .await?;
+    let (id2, _) = request_full(&t, &primary).await?;
+    let second = wait_backup(&t, &primary, "the backup after the standby died", |r| r["id"] == id2).await?;
+    assert_eq!(second["member"], other.as_str(), "{second}");
+    assert!(second["outcome"]["error"].is_null(), "{second}");
+    let attempts = second["attempts"].as_u64().unwrap_or(0);
+    let history = t.view().await?.state.history;
+    if attempts == 2 {
+        assert!(
+            history.iter().any(|e| e.detail.contains(&format!("interrupted on {placed} (epoch"))
+                && e.detail.contains(&format!("retried on standby {other}"))),
+            "{history:?}"
+        );
+    } else {
+        assert_eq!(attempts, 1, "{second}");
+    }
+    let label2 = second["outcome"]["label"].as_str().context("label")?.to_string();
+    let listed = labels_in_repository(&backups(&t, &primary).await?);
+    assert!(listed.contains(&label) && listed.contains(&label2), "{listed:?}");
+
+    Ok(())
 }

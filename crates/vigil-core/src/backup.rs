@@ -343,7 +343,8 @@ impl BackupState {
             None => is_primary(member, e),
             Some(_) => e == epoch && primary.is_some_and(|p| p != member),
         };
-        let fell_back = |note: &Option<String>| note.as_ref().map_or(String::new(), |n| format!(" (not on a standby: {n})"));
+        let fell_back =
+            |note: &Option<String>| note.as_ref().map_or(String::new(), |n| format!(" (not on a standby: {n})"));
         match cmd {
             BackupCommand::StanzaReady { member, epoch: e, at_unix_ms } => {
                 if self.stanza_ready.is_some() {
@@ -385,7 +386,8 @@ impl BackupState {
                     source: source.clone(),
                 });
                 let on = if source.is_some() { "standby " } else { "" };
-                let detail = format!("backup {id} ({}, {reason}) started on {on}{member}{}", kind.name(), fell_back(note));
+                let detail =
+                    format!("backup {id} ({}, {reason}) started on {on}{member}{}", kind.name(), fell_back(note));
                 Ok(Some((member.clone(), detail)))
             }
             BackupCommand::Retry { id, from_epoch, member, epoch: e, at_unix_ms, from_member, source, note } => {
@@ -794,8 +796,10 @@ impl crate::Coordinator {
         let gone = state
             .members
             .iter()
-            .filter(|(name, m)| m.kind == crate::MemberKind::Postgres && led_long_enough && {
-                self.reports.get(*name).is_none_or(|r| now.saturating_duration_since(r.at) > silence)
+            .filter(|(name, m)| {
+                m.kind == crate::MemberKind::Postgres && led_long_enough && {
+                    self.reports.get(*name).is_none_or(|r| now.saturating_duration_since(r.at) > silence)
+                }
             })
             .map(|(name, _)| name.as_str())
             .collect();

@@ -349,9 +349,7 @@ fn with_run_on_standby_a_backup_runs_on_the_best_standby_or_says_why_not() {
     // No standby qualifies: on the primary, and the history says why (once, in its line).
     v.backup_standbys = vec![];
     let cmds = decide(&v, &p, now);
-    let [BackupCommand::Start { member, source: None, note: Some(note), .. }] = &cmds[..] else {
-        panic!("{cmds:?}")
-    };
+    let [BackupCommand::Start { member, source: None, note: Some(note), .. }] = &cmds[..] else { panic!("{cmds:?}") };
     assert_eq!(member, "a");
     assert!(note.contains("no streaming standby"), "{note}");
     let (_, line) = b.clone().apply(&cmds[0], 1, Some("a")).expect("start").expect("line");
