@@ -63,98 +63,6 @@ pub struct BackupRun {
     pub source: Option<BackupSource>,
 }
 
-/// Where backups run (`[backup] run_on`).
-#[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]
-pub enum RunOn {
-    #[default]
-    Primary,
-    /// On the best streaming standby, with the primary reached through its pgBackRest TLS server
-    /// (`backup-standby=y`); on the primary when no standby qualifies.
-    Standby,
-}
-
-/// What another member's pgBackRest needs to reach this member's PostgreSQL through this
-/// member's pgBackRest TLS server: reported by members that serve it (`run_on = "standby"`).
-/// The paths are as they are on this member's host (`pg1-path`, `pg1-socket-path`).
-#[derive(Clone, Debug, Default, PartialEq, Eq, Serialize, Deserialize)]
-pub struct BackupSource {
-    /// The name its certificate carries (`pg1-host`; pgBackRest 2.45 checks DNS names only).
-    pub host: String,
-    /// Its TLS server's port (`pg1-host-port`).
-    pub port: u16,
-    pub data_dir: String,
-    pub pg_port: u16,
-    pub socket_dir: String,
-    pub user: String,
-}
-
-/// Where the coordinator puts a backup: the member that runs it, and for a standby the primary
-/// it reads from; `note` says why a backup meant for a standby runs on the primary.
-#[derive(Clone, Debug, PartialEq, Eq)]
-pub struct Placement {
-    pub member: String,
-    pub source: Option<BackupSource>,
-    pub note: Option<String>,
-}
-
-/// Place a backup: on the primary, or with [`RunOn::Standby`] on the first of `standbys` (best
-/// first, see [`backup_standbys`]) other than `avoid` (the standby a retry moves away from),
-/// reading from the primary through `source`. On the primary, with a note, when no standby
-/// qualifies or the primary's TLS server is not known.
-pub fn place(
-    run_on: RunOn,
-    primary: &str,
-    standbys: &[&str],
-    source: Option<&BackupSource>,
-    avoid: Option<&str>,
-) -> Placement {
-    let on_primary = |note: Option<String>| Placement { member: primary.to_string(), source: None, note };
-    if run_on == RunOn::Primary {
-        return on_primary(None);
-    }
-    let Some(source) = source else {
-        return on_primary(Some("the primary reports no pgBackRest TLS server".into()));
-    };
-    match standbys.iter().find(|s| Some(**s) != avoid && **s != primary) {
-        Some(s) => Placement { member: s.to_string(), source: Some(source.clone()), note: None },
-        None => on_primary(Some("no streaming standby with a fresh report and a pgBackRest TLS server".into())),
-    }
-}
-
-/// The standbys a backup may run on, best first: PostgreSQL members other than the primary whose
-/// report is current (`fresh`), running in recovery and streaming, not needing a rejoin, serving
-/// pgBackRest's TLS server, and not lagging the primary by more than `max_lag` (pgBackRest waits
-/// for the standby to replay up to the backup's start). `nofailover` does not exclude: a backup
-/// promotes nothing, and a replica kept out of failovers is the usual place to offload backups.
-/// Ranked as every choice of a member is ([`crate::candidate::rank`]): most WAL replayed (the
-/// least lag), then `priority`, then name.
-pub fn backup_standbys<'a>(
-    state: &crate::ClusterState,
-    reports: impl IntoIterator<Item = (&'a crate::HealthReport, bool)>,
-    primary_lsn: Option<u64>,
-    max_lag: u64,
-) -> Vec<&'a str> {
-    let mut ok: Vec<&crate::HealthReport> = reports
-        .into_iter()
-        .filter(|(r, fresh)| {
-            *fresh
-                && !state.is_primary(&r.member)
-                && r.kind == crate::MemberKind::Postgres
-                && state.members.get(&r.member).is_some_and(|m| m.kind == crate::MemberKind::Postgres)
-                && r.backup_source.is_some()
-                && r.pg.running
-                && r.pg.in_recovery
-                && r.pg.streaming
-                && !r.pg.needs_rejoin
-                && r.pg.data_dir == crate::DataDir::Standby
-                && primary_lsn.is_none_or(|p| p.saturating_sub(r.pg.replay_lsn) <= max_lag)
-        })
-        .map(|(r, _)| r)
-        .collect();
-    crate::candidate::rank(&mut ok, |r| (0, r.pg.replay_lsn));
-    ok.into_iter().map(|r| r.member.as_str()).collect()
-}
-
 /// What the member that ran a backup reports (from pgBackRest's `info`, or its error).
 #[derive(Clone, Debug, Default, PartialEq, Eq, Serialize, Deserialize)]
 pub struct BackupOutcome {
@@ -286,7 +194,7 @@ pub enum BackupCommand {
         at_unix_ms: u64,
         /// On a standby: the primary of `epoch` as `member` reaches it (see [`BackupRun::source`]).
         #[serde(default, skip_serializing_if = "Option::is_none")]
-        source: Option<BackupSource>,
+        source: Option<Box<BackupSource>>,
         /// Why a backup meant for a standby runs on the primary (recorded in its history line).
         #[serde(default, skip_serializing_if = "Option::is_none")]
         note: Option<String>,
@@ -303,7 +211,7 @@ pub enum BackupCommand {
         #[serde(default, skip_serializing_if = "Option::is_none")]
         from_member: Option<String>,
         #[serde(default, skip_serializing_if = "Option::is_none")]
-        source: Option<BackupSource>,
+        source: Option<Box<BackupSource>>,
         #[serde(default, skip_serializing_if = "Option::is_none")]
         note: Option<String>,
     },
@@ -339,7 +247,7 @@ impl BackupState {
         let is_primary = |member: &str, e: u64| e == epoch && primary == Some(member);
         // Where a backup may be placed: on the primary of `e` itself, or (with a source) on
         // another member while `e` is the current epoch and has a primary.
-        let placed = |member: &str, e: u64, source: &Option<BackupSource>| match source {
+        let placed = |member: &str, e: u64, source: &Option<Box<BackupSource>>| match source {
             None => is_primary(member, e),
             Some(_) => e == epoch && primary.is_some_and(|p| p != member),
         };
@@ -383,7 +291,7 @@ impl BackupState {
                     requested_unix_ms: *at_unix_ms,
                     assigned_unix_ms: *at_unix_ms,
                     attempts: 1,
-                    source: source.clone(),
+                    source: source.as_deref().cloned(),
                 });
                 let on = if source.is_some() { "standby " } else { "" };
                 let detail =
@@ -411,7 +319,7 @@ impl BackupState {
                     fell_back(note)
                 );
                 run.member = member.clone();
-                run.source = source.clone();
+                run.source = source.as_deref().cloned();
                 run.epoch = *e;
                 run.assigned_unix_ms = *at_unix_ms;
                 run.attempts = run.attempts.saturating_add(1);
@@ -534,7 +442,7 @@ fn decide_backups(view: &View, policy: &Policy, now_ms: u64) -> Vec<BackupComman
                 epoch: view.epoch,
                 at_unix_ms: now_ms,
                 from_member: Some(r.member.clone()),
-                source: p.source,
+                source: p.source.map(Box::new),
                 note: p.note,
             }];
         }
@@ -576,7 +484,7 @@ fn decide_backups(view: &View, policy: &Policy, now_ms: u64) -> Vec<BackupComman
         reason: "scheduled".into(),
         serves: due,
         at_unix_ms: now_ms,
-        source: p.source,
+        source: p.source.map(Box::new),
         note: p.note,
     }]
 }
@@ -767,54 +675,9 @@ fn civil_from_days(z: i64) -> (i64, u32, u32) {
     (y, m, d)
 }
 
-/// What the coordinator knows of the members' reports for backups at `now`.
-pub(crate) struct Seen<'a> {
-    pub backup_standbys: Vec<&'a str>,
-    pub source: Option<&'a BackupSource>,
-    pub gone: Vec<&'a str>,
-}
-
-impl crate::Coordinator {
-    pub(crate) fn backup_seen<'a>(&'a self, now: std::time::Instant, state: &'a crate::ClusterState) -> Seen<'a> {
-        let t = &self.timings;
-        let primary = state.primary.as_deref().and_then(|p| self.reports.get(p));
-        let fresh = |at: std::time::Instant| now.saturating_duration_since(at) <= t.report_timeout;
-        let source = primary.filter(|r| fresh(r.at)).and_then(|r| r.report.backup_source.as_ref());
-        let primary_lsn = primary.map(|r| r.report.wal_position());
-        let backup_standbys = backup_standbys(
-            state,
-            self.reports.values().map(|r| (&r.report, fresh(r.at))),
-            primary_lsn,
-            t.maximum_lag_on_failover,
-        );
-        // A standby's runner kills its backup once its reports went unacknowledged for
-        // `report_timeout`; the coordinator moves the backup only after it has heard nothing for
-        // longer than that plus `lease_timeout`, and only once it has led that long itself (a new
-        // coordinator has no reports yet).
-        let silence = t.report_timeout + t.lease_timeout;
-        let led_long_enough = self.leader_for(now).is_some_and(|d| d > silence);
-        let gone = state
-            .members
-            .iter()
-            .filter(|(name, m)| {
-                m.kind == crate::MemberKind::Postgres && led_long_enough && {
-                    self.reports.get(*name).is_none_or(|r| now.saturating_duration_since(r.at) > silence)
-                }
-            })
-            .map(|(name, _)| name.as_str())
-            .collect();
-        Seen { backup_standbys, source, gone }
-    }
-
-    /// Where a backup requested now would run (None: no primary, or not the coordinator's
-    /// policy). The operator's `POST /backup` places it as the schedule does.
-    pub fn backup_placement(&self, now: std::time::Instant, state: &crate::ClusterState) -> Option<Placement> {
-        let primary = state.primary.as_deref()?;
-        let run_on = self.backups.as_ref().map_or(RunOn::Primary, |p| p.run_on);
-        let seen = self.backup_seen(now, state);
-        Some(place(run_on, primary, &seen.backup_standbys, seen.source, None))
-    }
-}
+#[path = "backup_place.rs"]
+mod place_;
+pub use place_::{backup_standbys, place, BackupSource, Placement, RunOn};
 
 #[cfg(test)]
 #[path = "backup_tests.rs"]

@@ -336,7 +336,7 @@ fn with_run_on_standby_a_backup_runs_on_the_best_standby_or_says_why_not() {
     v.source = Some(Box::leak(Box::new(src.clone())));
     let cmds = decide(&v, &p, now);
     assert!(
-        matches!(&cmds[..], [BackupCommand::Start { member, source: Some(s), note: None, .. }] if member == "c" && *s == src),
+        matches!(&cmds[..], [BackupCommand::Start { member, source: Some(s), note: None, .. }] if member == "c" && **s == src),
         "{cmds:?}"
     );
     // Applied on every member: a standby may run it in the current epoch only.
@@ -420,7 +420,7 @@ fn a_backup_on_a_standby_that_is_gone_moves_once_to_the_next_and_a_failover_plac
         epoch: 2,
         at_unix_ms: t0 + 21_000,
         from_member: Some("c".into()),
-        source: Some(src.clone()),
+        source: Some(Box::new(src.clone())),
         note: None,
     };
     assert!(b.apply(&same_epoch, 2, Some("c")).is_err());

@@ -177,7 +177,7 @@ fn a_standby_backup_moves_only_after_its_standby_was_silent_for_report_plus_leas
         reason: "manual".into(),
         serves: vec![],
         at_unix_ms: 0,
-        source: placed.source,
+        source: placed.source.map(Box::new),
         note: None,
     };
     s.apply(&Command::Backup { backup: start }).expect("start");

@@ -160,7 +160,7 @@ async fn request(shared: &Shared, kind: BackupType, reason: String) -> Answer {
             reason,
             serves: vec![],
             at_unix_ms: wall_ms(),
-            source: placed.source,
+            source: placed.source.map(Box::new),
             note: placed.note,
         },
     };
