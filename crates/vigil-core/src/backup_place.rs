@@ -63,17 +63,16 @@ pub fn place(
 }
 
 /// The standbys a backup may run on, best first: PostgreSQL members other than the primary whose
-/// report is current (`fresh`), running in recovery and streaming, not needing a rejoin, serving
-/// pgBackRest's TLS server, and not lagging the primary by more than `max_lag` (pgBackRest waits
-/// for the standby to replay up to the backup's start). `nofailover` does not exclude: a backup
-/// promotes nothing, and a replica kept out of failovers is the usual place to offload backups.
-/// Ranked as every choice of a member is ([`crate::candidate::rank`]): most WAL replayed (the
-/// least lag), then `priority`, then name.
+/// report is current (`fresh`), running in recovery and streaming, replay not paused, not
+/// needing a rejoin, and serving pgBackRest's TLS server. `nofailover` does not exclude: a
+/// backup promotes nothing, and a replica kept out of failovers is the usual place to offload
+/// backups. Lag does not exclude either (a standby under write load lags a little, and
+/// pgBackRest waits for its replay to reach the backup's start, up to `archive-timeout`); it
+/// ranks, as every choice of a member does ([`crate::candidate::rank`]): most WAL replayed (the
+/// least lag) first, then `priority`, then name.
 pub fn backup_standbys<'a>(
     state: &crate::ClusterState,
     reports: impl IntoIterator<Item = (&'a crate::HealthReport, bool)>,
-    primary_lsn: Option<u64>,
-    max_lag: u64,
 ) -> Vec<&'a str> {
     let mut ok: Vec<&crate::HealthReport> = reports
         .into_iter()
@@ -86,9 +85,9 @@ pub fn backup_standbys<'a>(
                 && r.pg.running
                 && r.pg.in_recovery
                 && r.pg.streaming
+                && !r.pg.replay_paused
                 && !r.pg.needs_rejoin
                 && r.pg.data_dir == crate::DataDir::Standby
-                && primary_lsn.is_none_or(|p| p.saturating_sub(r.pg.replay_lsn) <= max_lag)
         })
         .map(|(r, _)| r)
         .collect();
@@ -109,13 +108,7 @@ impl crate::Coordinator {
         let primary = state.primary.as_deref().and_then(|p| self.reports.get(p));
         let fresh = |at: std::time::Instant| now.saturating_duration_since(at) <= t.report_timeout;
         let source = primary.filter(|r| fresh(r.at)).and_then(|r| r.report.backup_source.as_ref());
-        let primary_lsn = primary.map(|r| r.report.wal_position());
-        let backup_standbys = backup_standbys(
-            state,
-            self.reports.values().map(|r| (&r.report, fresh(r.at))),
-            primary_lsn,
-            t.maximum_lag_on_failover,
-        );
+        let backup_standbys = backup_standbys(state, self.reports.values().map(|r| (&r.report, fresh(r.at))));
         // A standby's runner kills its backup once its reports went unacknowledged for
         // `report_timeout`; the coordinator moves the backup only after it has heard nothing for
         // longer than that plus `lease_timeout`, and only once it has led that long itself (a new

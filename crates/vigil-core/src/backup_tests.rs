@@ -294,11 +294,11 @@ fn standby_policy() -> Policy {
 }
 
 #[test]
-fn backup_standbys_are_fresh_streaming_serving_standbys_least_lagging_first() {
+fn backup_standbys_are_fresh_streaming_serving_standbys_least_lagging_first_nofailover_included() {
     use crate::coordinator::tests::{primary_r, standby_r};
     use crate::state::{Command, Member};
     let mut s = crate::ClusterState::default();
-    for n in ["a", "b", "c", "d", "e", "f", "g"] {
+    for n in ["a", "b", "c", "d", "e", "f", "g", "h"] {
         let m = Member { kind: crate::MemberKind::Postgres, ..Default::default() };
         s.apply(&Command::UpsertMember { name: n.into(), member: m, at_unix_ms: 0 }).expect("member");
     }
@@ -315,14 +315,16 @@ fn backup_standbys_are_fresh_streaming_serving_standbys_least_lagging_first() {
     let e = standby_r("e", 999); // serves no pgBackRest TLS server
     let mut f = serving(standby_r("f", 999)); // not streaming (replaying the archive)
     f.pg.streaming = false;
-    let g = serving(standby_r("g", 10)); // lags more than the bound
-    let seen = [(&a, true), (&b, true), (&c, true), (&d, false), (&e, true), (&f, true), (&g, true)];
-    assert_eq!(backup_standbys(&s, seen, Some(1000), 500), vec!["c", "b"]);
+    let g = serving(standby_r("g", 10)); // lags far: still one, ranked last
+    let mut h = serving(standby_r("h", 999)); // replay paused: never reaches the backup's start
+    h.pg.replay_paused = true;
+    let seen = [(&a, true), (&b, true), (&c, true), (&d, false), (&e, true), (&f, true), (&g, true), (&h, true)];
+    assert_eq!(backup_standbys(&s, seen), vec!["c", "b", "g"]);
     // Equal lag: priority, then name.
     let mut b2 = b.clone();
     b2.pg.replay_lsn = 990;
     b2.tags = crate::Tags::new().with(crate::tags::PRIORITY, 5);
-    assert_eq!(backup_standbys(&s, [(&b2, true), (&c, true)], Some(1000), 500), vec!["b", "c"]);
+    assert_eq!(backup_standbys(&s, [(&b2, true), (&c, true)]), vec!["b", "c"]);
 }
 
 #[test]
