@@ -566,7 +566,17 @@ async fn with_run_on_standby_backups_run_on_a_standby_and_go_on_when_it_dies() -
     // The standby that ran it dies (its host: daemon and PostgreSQL). The next backup still
     // happens: on the other standby, placed there directly or moved there from the dead one.
     let other = standbys.iter().find(|s| **s != placed).context("another standby")?.clone();
+    let members = [primary.clone(), placed.clone(), other.clone()];
+    for m in &members {
+        assert!(!pgbackrest_pids(&t, m, "server").is_empty(), "{m} runs pgBackRest's TLS server");
+    }
     t.kill_host(&placed);
+    // Its TLS server dies with its daemon (parent-death signal).
+    wait_until("the killed member's TLS server gone", Duration::from_secs(10), || {
+        let left = pgbackrest_pids(&t, &placed, "server");
+        async move { Ok(left.is_empty()) }
+    })
+    .await?;
     t.execute(&primary, "INSERT INTO items SELECT generate_series(1001, 2000)").await?;
     // The coordinator runs on a standby (it hands off the primary's host): if it was this one, a
     // new one is elected, and places backups once it has the other standby's report.

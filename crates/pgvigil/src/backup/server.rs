@@ -9,7 +9,6 @@ use super::pgbackrest::{self, PgBackRest};
 use crate::daemon::Shared;
 use anyhow::Context;
 use std::process::Stdio;
-use std::sync::atomic::Ordering;
 use std::sync::Arc;
 use std::time::{Duration, Instant};
 use tokio_util::sync::CancellationToken;
@@ -28,17 +27,17 @@ const STOP_DEADLINE: Duration = Duration::from_secs(5);
 /// What this member's reports offer: its TLS server and PostgreSQL's paths, while the server
 /// runs (None without `run_on = "standby"`, or while it is down).
 pub fn source(shared: &Shared) -> Option<BackupSource> {
-    let srv = shared.settings.backup.as_ref()?.server.as_ref()?;
-    if !shared.backup_server_up.load(Ordering::Relaxed) {
-        return None;
-    }
-    let pg = crate::agent::pg_settings(shared).ok()?;
-    Some(pgbackrest::source_of(srv, &pg))
+    shared.backup_source.lock().unwrap_or_else(|p| p.into_inner()).clone()
+}
+
+fn offer(shared: &Shared, source: Option<BackupSource>) {
+    *shared.backup_source.lock().unwrap_or_else(|p| p.into_inner()) = source;
 }
 
 pub async fn run(shared: Arc<Shared>, pgb: PgBackRest, shutdown: CancellationToken) {
     let Some(srv) = shared.settings.backup.as_ref().and_then(|b| b.server.clone()) else { return };
     let dir = pgbackrest::dir(&shared.settings);
+    let offered = pgbackrest::source_of(&srv, &pgb.pg);
     let mut backoff = FIRST_BACKOFF;
     let mut said: Repeats<String> = Repeats::new(LOG_EVERY);
     while !shutdown.is_cancelled() {
@@ -56,13 +55,13 @@ pub async fn run(shared: Arc<Shared>, pgb: PgBackRest, shutdown: CancellationTok
                     }
                     Some(Ok(status)) => status,
                     Some(Err(_)) => {
-                        shared.backup_server_up.store(true, Ordering::Relaxed);
+                        offer(&shared, Some(offered.clone()));
                         tracing::info!(address = %srv.listen, port = srv.port, "pgBackRest TLS server running");
                         let status = tokio::select! {
                             _ = shutdown.cancelled() => None,
                             s = child.wait() => Some(s),
                         };
-                        shared.backup_server_up.store(false, Ordering::Relaxed);
+                        offer(&shared, None);
                         match status {
                             None => {
                                 stop(&mut child).await;
@@ -96,7 +95,7 @@ pub async fn run(shared: Arc<Shared>, pgb: PgBackRest, shutdown: CancellationTok
         }
         backoff = (backoff * 2).min(MAX_BACKOFF);
     }
-    shared.backup_server_up.store(false, Ordering::Relaxed);
+    offer(&shared, None);
 }
 
 fn stderr_path(dir: &std::path::Path) -> std::path::PathBuf {
