@@ -21,7 +21,7 @@ use tokio::sync::{watch, Notify};
 use tokio_util::sync::CancellationToken;
 use vigil_core::agent::{divergence, reconcile, AgentAction, AgentInput};
 use vigil_core::repeats::{Repeats, LOG_EVERY};
-use vigil_core::report::{BootstrapFailure, RejoinMethod, RejoinRecord, ReplicaStatus, SwitchoverStop};
+use vigil_core::report::{BootstrapFailure, RejoinMethod, RejoinRecord, SwitchoverStop};
 use vigil_core::{ClusterState, EventKind, Lease, LocalMemory, MemberKind, PgStatus, Upstream};
 use vigil_pg::{Observation, PgSettings, Postgres, RunAs, StopMode};
 
@@ -308,11 +308,7 @@ impl Agent {
             streaming: obs.streaming,
             down_for: self.unhealthy_since.map_or(Duration::ZERO, |t| now - t),
             unresponsive,
-            replicas: obs
-                .replicas
-                .iter()
-                .map(|r| ReplicaStatus { member: r.name.clone(), flush_lsn: r.flush_lsn, streaming: r.streaming })
-                .collect(),
+            replicas: obs.replicas.clone(),
             sync_names: obs
                 .sync_standby_names
                 .as_deref()

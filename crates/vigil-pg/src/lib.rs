@@ -44,7 +44,7 @@ pub use datadir::DataDirState;
 pub use error::PgError;
 pub use keeper::{KeeperLease, KeeperStatus};
 pub use lsn::{format_lsn, parse_lsn};
-pub use observe::{Observation, Replica};
+pub use observe::Observation;
 pub use postgres::Postgres;
 pub use process::{Fencer, KeeperCommand, StopMode};
 pub use settings::{PgSettings, RunAs, Upstream};

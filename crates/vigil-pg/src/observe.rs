@@ -4,6 +4,7 @@ use std::time::Duration;
 
 use anyhow::Context as _;
 use tokio_postgres::{Client, NoTls, Statement};
+use vigil_core::report::ReplicaStatus;
 
 use crate::lsn::parse_lsn;
 use crate::postgres::Postgres;
@@ -54,17 +55,9 @@ pub struct Observation {
     pub upstream: Option<(String, u16)>,
     /// Primary: `synchronous_standby_names` as this server runs with it now.
     pub sync_standby_names: Option<String>,
-    /// Primary: its WAL senders (`pg_stat_replication`).
-    pub replicas: Vec<Replica>,
-}
-
-/// One WAL sender of a primary.
-#[derive(Clone, Debug, Default, PartialEq, Eq)]
-pub struct Replica {
-    /// The standby's `application_name` (pgvigil sets it to the member name).
-    pub name: String,
-    pub flush_lsn: u64,
-    pub streaming: bool,
+    /// Primary: its WAL senders (`pg_stat_replication`), as the report carries them (the
+    /// standby's `application_name`, which pgvigil sets to the member name, is `member`).
+    pub replicas: Vec<ReplicaStatus>,
 }
 
 /// The first statement of every check: the role and, on a standby, all it needs. On a primary
@@ -197,8 +190,8 @@ async fn query_observation(o: &Observer) -> anyhow::Result<Observation> {
             // The LEFT JOIN's row of NULLs when no WAL sender runs.
             let Some(name) = r.try_get::<_, Option<String>>(3)? else { continue };
             let state: Option<String> = r.try_get(5)?;
-            replicas.push(Replica {
-                name,
+            replicas.push(ReplicaStatus {
+                member: name,
                 flush_lsn: lsn_column(r.try_get(4)?)?,
                 streaming: state.as_deref() == Some("streaming"),
             });
