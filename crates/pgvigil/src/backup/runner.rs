@@ -159,6 +159,17 @@ pub async fn run(shared: Arc<Shared>, pgb: PgBackRest, b: BackupSettings, shutdo
                 );
                 let task = tokio::spawn(take(pgb.clone(), r.kind, b.timeout, Some((source.clone(), b.clone()))));
                 job = Some(Job { id: r.id, epoch: r.epoch, on_standby: true, task });
+            } else if r.source.is_some() && job.is_none() && !done_here && in_touch && !(pg.running && pg.in_recovery) {
+                // Placed here from a report that no longer holds (PostgreSQL stopped, or this
+                // member was promoted): say so now rather than let the coordinator wait hours.
+                let now = wall_ms();
+                let outcome = BackupOutcome {
+                    started_unix_ms: now,
+                    stopped_unix_ms: now,
+                    error: Some("assigned to this standby, whose PostgreSQL is not running in recovery".into()),
+                    ..Default::default()
+                };
+                finished = Some((r.id, r.epoch, outcome, now));
             }
         }
         if let Some((id, epoch, outcome, at)) = finished.clone() {
