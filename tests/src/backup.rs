@@ -130,3 +130,17 @@ pub async fn wait_recorded(
         tokio::time::sleep(Duration::from_millis(250)).await;
     }
 }
+
+pub fn verifications(b: &Value) -> Vec<Value> {
+    b["verifications"].as_array().cloned().unwrap_or_default()
+}
+
+/// Wait for a recorded verification that `pick` accepts.
+pub async fn wait_verification(
+    t: &TestCluster,
+    member: &str,
+    what: &str,
+    pick: impl Fn(&Value) -> bool,
+) -> anyhow::Result<Value> {
+    wait_recorded(t, member, what, Duration::from_secs(180), verifications, pick).await
+}

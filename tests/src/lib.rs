@@ -29,6 +29,7 @@
 
 pub mod backup;
 pub mod backup_bench;
+pub mod backup_standby_bench;
 pub mod certs;
 pub mod compose;
 pub mod compose_bench;

@@ -8,9 +8,10 @@ use anyhow::Context;
 use std::time::{Duration, Instant};
 use vigil_core::EventKind;
 use vigil_tests::backup::{
-    archiver, backups, in_archive, records, repo, switch_wal, wait_backup, wait_until, with_backup, CONVERGE,
+    archiver, backups, in_archive, records, repo, switch_wal, wait_backup, wait_until, wait_verification, with_backup,
+    CONVERGE,
 };
-use vigil_tests::{healthy, new_primary_writable, pgvigil_bin, settled, ClusterSpec, TestCluster, View};
+use vigil_tests::{healthy, new_primary_writable, pgvigil_bin, settled, ClusterSpec, TestCluster, TlsSpec, View};
 
 fn log_of(t: &TestCluster, member: &str) -> String {
     std::fs::read_to_string(t.spec().state_dir(member).join("postgresql.log")).unwrap_or_default()
@@ -460,7 +461,19 @@ fn a_bad_backup_table_exits_64_naming_the_key() {
             good.replace("[backup]\n", "[backup]\nschedule.full = \"61 * * * *\"\n"),
             "backup.schedule.full",
         ),
-        ("standby", good.replace("[backup]\n", "[backup]\nrun_on = \"standby\"\n"), "backup.run_on"),
+        // A standby's pgBackRest reaches the primary through its TLS server: [tls] is needed.
+        ("standby without [tls]", good.replace("[backup]\n", "[backup]\nrun_on = \"standby\"\n"), "backup.run_on"),
+        ("run_on unknown", good.replace("[backup]\n", "[backup]\nrun_on = \"replica\"\n"), "backup.run_on"),
+        (
+            "a TLS server option pgvigil owns",
+            good.replace("[backup]\n", "[backup]\noptions = { tls-server-port = \"9\" }\n"),
+            "backup.options.tls-server-port",
+        ),
+        (
+            "backup-standby set by hand",
+            good.replace("[backup]\n", "[backup]\noptions = { backup-standby = \"y\" }\n"),
+            "backup.options.backup-standby",
+        ),
         ("no repository", good.replace("repo_path = ", "# repo_path = "), "backup.repo_path"),
         (
             "an option pgvigil owns",
@@ -483,4 +496,122 @@ fn a_bad_backup_table_exits_64_naming_the_key() {
         assert_eq!(out.status.code(), Some(64), "{what}: {stderr}");
         assert!(stderr.contains(key), "{what}: stderr should name {key}: {stderr}");
     }
+}
+
+/// `POST /backup` (a full) on `member`: the id and the member it was placed on.
+async fn request_full(t: &TestCluster, member: &str) -> anyhow::Result<(u64, String)> {
+    let r = t.http(member, "POST", "/backup", Some(&t.token()), Some(r#"{"type": "full"}"#)).await?;
+    anyhow::ensure!(r.status == 202, "POST /backup: {} {}", r.status, r.text);
+    Ok((r.json["id"].as_u64().context("id")?, r.json["member"].as_str().context("member")?.to_string()))
+}
+
+fn labels_in_repository(b: &serde_json::Value) -> Vec<String> {
+    b["repository"][0]["backup"]
+        .as_array()
+        .into_iter()
+        .flatten()
+        .filter_map(|x| x["label"].as_str())
+        .map(String::from)
+        .collect()
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn with_run_on_standby_backups_run_on_a_standby_and_go_on_when_it_dies() -> anyhow::Result<()> {
+    // Every member runs pgBackRest's TLS server with its [tls] certificate (which names
+    // "localhost": pgBackRest 2.45 checks DNS names only).
+    let mut t = TestCluster::prepare_tls(3, 0, TlsSpec::default(), |s| {
+        with_backup(s, &["run_on = \"standby\"", "server_host = \"localhost\""])
+    })?;
+    t.cluster.start_all()?;
+    t.wait_for("a settled cluster with its stanza", CONVERGE, |v| {
+        settled(v)
+            && v.state.backup.stanza_ready.is_some()
+            && v.reports.values().filter(|r| r.backup_source.is_some()).count() == 3
+    })
+    .await?;
+    let primary = t.primary().await?;
+    t.execute(&primary, "CREATE TABLE items (id int primary key); INSERT INTO items SELECT generate_series(1, 1000)")
+        .await?;
+    let standbys = t.other_pg_members(&primary);
+    for s in &standbys {
+        t.wait_rows(s, "items", 1000, Duration::from_secs(20)).await?;
+    }
+
+    // A manual full runs on a standby, from the primary through its TLS server.
+    let (id, placed) = request_full(&t, &primary).await?;
+    assert!(standbys.contains(&placed), "placed on {placed}, not a standby of {standbys:?}");
+    let first = wait_backup(&t, &primary, "the backup on a standby", |r| r["id"] == id).await?;
+    assert_eq!(first["member"], placed.as_str(), "{first}");
+    assert!(first["outcome"]["error"].is_null(), "{first}");
+    let label = first["outcome"]["label"].as_str().context("label")?.to_string();
+    // pgBackRest on the standby took it with backup-standby, the primary as pg1 over TLS.
+    let log = std::fs::read_to_string(t.spec().state_dir(&placed).join("pgbackrest/log/main-backup.log"))?;
+    assert!(log.contains("--backup-standby") && log.contains("--pg1-host-type=tls"), "{log}");
+    assert!(log.contains("backup start archive"), "{log}");
+    assert!(labels_in_repository(&backups(&t, &primary).await?).contains(&label), "pgbackrest info lists {label}");
+    let history = t.view().await?.state.history;
+    assert!(
+        history
+            .iter()
+            .any(|e| e.kind == EventKind::Backup && e.detail.contains(&format!("started on standby {placed}"))),
+        "{history:?}"
+    );
+    // It restores and recovers (the verification, on a standby's host) and pgbackrest verify passes.
+    let v = t.http(&primary, "POST", "/backup/verify", Some(&t.token()), Some("")).await?;
+    assert_eq!(v.status, 202, "{}", v.text);
+    let vid = v.json["id"].as_u64().context("verification id")?;
+    let verified = wait_verification(&t, &primary, "the verification", |r| r["id"] == vid).await?;
+    assert!(verified["outcome"]["error"].is_null(), "{verified}");
+
+    for m in [&primary, &standbys[0], &standbys[1]] {
+        assert!(!pgbackrest_pids(&t, m, "server").is_empty(), "{m} runs pgBackRest's TLS server");
+    }
+
+    // A standby's host dies while it takes a backup (daemon and PostgreSQL, kill -9; it may be
+    // the coordinator's host too). The backup moves to the other standby once, after the dead
+    // one was silent for report_timeout + lease_timeout, and succeeds there. About 100 MB more,
+    // so that the backup is still running when the host dies.
+    t.execute(&primary, "INSERT INTO items SELECT g FROM generate_series(1001, 2000) g").await?;
+    t.execute(
+        &primary,
+        "CREATE TABLE bulk AS SELECT g, md5(g::text) || md5((g + 1)::text) AS pad FROM generate_series(1, 1200000) g",
+    )
+    .await?;
+    for s in &standbys {
+        t.wait_rows(s, "bulk", 1_200_000, Duration::from_secs(60)).await?;
+    }
+    let (id2, doomed) = request_full(&t, &primary).await?;
+    assert!(standbys.contains(&doomed), "placed on {doomed}");
+    let other = standbys.iter().find(|s| **s != doomed).context("another standby")?.clone();
+    wait_until("pgBackRest's backup running on the standby", Duration::from_secs(30), || {
+        let running = !pgbackrest_pids(&t, &doomed, "backup").is_empty();
+        async move { Ok(running) }
+    })
+    .await?;
+    t.kill_host(&doomed);
+    // Its TLS server dies with its daemon (parent-death signal).
+    wait_until("the killed member's TLS server gone", Duration::from_secs(10), || {
+        let left = pgbackrest_pids(&t, &doomed, "server");
+        async move { Ok(left.is_empty()) }
+    })
+    .await?;
+    let second = wait_backup(&t, &primary, "the backup moved off the dead standby", |r| r["id"] == id2).await?;
+    assert_eq!((second["member"].as_str(), second["attempts"].as_u64()), (Some(other.as_str()), Some(2)), "{second}");
+    assert!(second["outcome"]["error"].is_null(), "{second}");
+    let history = t.view().await?.state.history;
+    assert!(
+        history.iter().any(|e| e.detail.contains(&format!("backup {id2} (full) interrupted on {doomed} (epoch"))
+            && e.detail.contains(&format!("retried on standby {other}"))),
+        "{history:?}"
+    );
+    let label2 = second["outcome"]["label"].as_str().context("label")?.to_string();
+    let listed = labels_in_repository(&backups(&t, &primary).await?);
+    assert!(listed.contains(&label) && listed.contains(&label2), "{listed:?}");
+
+    // A daemon's shutdown stops its TLS server.
+    t.cluster.stop_all(Duration::from_secs(60));
+    for m in [&primary, &other] {
+        assert!(pgbackrest_pids(&t, m, "server").is_empty(), "{m}'s TLS server outlived its daemon's shutdown");
+    }
+    Ok(())
 }

@@ -80,6 +80,7 @@ async fn peer_rpcs_without_the_cluster_credential_are_refused_and_change_nothing
             pg: Default::default(),
             epoch_seen: before.state.epoch,
             proxy: None,
+            backup_source: None,
         })?,
     };
     let pause = proto::AdminRequest { action: "pause".into(), body_json: r#"{"reason": "hostile"}"#.into() };

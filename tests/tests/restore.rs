@@ -6,10 +6,11 @@
 //! file in the repository was damaged on purpose, and the metrics show both.
 
 use anyhow::Context;
-use serde_json::Value;
 use std::path::Path;
 use std::time::{Duration, Instant};
-use vigil_tests::backup::{backups, in_archive, repo, switch_wal, wait_recorded, wait_until, with_backup, CONVERGE};
+use vigil_tests::backup::{
+    backups, in_archive, repo, switch_wal, verifications, wait_until, wait_verification, with_backup, CONVERGE,
+};
 use vigil_tests::{settled, TestCluster};
 
 /// Every file under `dir` with its size and modification time.
@@ -182,20 +183,6 @@ async fn a_point_in_time_restore_bootstraps_a_new_cluster_and_leaves_the_source_
     assert_eq!(out.status.code(), Some(64), "{stderr}");
     assert!(stderr.contains("expected an empty archive"), "{stderr}");
     Ok(())
-}
-
-fn verifications(b: &Value) -> Vec<Value> {
-    b["verifications"].as_array().cloned().unwrap_or_default()
-}
-
-/// Wait for a recorded verification that `pick` accepts.
-async fn wait_verification(
-    t: &TestCluster,
-    member: &str,
-    what: &str,
-    pick: impl Fn(&Value) -> bool,
-) -> anyhow::Result<Value> {
-    wait_recorded(t, member, what, Duration::from_secs(180), verifications, pick).await
 }
 
 fn gauge(metrics: &str, name: &str) -> Option<f64> {

@@ -747,7 +747,11 @@ pub fn check(raw: Config) -> Result<Settings, ConfigError> {
         }
         (MemberKind::Witness, None) => (String::new(), None),
     };
-    let backup = raw.backup.as_ref().map(backup::check).transpose()?;
+    let mut backup = raw.backup.as_ref().map(backup::check).transpose()?;
+    if let (Some(b), MemberKind::Postgres) = (backup.as_mut(), raw.kind) {
+        let names: Vec<String> = raw.members.iter().map(|m| m.name.clone()).collect();
+        b.server = backup::tls_server(&b.raw, raw.tls.as_ref(), &advertise, &names)?;
+    }
     Ok(Settings {
         backup,
         raw,
@@ -774,7 +778,7 @@ pub use parse::{parse, CLI_VARIABLES, ENV_BOOL_KEYS, ENV_INTEGER_KEYS};
 #[path = "config_backup.rs"]
 mod backup;
 pub use backup::{
-    BackupConfig, BackupSettings, ScheduleConfig, DEFAULT_ARCHIVE_TIMEOUT, DEFAULT_BACKUP_TIMEOUT,
+    BackupConfig, BackupSettings, ScheduleConfig, TlsServer, DEFAULT_ARCHIVE_TIMEOUT, DEFAULT_BACKUP_TIMEOUT,
     DEFAULT_VERIFY_TIMEOUT,
 };
 

@@ -76,6 +76,7 @@ pub const ENV_INTEGER_KEYS: &[&str] = &[
     "replication.synchronous_node_count",
     "backup.retention_full",
     "backup.retention_diff",
+    "backup.server_port",
     "proxy.rw_port",
     "proxy.ro_port",
     "proxy.max_lag_bytes",

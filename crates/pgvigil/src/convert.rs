@@ -81,6 +81,7 @@ mod tests {
             },
             epoch_seen: 7,
             proxy: None,
+            backup_source: None,
         }
     }
 

@@ -22,6 +22,8 @@ pub(crate) fn wall_ms() -> u64 {
 enum Msg {
     Step(Input, oneshot::Sender<Output>),
     Reports(oneshot::Sender<BTreeMap<String, HealthReport>>),
+    /// Where a backup requested now runs ([`vigil_core::Coordinator::backup_placement`]).
+    BackupPlacement(oneshot::Sender<Option<vigil_core::backup::Placement>>),
     /// Decide at once (a request was committed).
     Wake,
 }
@@ -60,6 +62,13 @@ impl CoordinatorHandle {
             return BTreeMap::new();
         }
         answer.await.unwrap_or_default()
+    }
+
+    /// Where a backup requested now runs (None: not the coordinator, or no primary).
+    pub async fn backup_placement(&self) -> Option<vigil_core::backup::Placement> {
+        let (reply, answer) = oneshot::channel();
+        self.tx.send(Msg::BackupPlacement(reply)).await.ok()?;
+        answer.await.ok().flatten()
     }
 
     /// Decide now instead of at the next tick.
@@ -146,6 +155,11 @@ pub async fn run(shared: Arc<Shared>, task: CoordinatorTask, shutdown: Cancellat
                 Some(Msg::Reports(reply)) => {
                     let reports = coordinator.reports().iter().map(|(k, v)| (k.clone(), v.report.clone())).collect();
                     let _ = reply.send(reports);
+                }
+                Some(Msg::BackupPlacement(reply)) => {
+                    let state = shared.committed();
+                    let placed = coordinator.is_leader().then(|| coordinator.backup_placement(Instant::now(), &state)).flatten();
+                    let _ = reply.send(placed);
                 }
                 Some(Msg::Wake) => due = true,
             },

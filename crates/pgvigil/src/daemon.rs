@@ -48,6 +48,12 @@ pub struct Shared {
     pub proxy_feed: watch::Sender<Option<crate::proxy_feed::Feed>>,
     /// The routing proxy's view for `GET /proxy`, read live (unset: no proxy).
     pub proxy_status: std::sync::OnceLock<crate::proxy::StatusHandle>,
+    /// What this member's reports offer as a backup source while its pgBackRest TLS server runs
+    /// (`run_on = "standby"`; set by `backup/server.rs`). None: no server, or it is down.
+    pub backup_source: std::sync::Mutex<Option<vigil_core::backup::BackupSource>>,
+    /// When the latest report the coordinator acknowledged was sent: a backup on this standby
+    /// is killed when its reports go unacknowledged (the coordinator then moves it).
+    pub report_acked: std::sync::Mutex<Option<Instant>>,
 }
 
 /// When the daemon's periodic loops last went round, for `GET /liveness`.
@@ -196,6 +202,8 @@ pub async fn run(settings: Settings, shutdown: CancellationToken) -> anyhow::Res
         tls,
         proxy_feed: watch::Sender::new(None),
         proxy_status: std::sync::OnceLock::new(),
+        backup_source: std::sync::Mutex::new(None),
+        report_acked: std::sync::Mutex::new(None),
     });
     tokio::spawn(reload::run(shared.clone(), shutdown.child_token()));
     tokio::spawn(logging::follow_epoch(shared.raft.state(), shutdown.child_token()));

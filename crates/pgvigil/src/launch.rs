@@ -28,6 +28,9 @@ pub struct MemberSpec {
     pub tags: crate::config::TagTable,
     /// The routing proxy's read-write and read-only ports (None: no `[proxy]` table).
     pub proxy_ports: Option<(u16, u16)>,
+    /// The port of its pgBackRest TLS server (`backup.server_port`), written when the `[backup]`
+    /// lines say `run_on = "standby"` (members of a local cluster share one address).
+    pub backup_server_port: u16,
 }
 
 #[derive(Clone, Debug)]
@@ -160,6 +163,7 @@ impl ClusterSpec {
                 // Written out, so a test can edit them in the file as an operator would.
                 tags: crate::config::TagTable::default().with("nofailover", false).with("priority", 0),
                 proxy_ports: None,
+                backup_server_port: free_port()?,
             });
         }
         Ok(ClusterSpec {
@@ -348,7 +352,12 @@ impl ClusterSpec {
             sections.push(("hooks", lines("hooks", &self.hooks)?));
         }
         if !self.backup.is_empty() {
-            sections.push(("backup", lines("backup", &self.backup)?));
+            let mut backup = lines("backup", &self.backup)?;
+            let on_standby = backup.get("run_on").and_then(Value::as_str) == Some("standby");
+            if on_standby && !backup.contains_key("server_port") {
+                backup.insert("server_port".into(), i64::from(m.backup_server_port).into());
+            }
+            sections.push(("backup", backup));
         }
         sections.push(("stop", table(vec![("mode", self.stop_mode.as_str().into())])));
         sections.push(("log", table(vec![("level", self.log_level.as_str().into())])));

@@ -114,6 +114,7 @@ async fn send_report(shared: &Shared, link: &Link, epoch: u64, lease_timeout: st
     // The proxy's summary rides along for `pgvigil list` on any member (bounded: no member is
     // asked for it while `list` waits).
     let proxy = shared.proxy_status.get().map(|p| p.summary());
+    let backup_source = crate::backup::server::source(shared);
     let report = HealthReport {
         member: s.raw.name.clone(),
         kind: s.raw.kind,
@@ -123,6 +124,7 @@ async fn send_report(shared: &Shared, link: &Link, epoch: u64, lease_timeout: st
         pg,
         epoch_seen: epoch,
         proxy,
+        backup_source,
     };
     let sent_at = Instant::now();
     let status = shared.raft.status().borrow().clone();
@@ -159,6 +161,7 @@ async fn send_report(shared: &Shared, link: &Link, epoch: u64, lease_timeout: st
         None
     };
     if let Some(ack) = ack {
+        *shared.report_acked.lock().unwrap_or_else(|p| p.into_inner()) = Some(sent_at);
         crate::proxy_feed::publish(shared, sent_at, &ack);
         shared.primary_lsn.store(ack.primary_lsn, Ordering::Relaxed);
         let mut lease = link.lease.lock().unwrap_or_else(|p| p.into_inner());

@@ -57,6 +57,10 @@ pub struct BackupRun {
     pub assigned_unix_ms: u64,
     /// 1, plus one per change of primary while it ran.
     pub attempts: u32,
+    /// Run on a standby (`run_on = "standby"`): the primary of `epoch` as that standby's
+    /// pgBackRest reaches it (`pg1` over TLS). None: `member` is the primary and backs itself up.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub source: Option<BackupSource>,
 }
 
 /// What the member that ran a backup reports (from pgBackRest's `info`, or its error).
@@ -188,10 +192,29 @@ pub enum BackupCommand {
         #[serde(default)]
         serves: Vec<BackupType>,
         at_unix_ms: u64,
+        /// On a standby: the primary of `epoch` as `member` reaches it (see [`BackupRun::source`]).
+        #[serde(default, skip_serializing_if = "Option::is_none")]
+        source: Option<Box<BackupSource>>,
+        /// Why a backup meant for a standby runs on the primary (recorded in its history line).
+        #[serde(default, skip_serializing_if = "Option::is_none")]
+        note: Option<String>,
     },
-    /// Backup `id`, assigned in `from_epoch`, moves to `member`, the primary of `epoch` (its
-    /// member was deposed while it ran).
-    Retry { id: u64, from_epoch: u64, member: String, epoch: u64, at_unix_ms: u64 },
+    /// Backup `id`, assigned in `from_epoch` (to `from_member`), moves to `member` in `epoch`:
+    /// its member was deposed (a new primary), or the standby that ran it is gone.
+    Retry {
+        id: u64,
+        from_epoch: u64,
+        member: String,
+        epoch: u64,
+        at_unix_ms: u64,
+        /// The member it moves away from (None in records older than standby backups).
+        #[serde(default, skip_serializing_if = "Option::is_none")]
+        from_member: Option<String>,
+        #[serde(default, skip_serializing_if = "Option::is_none")]
+        source: Option<Box<BackupSource>>,
+        #[serde(default, skip_serializing_if = "Option::is_none")]
+        note: Option<String>,
+    },
     /// Backup `id` ended on `member` in `epoch`, as `outcome` says.
     Finish { id: u64, member: String, epoch: u64, outcome: BackupOutcome, at_unix_ms: u64 },
     /// Verification `id` of the latest backup starts on `member`, a standby in `epoch`.
@@ -222,6 +245,14 @@ impl BackupState {
     /// as an event by the caller.
     pub fn apply(&mut self, cmd: &BackupCommand, epoch: u64, primary: Option<&str>) -> Result<Applied, BackupRejected> {
         let is_primary = |member: &str, e: u64| e == epoch && primary == Some(member);
+        // Where a backup may be placed: on the primary of `e` itself, or (with a source) on
+        // another member while `e` is the current epoch and has a primary.
+        let placed = |member: &str, e: u64, source: &Option<Box<BackupSource>>| match source {
+            None => is_primary(member, e),
+            Some(_) => e == epoch && primary.is_some_and(|p| p != member),
+        };
+        let fell_back =
+            |note: &Option<String>| note.as_ref().map_or(String::new(), |n| format!(" (not on a standby: {n})"));
         match cmd {
             BackupCommand::StanzaReady { member, epoch: e, at_unix_ms } => {
                 if self.stanza_ready.is_some() {
@@ -233,7 +264,7 @@ impl BackupState {
                 self.stanza_ready = Some(StanzaReady { member: member.clone(), epoch: *e, at_unix_ms: *at_unix_ms });
                 Ok(Some((member.clone(), "backup stanza created and checked".into())))
             }
-            BackupCommand::Start { id, kind, member, epoch: e, reason, serves, at_unix_ms } => {
+            BackupCommand::Start { id, kind, member, epoch: e, reason, serves, at_unix_ms, source, note } => {
                 if self.stanza_ready.is_none() {
                     return Err(BackupRejected::NoStanza);
                 }
@@ -243,7 +274,7 @@ impl BackupState {
                 if self.last_id.checked_add(1) != Some(*id) {
                     return Err(BackupRejected::StaleId { id: *id, latest: self.last_id });
                 }
-                if !is_primary(member, *e) {
+                if !placed(member, *e, source) {
                     return Err(BackupRejected::NotPrimary { member: member.clone(), epoch: *e });
                 }
                 self.last_id = *id;
@@ -260,23 +291,35 @@ impl BackupState {
                     requested_unix_ms: *at_unix_ms,
                     assigned_unix_ms: *at_unix_ms,
                     attempts: 1,
+                    source: source.as_deref().cloned(),
                 });
-                Ok(Some((member.clone(), format!("backup {id} ({}, {reason}) started on {member}", kind.name()))))
+                let on = if source.is_some() { "standby " } else { "" };
+                let detail =
+                    format!("backup {id} ({}, {reason}) started on {on}{member}{}", kind.name(), fell_back(note));
+                Ok(Some((member.clone(), detail)))
             }
-            BackupCommand::Retry { id, from_epoch, member, epoch: e, at_unix_ms } => {
-                let run = self.running.as_mut().filter(|r| r.id == *id && r.epoch == *from_epoch);
+            BackupCommand::Retry { id, from_epoch, member, epoch: e, at_unix_ms, from_member, source, note } => {
+                let run = self.running.as_mut().filter(|r| {
+                    r.id == *id && r.epoch == *from_epoch && from_member.as_ref().is_none_or(|f| *f == r.member)
+                });
                 let Some(run) = run else {
                     return Err(BackupRejected::NotAssigned { id: *id, member: member.clone(), epoch: *from_epoch });
                 };
-                if !is_primary(member, *e) || *e <= *from_epoch {
+                // A new epoch (its primary was deposed), or in the same epoch away from a standby
+                // that is gone.
+                let moves = *e > *from_epoch || (*e == *from_epoch && run.source.is_some() && *member != run.member);
+                if !placed(member, *e, source) || !moves {
                     return Err(BackupRejected::NotPrimary { member: member.clone(), epoch: *e });
                 }
+                let on = if source.is_some() { "standby " } else { "" };
                 let detail = format!(
-                    "backup {id} ({}) interrupted on {} (epoch {from_epoch}): retried on {member}",
+                    "backup {id} ({}) interrupted on {} (epoch {from_epoch}): retried on {on}{member}{}",
                     run.kind.name(),
-                    run.member
+                    run.member,
+                    fell_back(note)
                 );
                 run.member = member.clone();
+                run.source = source.as_deref().cloned();
                 run.epoch = *e;
                 run.assigned_unix_ms = *at_unix_ms;
                 run.attempts = run.attempts.saturating_add(1);
@@ -350,6 +393,8 @@ pub struct Policy {
     pub timeout_ms: u64,
     /// The scheduled verification of the repository.
     pub verify: crate::verify::VerifyPolicy,
+    /// Where backups run.
+    pub run_on: RunOn,
 }
 
 /// The cluster's view the decision needs.
@@ -361,6 +406,13 @@ pub struct View<'a> {
     pub backup: &'a BackupState,
     /// The members whose latest report shows a running standby (where a verification may run).
     pub standbys: Vec<&'a str>,
+    /// Where a backup may run with [`RunOn::Standby`], best first ([`backup_standbys`]).
+    pub backup_standbys: Vec<&'a str>,
+    /// The primary's pgBackRest TLS server, from its latest report.
+    pub source: Option<&'a BackupSource>,
+    /// Members not heard from for longer than a standby's backup outlives its last
+    /// acknowledged report (`report_timeout` + `lease_timeout`): a backup on one moves.
+    pub gone: Vec<&'a str>,
 }
 
 /// The backup commands due at wall time `now_ms`: move a backup whose member was deposed to the
@@ -379,13 +431,19 @@ fn decide_backups(view: &View, policy: &Policy, now_ms: u64) -> Vec<BackupComman
     let Some(primary) = view.primary else { return vec![] };
     let b = view.backup;
     if let Some(r) = &b.running {
-        if r.epoch != view.epoch {
+        let standby_gone = r.source.is_some() && view.gone.contains(&r.member.as_str());
+        if r.epoch != view.epoch || standby_gone {
+            let avoid = standby_gone.then_some(r.member.as_str());
+            let p = place(policy.run_on, primary, &view.backup_standbys, view.source, avoid);
             return vec![BackupCommand::Retry {
                 id: r.id,
                 from_epoch: r.epoch,
-                member: primary.to_string(),
+                member: p.member,
                 epoch: view.epoch,
                 at_unix_ms: now_ms,
+                from_member: Some(r.member.clone()),
+                source: p.source.map(Box::new),
+                note: p.note,
             }];
         }
         if now_ms.saturating_sub(r.assigned_unix_ms) > policy.timeout_ms {
@@ -417,14 +475,17 @@ fn decide_backups(view: &View, policy: &Policy, now_ms: u64) -> Vec<BackupComman
         .map(|(t, _)| *t)
         .collect();
     let Some(kind) = due.iter().max().copied() else { return vec![] };
+    let p = place(policy.run_on, primary, &view.backup_standbys, view.source, None);
     vec![BackupCommand::Start {
         id: b.last_id + 1,
         kind,
-        member: primary.to_string(),
+        member: p.member,
         epoch: view.epoch,
         reason: "scheduled".into(),
         serves: due,
         at_unix_ms: now_ms,
+        source: p.source.map(Box::new),
+        note: p.note,
     }]
 }
 
@@ -613,6 +674,10 @@ fn civil_from_days(z: i64) -> (i64, u32, u32) {
     let y = yoe + era * 400 + i64::from(m <= 2);
     (y, m, d)
 }
+
+#[path = "backup_place.rs"]
+mod place_;
+pub use place_::{backup_standbys, place, BackupSource, Placement, RunOn};
 
 #[cfg(test)]
 #[path = "backup_tests.rs"]

@@ -107,6 +107,7 @@ mod tests {
             },
             epoch_seen: 1,
             proxy: None,
+            backup_source: None,
         }
     }
 

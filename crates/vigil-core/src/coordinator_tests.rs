@@ -29,6 +29,7 @@ fn report(name: &str, data_dir: DataDir, running: bool, in_recovery: bool, lsn: 
         },
         epoch_seen: 1,
         proxy: None,
+        backup_source: None,
     }
 }
 

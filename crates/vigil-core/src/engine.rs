@@ -126,12 +126,16 @@ impl Coordinator {
                 out.proposals = self.decide(now, state, wall_ms);
                 // Backups are decided from the same state, after the coordinator's own commands.
                 if let Some(policy) = self.backups.as_ref().filter(|_| self.is_leader()) {
+                    let seen = self.backup_seen(now, state);
                     let view = crate::backup::View {
                         epoch: state.epoch,
                         primary: state.primary.as_deref(),
                         switchover: state.switchover.is_some(),
                         backup: &state.backup,
                         standbys: self.running_standbys(now, state),
+                        backup_standbys: seen.backup_standbys,
+                        source: seen.source,
+                        gone: seen.gone,
                     };
                     let backups = crate::backup::decide(&view, policy, wall_ms);
                     out.proposals.extend(backups.into_iter().map(|backup| Command::Backup { backup }));

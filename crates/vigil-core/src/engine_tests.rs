@@ -151,3 +151,53 @@ fn a_tick_of_the_leader_decides_scheduled_backups_too() {
     let (mut plain, _, _) = cluster("b");
     assert!(backups(plain.step(t0, &s, tick(due))).is_empty(), "no policy, no backups");
 }
+
+#[test]
+fn a_standby_backup_moves_only_after_its_standby_was_silent_for_report_plus_lease_timeout() {
+    use crate::backup::{BackupCommand, BackupSource, Policy, RunOn, StanzaReady};
+    let t = Timings::default();
+    let policy = Policy { timeout_ms: 3_600_000, run_on: RunOn::Standby, ..Default::default() };
+    let (c, mut s, t0) = cluster("c");
+    let mut c = c.with_backups(policy);
+    s.backup.stanza_ready = Some(StanzaReady { member: "a".into(), epoch: s.epoch, at_unix_ms: 0 });
+    let serving = |mut r: HealthReport| {
+        r.backup_source = Some(BackupSource { host: r.member.clone(), port: 1, ..Default::default() });
+        r
+    };
+    let all = |lsn_b: u64| [serving(primary_r("a", 100)), serving(standby_r("b", lsn_b)), serving(standby_r("c", 90))];
+    hear(&mut c, &s, t0, &all(100));
+    // A manual request is placed as the schedule would: b replayed the most.
+    let placed = c.backup_placement(t0, &s).expect("a placement");
+    assert_eq!((placed.member.as_str(), placed.note), ("b", None));
+    let start = BackupCommand::Start {
+        id: 1,
+        kind: crate::backup::BackupType::Full,
+        member: "b".into(),
+        epoch: s.epoch,
+        reason: "manual".into(),
+        serves: vec![],
+        at_unix_ms: 0,
+        source: placed.source.map(Box::new),
+        note: None,
+    };
+    s.apply(&Command::Backup { backup: start }).expect("start");
+    let tick = |wall_ms| Input::Tick { wall_ms, keep_leadership: true };
+    let backups =
+        |out: Output| out.proposals.into_iter().filter(|p| matches!(p, Command::Backup { .. })).collect::<Vec<_>>();
+    // b stops reporting; a and c go on. Silent for report_timeout + lease_timeout: not yet.
+    let silence = t.report_timeout + t.lease_timeout;
+    let mut now = t0;
+    while now < t0 + silence {
+        now += t.loop_interval;
+        hear(&mut c, &s, now, &[serving(primary_r("a", 100)), serving(standby_r("c", 100))]);
+        assert!(backups(c.step(now, &s, tick(1))).is_empty(), "moved after only {:?}", now - t0);
+    }
+    now += t.loop_interval;
+    hear(&mut c, &s, now, &[serving(primary_r("a", 100)), serving(standby_r("c", 100))]);
+    let moved = backups(c.step(now, &s, tick(1)));
+    assert!(
+        matches!(&moved[..], [Command::Backup { backup: BackupCommand::Retry { member, from_member: Some(f), .. } }]
+            if member == "c" && f == "b"),
+        "{moved:?}"
+    );
+}

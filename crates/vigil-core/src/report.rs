@@ -143,6 +143,10 @@ pub struct HealthReport {
     /// to `GET /cluster`, never judged.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub proxy: Option<crate::proxy::ProxySummary>,
+    /// This member's pgBackRest TLS server, when it serves one (`[backup] run_on = "standby"`):
+    /// how a standby's pgBackRest reaches this member's PostgreSQL when it is the primary.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub backup_source: Option<crate::backup::BackupSource>,
 }
 
 impl HealthReport {

@@ -39,6 +39,7 @@ fn primary_r(name: &str, lsn: u64, replicas: &[&str]) -> HealthReport {
         },
         epoch_seen: 1,
         proxy: None,
+        backup_source: None,
     }
 }
 

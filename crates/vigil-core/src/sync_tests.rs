@@ -110,6 +110,7 @@ impl World {
             },
             epoch_seen: self.s.epoch,
             proxy: None,
+            backup_source: None,
         }
     }
 

@@ -31,6 +31,10 @@
 //! `... -- backup [SCALE]`: backup figures on a pgbench database of scale SCALE (70, about 1 GB),
 //! one run each (`vigil_tests::backup_bench`; scripts/backup-bench.sh).
 //!
+//! `... -- backup-standby [SCALE] [RUNS]`: a full backup on the standby (`run_on = "standby"`,
+//! through pgvigil) against one on the primary (pgBackRest by hand), of the same pgbench data
+//! (scale 20 by default), RUNS (2) times alternating (`vigil_tests::backup_standby_bench`).
+//!
 //! `... -- fuzz [SECONDS] [SEED]`: the fuzz targets of `vigil_tests::fuzz` (config loader, API
 //! bodies and token, peer reports, raft messages, committed commands, snapshots), SECONDS (60)
 //! shared evenly between them, inputs from SEED (default: the clock; printed). No cluster: the
@@ -579,8 +583,12 @@ async fn main() -> anyhow::Result<()> {
             tokio::task::spawn_blocking(move || vigil_tests::compose_bench::run(runs)).await??
         }
         Some("backup") => vigil_tests::backup_bench::run_bench(args.get(1).and_then(|s| s.parse().ok()).unwrap_or(70)).await?,
+        Some("backup-standby") => {
+            let scale = args.get(1).and_then(|s| s.parse().ok()).unwrap_or(20);
+            vigil_tests::backup_standby_bench::run_bench(scale, args.get(2).and_then(|s| s.parse().ok()).unwrap_or(2)).await?
+        }
         Some("fuzz") => fuzz(args.get(1).and_then(|s| s.parse().ok()).unwrap_or(60), args.get(2).and_then(|s| s.parse().ok()))?,
-        _ => anyhow::bail!("usage: bench failover [RUNS] | bench switchover [RUNS] | bench unattended [RUNS] | bench idle [SECONDS] | bench health [plain|tls] [SECONDS] | bench fuzz [SECONDS] [SEED] | bench docker [RUNS] | bench backup [SCALE]"),
+        _ => anyhow::bail!("usage: bench failover [RUNS] | bench switchover [RUNS] | bench unattended [RUNS] | bench idle [SECONDS] | bench health [plain|tls] [SECONDS] | bench fuzz [SECONDS] [SEED] | bench docker [RUNS] | bench backup [SCALE] | bench backup-standby [SCALE] [RUNS]"),
     }
     Ok(())
 }

@@ -89,6 +89,7 @@ fn report() -> impl Strategy<Value = HealthReport> {
         tags,
         pg,
         proxy: None,
+        backup_source: None,
         epoch_seen,
     })
 }

@@ -130,9 +130,9 @@ async fn verify_request(shared: &Shared) -> Answer {
 
 async fn request(shared: &Shared, kind: BackupType, reason: String) -> Answer {
     let state = shared.committed();
-    let Some(primary) = state.primary.clone() else {
+    if state.primary.is_none() {
         return ApiError::Conflict("the cluster has no primary".into()).into();
-    };
+    }
     if state.backup.stanza_ready.is_none() {
         return ApiError::Conflict("the backup stanza is not created yet (is [backup] configured?)".into()).into();
     }
@@ -143,15 +143,25 @@ async fn request(shared: &Shared, kind: BackupType, reason: String) -> Answer {
         return ApiError::Conflict("a switchover is pending; back up once it has ended".into()).into();
     }
     let id = state.backup.last_id + 1;
+    // Placed as the schedule places one (`run_on`): the coordinator's choice from its reports.
+    let Some(placed) = shared.coordinator.backup_placement().await else {
+        return ApiError::Conflict("not the coordinator any more; try again".into()).into();
+    };
+    if let Some(note) = &placed.note {
+        tracing::warn!("backup {id} runs on the primary, not on a standby: {note}");
+    }
+    let member = placed.member.clone();
     let cmd = Command::Backup {
         backup: BackupCommand::Start {
             id,
             kind,
-            member: primary.clone(),
+            member: placed.member,
             epoch: state.epoch,
             reason,
             serves: vec![],
             at_unix_ms: wall_ms(),
+            source: placed.source.map(Box::new),
+            note: placed.note,
         },
     };
     tracing::warn!(command = ?cmd, "operator request: backup");
@@ -164,9 +174,9 @@ async fn request(shared: &Shared, kind: BackupType, reason: String) -> Answer {
     if !started {
         return ApiError::Conflict("not started: the cluster changed meanwhile; try again".into()).into();
     }
-    Answer::ok(202, format!("backup {id} ({}) started on {primary}", kind.name()))
+    Answer::ok(202, format!("backup {id} ({}) started on {member}", kind.name()))
         .with("id", id)
-        .with("member", primary)
+        .with("member", member)
         .with("type", kind.name())
 }
 
@@ -238,6 +248,8 @@ mod tests {
             reason: String::new(),
             serves: vec![],
             at_unix_ms: 0,
+            source: None,
+            note: None,
         };
         let forged = serde_json::to_vec(&Report { command: start }).expect("encode");
         assert!(parse("backup_report", &forged).is_err(), "a member cannot start a backup by report");

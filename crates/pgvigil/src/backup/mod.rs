@@ -14,6 +14,8 @@
 //! - [`recovery`]: restoring a backup into a directory and recovering it once (archiving off).
 //! - [`verifier`]: the member's part of the scheduled verification (restore on this host into a
 //!   scratch directory, recover, query, `pgbackrest verify`, remove the scratch copy, report).
+//! - [`server`]: `run_on = "standby"`: this member's pgBackRest TLS server, supervised (the
+//!   standby that backs up reaches the primary through it).
 //! - [`restore`]: `pgvigil restore`, a new cluster from another's stanza, to a point in time.
 
 pub mod api;
@@ -25,6 +27,7 @@ pub mod pgbackrest;
 pub mod recovery;
 pub mod restore;
 mod runner;
+pub mod server;
 pub mod verifier;
 
 use crate::config::Settings;
@@ -51,6 +54,7 @@ pub fn policy(settings: &crate::config::Settings) -> Policy {
                 schedule: None,
                 timeout_ms: crate::config::DEFAULT_VERIFY_TIMEOUT.as_millis() as u64 + 300_000,
             },
+            run_on: Default::default(),
         },
     }
 }
@@ -132,6 +136,10 @@ pub fn start(shared: &Arc<Shared>, shutdown: CancellationToken) -> anyhow::Resul
     let health_pgb = std::sync::Arc::new(pgbackrest::PgBackRest::of(&shared.settings, &b, &pg));
     tokio::spawn(health::run(health_pgb, b.raw.repo_path.clone(), shutdown.clone()));
     tokio::spawn(verifier::run(shared.clone(), verify_pgb, b.verify_timeout, shutdown.clone()));
+    if b.server.is_some() {
+        let server_pgb = pgbackrest::PgBackRest::of(&shared.settings, &b, &pg);
+        tokio::spawn(server::run(shared.clone(), server_pgb, shutdown.clone()));
+    }
     tokio::spawn(runner::run(shared.clone(), pgb, b, shutdown));
     Ok(())
 }

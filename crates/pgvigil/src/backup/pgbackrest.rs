@@ -6,7 +6,7 @@ use anyhow::Context;
 use std::path::PathBuf;
 use std::process::Stdio;
 use std::time::Duration;
-use vigil_core::backup::{BackupOutcome, BackupType};
+use vigil_core::backup::{BackupOutcome, BackupSource, BackupType};
 use vigil_pg::{PgSettings, RunAs};
 
 /// Where this member's pgBackRest files live: `<state_dir>/pgbackrest`.
@@ -47,6 +47,19 @@ pub fn config_text(b: &BackupSettings, pg: &PgSettings, dir: &std::path::Path) -
     for (k, v) in &b.raw.options {
         global.push(format!("{k}={v}"));
     }
+    // `run_on = "standby"`: this member's TLS server (`pgbackrest server`, run by the daemon),
+    // with copies of the member's `[tls]` files that PostgreSQL's user can read.
+    if let Some(srv) = &b.server {
+        let files = tls_files(dir);
+        global.push(format!("tls-server-address={}", srv.listen));
+        global.push(format!("tls-server-port={}", srv.port));
+        global.push(format!("tls-server-ca-file={}", files.ca.display()));
+        global.push(format!("tls-server-cert-file={}", files.cert.display()));
+        global.push(format!("tls-server-key-file={}", files.key.display()));
+        for cn in &srv.clients {
+            global.push(format!("tls-server-auth={cn}={}", b.raw.stanza));
+        }
+    }
     let stanza = [
         format!("pg1-path={}", pg.data_dir.display()),
         format!("pg1-port={}", pg.port),
@@ -60,6 +73,73 @@ pub fn config_text(b: &BackupSettings, pg: &PgSettings, dir: &std::path::Path) -
         b.raw.stanza,
         stanza.join("\n")
     )
+}
+
+/// The copies of the member's `[tls]` files pgBackRest reads as PostgreSQL's user.
+pub struct TlsFiles {
+    pub ca: PathBuf,
+    pub cert: PathBuf,
+    pub key: PathBuf,
+}
+
+pub fn tls_files(dir: &std::path::Path) -> TlsFiles {
+    let tls = dir.join("tls");
+    TlsFiles { ca: tls.join("ca.pem"), cert: tls.join("cert.pem"), key: tls.join("key.pem") }
+}
+
+/// Copy the member's `[tls]` files for pgBackRest (0600, PostgreSQL's user's): done before each
+/// start of the TLS server and each backup on a standby, so renewed certificates are used.
+pub fn copy_tls_files(
+    srv: &crate::config::TlsServer,
+    dir: &std::path::Path,
+    run_as: Option<RunAs>,
+) -> anyhow::Result<()> {
+    let files = tls_files(dir);
+    vigil_pg::datadir::create_dir_owned(&dir.join("tls"), 0o700, run_as)?;
+    for (from, to, key) in [
+        (&srv.ca_file, &files.ca, "tls.ca_file"),
+        (&srv.cert_file, &files.cert, "tls.cert_file"),
+        (&srv.key_file, &files.key, "tls.key_file"),
+    ] {
+        let bytes = std::fs::read(from).with_context(|| format!("config key `{key}`: read {}", from.display()))?;
+        vigil_pg::datadir::write_file_atomic(to, &bytes, 0o600, run_as)?;
+    }
+    Ok(())
+}
+
+/// The options of a backup taken on this standby (`backup-standby=y`): the primary as `pg1`,
+/// reached through its TLS server with this member's certificate, and this standby as `pg2`.
+pub fn standby_args(source: &BackupSource, local: &PgSettings, dir: &std::path::Path) -> Vec<String> {
+    let files = tls_files(dir);
+    vec![
+        "--backup-standby".into(),
+        format!("--pg1-host={}", source.host),
+        "--pg1-host-type=tls".into(),
+        format!("--pg1-host-port={}", source.port),
+        format!("--pg1-host-ca-file={}", files.ca.display()),
+        format!("--pg1-host-cert-file={}", files.cert.display()),
+        format!("--pg1-host-key-file={}", files.key.display()),
+        format!("--pg1-path={}", source.data_dir),
+        format!("--pg1-port={}", source.pg_port),
+        format!("--pg1-socket-path={}", source.socket_dir),
+        format!("--pg1-user={}", source.user),
+        format!("--pg2-path={}", local.data_dir.display()),
+        format!("--pg2-port={}", local.port),
+        format!("--pg2-socket-path={}", local.socket_dir.display()),
+        format!("--pg2-user={}", local.superuser),
+    ]
+}
+
+/// What this member reports for others to reach it (`run_on = "standby"`).
+pub fn source_of(srv: &crate::config::TlsServer, pg: &PgSettings) -> BackupSource {
+    BackupSource {
+        host: srv.host.clone(),
+        port: srv.port,
+        data_dir: pg.data_dir.display().to_string(),
+        pg_port: pg.port,
+        socket_dir: pg.socket_dir.display().to_string(),
+        user: pg.superuser.clone(),
+    }
 }
 
 /// Write the configuration and the directories pgBackRest uses, owned by PostgreSQL's user (the
@@ -77,6 +157,9 @@ pub fn prepare(settings: &Settings, b: &BackupSettings, pg: &PgSettings) -> anyh
             vigil_pg::datadir::create_dir_owned(repo, 0o750, pg.run_as)
                 .with_context(|| format!("config key `backup.repo_path`: create {}", repo.display()))?;
         }
+    }
+    if let Some(srv) = &b.server {
+        copy_tls_files(srv, &dir, pg.run_as)?;
     }
     let text = config_text(b, pg, &dir);
     vigil_pg::datadir::write_file_atomic(&config_path(settings), text.as_bytes(), 0o600, pg.run_as)

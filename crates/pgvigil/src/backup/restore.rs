@@ -110,6 +110,7 @@ pub async fn restore(args: RestoreArgs) -> anyhow::Result<()> {
     let mut source = own.clone();
     source.raw.stanza = args.from_stanza.clone();
     source.raw.repo_path = Some(repo.clone());
+    source.server = None;
     let source_conf = pgbackrest::dir(&settings).join(format!("restore-{}.conf", args.from_stanza));
     let text = pgbackrest::config_text(&source, &pg, &pgbackrest::dir(&settings));
     vigil_pg::datadir::write_file_atomic(&source_conf, text.as_bytes(), 0o600, pg.run_as)?;

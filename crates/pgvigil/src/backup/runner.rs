@@ -15,7 +15,7 @@ use std::sync::Arc;
 use std::time::{Duration, Instant};
 use tokio::task::JoinHandle;
 use tokio_util::sync::CancellationToken;
-use vigil_core::backup::{BackupCommand, BackupOutcome, BackupType};
+use vigil_core::backup::{BackupCommand, BackupOutcome, BackupSource, BackupType};
 use vigil_core::repeats::{Repeats, LOG_EVERY};
 use vigil_core::ClusterState;
 
@@ -25,6 +25,8 @@ const STANZA_RETRY: Duration = Duration::from_secs(15);
 struct Job {
     id: u64,
     epoch: u64,
+    /// Taken on this standby from the primary (`run_on = "standby"`).
+    on_standby: bool,
     task: JoinHandle<BackupOutcome>,
 }
 
@@ -53,6 +55,16 @@ pub async fn run(shared: Arc<Shared>, pgb: PgBackRest, b: BackupSettings, shutdo
         let pg = shared.pg_status.borrow().clone();
         let writable_primary =
             state.is_primary(&me) && shared.lease_valid(state.epoch, Instant::now()) && pg.running && !pg.in_recovery;
+        // A backup on this standby runs only while the coordinator acknowledges its reports: one
+        // that lost touch with it is killed before the coordinator moves the backup elsewhere
+        // (it waits `report_timeout` + `lease_timeout`), so two never write at once.
+        let report_timeout = shared.settings.timings.report_timeout;
+        let in_touch = shared
+            .report_acked
+            .lock()
+            .unwrap_or_else(|p| p.into_inner())
+            .is_some_and(|sent| sent.elapsed() <= report_timeout);
+        let serving_standby = !state.is_primary(&me) && pg.running && pg.in_recovery && in_touch;
 
         // The stanza: created (idempotent) and checked by the primary once per epoch here.
         if writable_primary && stanza_epoch != Some(state.epoch) && Instant::now() >= stanza_next_try {
@@ -84,6 +96,24 @@ pub async fn run(shared: Arc<Shared>, pgb: PgBackRest, b: BackupSettings, shutdo
             j.task.abort();
             job = None;
         }
+        if let Some(j) = job.as_ref().filter(|j| j.on_standby && !serving_standby) {
+            let why = if in_touch {
+                "this standby stopped or was promoted"
+            } else {
+                "the coordinator stopped acknowledging this member's reports"
+            };
+            tracing::warn!(id = j.id, "backup on this standby stopped: {why}");
+            j.task.abort();
+            let now = wall_ms();
+            let outcome = BackupOutcome {
+                started_unix_ms: now,
+                stopped_unix_ms: now,
+                error: Some(format!("stopped on the standby: {why}")),
+                ..Default::default()
+            };
+            finished = Some((j.id, j.epoch, outcome, now));
+            job = None;
+        }
         if let Some(j) = job.as_mut().filter(|j| j.task.is_finished()) {
             let outcome = (&mut j.task).await.unwrap_or_else(|e| BackupOutcome {
                 error: Some(format!("the backup task failed: {e}")),
@@ -94,13 +124,9 @@ pub async fn run(shared: Arc<Shared>, pgb: PgBackRest, b: BackupSettings, shutdo
                 (None, label) => format!("backup {} done: {}", j.id, label.as_deref().unwrap_or("?")),
             };
             let me = shared.name().to_string();
-            let details = hooks::Details {
-                role: "primary".into(),
-                previous_role: "primary".into(),
-                epoch: j.epoch,
-                primary: me,
-                reason,
-            };
+            let role = if j.on_standby { "replica" } else { "primary" };
+            let details =
+                hooks::Details { role: role.into(), previous_role: role.into(), epoch: j.epoch, primary: me, reason };
             shared.hooks.fire(hooks::Event::Backup, details);
             finished = Some((j.id, j.epoch, outcome, wall_ms()));
             job = None;
@@ -119,10 +145,31 @@ pub async fn run(shared: Arc<Shared>, pgb: PgBackRest, b: BackupSettings, shutdo
                     };
                     finished = Some((r.id, r.epoch, outcome, now));
                 }
-            } else if job.is_none() && !done_here && writable_primary {
+            } else if job.is_none() && !done_here && r.source.is_none() && writable_primary {
                 tracing::warn!(id = r.id, kind = r.kind.name(), attempt = r.attempts, "taking backup");
-                let task = tokio::spawn(take(pgb.clone(), r.kind, b.timeout));
-                job = Some(Job { id: r.id, epoch: r.epoch, task });
+                let task = tokio::spawn(take(pgb.clone(), r.kind, b.timeout, None));
+                job = Some(Job { id: r.id, epoch: r.epoch, on_standby: false, task });
+            } else if let Some(source) = r.source.as_ref().filter(|_| job.is_none() && !done_here && serving_standby) {
+                tracing::warn!(
+                    id = r.id,
+                    kind = r.kind.name(),
+                    attempt = r.attempts,
+                    primary = %source.host,
+                    "taking backup on this standby (backup-standby, the primary through its TLS server)"
+                );
+                let task = tokio::spawn(take(pgb.clone(), r.kind, b.timeout, Some((source.clone(), b.clone()))));
+                job = Some(Job { id: r.id, epoch: r.epoch, on_standby: true, task });
+            } else if r.source.is_some() && job.is_none() && !done_here && in_touch && !(pg.running && pg.in_recovery) {
+                // Placed here from a report that no longer holds (PostgreSQL stopped, or this
+                // member was promoted): say so now rather than let the coordinator wait hours.
+                let now = wall_ms();
+                let outcome = BackupOutcome {
+                    started_unix_ms: now,
+                    stopped_unix_ms: now,
+                    error: Some("assigned to this standby, whose PostgreSQL is not running in recovery".into()),
+                    ..Default::default()
+                };
+                finished = Some((r.id, r.epoch, outcome, now));
             }
         }
         if let Some((id, epoch, outcome, at)) = finished.clone() {
@@ -151,8 +198,14 @@ async fn stanza(pgb: &PgBackRest) -> anyhow::Result<()> {
 }
 
 /// Take one backup of `kind`; the outcome from pgBackRest's `info` (the newest backup, which
-/// must have started after this one did), or the error.
-async fn take(pgb: Arc<PgBackRest>, kind: BackupType, timeout: Duration) -> BackupOutcome {
+/// must have started after this one did), or the error. With `standby`, on this standby from
+/// the primary `source` (`backup-standby=y`, the primary as `pg1` over TLS, this one as `pg2`).
+async fn take(
+    pgb: Arc<PgBackRest>,
+    kind: BackupType,
+    timeout: Duration,
+    standby: Option<(BackupSource, BackupSettings)>,
+) -> BackupOutcome {
     let started = wall_ms();
     let failure = |e: String| BackupOutcome {
         started_unix_ms: started,
@@ -160,12 +213,30 @@ async fn take(pgb: Arc<PgBackRest>, kind: BackupType, timeout: Duration) -> Back
         error: Some(e),
         ..Default::default()
     };
-    // Right after a promotion pg_control still names the old timeline until the first checkpoint,
-    // and pgBackRest refuses that ("WAL timeline 2 does not match pg_control timeline 1").
-    if let Err(e) = checkpoint(&pgb).await {
-        return failure(format!("CHECKPOINT before the backup: {e:#}"));
+    let mut args = vec!["backup".to_string(), format!("--type={}", kind.name())];
+    match &standby {
+        // Right after a promotion pg_control still names the old timeline until the first
+        // checkpoint, and pgBackRest refuses that ("WAL timeline 2 does not match pg_control
+        // timeline 1").
+        None => {
+            if let Err(e) = checkpoint(&pgb).await {
+                return failure(format!("CHECKPOINT before the backup: {e:#}"));
+            }
+        }
+        // pgBackRest checkpoints the primary itself (`start-fast`) and waits for this standby to
+        // replay up to the backup's start.
+        Some((source, b)) => {
+            let dir = pgb.config.parent().map(std::path::Path::to_path_buf).unwrap_or_default();
+            if let Some(srv) = &b.server {
+                if let Err(e) = super::pgbackrest::copy_tls_files(srv, &dir, pgb.run_as) {
+                    return failure(format!("the [tls] files for pgBackRest: {e:#}"));
+                }
+            }
+            args.extend(super::pgbackrest::standby_args(source, &pgb.pg, &dir));
+        }
     }
-    if let Err(e) = pgb.run(&["backup", &format!("--type={}", kind.name())], timeout).await {
+    let args: Vec<&str> = args.iter().map(String::as_str).collect();
+    if let Err(e) = pgb.run(&args, timeout).await {
         tracing::error!("backup failed: {e:#}");
         return failure(format!("{e:#}"));
     }

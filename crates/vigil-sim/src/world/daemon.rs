@@ -283,6 +283,7 @@ impl World {
             pg: d.status.clone(),
             epoch_seen: m.state.epoch,
             proxy: None,
+            backup_source: None,
         };
         let node = &self.raft.nodes[i];
         if node.leader {
