@@ -107,6 +107,12 @@ async fn demo(args: DemoArgs) -> anyhow::Result<()> {
     }
     // Dropped on an error below: its daemons (and what they started) are stopped then too.
     let mut cluster = LocalCluster::prepare(spec)?;
+    // Each daemon would refuse a config it cannot run with (exit 64) while the demo waited for a
+    // cluster: check the files first and say why, as `pgvigil run` would.
+    for m in &cluster.spec.members {
+        let path = cluster.spec.config_path(&m.name);
+        crate::config::load(&path).map_err(|e| anyhow::anyhow!("member {}: {e}", m.name))?;
+    }
     cluster.start_all()?;
     println!("Starting {} members under {} ...", args.members + args.witnesses, dir.display());
     let ready = tokio::select! {

@@ -49,6 +49,14 @@ pub fn check(settings: &Settings) -> Result<(), ConfigError> {
             Err(e) => return Err(bad(format!("{}: {e} (is PostgreSQL installed there?)", path.display()))),
         }
     }
+    if nix::unistd::geteuid().is_root() {
+        let user = pg.run_as.as_deref().unwrap_or("postgres");
+        if let Ok(Some(u)) = nix::unistd::User::from_name(user) {
+            if let Some(message) = unreachable_by(&pg.data_dir, user, u.uid.as_raw(), u.gid.as_raw()) {
+                return Err(ConfigError { key: "postgres.data_dir".into(), message });
+            }
+        }
+    }
     let Some(data_version) = data_dir_version(&pg.data_dir) else { return Ok(()) };
     let bin_version = postgres_major(bin)?;
     if bin_version != data_version {
@@ -119,5 +127,91 @@ mod tests {
         assert_eq!(major_of("postgres (PostgreSQL) 16beta1").as_deref(), Some("16"));
         assert_eq!(major_of("postgres (PostgreSQL) 9.6.24").as_deref(), Some("9.6"));
         assert_eq!(major_of("no version here"), None);
+    }
+}
+
+/// Why PostgreSQL's user (`user`: `uid`, primary group `gid`) could not reach `data_dir`, if it
+/// could not: the first existing directory above it that it may not enter. The daemon runs as
+/// root and PostgreSQL as that user, which must traverse every directory above its data directory;
+/// otherwise initdb or the clone fails in every attempt (a root-only home directory, a 0700 temp
+/// directory) and a new cluster keeps choosing who initialises. Directories that do not exist yet
+/// are created by the daemon (root's umask: traversable).
+fn unreachable_by(data_dir: &Path, user: &str, uid: u32, gid: u32) -> Option<String> {
+    use std::os::unix::fs::MetadataExt;
+    let groups = nix::unistd::User::from_uid(nix::unistd::Uid::from_raw(uid))
+        .ok()
+        .flatten()
+        .and_then(|u| std::ffi::CString::new(u.name).ok())
+        .and_then(|name| nix::unistd::getgrouplist(&name, nix::unistd::Gid::from_raw(gid)).ok())
+        .map(|g| g.into_iter().map(|g| g.as_raw()).collect::<Vec<_>>())
+        .unwrap_or_else(|| vec![gid]);
+    let mut ancestors: Vec<&Path> = data_dir.ancestors().skip(1).collect();
+    ancestors.reverse();
+    for dir in ancestors {
+        let Ok(m) = std::fs::metadata(dir) else { break };
+        if !may_enter(m.mode(), m.uid(), m.gid(), uid, &groups) {
+            return Some(format!(
+                "{} is not reachable by PostgreSQL's user {user:?}: it may not enter {} (mode {:04o}, owner uid {}); \
+                 put the data directory where {user:?} can reach it, or allow it in (chmod o+x {})",
+                data_dir.display(),
+                dir.display(),
+                m.mode() & 0o7777,
+                m.uid(),
+                dir.display()
+            ));
+        }
+    }
+    None
+}
+
+/// May a process of `uid` (in `groups`) enter a directory of `mode`, owned by `owner`:`group`?
+/// The owner's bits apply to its owner, the group's to its members, the others' to the rest.
+fn may_enter(mode: u32, owner: u32, group: u32, uid: u32, groups: &[u32]) -> bool {
+    if uid == 0 {
+        return true;
+    }
+    let bit = if owner == uid {
+        0o100
+    } else if groups.contains(&group) {
+        0o010
+    } else {
+        0o001
+    };
+    mode & bit != 0
+}
+
+#[cfg(test)]
+mod reach_tests {
+    use super::*;
+
+    #[test]
+    fn the_owner_group_or_other_bits_decide() {
+        // A root-only home directory: postgres (uid 100) may not enter.
+        assert!(!may_enter(0o40700, 0, 0, 100, &[101]));
+        assert!(may_enter(0o40711, 0, 0, 100, &[101]));
+        // Its own directory, whatever the others' bits.
+        assert!(may_enter(0o40700, 100, 101, 100, &[101]));
+        // Owned by root, group postgres with x: enters through the group only.
+        assert!(may_enter(0o40750, 0, 101, 100, &[101]));
+        assert!(!may_enter(0o40750, 0, 102, 100, &[101]));
+        // The owner's bits apply to the owner even when the others' allow it (as the kernel does).
+        assert!(!may_enter(0o40071, 100, 0, 100, &[101]));
+    }
+
+    #[test]
+    fn a_directory_postgres_cannot_enter_is_named() {
+        let t = tempfile::tempdir().unwrap();
+        // The temp dir itself may be 0700 and the test's own: open it, so only `closed` decides.
+        std::fs::set_permissions(t.path(), std::fs::Permissions::from_mode(0o711)).unwrap();
+        let closed = t.path().join("closed");
+        std::fs::create_dir(&closed).unwrap();
+        std::fs::set_permissions(&closed, std::fs::Permissions::from_mode(0o700)).unwrap();
+        let owner = std::fs::metadata(&closed).map(|m| std::os::unix::fs::MetadataExt::uid(&m)).unwrap();
+        // A user that is not the owner and in none of its groups.
+        let other = owner.wrapping_add(4242);
+        let why = unreachable_by(&closed.join("pg1/pgdata"), "someone", other, other).unwrap_or_default();
+        assert!(why.contains(&format!("may not enter {}", closed.display())), "{why}");
+        std::fs::set_permissions(&closed, std::fs::Permissions::from_mode(0o711)).unwrap();
+        assert_eq!(unreachable_by(&closed.join("pg1/pgdata"), "someone", other, other), None);
     }
 }
