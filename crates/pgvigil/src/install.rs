@@ -200,18 +200,18 @@ mod reach_tests {
 
     #[test]
     fn a_directory_postgres_cannot_enter_is_named() {
-        let t = tempfile::tempdir().unwrap();
+        let t = tempfile::tempdir().expect("test setup");
         // The temp dir itself may be 0700 and the test's own: open it, so only `closed` decides.
-        std::fs::set_permissions(t.path(), std::fs::Permissions::from_mode(0o711)).unwrap();
+        std::fs::set_permissions(t.path(), std::fs::Permissions::from_mode(0o711)).expect("test setup");
         let closed = t.path().join("closed");
-        std::fs::create_dir(&closed).unwrap();
-        std::fs::set_permissions(&closed, std::fs::Permissions::from_mode(0o700)).unwrap();
-        let owner = std::fs::metadata(&closed).map(|m| std::os::unix::fs::MetadataExt::uid(&m)).unwrap();
+        std::fs::create_dir(&closed).expect("test setup");
+        std::fs::set_permissions(&closed, std::fs::Permissions::from_mode(0o700)).expect("test setup");
+        let owner = std::fs::metadata(&closed).map(|m| std::os::unix::fs::MetadataExt::uid(&m)).expect("test setup");
         // A user that is not the owner and in none of its groups.
         let other = owner.wrapping_add(4242);
         let why = unreachable_by(&closed.join("pg1/pgdata"), "someone", other, other).unwrap_or_default();
         assert!(why.contains(&format!("may not enter {}", closed.display())), "{why}");
-        std::fs::set_permissions(&closed, std::fs::Permissions::from_mode(0o711)).unwrap();
+        std::fs::set_permissions(&closed, std::fs::Permissions::from_mode(0o711)).expect("test setup");
         assert_eq!(unreachable_by(&closed.join("pg1/pgdata"), "someone", other, other), None);
     }
 }
