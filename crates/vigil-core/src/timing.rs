@@ -22,7 +22,8 @@ pub fn next_beat(base: Instant, now: Instant, period: Duration) -> Instant {
 /// counted) and `now`, at most `cap`, and the grid point to count the next ones from.
 ///
 /// A Raft follower that hears its leader counts its ticks in batches, waking with the check and
-/// report loop instead of every tick: its election timer only runs late, never early. The cap
+/// report loop instead of every tick; `last` moves to the moment its leader was last heard (its
+/// election timer restarted then), so the timer only runs late, never early. The cap
 /// keeps what a stalled process does as it was (missed ticks are lost, not replayed at once, so a
 /// daemon that was stopped for seconds does not start an election the moment it runs again).
 pub fn ticks_due(last: Instant, now: Instant, tick: Duration, cap: u32) -> (u32, Instant) {

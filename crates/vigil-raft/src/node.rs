@@ -217,12 +217,23 @@ impl<S: StateMachine> Node<S> {
                 _ = shutdown.cancelled() => break,
                 _ = &mut wake => {
                     let now = std::time::Instant::now();
-                    let batch = follower_wake.filter(|_| self.hears_a_leader());
-                    // Leaders and candidates tick once per wake as before (a late wake loses
-                    // ticks); a batching follower counts up to one wake's worth.
-                    let cap = batch.map_or(1, |w| w.as_nanos().div_ceil(tick.as_nanos().max(1)).max(1) as u32);
-                    let (n, counted) = vigil_core::timing::ticks_due(last_tick, now, tick, cap);
-                    last_tick = counted;
+                    let n = match follower_wake.filter(|_| self.hears_a_leader()) {
+                        // A batching follower counts the ticks that fell due since the last one
+                        // counted or since its leader was last heard (below), at most one wake's
+                        // worth: its election timer never runs ahead of the time that passed.
+                        Some(w) => {
+                            let cap = w.as_nanos().div_ceil(tick.as_nanos().max(1)).max(1) as u32;
+                            let (n, counted) = vigil_core::timing::ticks_due(last_tick, now, tick, cap);
+                            last_tick = counted;
+                            n
+                        }
+                        // Leaders and candidates tick once per wake, as before (a late wake loses
+                        // ticks).
+                        None => {
+                            last_tick = now;
+                            1
+                        }
+                    };
                     for _ in 0..n {
                         self.raw.tick();
                     }
@@ -242,6 +253,11 @@ impl<S: StateMachine> Node<S> {
                             Ok(req) => self.handle(req),
                             Err(_) => break,
                         }
+                    }
+                    if batching && self.hears_a_leader() && self.raw.raft.election_elapsed == 0 {
+                        // Its leader was heard and its election timer restarted: ticks that fell
+                        // due before that must not count against the new wait.
+                        last_tick = std::time::Instant::now();
                     }
                 }
             }

@@ -261,7 +261,8 @@ pub async fn spawn_member(
         tick: TICK,
         election_ticks: ELECTION_TICKS,
         heartbeat_ticks: 2,
-        follower_wake: None,
+        // Followers count their ticks in batches, as the daemon's do with the default timings.
+        follower_wake: Some(TICK * 3),
         snapshot_threshold,
         clients: vigil_raft::PeerClients::new(),
     };
