@@ -32,12 +32,9 @@ pub fn ticks_due(last: Instant, now: Instant, tick: Duration, cap: u32) -> (u32,
     }
     let due = now.duration_since(last).as_nanos() / tick.as_nanos();
     let n = u32::try_from(due).unwrap_or(u32::MAX);
-    if n > cap {
-        // Lost ticks: count on from the latest grid point, as a skipped interval does.
-        (cap, last + tick * n)
-    } else {
-        (n, last + tick * n)
-    }
+    // Ticks past the cap are lost: the count goes on from the latest grid point either way, as
+    // a skipped interval does.
+    (n.min(cap), last + tick * n)
 }
 
 #[derive(Clone, Debug, PartialEq, Eq)]
