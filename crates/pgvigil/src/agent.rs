@@ -55,7 +55,7 @@ pub(crate) fn pg_settings(shared: &Shared) -> anyhow::Result<PgSettings> {
 pub(crate) fn pg_settings_of(s: &crate::config::Settings) -> anyhow::Result<PgSettings> {
     let pg = s.raw.postgres.as_ref().context("config key `postgres`: missing")?;
     let run_as = if nix::unistd::geteuid().is_root() {
-        let user = pg.run_as.as_deref().unwrap_or("postgres");
+        let user = pg.run_as_user();
         Some(RunAs::user(user).with_context(|| format!("config key `postgres.run_as`: user {user:?}"))?)
     } else {
         None

@@ -272,6 +272,13 @@ pub struct PostgresConfig {
     pub keep_moved_data_dirs: u32,
 }
 
+impl PostgresConfig {
+    /// The system user PostgreSQL runs as when the daemon runs as root.
+    pub fn run_as_user(&self) -> &str {
+        self.run_as.as_deref().unwrap_or("postgres")
+    }
+}
+
 impl std::fmt::Debug for PostgresConfig {
     /// As JSON, with the passwords redacted.
     fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {

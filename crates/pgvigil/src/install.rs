@@ -50,9 +50,10 @@ pub fn check(settings: &Settings) -> Result<(), ConfigError> {
         }
     }
     if nix::unistd::geteuid().is_root() {
-        let user = pg.run_as.as_deref().unwrap_or("postgres");
-        if let Ok(Some(u)) = nix::unistd::User::from_name(user) {
-            if let Some(message) = unreachable_by(&pg.data_dir, user, u.uid.as_raw(), u.gid.as_raw()) {
+        let user = pg.run_as_user();
+        // An unknown user is the agent's to report (`postgres.run_as`), when it starts.
+        if let Ok(r) = vigil_pg::RunAs::user(user) {
+            if let Some(message) = unreachable_by(&pg.data_dir, user, r.uid, &groups_of(user, r.gid)) {
                 return Err(ConfigError { key: "postgres.data_dir".into(), message });
             }
         }
@@ -130,26 +131,28 @@ mod tests {
     }
 }
 
-/// Why PostgreSQL's user (`user`: `uid`, primary group `gid`) could not reach `data_dir`, if it
+/// The groups of `user` (primary group `gid`), as its processes get them.
+fn groups_of(user: &str, gid: u32) -> Vec<u32> {
+    std::ffi::CString::new(user)
+        .ok()
+        .and_then(|name| nix::unistd::getgrouplist(&name, nix::unistd::Gid::from_raw(gid)).ok())
+        .map(|g| g.into_iter().map(|g| g.as_raw()).collect())
+        .unwrap_or_else(|| vec![gid])
+}
+
+/// Why PostgreSQL's user (`user`: `uid`, in `groups`) could not reach `data_dir`, if it
 /// could not: the first existing directory above it that it may not enter. The daemon runs as
 /// root and PostgreSQL as that user, which must traverse every directory above its data directory;
 /// otherwise initdb or the clone fails in every attempt (a root-only home directory, a 0700 temp
 /// directory) and a new cluster keeps choosing who initialises. Directories that do not exist yet
 /// are created by the daemon (root's umask: traversable).
-fn unreachable_by(data_dir: &Path, user: &str, uid: u32, gid: u32) -> Option<String> {
+fn unreachable_by(data_dir: &Path, user: &str, uid: u32, groups: &[u32]) -> Option<String> {
     use std::os::unix::fs::MetadataExt;
-    let groups = nix::unistd::User::from_uid(nix::unistd::Uid::from_raw(uid))
-        .ok()
-        .flatten()
-        .and_then(|u| std::ffi::CString::new(u.name).ok())
-        .and_then(|name| nix::unistd::getgrouplist(&name, nix::unistd::Gid::from_raw(gid)).ok())
-        .map(|g| g.into_iter().map(|g| g.as_raw()).collect::<Vec<_>>())
-        .unwrap_or_else(|| vec![gid]);
     let mut ancestors: Vec<&Path> = data_dir.ancestors().skip(1).collect();
     ancestors.reverse();
     for dir in ancestors {
         let Ok(m) = std::fs::metadata(dir) else { break };
-        if !may_enter(m.mode(), m.uid(), m.gid(), uid, &groups) {
+        if !may_enter(m.mode(), m.uid(), m.gid(), uid, groups) {
             return Some(format!(
                 "{} is not reachable by PostgreSQL's user {user:?}: it may not enter {} (mode {:04o}, owner uid {}); \
                  put the data directory where {user:?} can reach it, or allow it in (chmod o+x {})",
@@ -209,9 +212,9 @@ mod reach_tests {
         let owner = std::fs::metadata(&closed).map(|m| std::os::unix::fs::MetadataExt::uid(&m)).expect("test setup");
         // A user that is not the owner and in none of its groups.
         let other = owner.wrapping_add(4242);
-        let why = unreachable_by(&closed.join("pg1/pgdata"), "someone", other, other).unwrap_or_default();
+        let why = unreachable_by(&closed.join("pg1/pgdata"), "someone", other, &[other]).unwrap_or_default();
         assert!(why.contains(&format!("may not enter {}", closed.display())), "{why}");
         std::fs::set_permissions(&closed, std::fs::Permissions::from_mode(0o711)).expect("test setup");
-        assert_eq!(unreachable_by(&closed.join("pg1/pgdata"), "someone", other, other), None);
+        assert_eq!(unreachable_by(&closed.join("pg1/pgdata"), "someone", other, &[other]), None);
     }
 }
