@@ -104,14 +104,7 @@ pub async fn run(shared: Arc<Shared>, pgb: PgBackRest, b: BackupSettings, shutdo
             };
             tracing::warn!(id = j.id, "backup on this standby stopped: {why}");
             j.task.abort();
-            let now = wall_ms();
-            let outcome = BackupOutcome {
-                started_unix_ms: now,
-                stopped_unix_ms: now,
-                error: Some(format!("stopped on the standby: {why}")),
-                ..Default::default()
-            };
-            finished = Some((j.id, j.epoch, outcome, now));
+            finished = Some(failed_at_once(j.id, j.epoch, format!("stopped on the standby: {why}")));
             job = None;
         }
         if let Some(j) = job.as_mut().filter(|j| j.task.is_finished()) {
@@ -136,14 +129,8 @@ pub async fn run(shared: Arc<Shared>, pgb: PgBackRest, b: BackupSettings, shutdo
             let stanza_failed = stanza_error.as_ref().filter(|(e, _)| *e == state.epoch).map(|(_, why)| why.clone());
             if job.is_none() && !done_here && writable_primary && stanza_epoch != Some(state.epoch) {
                 if let Some(why) = stanza_failed {
-                    let now = wall_ms();
-                    let outcome = BackupOutcome {
-                        started_unix_ms: now,
-                        stopped_unix_ms: now,
-                        error: Some(format!("the stanza is not ready on this primary: {why}")),
-                        ..Default::default()
-                    };
-                    finished = Some((r.id, r.epoch, outcome, now));
+                    finished =
+                        Some(failed_at_once(r.id, r.epoch, format!("the stanza is not ready on this primary: {why}")));
                 }
             } else if job.is_none() && !done_here && r.source.is_none() && writable_primary {
                 tracing::warn!(id = r.id, kind = r.kind.name(), attempt = r.attempts, "taking backup");
@@ -162,14 +149,8 @@ pub async fn run(shared: Arc<Shared>, pgb: PgBackRest, b: BackupSettings, shutdo
             } else if r.source.is_some() && job.is_none() && !done_here && in_touch && !(pg.running && pg.in_recovery) {
                 // Placed here from a report that no longer holds (PostgreSQL stopped, or this
                 // member was promoted): say so now rather than let the coordinator wait hours.
-                let now = wall_ms();
-                let outcome = BackupOutcome {
-                    started_unix_ms: now,
-                    stopped_unix_ms: now,
-                    error: Some("assigned to this standby, whose PostgreSQL is not running in recovery".into()),
-                    ..Default::default()
-                };
-                finished = Some((r.id, r.epoch, outcome, now));
+                let why = "assigned to this standby, whose PostgreSQL is not running in recovery";
+                finished = Some(failed_at_once(r.id, r.epoch, why.into()));
             }
         }
         if let Some((id, epoch, outcome, at)) = finished.clone() {
@@ -184,6 +165,15 @@ pub async fn run(shared: Arc<Shared>, pgb: PgBackRest, b: BackupSettings, shutdo
     if let Some(j) = job {
         j.task.abort();
     }
+}
+
+/// The outcome of backup `id` of `epoch` that ended before pgBackRest ran (or was stopped), now:
+/// what the loop reports as finished.
+fn failed_at_once(id: u64, epoch: u64, error: String) -> (u64, u64, BackupOutcome, u64) {
+    let now = wall_ms();
+    let outcome =
+        BackupOutcome { started_unix_ms: now, stopped_unix_ms: now, error: Some(error), ..Default::default() };
+    (id, epoch, outcome, now)
 }
 
 fn still_assigned(state: &ClusterState, me: &str, id: u64, epoch: u64) -> bool {
