@@ -25,7 +25,8 @@ use std::time::{Duration, Instant};
 use vigil_core::EventKind;
 
 const PG_BIN: &str = "/usr/lib/postgresql/15/bin";
-const LONG: Duration = Duration::from_secs(1800);
+/// How long any one step of a bench may take.
+pub(crate) const LONG: Duration = Duration::from_secs(1800);
 
 fn secs(d: Duration) -> String {
     format!("{:.1} s", d.as_secs_f64())
@@ -68,16 +69,8 @@ impl Bench {
         self.t.spec().member(member).map(|m| m.pg_port.to_string()).unwrap_or_default()
     }
 
-    fn pgbackrest_config(&self, member: &str) -> String {
-        format!("--config={}", self.t.spec().state_dir(member).join("pgbackrest/pgbackrest.conf").display())
-    }
-
-    /// `pgbackrest <args>` by hand, as PostgreSQL's user, with `member`'s configuration.
     async fn pgbackrest(&self, member: &str, args: &[&str]) -> anyhow::Result<(Duration, String)> {
-        let config = self.pgbackrest_config(member);
-        let mut all = vec!["-u", "postgres", "--", "pgbackrest", &config, "--stanza=main"];
-        all.extend_from_slice(args);
-        timed("runuser", &all, &[]).await
+        pgbackrest_by_hand(&self.t, member, args).await
     }
 
     async fn pgbench(&self, member: &str, args: &[&str]) -> anyhow::Result<String> {
@@ -95,18 +88,34 @@ impl Bench {
         timed(&bin, &["backup", "--type", kind, "--config", &config], &[]).await
     }
 
-    /// Wait until the standby has replayed everything the primary wrote.
     async fn caught_up(&self) -> anyhow::Result<()> {
-        let me = self;
-        wait_until("the standby caught up", LONG, move || async move {
-            let c = me.t.client(&me.primary).await?;
-            let row = c
-                .query_one("SELECT count(*) FROM pg_stat_replication WHERE replay_lsn >= pg_current_wal_lsn()", &[])
-                .await?;
-            Ok(row.get::<_, i64>(0) >= 1)
-        })
-        .await
+        caught_up(&self.t, &self.primary).await
     }
+}
+
+/// `pgbackrest <args>` by hand on the cluster's stanza, as PostgreSQL's user, with `member`'s
+/// configuration; its wall time and output.
+pub(crate) async fn pgbackrest_by_hand(
+    t: &TestCluster,
+    member: &str,
+    args: &[&str],
+) -> anyhow::Result<(Duration, String)> {
+    let config = format!("--config={}", t.spec().state_dir(member).join("pgbackrest/pgbackrest.conf").display());
+    let mut all = vec!["-u", "postgres", "--", "pgbackrest", &config, "--stanza=main"];
+    all.extend_from_slice(args);
+    timed("runuser", &all, &[]).await
+}
+
+/// Wait until a standby has replayed everything `primary` wrote.
+pub(crate) async fn caught_up(t: &TestCluster, primary: &str) -> anyhow::Result<()> {
+    wait_until("the standby caught up", LONG, || async {
+        let c = t.client(primary).await?;
+        let row = c
+            .query_one("SELECT count(*) FROM pg_stat_replication WHERE replay_lsn >= pg_current_wal_lsn()", &[])
+            .await?;
+        Ok(row.get::<_, i64>(0) >= 1)
+    })
+    .await
 }
 
 pub async fn run_bench(scale: u32) -> anyhow::Result<()> {

@@ -12,29 +12,10 @@
 //! Everything lives under the cluster's temporary directory and goes with it.
 
 use crate::backup::{backups, records, repo, wait_recorded};
+use crate::backup_bench::{caught_up, pgbackrest_by_hand, LONG};
 use crate::{settled, TestCluster, TlsSpec};
 use anyhow::Context;
 use std::time::{Duration, Instant};
-
-const LONG: Duration = Duration::from_secs(1800);
-
-async fn pgbackrest_by_hand(t: &TestCluster, member: &str, args: &[&str]) -> anyhow::Result<(Duration, String)> {
-    let config = format!("--config={}", t.spec().state_dir(member).join("pgbackrest/pgbackrest.conf").display());
-    let mut all = vec!["-u", "postgres", "--", "pgbackrest", &config, "--stanza=main"];
-    all.extend_from_slice(args);
-    let started = Instant::now();
-    let out =
-        tokio::time::timeout(LONG, tokio::process::Command::new("runuser").args(&all).kill_on_drop(true).output())
-            .await
-            .context("pgbackrest: timed out")??;
-    anyhow::ensure!(
-        out.status.success(),
-        "pgbackrest {args:?}: {} {}",
-        out.status,
-        String::from_utf8_lossy(&out.stderr)
-    );
-    Ok((started.elapsed(), String::from_utf8_lossy(&out.stdout).into_owned()))
-}
 
 /// pgBackRest's own duration of the newest backup (`info`), in seconds.
 async fn newest_backup_secs(t: &TestCluster, member: &str) -> anyhow::Result<(String, u64)> {
@@ -44,16 +25,6 @@ async fn newest_backup_secs(t: &TestCluster, member: &str) -> anyhow::Result<(St
     let took =
         b["timestamp"]["stop"].as_u64().unwrap_or(0).saturating_sub(b["timestamp"]["start"].as_u64().unwrap_or(0));
     Ok((b["label"].as_str().unwrap_or_default().to_string(), took))
-}
-
-/// Wait until every standby has replayed everything the primary wrote.
-async fn caught_up(t: &TestCluster, primary: &str) -> anyhow::Result<()> {
-    crate::backup::wait_until("the standby caught up", LONG, || async {
-        let c = t.client(primary).await?;
-        let sql = "SELECT count(*) FROM pg_stat_replication WHERE replay_lsn >= pg_current_wal_lsn()";
-        Ok(c.query_one(sql, &[]).await?.get::<_, i64>(0) >= 1)
-    })
-    .await
 }
 
 pub async fn run_bench(scale: u32, runs: usize) -> anyhow::Result<()> {
