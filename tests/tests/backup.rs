@@ -233,6 +233,22 @@ fn pgbackrest_pids(t: &TestCluster, member: &str, what: &str) -> Vec<i32> {
     pids
 }
 
+/// Wait (at most `within`) until `member`'s pgBackRest `command` runs (`running`) or has ended.
+async fn wait_pgbackrest(
+    t: &TestCluster,
+    member: &str,
+    command: &str,
+    running: bool,
+    what: &str,
+    within: Duration,
+) -> anyhow::Result<()> {
+    wait_until(what, within, || {
+        let runs = !pgbackrest_pids(t, member, command).is_empty();
+        async move { Ok(runs == running) }
+    })
+    .await
+}
+
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_backup_interrupted_by_a_failover_is_retried_on_the_new_primary_exactly_once() -> anyhow::Result<()> {
     // Slow enough to be caught running: maximal compression of some tens of MB.
@@ -259,18 +275,11 @@ async fn a_backup_interrupted_by_a_failover_is_retried_on_the_new_primary_exactl
     assert_eq!(r.json["member"], old.as_str());
     let id = r.json["id"].as_u64().context("id")?;
     // Killed while pgBackRest is copying.
-    wait_until("pgbackrest backup running on the primary", Duration::from_secs(20), || {
-        let found = !pgbackrest_pids(&t, &old, "backup").is_empty();
-        async move { Ok(found) }
-    })
-    .await?;
+    wait_pgbackrest(&t, &old, "backup", true, "pgbackrest backup running on the primary", Duration::from_secs(20))
+        .await?;
     t.kill_host(&old);
     // The daemon's death kills its pgBackRest (parent-death signal).
-    wait_until("the old primary's pgbackrest gone", Duration::from_secs(10), || {
-        let gone = pgbackrest_pids(&t, &old, "backup").is_empty();
-        async move { Ok(gone) }
-    })
-    .await?;
+    wait_pgbackrest(&t, &old, "backup", false, "the old primary's pgbackrest gone", Duration::from_secs(10)).await?;
     let v = t.wait_for("a new writable primary", CONVERGE, |v| new_primary_writable(v, &old)).await?;
     let new = v.state.primary.clone().context("a primary")?;
     let done = wait_backup(&t, &new, "the retried backup", |r| r["id"].as_u64() == Some(id)).await?;
@@ -583,18 +592,12 @@ async fn with_run_on_standby_backups_run_on_a_standby_and_go_on_when_it_dies() -
     let (id2, doomed) = request_full(&t, &primary).await?;
     assert!(standbys.contains(&doomed), "placed on {doomed}");
     let other = standbys.iter().find(|s| **s != doomed).context("another standby")?.clone();
-    wait_until("pgBackRest's backup running on the standby", Duration::from_secs(30), || {
-        let running = !pgbackrest_pids(&t, &doomed, "backup").is_empty();
-        async move { Ok(running) }
-    })
-    .await?;
+    let what = "pgBackRest's backup running on the standby";
+    wait_pgbackrest(&t, &doomed, "backup", true, what, Duration::from_secs(30)).await?;
     t.kill_host(&doomed);
     // Its TLS server dies with its daemon (parent-death signal).
-    wait_until("the killed member's TLS server gone", Duration::from_secs(10), || {
-        let left = pgbackrest_pids(&t, &doomed, "server");
-        async move { Ok(left.is_empty()) }
-    })
-    .await?;
+    wait_pgbackrest(&t, &doomed, "server", false, "the killed member's TLS server gone", Duration::from_secs(10))
+        .await?;
     let second = wait_backup(&t, &primary, "the backup moved off the dead standby", |r| r["id"] == id2).await?;
     assert_eq!((second["member"].as_str(), second["attempts"].as_u64()), (Some(other.as_str()), Some(2)), "{second}");
     assert!(second["outcome"]["error"].is_null(), "{second}");
