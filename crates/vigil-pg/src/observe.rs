@@ -91,18 +91,20 @@ SELECT pg_current_wal_lsn()::text,
 FROM (SELECT 1) AS one LEFT JOIN pg_stat_replication AS s ON true";
 
 /// The connection the checks keep, with its statements prepared once: a check is then one
-/// round trip on a standby and two on a primary, with no parsing or planning on the server.
+/// round trip, with no parsing or planning on the server.
 pub(crate) struct Observer {
     client: Client,
     role: Statement,
     primary: Statement,
+    /// The last check found a primary: the next sends both statements at once.
+    was_primary: bool,
 }
 
 impl Observer {
     async fn open(client: Client) -> anyhow::Result<Observer> {
         let role = client.prepare(ROLE_QUERY).await.context("prepare the role query")?;
         let primary = client.prepare(PRIMARY_QUERY).await.context("prepare the primary query")?;
-        Ok(Observer { client, role, primary })
+        Ok(Observer { client, role, primary, was_primary: false })
     }
 
     fn is_closed(&self) -> bool {
@@ -163,24 +165,37 @@ impl Postgres {
     /// check instead of a fork and an authentication per check. A timeout drops it (the future
     /// owns it then), so a server that stopped answering gets a fresh connection next time.
     async fn observe_on_a_connection(&mut self) -> anyhow::Result<Observation> {
-        if let Some(observer) = self.observer.take().filter(|o| !o.is_closed()) {
-            if let Ok(obs) = query_observation(&observer).await {
+        if let Some(mut observer) = self.observer.take().filter(|o| !o.is_closed()) {
+            if let Ok(obs) = query_observation(&mut observer).await {
                 self.observer = Some(observer);
                 return Ok(obs);
             }
         }
-        let observer = Observer::open(self.connect().await?).await?;
-        let obs = query_observation(&observer).await?;
+        let mut observer = Observer::open(self.connect().await?).await?;
+        let obs = query_observation(&mut observer).await?;
         self.observer = Some(observer);
         Ok(obs)
     }
 }
 
-async fn query_observation(o: &Observer) -> anyhow::Result<Observation> {
-    let row = o.client.query_one(&o.role, &[]).await?;
+async fn query_observation(o: &mut Observer) -> anyhow::Result<Observation> {
+    let (row, primary_rows) = if o.was_primary {
+        // Sent together and answered together: one round trip, one wake-up, on a primary that
+        // stays one. On a server that has become a standby since, the second statement fails
+        // (no WAL position during recovery; each has its own Sync, so the first is unaffected):
+        // the first says so, and the second's answer is not used.
+        let (row, rows) = tokio::join!(o.client.query_one(&o.role, &[]), o.client.query(&o.primary, &[]));
+        (row?, Some(rows))
+    } else {
+        (o.client.query_one(&o.role, &[]).await?, None)
+    };
     let in_recovery: bool = row.try_get(0)?;
+    o.was_primary = !in_recovery;
     if !in_recovery {
-        let rows = o.client.query(&o.primary, &[]).await?;
+        let rows = match primary_rows {
+            Some(rows) => rows?,
+            None => o.client.query(&o.primary, &[]).await?,
+        };
         let first = rows.first().context("the primary query returned no row")?;
         let lsn = lsn_column(first.try_get(0)?)?;
         let walfile: String = first.try_get(1)?;
