@@ -94,7 +94,8 @@ pub async fn start<S: StateMachine>(
         state_dirty: false,
         replies: Vec::new(),
     };
-    let join = tokio::spawn(node.run(rx, cfg.tick, cfg.follower_wake, shutdown).instrument(span));
+    let wakes = Wakes { tick: cfg.tick, heartbeat_ticks: cfg.heartbeat_ticks, follower: cfg.follower_wake };
+    let join = tokio::spawn(node.run(rx, wakes, shutdown).instrument(span));
     let peers = Arc::new(cfg.peers.keys().copied().collect());
     Ok((RaftHandle { id: cfg.id, peers, names: cfg.names, tx, status, state }, join))
 }
@@ -197,50 +198,45 @@ fn off_runtime<R>(f: impl FnOnce() -> R) -> R {
     }
 }
 
+/// When the node task wakes for its ticks (see `Node::batch`).
+struct Wakes {
+    tick: Duration,
+    heartbeat_ticks: usize,
+    follower: Option<Duration>,
+}
+
 impl<S: StateMachine> Node<S> {
-    async fn run(
-        mut self,
-        mut rx: mpsc::Receiver<Request>,
-        tick: Duration,
-        follower_wake: Option<Duration>,
-        shutdown: CancellationToken,
-    ) {
+    async fn run(mut self, mut rx: mpsc::Receiver<Request>, wakes: Wakes, shutdown: CancellationToken) {
+        let tick = wakes.tick;
         // The grid point of the last tick counted, and the next wake-up.
         let mut last_tick = std::time::Instant::now();
         let wake = tokio::time::sleep_until(crate::beat::next(tick).into());
         tokio::pin!(wake);
-        // The wake-up set is a follower's batch (up to `follower_wake` away).
-        let mut batching = false;
+        // The batch the wake-up was set for (`batch`).
+        let mut mode: Option<(Duration, bool)> = None;
         loop {
             tokio::select! {
                 biased;
                 _ = shutdown.cancelled() => break,
                 _ = &mut wake => {
                     let now = std::time::Instant::now();
-                    let n = match follower_wake.filter(|_| self.hears_a_leader()) {
+                    let (n, counted) = match mode {
                         // A batching follower counts the ticks that fell due since the last one
                         // counted or since its leader was last heard (below), at most one wake's
-                        // worth: its election timer never runs ahead of the time that passed.
-                        Some(w) => {
+                        // worth: its election timer never runs ahead of the time that passed. A
+                        // leader counts those since its last wake, one heartbeat's worth.
+                        Some((w, _)) => {
                             let cap = w.as_nanos().div_ceil(tick.as_nanos().max(1)).max(1) as u32;
-                            let (n, counted) = vigil_core::timing::ticks_due(last_tick, now, tick, cap);
-                            last_tick = counted;
-                            n
+                            vigil_core::timing::ticks_due(last_tick, now, tick, cap)
                         }
-                        // Leaders and candidates tick once per wake, as before (a late wake loses
-                        // ticks).
-                        None => {
-                            last_tick = now;
-                            1
-                        }
+                        // Candidates tick once per wake, as before (a late wake loses ticks).
+                        None => (1, now),
                     };
+                    last_tick = counted;
                     for _ in 0..n {
                         self.raw.tick();
                     }
-                    // A tick may have made this node a candidate: then it ticks every tick again.
-                    let period = follower_wake.filter(|_| self.hears_a_leader());
-                    batching = period.is_some();
-                    wake.as_mut().reset(crate::beat::next(period.unwrap_or(tick)).into());
+                    wake.as_mut().reset(crate::beat::next(mode.map_or(tick, |(w, _)| w)).into());
                     self.forget_abandoned();
                     self.transport.expire(now);
                 }
@@ -254,7 +250,7 @@ impl<S: StateMachine> Node<S> {
                             Err(_) => break,
                         }
                     }
-                    if batching && self.hears_a_leader() && self.raw.raft.election_elapsed == 0 {
+                    if mode.is_some_and(|(_, follower)| follower) && self.hears_a_leader() && self.raw.raft.election_elapsed == 0 {
                         // Its leader was heard and its election timer restarted: ticks that fell
                         // due before that must not count against the new wait.
                         last_tick = std::time::Instant::now();
@@ -265,11 +261,14 @@ impl<S: StateMachine> Node<S> {
                 tracing::error!(error = %format!("{e:#}"), "raft node stopped: storage or state failure");
                 break;
             }
-            if batching && !self.hears_a_leader() {
-                // Leadership moved (a transfer made this node campaign, or its leader stepped
-                // down): tick every tick from the next one, not at the end of the batch.
-                batching = false;
-                wake.as_mut().reset(crate::beat::next(tick).into());
+            // A new role (elected, deposed, a leader heard or lost): its ticks are counted from
+            // now, the next wake-up is the new role's (a campaign ticks every tick at once, not
+            // at the end of a batch).
+            let now_mode = self.batch(&wakes);
+            if now_mode != mode {
+                mode = now_mode;
+                last_tick = std::time::Instant::now();
+                wake.as_mut().reset(crate::beat::next(mode.map_or(tick, |(w, _)| w)).into());
             }
         }
         // Nobody may go on believing this node leads.
@@ -278,6 +277,19 @@ impl<S: StateMachine> Node<S> {
         self.status_tx.send_modify(|s| *s = RaftStatus { id, term, leader_id: 0, is_leader: false, ..s.clone() });
         // Pending requests see their reply sender dropped: `Stopped`.
         self.transport.shutdown().await;
+    }
+
+    /// How long this node sleeps between tick batches in its role, and whether it is a
+    /// follower's batch: a follower that hears its leader wakes with the check and report loop;
+    /// a leader once per heartbeat (its other ticks only count towards its quorum check, which
+    /// looks at elapsed ticks, not at when they were counted). `None`: every tick (a candidate,
+    /// or a follower without a leader).
+    fn batch(&self, wakes: &Wakes) -> Option<(Duration, bool)> {
+        if self.raw.raft.state == StateRole::Leader {
+            let ticks = u32::try_from(wakes.heartbeat_ticks.max(1)).unwrap_or(1);
+            return (ticks > 1).then(|| (wakes.tick * ticks, false));
+        }
+        wakes.follower.filter(|_| self.hears_a_leader()).map(|w| (w, true))
     }
 
     fn handle(&mut self, req: Request) {
