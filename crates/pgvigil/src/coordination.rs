@@ -143,7 +143,21 @@ pub async fn run(shared: Arc<Shared>, task: CoordinatorTask, shutdown: Cancellat
     let mut due = false;
     let mut tick = vigil_raft::beat::interval(interval);
     loop {
+        // The primary's lease running out is decided on at once, not at the next loop. Armed only
+        // within the last loop before it: at rest each renewal keeps it seconds away, and a timer
+        // per round of this loop is not free.
+        let now = Instant::now();
+        let lease_deadline = coordinator
+            .lease_deadline(now, &state_rx.borrow().state)
+            .filter(|at| at.saturating_duration_since(now) < interval);
+        let lease_out = async {
+            match lease_deadline {
+                Some(at) => tokio::time::sleep_until(at.into()).await,
+                None => std::future::pending().await,
+            }
+        };
         tokio::select! {
+            _ = lease_out => due = true,
             _ = shutdown.cancelled() => return Ok(()),
             msg = rx.recv() => match msg {
                 None => return Ok(()),

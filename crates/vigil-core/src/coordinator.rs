@@ -282,6 +282,15 @@ impl Coordinator {
         Some((start + self.promotion_wait(state)).saturating_duration_since(now))
     }
 
+    /// When the primary's lease has certainly run out, while this coordinator leads and it has
+    /// not yet: its task wakes then to decide, instead of at its next loop (which would hold a
+    /// failover up by up to a loop interval). At rest each renewal moves it on before it falls
+    /// due, so it costs no wake-up.
+    pub fn lease_deadline(&self, now: Instant, state: &ClusterState) -> Option<Instant> {
+        state.primary.as_ref()?;
+        self.lease_expires_in(now, state).filter(|left| !left.is_zero()).map(|left| now + left)
+    }
+
     /// How long from `now` the lease this coordinator last granted (confirmed) to the primary of
     /// the committed epoch still runs: grant + `lease_timeout` - now, zero without one. Only a
     /// confirmed grant counts (not the election or the first sight of the epoch): a quorum

@@ -267,6 +267,22 @@ fn a_new_term_restarts_the_wait_even_if_the_loss_was_missed() {
 }
 
 #[test]
+fn the_coordinator_wakes_when_the_lease_has_run_out() {
+    let (mut c, s, t0) = running_cluster();
+    round(&mut c, &s, t0 + ms(100), &[primary_r("a", 1)]);
+    let due = t0 + ms(100) + c.timings.promotion_wait();
+    assert_eq!(c.lease_deadline(t0 + ms(200), &s), Some(due), "the grant at 100ms + lease + margin");
+    // Not before: no failover is decided until then; at it, one is.
+    round(&mut c, &s, due - ms(1), &[standby_r("b", 1), standby_r("c", 1)]);
+    assert!(failover_target(&c.decide(due - ms(1), &s, 0)).is_none());
+    assert!(failover_target(&c.decide(due, &s, 0)).is_some());
+    assert_eq!(c.lease_deadline(due, &s), None, "run out: nothing left to wake for");
+    let mut none = s.clone();
+    none.primary = None;
+    assert_eq!(c.lease_deadline(t0 + ms(200), &none), None, "no primary, no lease");
+}
+
+#[test]
 fn no_candidate_no_failover() {
     let (mut c, s, t0) = running_cluster();
     let mut nofo = standby_r("b", 500);

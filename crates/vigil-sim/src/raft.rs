@@ -11,9 +11,6 @@ use crate::net::Net;
 use crate::rng::Rng;
 use vigil_core::Command;
 
-/// Heartbeats every 2 ticks of 50 ms, as the default `heartbeat_ticks` and `raft_tick`.
-pub const HEARTBEAT_MS: u64 = 100;
-
 #[derive(Clone, Debug)]
 pub struct Node {
     pub term: u64,
@@ -56,11 +53,13 @@ pub struct Raft {
     pub nodes: Vec<Node>,
     pending: Vec<Proposal>,
     election_ms: u64,
+    /// A leader's heartbeat period: `heartbeat_ticks` x `raft_tick`.
+    pub heartbeat_ms: u64,
     rng: Rng,
 }
 
 impl Raft {
-    pub fn new(n: usize, election_ms: u64, mut rng: Rng) -> Self {
+    pub fn new(n: usize, election_ms: u64, heartbeat_ms: u64, mut rng: Rng) -> Self {
         let nodes = (0..n)
             .map(|_| Node {
                 term: 0,
@@ -73,7 +72,7 @@ impl Raft {
                 applied: 0,
             })
             .collect();
-        Raft { term: 0, log: Vec::new(), nodes, pending: Vec::new(), election_ms, rng }
+        Raft { term: 0, log: Vec::new(), nodes, pending: Vec::new(), election_ms, heartbeat_ms, rng }
     }
 
     fn majority(&self) -> usize {
@@ -93,7 +92,7 @@ impl Raft {
             if !up[l] || !self.nodes[l].leader {
                 continue;
             }
-            if crate::world::every(now, HEARTBEAT_MS) {
+            if crate::world::every(now, self.heartbeat_ms) {
                 let mut acks = 1;
                 for f in (0..n).filter(|f| *f != l && up[*f] && net.connected(l, *f)) {
                     if self.nodes[f].term > self.nodes[l].term {

@@ -181,12 +181,13 @@ impl World {
             None => Vec::new(),
         };
         let election_ms = (timings.raft_tick * timings.election_ticks).as_millis() as u64;
+        let heartbeat_ms = (timings.raft_tick * timings.heartbeat_ticks).as_millis() as u64;
         let mut w = World {
             now: 0,
             origin,
             timings,
             members,
-            raft: Raft::new(n, election_ms, raft_rng),
+            raft: Raft::new(n, election_ms, heartbeat_ms, raft_rng),
             net: Net::new(n),
             committed: ClusterState::default(),
             committed_len: 0,
@@ -478,7 +479,7 @@ impl World {
                         && self.raft.nodes[l].leader
                         && self.raft.nodes[l].term == node.term
                         && self.net.connected(i, l)
-                        && every(self.now, raft::HEARTBEAT_MS)
+                        && every(self.now, self.raft.heartbeat_ms)
                 })
             };
             if current {
