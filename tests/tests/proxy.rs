@@ -243,8 +243,8 @@ async fn paused_replay_leaves_the_ro_pool_and_noloadbalance_never_joins() -> any
     let c = connect(&conninfo(&t, ro, 5)).await?;
     assert_eq!(server_port(&c).await?, pg_port(&t, &standby));
     // One check interval: the standby's observation, its report, and this member's next answer
-    // (loop_interval 250 ms each, on a loaded machine).
-    assert!(left_after < Duration::from_secs(2), "left the pool after {left_after:?}");
+    // (loop_interval 500 ms each, on a loaded machine).
+    assert!(left_after < Duration::from_secs(3), "left the pool after {left_after:?}");
     eprintln!("paused standby left the ro pool after {left_after:?}, returned {back_after:?} after resume");
 
     // Every member's proxy on any member's `GET /cluster` and `pgvigil list`, from the members'

@@ -67,18 +67,21 @@ pub struct Timings {
 impl Default for Timings {
     fn default() -> Self {
         Timings {
-            loop_interval: Duration::from_millis(250),
+            // Checks and reports twice a second: a dead primary's failover waits for its lease,
+            // not for a check, and at rest a daemon's cost is its wake-ups (BENCHMARKS.md,
+            // "Idle daemon"; 250 ms and a heartbeat every tick cost twice as much).
+            loop_interval: Duration::from_millis(500),
             lease_timeout: Duration::from_secs(2),
             lease_margin: Duration::from_millis(500),
             pg_restart_timeout: Duration::from_secs(20),
             pg_unresponsive_timeout: Duration::from_secs(3),
             report_timeout: Duration::from_secs(2),
             bootstrap_wait: Duration::from_secs(10),
-            // Heartbeats every 100 ms, elections after 0.5-1 s: a tick per heartbeat, since
-            // every tick wakes each daemon (half of their idle wake-ups at 50 ms).
+            // Heartbeats every 200 ms (a leader wakes once per heartbeat), elections after
+            // 0.5-1 s: 2.5 heartbeats at least.
             raft_tick: Duration::from_millis(100),
             election_ticks: 5,
-            heartbeat_ticks: 1,
+            heartbeat_ticks: 2,
             maximum_lag_on_failover: 1 << 20,
             switchover_timeout: Duration::from_secs(15),
         }
@@ -287,7 +290,7 @@ mod tests {
     #[test]
     fn followers_batch_ticks_only_when_a_late_election_still_fits_the_lease() {
         let d = Timings::default();
-        // Defaults: elections in [0.5, 1) s, one 250 ms loop late, still inside the 2 s lease.
+        // Defaults: elections in [0.5, 1) s, one 500 ms loop late, still inside the 2 s lease.
         assert_eq!(d.follower_wake(), Some(d.loop_interval));
         let slow = Timings {
             loop_interval: Duration::from_millis(500),
